@@ -1,0 +1,514 @@
+//! Plugin configuration: parsed once, validated, then immutable.
+//!
+//! Every rejection names the field path (`models[1].destinations[0].weight`), so that both the
+//! filter's log line and `wasmpack check` point at the exact spot.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Deserializer};
+
+/// What to do with a request in a given bad situation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    Reject,
+    Passthrough,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawConfig {
+    #[serde(default = "default_route_header")]
+    route_header: String,
+    #[serde(default = "default_model_header")]
+    model_header: String,
+    #[serde(default = "default_max_body_bytes")]
+    max_body_bytes: u64,
+    #[serde(default = "reject")]
+    on_unknown_model: Policy,
+    #[serde(default = "passthrough")]
+    on_missing_model: Policy,
+    #[serde(default = "reject")]
+    on_invalid_body: Policy,
+    #[serde(default = "passthrough")]
+    on_oversize: Policy,
+    #[serde(default)]
+    sticky_header: Option<String>,
+    #[serde(default)]
+    body_routing: bool,
+    #[serde(default)]
+    inject_stream_usage: bool,
+    models: Vec<RawModel>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawModel {
+    name: String,
+    #[serde(default)]
+    aliases: Vec<String>,
+    #[serde(default)]
+    upstream_model: Option<String>,
+    destinations: Vec<RawDestination>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawDestination {
+    name: String,
+    #[serde(default = "default_weight")]
+    weight: u32,
+    #[serde(default)]
+    host: Option<String>,
+    #[serde(default)]
+    subset: Option<String>,
+    #[serde(default)]
+    port: Option<u16>,
+}
+
+fn default_route_header() -> String {
+    "x-ai-route".into()
+}
+fn default_model_header() -> String {
+    "x-ai-model".into()
+}
+fn default_max_body_bytes() -> u64 {
+    1024 * 1024
+}
+fn default_weight() -> u32 {
+    1
+}
+fn reject() -> Policy {
+    Policy::Reject
+}
+fn passthrough() -> Policy {
+    Policy::Passthrough
+}
+
+/// A configuration error: the field path and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ConfigError {
+    /// Dotted path of the offending field, e.g. `models[0].destinations[1].weight`; `.` is the root.
+    pub path: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// One backend a model can be sent to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    pub name: String,
+    pub weight: u32,
+    /// Only used by wasmpack to render Istio routing; the filter ignores it.
+    pub host: Option<String>,
+    pub subset: Option<String>,
+    pub port: Option<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Model {
+    pub name: String,
+    pub aliases: Vec<String>,
+    pub upstream_model: Option<String>,
+    pub destinations: Vec<Destination>,
+    /// Sum of the destination weights, > 0 (validated).
+    pub total_weight: u64,
+}
+
+/// The validated plugin configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub route_header: String,
+    pub model_header: String,
+    pub max_body_bytes: u64,
+    pub on_unknown_model: Policy,
+    pub on_missing_model: Policy,
+    pub on_invalid_body: Policy,
+    pub on_oversize: Policy,
+    pub sticky_header: Option<String>,
+    pub body_routing: bool,
+    pub inject_stream_usage: bool,
+    pub models: Vec<Model>,
+    /// Canonical names and aliases to the index in `models`.
+    index: HashMap<String, usize>,
+}
+
+/// The longest model, alias or destination name accepted. Longer names are certainly a mistake and
+/// would only bloat stat names.
+pub const MAX_NAME_LEN: usize = 256;
+
+impl Config {
+    /// Parses and validates a JSON plugin configuration (what Envoy hands to `on_configure`).
+    pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let config = Config::from_deserializer(&mut de)?;
+        de.end().map_err(|e| {
+            ConfigError::new(".", format!("trailing data after the configuration: {e}"))
+        })?;
+        Ok(config)
+    }
+
+    /// Parses and validates from any serde deserializer (the CLI passes YAML), keeping field paths.
+    pub fn from_deserializer<'de, D: Deserializer<'de>>(de: D) -> Result<Config, ConfigError>
+    where
+        D::Error: std::fmt::Display,
+    {
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            ConfigError::new(
+                if path.is_empty() {
+                    ".".to_string()
+                } else {
+                    path
+                },
+                e.into_inner().to_string(),
+            )
+        })?;
+        validate(raw)
+    }
+
+    /// Looks up a model by canonical name or alias (exact, case-sensitive: model ids are).
+    pub fn resolve(&self, name: &str) -> Option<&Model> {
+        self.resolve_index(name).and_then(|i| self.models.get(i))
+    }
+
+    /// Index in `models` of the model called `name` (canonical or alias).
+    pub fn resolve_index(&self, name: &str) -> Option<usize> {
+        self.index.get(name).copied()
+    }
+
+    /// True when some request could need its body rewritten, so the content length may change.
+    pub fn may_rewrite_body(&self) -> bool {
+        self.inject_stream_usage || self.models.iter().any(|m| m.upstream_model.is_some())
+    }
+}
+
+fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+    let route_header = header_name("routeHeader", &raw.route_header)?;
+    let model_header = header_name("modelHeader", &raw.model_header)?;
+    if route_header == model_header {
+        return Err(ConfigError::new(
+            "modelHeader",
+            format!("must differ from routeHeader (both are `{route_header}`)"),
+        ));
+    }
+    let sticky_header = match &raw.sticky_header {
+        Some(h) => Some(header_name("stickyHeader", h)?),
+        None => None,
+    };
+    if raw.max_body_bytes == 0 {
+        return Err(ConfigError::new("maxBodyBytes", "must be greater than 0"));
+    }
+
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut models = Vec::with_capacity(raw.models.len());
+    for (i, m) in raw.models.into_iter().enumerate() {
+        let at = format!("models[{i}]");
+        name_check(&format!("{at}.name"), &m.name)?;
+        claim(&mut index, &m.name, i, &format!("{at}.name"))?;
+        for (j, alias) in m.aliases.iter().enumerate() {
+            let path = format!("{at}.aliases[{j}]");
+            name_check(&path, alias)?;
+            claim(&mut index, alias, i, &path)?;
+        }
+        if let Some(up) = &m.upstream_model {
+            if up.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{at}.upstreamModel"),
+                    "must not be empty",
+                ));
+            }
+        }
+        if m.destinations.is_empty() {
+            return Err(ConfigError::new(
+                format!("{at}.destinations"),
+                format!("model `{}` needs at least one destination", m.name),
+            ));
+        }
+        let mut destinations = Vec::with_capacity(m.destinations.len());
+        let mut total_weight: u64 = 0;
+        for (j, d) in m.destinations.into_iter().enumerate() {
+            let path = format!("{at}.destinations[{j}]");
+            name_check(&format!("{path}.name"), &d.name)?;
+            if destinations.iter().any(|x: &Destination| x.name == d.name) {
+                return Err(ConfigError::new(
+                    format!("{path}.name"),
+                    format!("duplicate destination `{}` in model `{}`", d.name, m.name),
+                ));
+            }
+            total_weight += u64::from(d.weight);
+            destinations.push(Destination {
+                name: d.name,
+                weight: d.weight,
+                host: d.host,
+                subset: d.subset,
+                port: d.port,
+            });
+        }
+        if total_weight == 0 {
+            return Err(ConfigError::new(
+                format!("{at}.destinations"),
+                format!(
+                    "all weights of model `{}` are 0: at least one must be positive",
+                    m.name
+                ),
+            ));
+        }
+        models.push(Model {
+            name: m.name,
+            aliases: m.aliases,
+            upstream_model: m.upstream_model,
+            destinations,
+            total_weight,
+        });
+    }
+
+    Ok(Config {
+        route_header,
+        model_header,
+        max_body_bytes: raw.max_body_bytes,
+        on_unknown_model: raw.on_unknown_model,
+        on_missing_model: raw.on_missing_model,
+        on_invalid_body: raw.on_invalid_body,
+        on_oversize: raw.on_oversize,
+        sticky_header,
+        body_routing: raw.body_routing,
+        inject_stream_usage: raw.inject_stream_usage,
+        models,
+        index,
+    })
+}
+
+fn claim(
+    index: &mut HashMap<String, usize>,
+    name: &str,
+    model: usize,
+    path: &str,
+) -> Result<(), ConfigError> {
+    if let Some(&other) = index.get(name) {
+        let what = if other == model {
+            "the same model"
+        } else {
+            "another model"
+        };
+        return Err(ConfigError::new(
+            path,
+            format!(
+                "duplicate model name or alias `{name}` (already used by {what}, models[{other}])"
+            ),
+        ));
+    }
+    index.insert(name.to_string(), model);
+    Ok(())
+}
+
+/// Names end up in header values and in stat names (`model=.=NAME;.;`), so the characters that
+/// would break either are refused.
+fn name_check(path: &str, name: &str) -> Result<(), ConfigError> {
+    if name.is_empty() {
+        return Err(ConfigError::new(path, "must not be empty"));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(ConfigError::new(
+            path,
+            format!("longer than {MAX_NAME_LEN} bytes"),
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| c.is_control() || c.is_whitespace() || *c == ';' || *c == '=')
+    {
+        return Err(ConfigError::new(
+            path,
+            format!("`{name}` contains {c:?}; whitespace, control characters, `;` and `=` are not allowed"),
+        ));
+    }
+    Ok(())
+}
+
+/// RFC 9110 token characters, lowercased (Envoy and HTTP/2 use lowercase names).
+fn header_name(path: &str, name: &str) -> Result<String, ConfigError> {
+    let ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if !ok {
+        return Err(ConfigError::new(
+            path,
+            format!("`{name}` is not a valid HTTP header name (letters, digits and !#$%&'*+-.^_`|~ only)"),
+        ));
+    }
+    let lower = name.to_ascii_lowercase();
+    if matches!(
+        lower.as_str(),
+        "host" | "content-length" | "content-type" | "transfer-encoding"
+    ) {
+        return Err(ConfigError::new(
+            path,
+            format!("`{name}` is reserved; pick another header"),
+        ));
+    }
+    Ok(lower)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(json: &str) -> ConfigError {
+        match Config::from_json(json.as_bytes()) {
+            Ok(_) => panic!("expected an error for {json}"),
+            Err(e) => e,
+        }
+    }
+
+    const GOOD: &str = r#"{
+        "stickyHeader": "X-User-Id",
+        "models": [
+          {"name": "llama-3-8b", "aliases": ["gpt-3.5-turbo"],
+           "upstreamModel": "meta-llama/Meta-Llama-3-8B-Instruct",
+           "destinations": [
+             {"name": "llama-3-8b-v1", "weight": 90, "host": "llama.ai.svc.cluster.local", "subset": "v1"},
+             {"name": "llama-3-8b-v2", "weight": 10, "host": "llama.ai.svc.cluster.local", "subset": "v2"}]},
+          {"name": "bge", "destinations": [{"name": "bge"}]}
+        ]}"#;
+
+    #[test]
+    fn parses_defaults_and_contract_example() {
+        let c = Config::from_json(GOOD.as_bytes()).unwrap();
+        assert_eq!(c.route_header, "x-ai-route");
+        assert_eq!(c.model_header, "x-ai-model");
+        assert_eq!(c.max_body_bytes, 1_048_576);
+        assert_eq!(c.on_unknown_model, Policy::Reject);
+        assert_eq!(c.on_missing_model, Policy::Passthrough);
+        assert_eq!(c.on_invalid_body, Policy::Reject);
+        assert_eq!(c.on_oversize, Policy::Passthrough);
+        assert_eq!(c.sticky_header.as_deref(), Some("x-user-id"));
+        assert!(!c.body_routing);
+        assert_eq!(c.resolve("gpt-3.5-turbo").unwrap().name, "llama-3-8b");
+        assert_eq!(c.resolve("llama-3-8b").unwrap().total_weight, 100);
+        assert_eq!(c.resolve("bge").unwrap().destinations[0].weight, 1);
+        assert!(c.resolve("LLAMA-3-8B").is_none());
+        assert!(c.may_rewrite_body());
+    }
+
+    #[test]
+    fn rejections_name_the_field() {
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                r#"{"models":[],"bogus":1}"#,
+                "bogus",
+                "unknown field `bogus`",
+            ),
+            (
+                r#"{"models":[{"name":"a","destinations":[{"name":"x","wieght":1}]}]}"#,
+                "models[0].destinations[0].wieght",
+                "unknown field `wieght`",
+            ),
+            (
+                r#"{"models":[{"name":"a","destinations":[]}]}"#,
+                "models[0].destinations",
+                "at least one destination",
+            ),
+            (
+                r#"{"models":[{"name":"a","destinations":[{"name":"x","weight":0},{"name":"y","weight":0}]}]}"#,
+                "models[0].destinations",
+                "all weights",
+            ),
+            (
+                r#"{"models":[{"name":"a","destinations":[{"name":"x"}]},{"name":"a","destinations":[{"name":"x"}]}]}"#,
+                "models[1].name",
+                "duplicate model",
+            ),
+            (
+                r#"{"models":[{"name":"a","destinations":[{"name":"x"}]},{"name":"b","aliases":["a"],"destinations":[{"name":"x"}]}]}"#,
+                "models[1].aliases[0]",
+                "duplicate model",
+            ),
+            (
+                r#"{"models":[{"name":"a","aliases":["b","b"],"destinations":[{"name":"x"}]}]}"#,
+                "models[0].aliases[1]",
+                "duplicate model",
+            ),
+            (
+                r#"{"routeHeader":"bad header","models":[]}"#,
+                "routeHeader",
+                "not a valid HTTP header name",
+            ),
+            (
+                r#"{"stickyHeader":"","models":[]}"#,
+                "stickyHeader",
+                "not a valid HTTP header name",
+            ),
+            (
+                r#"{"modelHeader":"x-ai-route","models":[]}"#,
+                "modelHeader",
+                "must differ",
+            ),
+            (
+                r#"{"maxBodyBytes":0,"models":[]}"#,
+                "maxBodyBytes",
+                "greater than 0",
+            ),
+            (
+                r#"{"maxBodyBytes":-1,"models":[]}"#,
+                "maxBodyBytes",
+                "invalid value",
+            ),
+            (
+                r#"{"onUnknownModel":"drop","models":[]}"#,
+                "onUnknownModel",
+                "unknown variant `drop`",
+            ),
+            (
+                r#"{"onOversize":"REJECT","models":[]}"#,
+                "onOversize",
+                "unknown variant",
+            ),
+            (
+                r#"{"models":[{"name":"a;b","destinations":[{"name":"x"}]}]}"#,
+                "models[0].name",
+                "not allowed",
+            ),
+            (
+                r#"{"models":[{"name":"a","destinations":[{"name":"x"},{"name":"x"}]}]}"#,
+                "models[0].destinations[1].name",
+                "duplicate destination",
+            ),
+            (
+                r#"{"models":[{"name":"a","destinations":[{"name":"x","weight":1.5}]}]}"#,
+                "models[0].destinations[0].weight",
+                "invalid type",
+            ),
+            (r#"{}"#, ".", "missing field `models`"),
+            (
+                r#"{"models":[{"name":"a","destinations":[{"name":"x"}]}]} x"#,
+                ".",
+                "trailing",
+            ),
+            (r#"not json"#, ".", "expected"),
+        ];
+        for (json, path, needle) in cases {
+            let e = err(json);
+            assert_eq!(&e.path, path, "path for {json}: {e}");
+            assert!(e.to_string().contains(needle), "message for {json}: {e}");
+        }
+    }
+
+    #[test]
+    fn yaml_style_deserializer_keeps_paths() {
+        let v: serde_json::Value =
+            serde_json::json!({"models": [{"name": "a", "destinations": [{"name": 3}]}]});
+        let e = Config::from_deserializer(v).unwrap_err();
+        assert_eq!(e.path, "models[0].destinations[0].name");
+    }
+}

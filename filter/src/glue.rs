@@ -1,0 +1,321 @@
+//! proxy-wasm glue: reads what the host gives, asks the core, carries out its decisions.
+//! No routing or parsing logic lives here.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
+
+use crate::config::Config;
+use crate::host::{self, MAP_REQUEST_HEADERS as REQ, MAP_RESPONSE_HEADERS as RESP};
+use crate::request::{
+    apply_edits, BodyAction, HeadersAction, RequestFlow, RequestInfo, CONTENT_LENGTH,
+};
+
+/// How long held headers wait for the first body callback before the host is judged unable to
+/// deliver it (Envoy without `allow_on_headers_stop_iteration`).
+const HOLD_TIMEOUT_NS: u64 = 1_000_000_000;
+const TICK_MS: u32 = 100;
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info); // also installs the SDK's panic hook, which logs
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
+}}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HoldSupport {
+    Unknown,
+    Yes,
+    No,
+}
+
+/// State shared by the root context and every HTTP context of one VM.
+struct Shared {
+    config: Rc<Config>,
+    hold: Cell<HoldSupport>,
+    /// Held request contexts and when they were held.
+    waiting: RefCell<HashMap<u32, u64>>,
+    /// Contexts the safety net released.
+    released: RefCell<Vec<u32>>,
+    rng: Cell<u64>,
+    logged_release: Cell<bool>,
+}
+
+impl Shared {
+    fn random(&self) -> u64 {
+        // xorshift64*: statistically fine for traffic splitting, seeded from host time.
+        let mut x = self.rng.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng.set(x);
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+#[derive(Default)]
+struct Root {
+    shared: Option<Rc<Shared>>,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, size: usize) -> bool {
+        let bytes = match host::buffer(host::BUF_PLUGIN_CONFIGURATION, 0, size) {
+            Ok(Some(b)) => b,
+            _ => b"{}".to_vec(),
+        };
+        let config = match Config::from_json(&bytes) {
+            Ok(c) => Rc::new(c),
+            Err(e) => {
+                host::log(
+                    host::LOG_ERROR,
+                    &format!("model-router: invalid configuration: {e}"),
+                );
+                return false;
+            }
+        };
+        let seed = crate::routing::mix(host::now_nanos() ^ 0x9e37_79b9_7f4a_7c15) | 1;
+        self.shared = Some(Rc::new(Shared {
+            config,
+            hold: Cell::new(HoldSupport::Unknown),
+            waiting: RefCell::new(HashMap::new()),
+            released: RefCell::new(Vec::new()),
+            rng: Cell::new(seed),
+            logged_release: Cell::new(false),
+        }));
+        host::log(host::LOG_INFO, "model-router: configuration loaded");
+        true
+    }
+
+    fn on_tick(&mut self) {
+        let Some(shared) = &self.shared else { return };
+        let now = host::now_nanos();
+        let overdue: Vec<u32> = {
+            let waiting = shared.waiting.borrow();
+            waiting
+                .iter()
+                .filter(|(_, &since)| now.saturating_sub(since) > HOLD_TIMEOUT_NS)
+                .map(|(&id, _)| id)
+                .collect()
+        };
+        if overdue.is_empty() {
+            return;
+        }
+        shared.hold.set(HoldSupport::No);
+        for id in &overdue {
+            shared.waiting.borrow_mut().remove(id);
+            shared.released.borrow_mut().push(*id);
+        }
+        if !shared.logged_release.replace(true) {
+            host::log(
+                host::LOG_WARN,
+                "model-router: the host did not deliver the body of a held request; releasing it unrouted. \
+                 Body routing needs allow_on_headers_stop_iteration: true (see docs). \
+                 Later requests on this VM are routed from headers only.",
+            );
+        }
+        // No borrow is held here: resuming can call back into this VM.
+        for id in overdue {
+            if host::set_effective_context(id).is_ok() {
+                let _ = host::resume_request();
+            }
+        }
+        if shared.waiting.borrow().is_empty() {
+            let _ = host::set_tick_period_ms(0);
+        }
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Http {
+            id: context_id,
+            shared: self.shared.clone(),
+            flow: RequestFlow::default(),
+            body_seen: 0,
+            start_ns: 0,
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Http {
+    id: u32,
+    shared: Option<Rc<Shared>>,
+    flow: RequestFlow,
+    /// Bytes of the buffered request body already fed to the flow.
+    body_seen: usize,
+    start_ns: u64,
+}
+
+/// Replaces the whole buffered request body with the edited one (Envoy cannot splice a range).
+fn rewrite_body(body_size: usize, edits: &[crate::request::Edit]) -> bool {
+    let Ok(Some(body)) = host::buffer(host::BUF_REQUEST_BODY, 0, body_size) else {
+        return false;
+    };
+    let edited = apply_edits(&body, edits);
+    host::set_buffer(host::BUF_REQUEST_BODY, 0, body.len(), &edited).is_ok()
+}
+
+fn header_str(map: u32, name: &str) -> Option<String> {
+    host::header(map, name).map(|v| String::from_utf8_lossy(&v).into_owned())
+}
+
+impl Http {
+    fn was_released(&self, shared: &Shared) -> bool {
+        let mut released = shared.released.borrow_mut();
+        match released.iter().position(|&id| id == self.id) {
+            Some(i) => {
+                released.swap_remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn reject(&mut self, shared: &Shared, r: &crate::reply::Reject) -> Action {
+        let body = r.body();
+        let sent = host::send_local_response(
+            r.status(),
+            &format!("model_router_{}", r.reason.code()),
+            &[("content-type", "application/json")],
+            &body,
+        );
+        if sent.is_err() {
+            // The host refused a local reply: never leave the request hanging.
+            return Action::Continue;
+        }
+        Action::Pause
+    }
+
+    fn set_request_headers(&self, shared: &Shared, set: &[(String, String)], remove: &[&str]) {
+        for name in remove {
+            let _ = host::remove_header(REQ, name);
+        }
+        for (k, v) in set {
+            let _ = host::set_header(REQ, k, v);
+        }
+        if !set.is_empty() {
+            // Envoy >= 1.33: make sure the route is chosen again with the new headers.
+            let _ = host::call_foreign("clear_route_cache", &[]);
+            self.started(shared);
+        }
+    }
+
+    /// The request has been routed: count it in flight.
+    fn started(&self, _shared: &Shared) {}
+}
+
+impl Context for Http {}
+
+impl HttpContext for Http {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let Some(shared) = self.shared.clone() else {
+            return Action::Continue;
+        };
+        self.start_ns = host::now_nanos();
+        let cfg = &shared.config;
+        let method = header_str(REQ, ":method").unwrap_or_default();
+        let path = header_str(REQ, ":path").unwrap_or_default();
+        let content_type = header_str(REQ, "content-type");
+        let content_length = header_str(REQ, "content-length").and_then(|v| v.trim().parse().ok());
+        let sticky = cfg
+            .sticky_header
+            .as_deref()
+            .and_then(|h| host::header(REQ, h));
+        let info = RequestInfo {
+            method: &method,
+            path: &path,
+            content_type: content_type.as_deref(),
+            content_length,
+            sticky: sticky.as_deref(),
+            end_of_stream,
+            random: shared.random(),
+        };
+        let can_hold = shared.hold.get() != HoldSupport::No;
+        match self.flow.on_request_headers(cfg, &info, can_hold) {
+            HeadersAction::Continue { set, remove } => {
+                self.set_request_headers(&shared, &set, &remove);
+                Action::Continue
+            }
+            HeadersAction::Hold => {
+                shared.waiting.borrow_mut().insert(self.id, self.start_ns);
+                let _ = host::set_tick_period_ms(TICK_MS);
+                Action::Pause
+            }
+            HeadersAction::Reject(r) => self.reject(&shared, &r),
+        }
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(shared) = self.shared.clone() else {
+            return Action::Continue;
+        };
+        if self.was_released(&shared) {
+            // Envoy delivers the body once a released request goes on; it is too late to route.
+            self.flow.release_held();
+            return Action::Continue;
+        }
+        if self.flow.held() {
+            // Body callbacks while headers are held: this host can hold.
+            shared.hold.set(HoldSupport::Yes);
+            shared.waiting.borrow_mut().remove(&self.id);
+        }
+        if !self.flow.reading_body() {
+            return Action::Continue;
+        }
+        let chunk = if body_size > self.body_seen {
+            match host::buffer(
+                host::BUF_REQUEST_BODY,
+                self.body_seen,
+                body_size - self.body_seen,
+            ) {
+                Ok(b) => b.unwrap_or_default(),
+                Err(_) => Vec::new(),
+            }
+        } else {
+            Vec::new()
+        };
+        self.body_seen = body_size;
+        let cfg = &shared.config;
+        match self.flow.on_request_body(cfg, &chunk, end_of_stream) {
+            BodyAction::NeedMore => Action::Pause,
+            BodyAction::Continue { mut set, edits } => {
+                if !edits.is_empty() && !rewrite_body(body_size, &edits) {
+                    // Body unchanged: its length must not change either.
+                    set.retain(|(k, _)| k != CONTENT_LENGTH);
+                    host::log(
+                        host::LOG_WARN,
+                        "model-router: the host refused the body rewrite",
+                    );
+                }
+                self.set_request_headers(&shared, &set, &[]);
+                Action::Continue
+            }
+            BodyAction::Reject(r) => self.reject(&shared, &r),
+        }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Some(shared) = self.shared.clone() else {
+            return Action::Continue;
+        };
+        if let Some((_, d)) = self.flow.routed(&shared.config) {
+            let _ = host::set_header(RESP, "x-ai-route", &d.name);
+        }
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        shared.waiting.borrow_mut().remove(&self.id);
+        self.was_released(&shared);
+    }
+}

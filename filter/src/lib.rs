@@ -1,0 +1,16 @@
+//! model-router: a proxy-wasm HTTP filter that makes Envoy model-aware.
+//!
+//! Everything but `glue` is host-free and tested on the native target; `glue` (wasm32 only) wires
+//! the core to the proxy-wasm ABI and holds no logic of its own.
+
+pub mod config;
+pub mod json_scan;
+pub mod path_model;
+pub mod reply;
+pub mod request;
+pub mod routing;
+
+#[cfg(target_arch = "wasm32")]
+mod glue;
+#[cfg(target_arch = "wasm32")]
+mod host;

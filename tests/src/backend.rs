@@ -1,0 +1,339 @@
+//! A fake inference server speaking the OpenAI, Anthropic and KServe wire formats (JSON and SSE).
+//! It records every request it receives and the exact bytes and token counts it answers with, so
+//! tests can compare what the filter reports against the truth.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+/// Token counts the backend reported in one response.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reported {
+    pub input: u64,
+    pub output: u64,
+    pub cached_input: u64,
+    pub reasoning: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Exchange {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+    /// Usage the response carried (None when it carried none).
+    pub reported: Option<Reported>,
+    /// Exact response body bytes (for streams: everything sent).
+    pub sent: Vec<u8>,
+}
+
+impl Exchange {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+/// A running fake backend. Stops when dropped (its task is aborted).
+pub struct Backend {
+    pub name: String,
+    pub addr: SocketAddr,
+    log: Arc<Mutex<Vec<Exchange>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Backend {
+    pub async fn start(name: &str) -> Backend {
+        let listener = match TcpListener::bind("127.0.0.1:0").await {
+            Ok(l) => l,
+            Err(e) => panic!("binding a backend port: {e}"),
+        };
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let log: Arc<Mutex<Vec<Exchange>>> = Arc::default();
+        let (n, l) = (name.to_string(), log.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (n, l) = (n.clone(), l.clone());
+                tokio::spawn(async move {
+                    let svc =
+                        hyper::service::service_fn(move |req| handle(n.clone(), l.clone(), req));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Backend {
+            name: name.to_string(),
+            addr,
+            log,
+            task,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn exchanges(&self) -> Vec<Exchange> {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    pub fn clear(&self) {
+        if let Ok(mut l) = self.log.lock() {
+            l.clear();
+        }
+    }
+}
+
+type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+fn usage_of(body: &[u8], max_tokens: u64) -> Reported {
+    // Deterministic, and different per request so sums are meaningful.
+    Reported {
+        input: 10 + (body.len() as u64 % 17),
+        output: max_tokens,
+        cached_input: 2,
+        reasoning: 1,
+    }
+}
+
+async fn handle(
+    name: String,
+    log: Arc<Mutex<Vec<Exchange>>>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let method = req.method().to_string();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let delay_ms: u64 = header(&headers, "x-test-chunk-delay-ms")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    let status: Option<u16> = header(&headers, "x-test-status").and_then(|v| v.parse().ok());
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let req_json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let model = req_json["model"].as_str().unwrap_or("unknown").to_string();
+    let stream = req_json["stream"] == json!(true);
+    let include_usage = req_json["stream_options"]["include_usage"] == json!(true);
+    let max_tokens = req_json["max_tokens"].as_u64().unwrap_or(3).clamp(1, 50);
+    let u = usage_of(&body, max_tokens);
+
+    let mut exchange = Exchange {
+        method,
+        path: path.clone(),
+        headers,
+        body: body.clone(),
+        reported: None,
+        sent: Vec::new(),
+    };
+    let p = path.split('?').next().unwrap_or("");
+    let (status_code, content_type, events_or_body) = if let Some(s) = status {
+        let b = json!({"error": {"message": "test error", "type": "server_error", "code": null}})
+            .to_string();
+        (s, "application/json", Err(b))
+    } else if p.ends_with("/chat/completions") || p.ends_with("/completions") {
+        if stream {
+            let mut ev = Vec::new();
+            for i in 0..max_tokens {
+                let c = json!({"id": "c1", "object": "chat.completion.chunk", "model": model,
+                    "choices": [{"index": 0, "delta": {"content": format!("t{i} ")}, "finish_reason": null}],
+                    "usage": if include_usage { Value::Null } else { Value::Null }});
+                ev.push(format!("data: {c}\n\n"));
+            }
+            if include_usage {
+                exchange.reported = Some(u.clone());
+                let c = json!({"id": "c1", "object": "chat.completion.chunk", "model": model, "choices": [],
+                    "usage": {"prompt_tokens": u.input, "completion_tokens": u.output, "total_tokens": u.input + u.output,
+                              "prompt_tokens_details": {"cached_tokens": u.cached_input},
+                              "completion_tokens_details": {"reasoning_tokens": u.reasoning}}});
+                ev.push(format!("data: {c}\n\n"));
+            }
+            ev.push("data: [DONE]\n\n".to_string());
+            (200, "text/event-stream", Ok(ev))
+        } else {
+            exchange.reported = Some(u.clone());
+            let b = json!({"id": "c1", "object": "chat.completion", "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello"}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": u.input, "completion_tokens": u.output, "total_tokens": u.input + u.output,
+                          "prompt_tokens_details": {"cached_tokens": u.cached_input},
+                          "completion_tokens_details": {"reasoning_tokens": u.reasoning}}});
+            (200, "application/json", Err(b.to_string()))
+        }
+    } else if p.ends_with("/embeddings") {
+        let r = Reported {
+            output: 0,
+            cached_input: 0,
+            reasoning: 0,
+            ..u
+        };
+        exchange.reported = Some(r.clone());
+        let b = json!({"object": "list", "model": model, "data": [{"object": "embedding", "index": 0, "embedding": [0.1, -0.2, 0.3]}],
+            "usage": {"prompt_tokens": r.input, "total_tokens": r.input}});
+        (200, "application/json", Err(b.to_string()))
+    } else if p.ends_with("/v1/messages") {
+        let r = Reported { reasoning: 0, ..u };
+        exchange.reported = Some(r.clone());
+        if stream {
+            let mut ev = vec![
+                sse(
+                    "message_start",
+                    json!({"type": "message_start", "message": {"id": "m1", "type": "message", "role": "assistant",
+                    "model": model, "content": [], "usage": {"input_tokens": r.input, "cache_read_input_tokens": r.cached_input, "output_tokens": 1}}}),
+                ),
+                sse(
+                    "content_block_start",
+                    json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+                ),
+                ": keep-alive comment\n\n".to_string(),
+                sse("ping", json!({"type": "ping"})),
+            ];
+            for i in 0..r.output {
+                ev.push(sse("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": format!("w{i}")}})));
+            }
+            ev.push(sse(
+                "content_block_stop",
+                json!({"type": "content_block_stop", "index": 0}),
+            ));
+            // Cumulative: the first delta reports less than the last.
+            ev.push(sse("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": null}, "usage": {"output_tokens": 1}})));
+            ev.push(sse("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": r.output}})));
+            ev.push(sse("message_stop", json!({"type": "message_stop"})));
+            (200, "text/event-stream", Ok(ev))
+        } else {
+            let b = json!({"id": "m1", "type": "message", "role": "assistant", "model": model, "content": [{"type": "text", "text": "hi"}],
+                "usage": {"input_tokens": r.input, "output_tokens": r.output, "cache_read_input_tokens": r.cached_input}});
+            (200, "application/json", Err(b.to_string()))
+        }
+    } else if p.ends_with("/v1/responses") {
+        exchange.reported = Some(u.clone());
+        let usage = json!({"input_tokens": u.input, "input_tokens_details": {"cached_tokens": u.cached_input},
+            "output_tokens": u.output, "output_tokens_details": {"reasoning_tokens": u.reasoning}, "total_tokens": u.input + u.output});
+        if stream {
+            let mut ev = vec![sse(
+                "response.created",
+                json!({"type": "response.created", "sequence_number": 0, "response": {"status": "in_progress", "usage": null}}),
+            )];
+            for i in 0..u.output {
+                ev.push(sse("response.output_text.delta", json!({"type": "response.output_text.delta", "sequence_number": i + 1, "delta": format!("d{i}")})));
+            }
+            ev.push(sse("response.completed", json!({"type": "response.completed", "sequence_number": 99, "response": {"status": "completed", "usage": usage}})));
+            (200, "text/event-stream", Ok(ev))
+        } else {
+            let b = json!({"id": "r1", "object": "response", "status": "completed", "model": model, "output": [], "usage": usage});
+            (200, "application/json", Err(b.to_string()))
+        }
+    } else if p.starts_with("/v2/models/") {
+        let name = p
+            .trim_start_matches("/v2/models/")
+            .split('/')
+            .next()
+            .unwrap_or("");
+        (
+            200,
+            "application/json",
+            Err(json!({"model_name": name, "outputs": []}).to_string()),
+        )
+    } else {
+        (
+            200,
+            "application/json",
+            Err(json!({"ok": true, "backend": name}).to_string()),
+        )
+    };
+
+    let resp = Response::builder()
+        .status(status_code)
+        .header("content-type", content_type)
+        .header("x-backend", name.as_str());
+    match events_or_body {
+        Err(full) => {
+            exchange.sent = full.clone().into_bytes();
+            push(&log, exchange);
+            Ok(resp
+                .body(Full::new(Bytes::from(full)).boxed())
+                .unwrap_or_else(|_| Response::new(empty())))
+        }
+        Ok(events) => {
+            exchange.sent = events.concat().into_bytes();
+            push(&log, exchange);
+            let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+            tokio::spawn(async move {
+                for e in events {
+                    tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                    if tx.send(Ok(Frame::data(Bytes::from(e)))).await.is_err() {
+                        return; // the client went away
+                    }
+                }
+            });
+            let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|f| (f, rx))
+            });
+            Ok(resp
+                .body(BodyExt::boxed(StreamBody::new(stream)))
+                .unwrap_or_else(|_| Response::new(empty())))
+        }
+    }
+}
+
+fn empty() -> Body {
+    Full::new(Bytes::new()).boxed()
+}
+
+fn sse(event: &str, data: Value) -> String {
+    format!("event: {event}\ndata: {data}\n\n")
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+fn push(log: &Mutex<Vec<Exchange>>, e: Exchange) {
+    if let Ok(mut l) = log.lock() {
+        l.push(e);
+    }
+}

@@ -1,0 +1,196 @@
+//! End-to-end harness: real Envoy 1.40 (V8) loading the built `model_router.wasm`, in front of
+//! fake OpenAI-compatible backends that record what they receive.
+
+pub mod backend;
+pub mod envoy;
+pub mod prom;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use backend::Backend;
+use envoy::{Envoy, FilterSetup, Upstream};
+use serde_json::Value;
+
+/// What a test client got back.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Envoy with the filter, one backend per configured destination, and a `default` backend for
+/// requests the filter does not route.
+pub struct Scenario {
+    pub envoy: Envoy,
+    pub backends: BTreeMap<String, Backend>,
+    pub default: Backend,
+    pub client: reqwest::Client,
+    pub access_log: PathBuf,
+}
+
+pub struct Options {
+    pub allow_hold: bool,
+    pub concurrency: u32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            allow_hold: true,
+            concurrency: 1,
+        }
+    }
+}
+
+impl Scenario {
+    pub async fn start(config: Value) -> Scenario {
+        Scenario::start_with(config, Options::default()).await
+    }
+
+    pub async fn start_with(config: Value, opts: Options) -> Scenario {
+        let mut backends = BTreeMap::new();
+        for m in config["models"].as_array().into_iter().flatten() {
+            for d in m["destinations"].as_array().into_iter().flatten() {
+                let name = d["name"].as_str().unwrap_or_default().to_string();
+                if !backends.contains_key(&name) {
+                    backends.insert(name.clone(), Backend::start(&name).await);
+                }
+            }
+        }
+        let default = Backend::start("default").await;
+        let upstreams: Vec<Upstream> = backends
+            .values()
+            .map(|b| Upstream {
+                name: b.name.clone(),
+                port: b.port(),
+            })
+            .collect();
+        let default_up = Upstream {
+            name: "default".into(),
+            port: default.port(),
+        };
+        let mut setup = FilterSetup::new(config);
+        setup.allow_hold = opts.allow_hold;
+        let logdir = tempfile::tempdir()
+            .map(|d| d.keep())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let access_log = logdir.join("access.log");
+        let boot = envoy::bootstrap(
+            &setup,
+            &upstreams,
+            &default_up,
+            &envoy::wasm_path(),
+            &access_log,
+        );
+        let envoy = match tokio::task::block_in_place(|| Envoy::start(&boot, opts.concurrency)) {
+            Ok(e) => e,
+            Err(e) => panic!("{e:#}"),
+        };
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(20))
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        Scenario {
+            envoy,
+            backends,
+            default,
+            client,
+            access_log,
+        }
+    }
+
+    pub fn backend(&self, name: &str) -> &Backend {
+        self.backends
+            .get(name)
+            .unwrap_or_else(|| panic!("no backend {name}"))
+    }
+
+    /// POSTs `body` to `path` through Envoy.
+    pub async fn post(
+        &self,
+        path: &str,
+        body: impl Into<Vec<u8>>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        self.send("POST", path, body.into(), headers).await
+    }
+
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let method =
+            reqwest::Method::from_bytes(method.as_bytes()).unwrap_or(reqwest::Method::POST);
+        let mut req = self.client.request(method, self.envoy.url(path)).body(body);
+        let has_ct = headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-type"));
+        if !has_ct {
+            req = req.header("content-type", "application/json");
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => panic!(
+                "request to {path} failed: {e}\nenvoy log:\n{}",
+                tail(&self.envoy.log())
+            ),
+        };
+        let status = resp.status().as_u16();
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        let body = resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// Prometheus text from Envoy's admin endpoint.
+    pub fn prometheus(&self) -> String {
+        self.envoy
+            .admin("/stats/prometheus")
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub fn access_log(&self) -> String {
+        std::fs::read_to_string(&self.access_log).unwrap_or_default()
+    }
+}
+
+/// The last lines of a log, for failure messages.
+pub fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
