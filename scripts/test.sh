@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The full test suite: unit and property tests of the filter core, then end-to-end tests that run
-# real Envoy 1.40 with the freshly built model_router.wasm. Run scripts/setup.sh once first.
+# real Envoy 1.40 with the freshly built model_router.wasm. Installs what is missing first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/setup.sh
 echo "== building model_router.wasm (release, wasm32-wasip1)"
 cargo build -p model-router --release --target wasm32-wasip1
 echo "== clippy (no unwrap/expect/panic outside tests)"

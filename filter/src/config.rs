@@ -151,9 +151,8 @@ impl Config {
     pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
         let mut de = serde_json::Deserializer::from_slice(bytes);
         let config = Config::from_deserializer(&mut de)?;
-        de.end().map_err(|e| {
-            ConfigError::new(".", format!("trailing data after the configuration: {e}"))
-        })?;
+        de.end()
+            .map_err(|e| ConfigError::new(".", format!("trailing data after the configuration: {e}")))?;
         Ok(config)
     }
 
@@ -165,11 +164,7 @@ impl Config {
         let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             ConfigError::new(
-                if path.is_empty() {
-                    ".".to_string()
-                } else {
-                    path
-                },
+                if path.is_empty() { ".".to_string() } else { path },
                 e.into_inner().to_string(),
             )
         })?;
@@ -222,10 +217,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         }
         if let Some(up) = &m.upstream_model {
             if up.is_empty() {
-                return Err(ConfigError::new(
-                    format!("{at}.upstreamModel"),
-                    "must not be empty",
-                ));
+                return Err(ConfigError::new(format!("{at}.upstreamModel"), "must not be empty"));
             }
         }
         if m.destinations.is_empty() {
@@ -257,10 +249,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         if total_weight == 0 {
             return Err(ConfigError::new(
                 format!("{at}.destinations"),
-                format!(
-                    "all weights of model `{}` are 0: at least one must be positive",
-                    m.name
-                ),
+                format!("all weights of model `{}` are 0: at least one must be positive", m.name),
             ));
         }
         models.push(Model {
@@ -288,12 +277,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     })
 }
 
-fn claim(
-    index: &mut HashMap<String, usize>,
-    name: &str,
-    model: usize,
-    path: &str,
-) -> Result<(), ConfigError> {
+fn claim(index: &mut HashMap<String, usize>, name: &str, model: usize, path: &str) -> Result<(), ConfigError> {
     if let Some(&other) = index.get(name) {
         let what = if other == model {
             "the same model"
@@ -302,9 +286,7 @@ fn claim(
         };
         return Err(ConfigError::new(
             path,
-            format!(
-                "duplicate model name or alias `{name}` (already used by {what}, models[{other}])"
-            ),
+            format!("duplicate model name or alias `{name}` (already used by {what}, models[{other}])"),
         ));
     }
     index.insert(name.to_string(), model);
@@ -318,10 +300,7 @@ fn name_check(path: &str, name: &str) -> Result<(), ConfigError> {
         return Err(ConfigError::new(path, "must not be empty"));
     }
     if name.len() > MAX_NAME_LEN {
-        return Err(ConfigError::new(
-            path,
-            format!("longer than {MAX_NAME_LEN} bytes"),
-        ));
+        return Err(ConfigError::new(path, format!("longer than {MAX_NAME_LEN} bytes")));
     }
     if let Some(c) = name
         .chars()
@@ -404,11 +383,7 @@ mod tests {
     #[test]
     fn rejections_name_the_field() {
         let cases: &[(&str, &str, &str)] = &[
-            (
-                r#"{"models":[],"bogus":1}"#,
-                "bogus",
-                "unknown field `bogus`",
-            ),
+            (r#"{"models":[],"bogus":1}"#, "bogus", "unknown field `bogus`"),
             (
                 r#"{"models":[{"name":"a","destinations":[{"name":"x","wieght":1}]}]}"#,
                 "models[0].destinations[0].wieght",
@@ -454,16 +429,8 @@ mod tests {
                 "modelHeader",
                 "must differ",
             ),
-            (
-                r#"{"maxBodyBytes":0,"models":[]}"#,
-                "maxBodyBytes",
-                "greater than 0",
-            ),
-            (
-                r#"{"maxBodyBytes":-1,"models":[]}"#,
-                "maxBodyBytes",
-                "invalid value",
-            ),
+            (r#"{"maxBodyBytes":0,"models":[]}"#, "maxBodyBytes", "greater than 0"),
+            (r#"{"maxBodyBytes":-1,"models":[]}"#, "maxBodyBytes", "invalid value"),
             (
                 r#"{"onUnknownModel":"drop","models":[]}"#,
                 "onUnknownModel",
@@ -506,8 +473,7 @@ mod tests {
 
     #[test]
     fn yaml_style_deserializer_keeps_paths() {
-        let v: serde_json::Value =
-            serde_json::json!({"models": [{"name": "a", "destinations": [{"name": 3}]}]});
+        let v: serde_json::Value = serde_json::json!({"models": [{"name": "a", "destinations": [{"name": 3}]}]});
         let e = Config::from_deserializer(v).unwrap_err();
         assert_eq!(e.path, "models[0].destinations[0].name");
     }

@@ -10,9 +10,15 @@ use proxy_wasm::types::{Action, ContextType, LogLevel};
 
 use crate::config::Config;
 use crate::host::{self, MAP_REQUEST_HEADERS as REQ, MAP_RESPONSE_HEADERS as RESP};
-use crate::request::{
-    apply_edits, BodyAction, HeadersAction, RequestFlow, RequestInfo, CONTENT_LENGTH,
-};
+use crate::request::{apply_edits, BodyAction, HeadersAction, RequestFlow, RequestInfo, CONTENT_LENGTH};
+use crate::telemetry::{self, Exchange, Kind, MetricOp};
+
+/// Filter-state keys (Envoy stores them as `wasm.<key>`; access logs print them with
+/// `%FILTER_STATE(wasm.model_router.model:PLAIN)%`).
+const FS_MODEL: &str = "model_router.model";
+const FS_DESTINATION: &str = "model_router.destination";
+const FS_INPUT_TOKENS: &str = "model_router.input_tokens";
+const FS_OUTPUT_TOKENS: &str = "model_router.output_tokens";
 
 /// How long held headers wait for the first body callback before the host is judged unable to
 /// deliver it (Envoy without `allow_on_headers_stop_iteration`).
@@ -41,9 +47,39 @@ struct Shared {
     released: RefCell<Vec<u32>>,
     rng: Cell<u64>,
     logged_release: Cell<bool>,
+    /// Metric ids by stat name, defined on first use.
+    metrics: RefCell<HashMap<String, u32>>,
 }
 
 impl Shared {
+    fn apply(&self, ops: &[MetricOp]) {
+        for op in ops {
+            let (kind, name) = match op {
+                MetricOp::Add { kind, name, .. } => (*kind, name),
+                MetricOp::Record { name, .. } => (Kind::Histogram, name),
+            };
+            let Some(id) = self.metric_id(kind, name) else { continue };
+            let _ = match op {
+                MetricOp::Add { delta, .. } => host::increment_metric(id, *delta),
+                MetricOp::Record { value, .. } => host::record_metric(id, *value),
+            };
+        }
+    }
+
+    fn metric_id(&self, kind: Kind, name: &str) -> Option<u32> {
+        if let Some(id) = self.metrics.borrow().get(name) {
+            return Some(*id);
+        }
+        let host_kind = match kind {
+            Kind::Counter => host::METRIC_COUNTER,
+            Kind::Gauge => host::METRIC_GAUGE,
+            Kind::Histogram => host::METRIC_HISTOGRAM,
+        };
+        let id = host::define_metric(host_kind, name).ok()?;
+        self.metrics.borrow_mut().insert(name.to_string(), id);
+        Some(id)
+    }
+
     fn random(&self) -> u64 {
         // xorshift64*: statistically fine for traffic splitting, seeded from host time.
         let mut x = self.rng.get();
@@ -71,10 +107,7 @@ impl RootContext for Root {
         let config = match Config::from_json(&bytes) {
             Ok(c) => Rc::new(c),
             Err(e) => {
-                host::log(
-                    host::LOG_ERROR,
-                    &format!("model-router: invalid configuration: {e}"),
-                );
+                host::log(host::LOG_ERROR, &format!("model-router: invalid configuration: {e}"));
                 return false;
             }
         };
@@ -86,6 +119,7 @@ impl RootContext for Root {
             released: RefCell::new(Vec::new()),
             rng: Cell::new(seed),
             logged_release: Cell::new(false),
+            metrics: RefCell::new(HashMap::new()),
         }));
         host::log(host::LOG_INFO, "model-router: configuration loaded");
         true
@@ -109,6 +143,7 @@ impl RootContext for Root {
         for id in &overdue {
             shared.waiting.borrow_mut().remove(id);
             shared.released.borrow_mut().push(*id);
+            shared.apply(&[telemetry::hold_released()]);
         }
         if !shared.logged_release.replace(true) {
             host::log(
@@ -135,7 +170,7 @@ impl RootContext for Root {
             shared: self.shared.clone(),
             flow: RequestFlow::default(),
             body_seen: 0,
-            start_ns: 0,
+            exchange: Exchange::new(0),
         }))
     }
 
@@ -150,7 +185,37 @@ struct Http {
     flow: RequestFlow,
     /// Bytes of the buffered request body already fed to the flow.
     body_seen: usize,
-    start_ns: u64,
+    exchange: Exchange,
+}
+
+impl Http {
+    /// Feeds a passing response chunk to the accounting (the chunk itself is never changed).
+    fn response_body(&mut self, shared: &Shared, body_size: usize, end_of_stream: bool) {
+        if !self.exchange.wants_body() {
+            return;
+        }
+        let chunk = if body_size > 0 {
+            host::buffer(host::BUF_RESPONSE_BODY, 0, body_size)
+                .ok()
+                .flatten()
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        if let Some(ttft) = self.exchange.response_body(&chunk, end_of_stream, host::now_nanos()) {
+            let (m, d) = telemetry::labels(&shared.config, self.flow.outcome());
+            shared.apply(&[Exchange::ttft_op(&m, &d, ttft)]);
+        }
+        if end_of_stream {
+            let u = self.exchange.usage();
+            if let Some(n) = u.input {
+                let _ = host::set_property(&[FS_INPUT_TOKENS], n.to_string().as_bytes());
+            }
+            if let Some(n) = u.output {
+                let _ = host::set_property(&[FS_OUTPUT_TOKENS], n.to_string().as_bytes());
+            }
+        }
+    }
 }
 
 /// Replaces the whole buffered request body with the edited one (Envoy cannot splice a range).
@@ -179,6 +244,7 @@ impl Http {
     }
 
     fn reject(&mut self, shared: &Shared, r: &crate::reply::Reject) -> Action {
+        shared.apply(&[telemetry::rejected(r.reason)]);
         let body = r.body();
         let sent = host::send_local_response(
             r.status(),
@@ -193,7 +259,7 @@ impl Http {
         Action::Pause
     }
 
-    fn set_request_headers(&self, shared: &Shared, set: &[(String, String)], remove: &[&str]) {
+    fn set_request_headers(&self, set: &[(String, String)], remove: &[&str]) {
         for name in remove {
             let _ = host::remove_header(REQ, name);
         }
@@ -203,12 +269,20 @@ impl Http {
         if !set.is_empty() {
             // Envoy >= 1.33: make sure the route is chosen again with the new headers.
             let _ = host::call_foreign("clear_route_cache", &[]);
-            self.started(shared);
         }
     }
 
-    /// The request has been routed: count it in flight.
-    fn started(&self, _shared: &Shared) {}
+    /// Once the flow has routed the request: count it in flight, and name it for access logs.
+    fn note_routed(&mut self, shared: &Shared) {
+        if let Some((m, d)) = self.flow.routed(&shared.config) {
+            let ops = self.exchange.routed(&m.name, &d.name);
+            if !ops.is_empty() {
+                shared.apply(&ops);
+                let _ = host::set_property(&[FS_MODEL], m.name.as_bytes());
+                let _ = host::set_property(&[FS_DESTINATION], d.name.as_bytes());
+            }
+        }
+    }
 }
 
 impl Context for Http {}
@@ -218,16 +292,14 @@ impl HttpContext for Http {
         let Some(shared) = self.shared.clone() else {
             return Action::Continue;
         };
-        self.start_ns = host::now_nanos();
+        let start_ns = host::now_nanos();
+        self.exchange = Exchange::new(start_ns);
         let cfg = &shared.config;
         let method = header_str(REQ, ":method").unwrap_or_default();
         let path = header_str(REQ, ":path").unwrap_or_default();
         let content_type = header_str(REQ, "content-type");
         let content_length = header_str(REQ, "content-length").and_then(|v| v.trim().parse().ok());
-        let sticky = cfg
-            .sticky_header
-            .as_deref()
-            .and_then(|h| host::header(REQ, h));
+        let sticky = cfg.sticky_header.as_deref().and_then(|h| host::header(REQ, h));
         let info = RequestInfo {
             method: &method,
             path: &path,
@@ -240,11 +312,12 @@ impl HttpContext for Http {
         let can_hold = shared.hold.get() != HoldSupport::No;
         match self.flow.on_request_headers(cfg, &info, can_hold) {
             HeadersAction::Continue { set, remove } => {
-                self.set_request_headers(&shared, &set, &remove);
+                self.set_request_headers(&set, &remove);
+                self.note_routed(&shared);
                 Action::Continue
             }
             HeadersAction::Hold => {
-                shared.waiting.borrow_mut().insert(self.id, self.start_ns);
+                shared.waiting.borrow_mut().insert(self.id, start_ns);
                 let _ = host::set_tick_period_ms(TICK_MS);
                 Action::Pause
             }
@@ -270,11 +343,7 @@ impl HttpContext for Http {
             return Action::Continue;
         }
         let chunk = if body_size > self.body_seen {
-            match host::buffer(
-                host::BUF_REQUEST_BODY,
-                self.body_seen,
-                body_size - self.body_seen,
-            ) {
+            match host::buffer(host::BUF_REQUEST_BODY, self.body_seen, body_size - self.body_seen) {
                 Ok(b) => b.unwrap_or_default(),
                 Err(_) => Vec::new(),
             }
@@ -289,24 +358,38 @@ impl HttpContext for Http {
                 if !edits.is_empty() && !rewrite_body(body_size, &edits) {
                     // Body unchanged: its length must not change either.
                     set.retain(|(k, _)| k != CONTENT_LENGTH);
-                    host::log(
-                        host::LOG_WARN,
-                        "model-router: the host refused the body rewrite",
-                    );
+                    host::log(host::LOG_WARN, "model-router: the host refused the body rewrite");
                 }
-                self.set_request_headers(&shared, &set, &[]);
+                self.set_request_headers(&set, &[]);
+                self.note_routed(&shared);
                 Action::Continue
             }
             BodyAction::Reject(r) => self.reject(&shared, &r),
         }
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let Some(shared) = self.shared.clone() else {
             return Action::Continue;
         };
         if let Some((_, d)) = self.flow.routed(&shared.config) {
             let _ = host::set_header(RESP, "x-ai-route", &d.name);
+        }
+        if self.flow.counted() {
+            let count = |name| header_str(RESP, name).and_then(|v| v.trim().parse().ok());
+            let ct = header_str(RESP, "content-type");
+            self.exchange
+                .response_headers(ct.as_deref(), count("x-prompt-tokens"), count("x-generated-tokens"));
+            if end_of_stream {
+                self.response_body(&shared, 0, true);
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if let Some(shared) = self.shared.clone() {
+            self.response_body(&shared, body_size, end_of_stream);
         }
         Action::Continue
     }
@@ -317,5 +400,14 @@ impl HttpContext for Http {
         };
         shared.waiting.borrow_mut().remove(&self.id);
         self.was_released(&shared);
+        let status = host::property(&["response", "code"])
+            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+            .map(|b| u32::try_from(i64::from_le_bytes(b)).unwrap_or(0))
+            .unwrap_or(0);
+        let (model, dest) = telemetry::labels(&shared.config, self.flow.outcome());
+        let ops = self
+            .exchange
+            .finish(self.flow.counted(), (&model, &dest), status, host::now_nanos());
+        shared.apply(&ops);
     }
 }

@@ -23,27 +23,14 @@ pub const LOG_WARN: u32 = 3;
 pub const LOG_ERROR: u32 = 4;
 const OK: u32 = 0;
 const NOT_FOUND: u32 = 1;
-pub const CAS_MISMATCH: u32 = 8;
 
 #[link(wasm_import_module = "env")]
 extern "C" {
     fn proxy_log(level: u32, data: *const u8, size: usize) -> u32;
     fn proxy_get_current_time_nanoseconds(out: *mut u64) -> u32;
     fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
-    fn proxy_get_buffer_bytes(
-        kind: u32,
-        start: usize,
-        max: usize,
-        out: *mut *mut u8,
-        out_size: *mut usize,
-    ) -> u32;
-    fn proxy_set_buffer_bytes(
-        kind: u32,
-        start: usize,
-        size: usize,
-        data: *const u8,
-        data_size: usize,
-    ) -> u32;
+    fn proxy_get_buffer_bytes(kind: u32, start: usize, max: usize, out: *mut *mut u8, out_size: *mut usize) -> u32;
+    fn proxy_set_buffer_bytes(kind: u32, start: usize, size: usize, data: *const u8, data_size: usize) -> u32;
     fn proxy_get_header_map_value(
         map: u32,
         key: *const u8,
@@ -51,20 +38,9 @@ extern "C" {
         out: *mut *mut u8,
         out_size: *mut usize,
     ) -> u32;
-    fn proxy_replace_header_map_value(
-        map: u32,
-        key: *const u8,
-        key_size: usize,
-        v: *const u8,
-        v_size: usize,
-    ) -> u32;
+    fn proxy_replace_header_map_value(map: u32, key: *const u8, key_size: usize, v: *const u8, v_size: usize) -> u32;
     fn proxy_remove_header_map_value(map: u32, key: *const u8, key_size: usize) -> u32;
-    fn proxy_get_property(
-        path: *const u8,
-        path_size: usize,
-        out: *mut *mut u8,
-        out_size: *mut usize,
-    ) -> u32;
+    fn proxy_get_property(path: *const u8, path_size: usize, out: *mut *mut u8, out_size: *mut usize) -> u32;
     fn proxy_set_property(path: *const u8, path_size: usize, v: *const u8, v_size: usize) -> u32;
     fn proxy_send_local_response(
         status: u32,
@@ -89,20 +65,6 @@ extern "C" {
     fn proxy_define_metric(kind: u32, name: *const u8, name_size: usize, out: *mut u32) -> u32;
     fn proxy_increment_metric(id: u32, offset: i64) -> u32;
     fn proxy_record_metric(id: u32, value: u64) -> u32;
-    fn proxy_get_shared_data(
-        key: *const u8,
-        key_size: usize,
-        out: *mut *mut u8,
-        out_size: *mut usize,
-        cas: *mut u32,
-    ) -> u32;
-    fn proxy_set_shared_data(
-        key: *const u8,
-        key_size: usize,
-        v: *const u8,
-        v_size: usize,
-        cas: u32,
-    ) -> u32;
 }
 
 pub type HostResult<T> = Result<T, u32>;
@@ -173,9 +135,7 @@ pub fn header(map: u32, name: &str) -> Option<Vec<u8>> {
 }
 
 pub fn set_header(map: u32, name: &str, value: &str) -> HostResult<()> {
-    status(unsafe {
-        proxy_replace_header_map_value(map, name.as_ptr(), name.len(), value.as_ptr(), value.len())
-    })
+    status(unsafe { proxy_replace_header_map_value(map, name.as_ptr(), name.len(), value.as_ptr(), value.len()) })
 }
 
 pub fn remove_header(map: u32, name: &str) -> HostResult<()> {
@@ -220,12 +180,7 @@ fn serialize_map(map: &[(&str, &str)]) -> Vec<u8> {
     out
 }
 
-pub fn send_local_response(
-    code: u32,
-    details: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> HostResult<()> {
+pub fn send_local_response(code: u32, details: &str, headers: &[(&str, &str)], body: &[u8]) -> HostResult<()> {
     let h = serialize_map(headers);
     status(unsafe {
         proxy_send_local_response(
@@ -252,20 +207,9 @@ pub fn set_effective_context(id: u32) -> HostResult<()> {
 pub fn call_foreign(name: &str, args: &[u8]) -> HostResult<Option<Vec<u8>>> {
     let mut data = null_mut();
     let mut size = 0usize;
-    let args_ptr = if args.is_empty() {
-        null()
-    } else {
-        args.as_ptr()
-    };
+    let args_ptr = if args.is_empty() { null() } else { args.as_ptr() };
     unsafe {
-        match proxy_call_foreign_function(
-            name.as_ptr(),
-            name.len(),
-            args_ptr,
-            args.len(),
-            &mut data,
-            &mut size,
-        ) {
+        match proxy_call_foreign_function(name.as_ptr(), name.len(), args_ptr, args.len(), &mut data, &mut size) {
             OK => Ok(take(data, size)),
             s => Err(s),
         }
@@ -284,25 +228,4 @@ pub fn increment_metric(id: u32, offset: i64) -> HostResult<()> {
 
 pub fn record_metric(id: u32, value: u64) -> HostResult<()> {
     status(unsafe { proxy_record_metric(id, value) })
-}
-
-/// Shared data (shared by every VM of the same vm_id in one Envoy): value and CAS token.
-pub fn shared_data(key: &str) -> HostResult<(Option<Vec<u8>>, u32)> {
-    let mut data = null_mut();
-    let mut size = 0usize;
-    let mut cas = 0u32;
-    unsafe {
-        match proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas) {
-            OK => Ok((take(data, size), cas)),
-            NOT_FOUND => Ok((None, 0)),
-            s => Err(s),
-        }
-    }
-}
-
-/// Sets shared data if its CAS token is still `cas` (0: unconditionally); `Err(CAS_MISMATCH)` otherwise.
-pub fn set_shared_data(key: &str, value: &[u8], cas: u32) -> HostResult<()> {
-    status(unsafe {
-        proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas)
-    })
 }

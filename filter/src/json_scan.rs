@@ -180,9 +180,7 @@ impl TopLevelScanner {
     /// The scan is done: the keys asked for are found (see `done_after`), or can no longer be
     /// (the top level closed or is not an object).
     pub fn all_found(&self) -> bool {
-        self.closed
-            || self.top_not_object
-            || (0..self.enough).all(|k| self.found.iter().any(|f| f.key == k))
+        self.closed || self.top_not_object || (0..self.enough).all(|k| self.found.iter().any(|f| f.key == k))
     }
 
     /// Offset of the top-level object's opening brace, once seen.
@@ -382,9 +380,7 @@ impl TopLevelScanner {
                 let b = chunk[i];
                 self.string_bytes(&chunk[i..i + 1]);
                 self.lex = match b {
-                    b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => {
-                        Lex::Str(StrState::Plain)
-                    }
+                    b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Lex::Str(StrState::Plain),
                     b'u' => Lex::Str(StrState::Hex(4)),
                     _ => return Err("invalid escape in string"),
                 };
@@ -421,11 +417,7 @@ impl TopLevelScanner {
     fn end_string(&mut self, end: u64) -> Result<(), &'static str> {
         if self.in_key {
             if self.in_top_key {
-                self.pending_key = if self.key_too_long {
-                    None
-                } else {
-                    self.match_key()
-                };
+                self.pending_key = if self.key_too_long { None } else { self.match_key() };
             }
             self.in_key = false;
             self.in_top_key = false;
@@ -487,11 +479,7 @@ impl TopLevelScanner {
             return Err("nesting too deep");
         }
         self.stack.push(b);
-        self.lex = if b == b'{' {
-            Lex::KeyOrEnd
-        } else {
-            Lex::ValueOrEnd
-        };
+        self.lex = if b == b'{' { Lex::KeyOrEnd } else { Lex::ValueOrEnd };
         Ok(())
     }
 
@@ -543,8 +531,7 @@ mod tests {
     }
 
     fn raw(s: &TopLevelScanner, k: usize) -> Option<String> {
-        s.get(k)
-            .map(|f| String::from_utf8_lossy(&f.raw).into_owned())
+        s.get(k).map(|f| String::from_utf8_lossy(&f.raw).into_owned())
     }
 
     #[test]
@@ -594,10 +581,7 @@ mod tests {
             r.unwrap();
             assert_eq!(raw(&s, 0).as_deref(), Some(want), "{body}");
             let f = s.get(0).unwrap();
-            assert_eq!(
-                &body.as_bytes()[f.start as usize..f.end as usize],
-                want.as_bytes()
-            );
+            assert_eq!(&body.as_bytes()[f.start as usize..f.end as usize], want.as_bytes());
         }
     }
 

@@ -9,6 +9,9 @@ pub mod path_model;
 pub mod reply;
 pub mod request;
 pub mod routing;
+pub mod sse;
+pub mod telemetry;
+pub mod usage;
 
 #[cfg(target_arch = "wasm32")]
 mod glue;

@@ -7,9 +7,7 @@ use std::borrow::Cow;
 /// ignored and `%XX` escapes in the name are decoded.
 pub fn model_from_path(path: &str) -> Option<Cow<'_, str>> {
     let path = path.split(['?', '#']).next().unwrap_or(path);
-    let name = kserve_v2(path)
-        .or_else(|| tf_serving(path))
-        .or_else(|| azure(path))?;
+    let name = kserve_v2(path).or_else(|| tf_serving(path)).or_else(|| azure(path))?;
     if name.is_empty() {
         return None;
     }
@@ -88,10 +86,7 @@ mod tests {
             ("/v2/models/resnet/infer", Some("resnet")),
             ("/v2/models/resnet/versions/3/infer", Some("resnet")),
             ("/v2/models/llama/generate", Some("llama")),
-            (
-                "/v2/models/llama/versions/1/generate_stream?x=1",
-                Some("llama"),
-            ),
+            ("/v2/models/llama/versions/1/generate_stream?x=1", Some("llama")),
             ("/v2/models/resnet/ready", None),
             ("/v2/models/resnet", None),
             ("/v2/models//infer", None),
@@ -108,10 +103,7 @@ mod tests {
                 Some("gpt4o-prod"),
             ),
             ("/openai/deployments/gpt4o-prod", None),
-            (
-                "/openai/deployments/my%2Dmodel/embeddings",
-                Some("my-model"),
-            ),
+            ("/openai/deployments/my%2Dmodel/embeddings", Some("my-model")),
             ("/v1/chat/completions", None),
             ("/", None),
             ("", None),

@@ -74,10 +74,7 @@ mod tests {
 
     #[test]
     fn envelope_shape() {
-        let r = Reject::new(
-            RejectReason::ModelNotFound,
-            "The model `x\"y` does not exist.",
-        );
+        let r = Reject::new(RejectReason::ModelNotFound, "The model `x\"y` does not exist.");
         let v: serde_json::Value = serde_json::from_slice(&r.body()).unwrap();
         assert_eq!(v["error"]["code"], "model_not_found");
         assert_eq!(v["error"]["type"], "invalid_request_error");

@@ -105,6 +105,8 @@ pub struct RequestFlow {
     full_scan: bool,
     /// The body asked for a stream (`"stream": true`).
     streaming: bool,
+    /// The filter looked for a model in this request (path or JSON body).
+    inspected: bool,
 }
 
 impl Default for RequestFlow {
@@ -118,6 +120,7 @@ impl Default for RequestFlow {
             seen: 0,
             full_scan: false,
             streaming: false,
+            inspected: false,
         }
     }
 }
@@ -130,18 +133,18 @@ fn has_inspectable_body(method: &str) -> bool {
 /// JSON or unlabelled bodies are read; forms, multipart and binary are not.
 fn is_json_content_type(ct: Option<&str>) -> bool {
     let Some(ct) = ct else { return true };
-    let mime = ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     mime == "application/json" || mime.ends_with("+json") || mime.is_empty()
 }
 
 impl RequestFlow {
     pub fn outcome(&self) -> &Outcome {
         &self.outcome
+    }
+
+    /// The filter looked for a model in this request: it belongs in the per-model metrics.
+    pub fn counted(&self) -> bool {
+        self.inspected
     }
 
     /// True while body chunks are wanted.
@@ -160,10 +163,7 @@ impl RequestFlow {
     }
 
     /// The routed model and destination.
-    pub fn routed<'c>(
-        &self,
-        cfg: &'c Config,
-    ) -> Option<(&'c Model, &'c crate::config::Destination)> {
+    pub fn routed<'c>(&self, cfg: &'c Config) -> Option<(&'c Model, &'c crate::config::Destination)> {
         match self.outcome {
             Outcome::Routed { model, destination } => {
                 let m = cfg.models.get(model)?;
@@ -174,15 +174,11 @@ impl RequestFlow {
     }
 
     /// `can_hold`: the host is not known to be unable to hold headers (see the safety net).
-    pub fn on_request_headers(
-        &mut self,
-        cfg: &Config,
-        req: &RequestInfo,
-        can_hold: bool,
-    ) -> HeadersAction {
+    pub fn on_request_headers(&mut self, cfg: &Config, req: &RequestInfo, can_hold: bool) -> HeadersAction {
         self.pick = Pick::new(req.sticky, req.random);
         self.content_length = req.content_length;
         if let Some(name) = model_from_path(req.path) {
+            self.inspected = true;
             return match self.route(cfg, &name) {
                 Ok(()) => HeadersAction::Continue {
                     set: self.route_headers(cfg),
@@ -191,10 +187,7 @@ impl RequestFlow {
                 Err(r) => HeadersAction::Reject(r),
             };
         }
-        if req.end_of_stream
-            || !has_inspectable_body(req.method)
-            || !is_json_content_type(req.content_type)
-        {
+        if req.end_of_stream || !has_inspectable_body(req.method) || !is_json_content_type(req.content_type) {
             self.outcome = Outcome::NoModel;
             return continue_untouched();
         }
@@ -204,6 +197,7 @@ impl RequestFlow {
                 return continue_untouched();
             }
             if len > cfg.max_body_bytes {
+                self.inspected = true;
                 return match self.oversize(cfg, len) {
                     Some(r) => HeadersAction::Reject(r),
                     None => continue_untouched(),
@@ -211,6 +205,7 @@ impl RequestFlow {
             }
         }
         self.outcome = Outcome::Pending;
+        self.inspected = true;
         self.full_scan = cfg.inject_stream_usage;
         let enough = if self.full_scan { KEYS.len() } else { 1 };
         self.scanner = Some(TopLevelScanner::new(KEYS, CAPTURE_LIMIT).done_after(enough));
@@ -232,12 +227,7 @@ impl RequestFlow {
     }
 
     /// Feed the body bytes that arrived since the last call.
-    pub fn on_request_body(
-        &mut self,
-        cfg: &Config,
-        chunk: &[u8],
-        end_of_stream: bool,
-    ) -> BodyAction {
+    pub fn on_request_body(&mut self, cfg: &Config, chunk: &[u8], end_of_stream: bool) -> BodyAction {
         let Some(scanner) = self.scanner.as_mut() else {
             return BodyAction::Continue {
                 set: Vec::new(),
@@ -282,18 +272,13 @@ impl RequestFlow {
         let name = match scanner.get(K_MODEL) {
             None => None,
             Some(f) if f.truncated => Some(String::from_utf8_lossy(&f.raw).into_owned()),
-            Some(f) if f.raw.first() == Some(&b'"') => {
-                match serde_json::from_slice::<String>(&f.raw) {
-                    Ok(s) => Some(s),
-                    Err(e) => {
-                        self.scanner = Some(scanner);
-                        return self.invalid(
-                            cfg,
-                            format!("The `model` field is not a valid JSON string: {e}."),
-                        );
-                    }
+            Some(f) if f.raw.first() == Some(&b'"') => match serde_json::from_slice::<String>(&f.raw) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    self.scanner = Some(scanner);
+                    return self.invalid(cfg, format!("The `model` field is not a valid JSON string: {e}."));
                 }
-            }
+            },
             // `null`, a number, an object: there is no model name to route on.
             Some(_) => None,
         };
@@ -306,17 +291,14 @@ impl RequestFlow {
         let mut edits = Vec::new();
         if let Some((model, _)) = self.routed(cfg) {
             if let (Some(up), Some(f)) = (&model.upstream_model, scanner.get(K_MODEL)) {
-                let bytes = serde_json::Value::String(up.clone())
-                    .to_string()
-                    .into_bytes();
+                let bytes = serde_json::Value::String(up.clone()).to_string().into_bytes();
                 edits.push(Edit {
                     start: f.start as usize,
                     len: (f.end - f.start) as usize,
                     bytes,
                 });
             }
-            if cfg.inject_stream_usage && self.streaming && scanner.get(K_STREAM_OPTIONS).is_none()
-            {
+            if cfg.inject_stream_usage && self.streaming && scanner.get(K_STREAM_OPTIONS).is_none() {
                 if let Some(open) = scanner.top_open() {
                     edits.push(Edit {
                         start: open as usize + 1,
@@ -326,14 +308,10 @@ impl RequestFlow {
                 }
             }
         }
-        edits.sort_by(|a, b| b.start.cmp(&a.start));
         let mut set = Vec::new();
         if self.held {
             set = self.route_headers(cfg);
-            let delta: i64 = edits
-                .iter()
-                .map(|e| e.bytes.len() as i64 - e.len as i64)
-                .sum();
+            let delta: i64 = edits.iter().map(|e| e.bytes.len() as i64 - e.len as i64).sum();
             if let (Some(len), true) = (self.content_length, delta != 0) {
                 // Kept last: the glue sets it only once the body edit has been accepted.
                 set.push((CONTENT_LENGTH.to_string(), (len as i64 + delta).to_string()));
@@ -345,10 +323,7 @@ impl RequestFlow {
 
     /// Resolves `name` and picks a destination, or applies `onUnknownModel`.
     fn route(&mut self, cfg: &Config, name: &str) -> Result<(), Reject> {
-        match cfg
-            .resolve_index(name)
-            .and_then(|i| Some((i, cfg.models.get(i)?)))
-        {
+        match cfg.resolve_index(name).and_then(|i| Some((i, cfg.models.get(i)?))) {
             Some((model, m)) => {
                 self.outcome = Outcome::Routed {
                     model,
@@ -441,7 +416,7 @@ pub fn apply_edits(body: &[u8], edits: &[Edit]) -> Vec<u8> {
     let mut out = body.to_vec();
     // Last offset first, so earlier offsets stay valid.
     let mut sorted: Vec<&Edit> = edits.iter().collect();
-    sorted.sort_by(|a, b| b.start.cmp(&a.start));
+    sorted.sort_by_key(|e| std::cmp::Reverse(e.start));
     for e in sorted {
         if e.start + e.len <= out.len() {
             out.splice(e.start..e.start + e.len, e.bytes.iter().copied());
@@ -554,11 +529,7 @@ mod tests {
                 Some("resnet"),
             ),
             ("/v2/models/resnet/versions/2/infer", "", Some("resnet")),
-            (
-                "/v1/models/mnist:predict",
-                r#"{"instances":[[1,2]]}"#,
-                Some("mnist"),
-            ),
+            ("/v1/models/mnist:predict", r#"{"instances":[[1,2]]}"#, Some("mnist")),
             (
                 "/openai/deployments/gpt4o-prod/chat/completions?api-version=1",
                 r#"{"messages":[]}"#,
@@ -747,10 +718,7 @@ mod tests {
         req.content_length = None;
         let mut f = RequestFlow::default();
         assert_eq!(f.on_request_headers(&cfg, &req, true), HeadersAction::Hold);
-        assert_eq!(
-            f.on_request_body(&cfg, br#"{"messages":"#, false),
-            BodyAction::NeedMore
-        );
+        assert_eq!(f.on_request_body(&cfg, br#"{"messages":"#, false), BodyAction::NeedMore);
         assert!(
             matches!(f.on_request_body(&cfg, br#"[1,2,3,4,5]"#, false), BodyAction::Reject(r) if r.reason == RejectReason::BodyTooLarge)
         );

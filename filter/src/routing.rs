@@ -72,10 +72,7 @@ mod tests {
             .enumerate()
             .map(|(i, w)| format!(r#"{{"name":"d{i}","weight":{w}}}"#))
             .collect();
-        let json = format!(
-            r#"{{"models":[{{"name":"m","destinations":[{}]}}]}}"#,
-            dests.join(",")
-        );
+        let json = format!(r#"{{"models":[{{"name":"m","destinations":[{}]}}]}}"#, dests.join(","));
         Config::from_json(json.as_bytes()).unwrap().models.remove(0)
     }
 

@@ -1,6 +1,8 @@
 //! Property tests over the extractor, the request flow and the config parser: no input panics,
 //! chunking never changes a result, and the scanner agrees with serde_json.
 
+#![allow(clippy::unwrap_used)]
+
 use model_router::config::Config;
 use model_router::json_scan::TopLevelScanner;
 use model_router::request::{BodyAction, RequestFlow, RequestInfo};
@@ -11,7 +13,7 @@ fn json_value() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
-        any::<i64>().prop_map(|n| Value::from(n)),
+        any::<i64>().prop_map(Value::from),
         (-1e6f64..1e6).prop_map(|f| serde_json::Number::from_f64(f)
             .map(Value::Number)
             .unwrap_or(Value::Null)),

@@ -79,8 +79,7 @@ impl Backend {
                 };
                 let (n, l) = (n.clone(), l.clone());
                 tokio::spawn(async move {
-                    let svc =
-                        hyper::service::service_fn(move |req| handle(n.clone(), l.clone(), req));
+                    let svc = hyper::service::service_fn(move |req| handle(n.clone(), l.clone(), req));
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
                         .await;
@@ -128,20 +127,11 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let method = req.method().to_string();
-    let path = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.to_string())
-        .unwrap_or_default();
+    let path = req.uri().path_and_query().map(|p| p.to_string()).unwrap_or_default();
     let headers: Vec<(String, String)> = req
         .headers()
         .iter()
-        .map(|(k, v)| {
-            (
-                k.to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
+        .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
         .collect();
     let delay_ms: u64 = header(&headers, "x-test-chunk-delay-ms")
         .and_then(|v| v.parse().ok())
@@ -170,8 +160,7 @@ async fn handle(
     };
     let p = path.split('?').next().unwrap_or("");
     let (status_code, content_type, events_or_body) = if let Some(s) = status {
-        let b = json!({"error": {"message": "test error", "type": "server_error", "code": null}})
-            .to_string();
+        let b = json!({"error": {"message": "test error", "type": "server_error", "code": null}}).to_string();
         (s, "application/json", Err(b))
     } else if p.ends_with("/chat/completions") || p.ends_with("/completions") {
         if stream {
@@ -179,7 +168,7 @@ async fn handle(
             for i in 0..max_tokens {
                 let c = json!({"id": "c1", "object": "chat.completion.chunk", "model": model,
                     "choices": [{"index": 0, "delta": {"content": format!("t{i} ")}, "finish_reason": null}],
-                    "usage": if include_usage { Value::Null } else { Value::Null }});
+                    "usage": Value::Null});
                 ev.push(format!("data: {c}\n\n"));
             }
             if include_usage {
@@ -237,7 +226,10 @@ async fn handle(
                 json!({"type": "content_block_stop", "index": 0}),
             ));
             // Cumulative: the first delta reports less than the last.
-            ev.push(sse("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": null}, "usage": {"output_tokens": 1}})));
+            ev.push(sse(
+                "message_delta",
+                json!({"type": "message_delta", "delta": {"stop_reason": null}, "usage": {"output_tokens": 1}}),
+            ));
             ev.push(sse("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": r.output}})));
             ev.push(sse("message_stop", json!({"type": "message_stop"})));
             (200, "text/event-stream", Ok(ev))
@@ -256,7 +248,10 @@ async fn handle(
                 json!({"type": "response.created", "sequence_number": 0, "response": {"status": "in_progress", "usage": null}}),
             )];
             for i in 0..u.output {
-                ev.push(sse("response.output_text.delta", json!({"type": "response.output_text.delta", "sequence_number": i + 1, "delta": format!("d{i}")})));
+                ev.push(sse(
+                    "response.output_text.delta",
+                    json!({"type": "response.output_text.delta", "sequence_number": i + 1, "delta": format!("d{i}")}),
+                ));
             }
             ev.push(sse("response.completed", json!({"type": "response.completed", "sequence_number": 99, "response": {"status": "completed", "usage": usage}})));
             (200, "text/event-stream", Ok(ev))
@@ -265,11 +260,7 @@ async fn handle(
             (200, "application/json", Err(b.to_string()))
         }
     } else if p.starts_with("/v2/models/") {
-        let name = p
-            .trim_start_matches("/v2/models/")
-            .split('/')
-            .next()
-            .unwrap_or("");
+        let name = p.trim_start_matches("/v2/models/").split('/').next().unwrap_or("");
         (
             200,
             "application/json",
@@ -307,9 +298,7 @@ async fn handle(
                     }
                 }
             });
-            let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-                rx.recv().await.map(|f| (f, rx))
-            });
+            let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });
             Ok(resp
                 .body(BodyExt::boxed(StreamBody::new(stream)))
                 .unwrap_or_else(|_| Response::new(empty())))

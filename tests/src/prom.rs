@@ -24,15 +24,9 @@ pub fn parse(text: &str) -> Result<Vec<Sample>, String> {
 }
 
 fn parse_line(line: &str) -> Result<Sample, String> {
-    let name_end = line
-        .find(|c: char| c == '{' || c == ' ')
-        .ok_or("no value")?;
+    let name_end = line.find(['{', ' ']).ok_or("no value")?;
     let name = &line[..name_end];
-    if name.is_empty()
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
-    {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':') {
         return Err(format!("bad metric name {name:?}"));
     }
     let mut labels = BTreeMap::new();
@@ -82,9 +76,7 @@ fn parse_line(line: &str) -> Result<Sample, String> {
         "+Inf" => f64::INFINITY,
         "-Inf" => f64::NEG_INFINITY,
         "NaN" => f64::NAN,
-        v => v
-            .parse::<f64>()
-            .map_err(|e| format!("bad value {v:?}: {e}"))?,
+        v => v.parse::<f64>().map_err(|e| format!("bad value {v:?}: {e}"))?,
     };
     Ok(Sample {
         name: name.to_string(),

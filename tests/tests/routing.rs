@@ -1,5 +1,7 @@
 //! Routing in real Envoy 1.40 with the built filter.
 
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -47,18 +49,11 @@ async fn routes_by_body_model_and_by_kserve_path() {
     );
 
     let r = s
-        .post(
-            "/v2/models/resnet/versions/2/infer",
-            r#"{"inputs":[]}"#,
-            &[],
-        )
+        .post("/v2/models/resnet/versions/2/infer", r#"{"inputs":[]}"#, &[])
         .await;
     assert_eq!(r.header("x-backend"), Some("triton"), "{}", r.text());
     assert_eq!(r.json()["model_name"], "resnet");
-    assert_eq!(
-        s.backend("triton").exchanges()[0].header("x-ai-model"),
-        Some("resnet")
-    );
+    assert_eq!(s.backend("triton").exchanges()[0].header("x-ai-model"), Some("resnet"));
 
     // A GET passes through untouched to the default route.
     let r = s.send("GET", "/v1/models", Vec::new(), &[]).await;
@@ -73,9 +68,7 @@ async fn weighted_split_and_stickiness() {
     let n = 300;
     let mut counts: BTreeMap<String, u32> = BTreeMap::new();
     for _ in 0..n {
-        let r = s
-            .post("/v1/chat/completions", chat("llama-3-8b"), &[])
-            .await;
+        let r = s.post("/v1/chat/completions", chat("llama-3-8b"), &[]).await;
         assert_eq!(r.status, 200);
         *counts
             .entry(r.header("x-backend").unwrap_or("?").to_string())
@@ -93,11 +86,7 @@ async fn weighted_split_and_stickiness() {
         for u in 0..100 {
             let user = format!("user-{u}");
             let r = s
-                .post(
-                    "/v1/chat/completions",
-                    chat("llama-3-8b"),
-                    &[("x-user-id", &user)],
-                )
+                .post("/v1/chat/completions", chat("llama-3-8b"), &[("x-user-id", &user)])
                 .await;
             let got = r.header("x-ai-route").unwrap_or("?").to_string();
             if round == 0 {
@@ -109,10 +98,7 @@ async fn weighted_split_and_stickiness() {
     }
     // ...and across users the split still follows the weights (100 users, p=0.1: 0..=25 is > 5 sd).
     let v2_users = per_user.values().filter(|d| *d == "llama-v2").count();
-    assert!(
-        v2_users <= 25,
-        "{v2_users} of 100 users on the 10% destination"
-    );
+    assert!(v2_users <= 25, "{v2_users} of 100 users on the 10% destination");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,9 +106,7 @@ async fn alias_and_rewrite_as_seen_by_the_backend() {
     let s = Scenario::start(config(json!({}))).await;
     // Odd spacing, escapes, a nested "model" and unicode must all survive byte for byte.
     let body = "{ \"messages\" : [{\"role\":\"user\",\"content\":\"say \\\"model\\\" \u{e9}\"}],\n  \"model\":\t\"gpt-3.5-turbo\" , \"tools\":[{\"model\":\"x\"}] }";
-    let r = s
-        .post("/v1/chat/completions", body, &[("x-user-id", "alice")])
-        .await;
+    let r = s.post("/v1/chat/completions", body, &[("x-user-id", "alice")]).await;
     assert_eq!(r.status, 200, "{}", r.text());
     let dest = r.header("x-ai-route").unwrap_or("?").to_string();
     let seen = s
@@ -130,15 +114,9 @@ async fn alias_and_rewrite_as_seen_by_the_backend() {
         .exchanges()
         .pop()
         .unwrap_or_else(|| panic!("{dest} saw nothing"));
-    let want = body.replace(
-        "\"gpt-3.5-turbo\"",
-        "\"meta-llama/Meta-Llama-3-8B-Instruct\"",
-    );
+    let want = body.replace("\"gpt-3.5-turbo\"", "\"meta-llama/Meta-Llama-3-8B-Instruct\"");
     assert_eq!(String::from_utf8_lossy(&seen.body), want);
-    assert_eq!(
-        seen.header("content-length"),
-        Some(want.len().to_string().as_str())
-    );
+    assert_eq!(seen.header("content-length"), Some(want.len().to_string().as_str()));
     assert_eq!(seen.header("x-ai-model"), Some("llama-3-8b"));
     assert_eq!(seen.header("x-ai-route"), Some(dest.as_str()));
 }
@@ -152,30 +130,10 @@ async fn every_error_of_the_contract() {
     .await;
     let big = json!({"model": "gpt-4o", "input": "x".repeat(4096)}).to_string();
     let cases: &[(&str, String, u16, &str)] = &[
-        (
-            "/v1/chat/completions",
-            chat("no-such-model"),
-            404,
-            "model_not_found",
-        ),
-        (
-            "/v2/models/no-such-model/infer",
-            "{}".into(),
-            404,
-            "model_not_found",
-        ),
-        (
-            "/v1/chat/completions",
-            "{\"messages\": [".into(),
-            400,
-            "invalid_json",
-        ),
-        (
-            "/v1/chat/completions",
-            "\u{1}\u{2}binary".into(),
-            400,
-            "invalid_json",
-        ),
+        ("/v1/chat/completions", chat("no-such-model"), 404, "model_not_found"),
+        ("/v2/models/no-such-model/infer", "{}".into(), 404, "model_not_found"),
+        ("/v1/chat/completions", "{\"messages\": [".into(), 400, "invalid_json"),
+        ("/v1/chat/completions", "\u{1}\u{2}binary".into(), 400, "invalid_json"),
         (
             "/v1/chat/completions",
             r#"{"messages":[]}"#.into(),
@@ -192,17 +150,10 @@ async fn every_error_of_the_contract() {
         assert_eq!(v["error"]["code"], *code, "{}", r.text());
         assert_eq!(v["error"]["type"], "invalid_request_error");
         assert_eq!(v["error"]["param"], "model");
-        assert!(v["error"]["message"]
-            .as_str()
-            .is_some_and(|m| !m.is_empty()));
+        assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
     }
     // None of them reached a backend.
-    let reached: usize = s
-        .backends
-        .values()
-        .map(|b| b.exchanges().len())
-        .sum::<usize>()
-        + s.default.exchanges().len();
+    let reached: usize = s.backends.values().map(|b| b.exchanges().len()).sum::<usize>() + s.default.exchanges().len();
     assert_eq!(reached, 0);
     // Passthrough policies let the same requests through to the default route.
     let s = Scenario::start(config(json!({
@@ -247,11 +198,7 @@ fn junk_bodies() -> Vec<Vec<u8>> {
                 v
             }
             3 => "[".repeat(1 + g.next() as usize % 2000).into_bytes(),
-            4 => format!(
-                "{{\"model\":\"{}\"}}",
-                "\\u00".repeat(g.next() as usize % 50)
-            )
-            .into_bytes(),
+            4 => format!("{{\"model\":\"{}\"}}", "\\u00".repeat(g.next() as usize % 50)).into_bytes(),
             _ => format!(
                 "{{\"model\":{}}}",
                 ["1", "null", "{}", "[\"gpt-4o\"]", "\"\\ud800\"", "tru"][i % 6]
@@ -272,9 +219,7 @@ async fn junk_never_breaks_the_vm() {
         } else {
             "application/json"
         };
-        let r = s
-            .post("/v1/chat/completions", body, &[("content-type", ct)])
-            .await;
+        let r = s.post("/v1/chat/completions", body, &[("content-type", ct)]).await;
         assert!(
             matches!(r.status, 200 | 400 | 404 | 413),
             "junk #{i}: {} {}",
@@ -286,17 +231,8 @@ async fn junk_never_breaks_the_vm() {
     let r = s.post("/v1/chat/completions", chat("gpt-4o"), &[]).await;
     assert_eq!(r.header("x-backend"), Some("openai"));
     let log = s.envoy.log();
-    for bad in [
-        "panicked",
-        "Function: proxy_on",
-        "wasm trap",
-        "Wasm VM failed",
-    ] {
-        assert!(
-            !log.contains(bad),
-            "envoy log has {bad:?}:\n{}",
-            e2e::tail(&log)
-        );
+    for bad in ["panicked", "Function: proxy_on", "wasm trap", "Wasm VM failed"] {
+        assert!(!log.contains(bad), "envoy log has {bad:?}:\n{}", e2e::tail(&log));
     }
 }
 
@@ -331,9 +267,7 @@ async fn sse_passes_through_byte_identical() {
 async fn without_body_routing_requests_complete_routed_by_path_only() {
     let s = Scenario::start(config(json!({"bodyRouting": false}))).await;
     let started = Instant::now();
-    let r = s
-        .post("/v1/chat/completions", chat("gpt-3.5-turbo"), &[])
-        .await;
+    let r = s.post("/v1/chat/completions", chat("gpt-3.5-turbo"), &[]).await;
     assert_eq!(r.status, 200);
     // The route was chosen from the headers: the default route, but the rewrite still happened.
     assert_eq!(r.header("x-backend"), Some("default"));
@@ -370,10 +304,7 @@ async fn host_that_cannot_hold_headers_does_not_hang_requests() {
     let first = started.elapsed();
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("x-backend"), Some("default"), "released unrouted");
-    assert!(
-        first < Duration::from_secs(5),
-        "first request took {first:?}"
-    );
+    assert!(first < Duration::from_secs(5), "first request took {first:?}");
     // Only the first request pays the wait.
     let started = Instant::now();
     for _ in 0..5 {

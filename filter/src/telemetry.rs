@@ -1,0 +1,348 @@
+//! Per-model telemetry as data: what to count for one exchange, with labels encoded in the stat
+//! name the way Istio's own stats are (`model=.=llama;.;destination=.=v1;.;NAME`), so that
+//! `stats_tags` / Istio `extraStatTags` turn them into Prometheus labels. Time is passed in.
+
+use crate::config::Config;
+use crate::reply::RejectReason;
+use crate::request::Outcome;
+use crate::usage::{ResponseUsage, Usage};
+
+pub const REQUESTS_TOTAL: &str = "model_router_requests_total";
+pub const TOKENS_TOTAL: &str = "model_router_tokens_total";
+pub const DURATION_MS: &str = "model_router_request_duration_milliseconds";
+pub const TTFT_MS: &str = "model_router_time_to_first_token_milliseconds";
+pub const IN_FLIGHT: &str = "model_router_in_flight_requests";
+pub const REJECTED_TOTAL: &str = "model_router_rejected_total";
+/// Requests whose held headers the safety net released unrouted (host cannot hold headers).
+pub const HOLD_RELEASED_TOTAL: &str = "model_router_hold_released_total";
+
+/// Every label key the filter encodes; the `stats_tags` to render, one regex each.
+pub const LABEL_KEYS: &[&str] = &["model", "destination", "code_class", "type", "reason"];
+
+/// Label value for anything not in the configuration: keeps cardinality bounded.
+pub const OTHER: &str = "other";
+
+/// Envoy's default histogram buckets do not suit LLM latencies; these follow the OpenTelemetry
+/// GenAI semantic conventions (`gen_ai.server.request.duration`,
+/// `gen_ai.server.time_to_first_token`), in milliseconds.
+pub const DURATION_BUCKETS_MS: &[u64] = &[
+    10, 20, 40, 80, 160, 320, 640, 1280, 2560, 5120, 10240, 20480, 40960, 81920,
+];
+pub const TTFT_BUCKETS_MS: &[u64] = &[
+    1, 5, 10, 20, 40, 60, 80, 100, 250, 500, 750, 1000, 2500, 5000, 7500, 10000,
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// One thing for the glue to do to a metric.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetricOp {
+    /// Add to a counter (always > 0: Envoy rejects other increments) or a gauge (any sign).
+    Add { kind: Kind, name: String, delta: i64 },
+    /// Record a histogram value.
+    Record { name: String, value: u64 },
+}
+
+/// `k=.=v;.;` for each label, then the metric name.
+pub fn stat_name(metric: &str, labels: &[(&str, &str)]) -> String {
+    let mut s = String::with_capacity(metric.len() + 48);
+    for (k, v) in labels {
+        s.push_str(k);
+        s.push_str("=.=");
+        s.push_str(v);
+        s.push_str(";.;");
+    }
+    s.push_str(metric);
+    s
+}
+
+pub fn code_class(status: u32) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// The model and destination labels of a request: configured names only, `other` otherwise.
+pub fn labels(cfg: &Config, outcome: &Outcome) -> (String, String) {
+    match outcome {
+        Outcome::Routed { model, destination } => {
+            let m = cfg.models.get(*model);
+            let d = m.and_then(|m| m.destinations.get(*destination));
+            match (m, d) {
+                (Some(m), Some(d)) => (m.name.clone(), d.name.clone()),
+                _ => (OTHER.into(), OTHER.into()),
+            }
+        }
+        _ => (OTHER.into(), OTHER.into()),
+    }
+}
+
+/// The counter increment for a rejection.
+pub fn rejected(reason: RejectReason) -> MetricOp {
+    MetricOp::Add {
+        kind: Kind::Counter,
+        name: stat_name(REJECTED_TOTAL, &[("reason", reason.code())]),
+        delta: 1,
+    }
+}
+
+pub fn hold_released() -> MetricOp {
+    MetricOp::Add {
+        kind: Kind::Counter,
+        name: HOLD_RELEASED_TOTAL.into(),
+        delta: 1,
+    }
+}
+
+/// Telemetry for one request/response exchange.
+#[derive(Debug)]
+pub struct Exchange {
+    start_ns: u64,
+    /// (model, destination) labels while the request is counted in flight.
+    in_flight: Option<(String, String)>,
+    first_byte_ns: Option<u64>,
+    response: Option<ResponseUsage>,
+    usage: Usage,
+    finished: bool,
+}
+
+impl Exchange {
+    pub fn new(start_ns: u64) -> Self {
+        Exchange {
+            start_ns,
+            in_flight: None,
+            first_byte_ns: None,
+            response: None,
+            usage: Usage::default(),
+            finished: false,
+        }
+    }
+
+    /// The request was routed: it is now in flight.
+    pub fn routed(&mut self, model: &str, destination: &str) -> Vec<MetricOp> {
+        if self.in_flight.is_some() || self.finished {
+            return Vec::new();
+        }
+        self.in_flight = Some((model.to_string(), destination.to_string()));
+        vec![in_flight_op(model, destination, 1)]
+    }
+
+    /// Response headers arrived.
+    pub fn response_headers(
+        &mut self,
+        content_type: Option<&str>,
+        prompt_tokens: Option<u64>,
+        generated_tokens: Option<u64>,
+    ) {
+        let mut r = ResponseUsage::for_content_type(content_type);
+        r.from_headers(prompt_tokens, generated_tokens);
+        self.response = Some(r);
+    }
+
+    /// True when the response body should be fed (it can carry usage).
+    pub fn wants_body(&self) -> bool {
+        self.response.is_some() && !self.finished
+    }
+
+    /// A response body chunk passed. Returns the TTFT sample on the first byte of a stream.
+    pub fn response_body(&mut self, chunk: &[u8], end_of_stream: bool, now_ns: u64) -> Option<u64> {
+        let r = self.response.as_mut()?;
+        let mut ttft = None;
+        if !chunk.is_empty() && self.first_byte_ns.is_none() {
+            self.first_byte_ns = Some(now_ns);
+            if r.is_stream() {
+                ttft = Some(ms(now_ns.saturating_sub(self.start_ns)));
+            }
+        }
+        r.feed(chunk);
+        if end_of_stream {
+            self.usage = r.finish();
+        }
+        ttft
+    }
+
+    /// TTFT as a metric op for the given labels.
+    pub fn ttft_op(model: &str, destination: &str, value_ms: u64) -> MetricOp {
+        MetricOp::Record {
+            name: stat_name(TTFT_MS, &[("model", model), ("destination", destination)]),
+            value: value_ms,
+        }
+    }
+
+    /// Usage known so far (complete once the body ended).
+    pub fn usage(&self) -> Usage {
+        if self.usage.is_empty() {
+            self.response.as_ref().map(ResponseUsage::usage).unwrap_or_default()
+        } else {
+            self.usage
+        }
+    }
+
+    /// The exchange ended (any way: completion, reset, local reply). `counted`: whether the request
+    /// belongs in the per-model request metrics. Idempotent: only the first call reports.
+    pub fn finish(&mut self, counted: bool, labels: (&str, &str), status: u32, now_ns: u64) -> Vec<MetricOp> {
+        if self.finished {
+            return Vec::new();
+        }
+        self.finished = true;
+        let mut ops = Vec::new();
+        if let Some((m, d)) = self.in_flight.take() {
+            ops.push(in_flight_op(&m, &d, -1));
+        }
+        if !counted {
+            return ops;
+        }
+        let (model, dest) = labels;
+        ops.push(MetricOp::Add {
+            kind: Kind::Counter,
+            name: stat_name(
+                REQUESTS_TOTAL,
+                &[
+                    ("model", model),
+                    ("destination", dest),
+                    ("code_class", code_class(status)),
+                ],
+            ),
+            delta: 1,
+        });
+        ops.push(MetricOp::Record {
+            name: stat_name(DURATION_MS, &[("model", model), ("destination", dest)]),
+            value: ms(now_ns.saturating_sub(self.start_ns)),
+        });
+        for (ty, n) in self.usage().by_type() {
+            if n > 0 {
+                ops.push(MetricOp::Add {
+                    kind: Kind::Counter,
+                    name: stat_name(TOKENS_TOTAL, &[("model", model), ("destination", dest), ("type", ty)]),
+                    delta: i64::try_from(n).unwrap_or(i64::MAX),
+                });
+            }
+        }
+        ops
+    }
+}
+
+fn in_flight_op(model: &str, destination: &str, delta: i64) -> MetricOp {
+    MetricOp::Add {
+        kind: Kind::Gauge,
+        name: stat_name(IN_FLIGHT, &[("model", model), ("destination", destination)]),
+        delta,
+    }
+}
+
+fn ms(ns: u64) -> u64 {
+    ns / 1_000_000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_names_match_istio_encoding() {
+        assert_eq!(
+            stat_name(
+                TOKENS_TOTAL,
+                &[("model", "llama"), ("destination", "v1"), ("type", "input")]
+            ),
+            "model=.=llama;.;destination=.=v1;.;type=.=input;.;model_router_tokens_total"
+        );
+        assert_eq!(code_class(204), "2xx");
+        assert_eq!(code_class(429), "4xx");
+        assert_eq!(code_class(0), "5xx");
+    }
+
+    #[test]
+    fn a_streamed_exchange() {
+        let ms_ = 1_000_000;
+        let mut x = Exchange::new(0);
+        let ops = x.routed("m", "d");
+        assert_eq!(ops, vec![in_flight_op("m", "d", 1)]);
+        assert!(x.routed("m", "d").is_empty(), "counted once");
+        x.response_headers(Some("text/event-stream"), None, None);
+        assert_eq!(x.response_body(b"", false, 5 * ms_), None);
+        assert_eq!(
+            x.response_body(b"data: {\"choices\":[]}\n\n", false, 42 * ms_),
+            Some(42)
+        );
+        assert_eq!(
+            x.response_body(
+                b"data: {\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}\n\n",
+                false,
+                50 * ms_
+            ),
+            None
+        );
+        x.response_body(b"data: [DONE]\n\n", true, 60 * ms_);
+        let ops = x.finish(true, ("m", "d"), 200, 70 * ms_);
+        assert_eq!(
+            ops,
+            vec![
+                in_flight_op("m", "d", -1),
+                MetricOp::Add {
+                    kind: Kind::Counter,
+                    name: stat_name(
+                        REQUESTS_TOTAL,
+                        &[("model", "m"), ("destination", "d"), ("code_class", "2xx")]
+                    ),
+                    delta: 1
+                },
+                MetricOp::Record {
+                    name: stat_name(DURATION_MS, &[("model", "m"), ("destination", "d")]),
+                    value: 70
+                },
+                MetricOp::Add {
+                    kind: Kind::Counter,
+                    name: stat_name(TOKENS_TOTAL, &[("model", "m"), ("destination", "d"), ("type", "input")]),
+                    delta: 3
+                },
+                MetricOp::Add {
+                    kind: Kind::Counter,
+                    name: stat_name(
+                        TOKENS_TOTAL,
+                        &[("model", "m"), ("destination", "d"), ("type", "output")]
+                    ),
+                    delta: 4
+                },
+            ]
+        );
+        assert!(
+            x.finish(true, ("m", "d"), 200, 80 * ms_).is_empty(),
+            "finish is idempotent"
+        );
+    }
+
+    #[test]
+    fn json_responses_have_no_ttft_and_reset_streams_still_leave_flight() {
+        let mut x = Exchange::new(0);
+        x.routed("m", "d");
+        x.response_headers(Some("application/json"), None, None);
+        assert_eq!(x.response_body(b"{\"usage\":{\"prompt_tokens\":1}}", true, 1), None);
+        assert_eq!(x.usage().input, Some(1));
+
+        let mut y = Exchange::new(0);
+        y.routed("m", "d");
+        y.response_headers(Some("text/event-stream"), None, None);
+        y.response_body(b"data: {\"x\":1}\n\n", false, 10);
+        let ops = y.finish(true, ("m", "d"), 200, 20);
+        assert_eq!(ops[0], in_flight_op("m", "d", -1));
+        assert!(ops
+            .iter()
+            .all(|o| !matches!(o, MetricOp::Add { name, .. } if name.ends_with(TOKENS_TOTAL))));
+    }
+
+    #[test]
+    fn uncounted_requests_only_leave_flight() {
+        let mut x = Exchange::new(0);
+        assert!(x.finish(false, (OTHER, OTHER), 200, 5).is_empty());
+    }
+}

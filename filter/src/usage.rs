@@ -1,0 +1,388 @@
+//! Token counts from responses: whole JSON bodies (scanned as they pass, never buffered) and SSE
+//! streams (OpenAI usage chunk, Anthropic message_start/message_delta, Responses API terminal
+//! events). An absent or null count is unknown, not zero.
+
+use memchr::memmem;
+use serde::Deserialize;
+
+use crate::json_scan::TopLevelScanner;
+use crate::sse::{Event, SseParser};
+
+/// Token counts by type. `input` is all input tokens (for Anthropic: input + cache reads + cache
+/// writes); `cached_input` and `cache_creation_input` are parts of it; `reasoning` is part of `output`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub input: Option<u64>,
+    pub output: Option<u64>,
+    pub cached_input: Option<u64>,
+    pub cache_creation_input: Option<u64>,
+    pub reasoning: Option<u64>,
+}
+
+impl Usage {
+    /// (type label, count) for every known count.
+    pub fn by_type(&self) -> Vec<(&'static str, u64)> {
+        [
+            ("input", self.input),
+            ("output", self.output),
+            ("cached_input", self.cached_input),
+            ("cache_creation_input", self.cache_creation_input),
+            ("reasoning", self.reasoning),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k, v)))
+        .collect()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_type().is_empty()
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Details {
+    cached_tokens: Option<u64>,
+    reasoning_tokens: Option<u64>,
+}
+
+/// The union of OpenAI (chat, completions, embeddings, responses) and Anthropic usage objects.
+#[derive(Debug, Default, Deserialize)]
+struct RawUsage {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+    prompt_tokens_details: Option<Details>,
+    completion_tokens_details: Option<Details>,
+    input_tokens_details: Option<Details>,
+    output_tokens_details: Option<Details>,
+    cache_read_input_tokens: Option<u64>,
+    cache_creation_input_tokens: Option<u64>,
+}
+
+/// Raw counts as last reported: later reports replace earlier ones field by field, since every
+/// provider's stream reports cumulative numbers.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Counts {
+    base_input: Option<u64>,
+    output: Option<u64>,
+    cache_read: Option<u64>,
+    cache_creation: Option<u64>,
+    cached: Option<u64>,
+    reasoning: Option<u64>,
+}
+
+impl Counts {
+    fn merge(&mut self, u: &RawUsage) {
+        let pick = |a: Option<u64>, b: Option<u64>| a.or(b);
+        let details = |d: &Option<Details>| d.as_ref().and_then(|d| d.cached_tokens);
+        let reasoning = |d: &Option<Details>| d.as_ref().and_then(|d| d.reasoning_tokens);
+        if let Some(v) = pick(u.prompt_tokens, u.input_tokens) {
+            self.base_input = Some(v);
+        }
+        if let Some(v) = pick(u.completion_tokens, u.output_tokens) {
+            self.output = Some(v);
+        }
+        if let Some(v) = u.cache_read_input_tokens {
+            self.cache_read = Some(v);
+        }
+        if let Some(v) = u.cache_creation_input_tokens {
+            self.cache_creation = Some(v);
+        }
+        if let Some(v) = pick(details(&u.prompt_tokens_details), details(&u.input_tokens_details)) {
+            self.cached = Some(v);
+        }
+        if let Some(v) = pick(
+            reasoning(&u.completion_tokens_details),
+            reasoning(&u.output_tokens_details),
+        ) {
+            self.reasoning = Some(v);
+        }
+    }
+
+    fn usage(&self) -> Usage {
+        // Anthropic's input_tokens excludes cache reads and writes; OpenAI's includes cached ones.
+        let input = self
+            .base_input
+            .map(|b| b + self.cache_read.unwrap_or(0) + self.cache_creation.unwrap_or(0));
+        Usage {
+            input,
+            output: self.output,
+            cached_input: self.cached.or(self.cache_read),
+            cache_creation_input: self.cache_creation,
+            reasoning: self.reasoning,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Wrapped {
+    usage: Option<RawUsage>,
+}
+
+/// The fields of a stream event that can carry usage.
+#[derive(Debug, Default, Deserialize)]
+struct StreamEvent {
+    usage: Option<RawUsage>,
+    /// Anthropic `message_start`.
+    message: Option<Wrapped>,
+    /// Responses API `response.completed` / `.incomplete` / `.failed`.
+    response: Option<Wrapped>,
+}
+
+/// Bytes of a `usage` object kept from a JSON body; real ones are a few hundred bytes.
+const USAGE_CAPTURE: usize = 16 * 1024;
+
+#[derive(Debug)]
+enum Mode {
+    Json(Box<TopLevelScanner>),
+    Sse(SseParser),
+    Ignore,
+}
+
+/// Reads token counts from one response body as it passes.
+#[derive(Debug)]
+pub struct ResponseUsage {
+    mode: Mode,
+    counts: Counts,
+    /// Stream events that failed to parse as JSON (counted, never fatal).
+    pub bad_events: u64,
+}
+
+impl ResponseUsage {
+    /// Chooses how to read the body from its content type.
+    pub fn for_content_type(content_type: Option<&str>) -> Self {
+        let ct = content_type
+            .unwrap_or("")
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        let mode = if ct == "text/event-stream" {
+            Mode::Sse(SseParser::new())
+        } else if ct == "application/json" || ct.ends_with("+json") {
+            Mode::Json(Box::new(TopLevelScanner::new(&["usage"], USAGE_CAPTURE).done_after(1)))
+        } else {
+            Mode::Ignore
+        };
+        ResponseUsage {
+            mode,
+            counts: Counts::default(),
+            bad_events: 0,
+        }
+    }
+
+    pub fn is_stream(&self) -> bool {
+        matches!(self.mode, Mode::Sse(_))
+    }
+
+    /// TGI reports counts in headers (`x-prompt-tokens`, `x-generated-tokens`).
+    pub fn from_headers(&mut self, prompt: Option<u64>, generated: Option<u64>) {
+        if prompt.is_some() {
+            self.counts.base_input = prompt;
+        }
+        if generated.is_some() {
+            self.counts.output = generated;
+        }
+    }
+
+    pub fn feed(&mut self, chunk: &[u8]) {
+        match &mut self.mode {
+            Mode::Json(s) => {
+                if s.feed(chunk).is_err() {
+                    self.mode = Mode::Ignore;
+                }
+            }
+            Mode::Sse(p) => {
+                let counts = &mut self.counts;
+                let bad = &mut self.bad_events;
+                p.feed(chunk, &mut |e| on_event(counts, bad, &e));
+            }
+            Mode::Ignore => {}
+        }
+    }
+
+    /// The body ended: returns what was reported.
+    pub fn finish(&mut self) -> Usage {
+        match &mut self.mode {
+            Mode::Json(s) => {
+                if let Some(f) = s.get(0).filter(|f| !f.truncated) {
+                    if let Ok(u) = serde_json::from_slice::<RawUsage>(&f.raw) {
+                        self.counts.merge(&u);
+                    }
+                }
+                self.mode = Mode::Ignore;
+            }
+            Mode::Sse(p) => p.finish(),
+            Mode::Ignore => {}
+        }
+        self.usage()
+    }
+
+    /// What has been reported so far.
+    pub fn usage(&self) -> Usage {
+        self.counts.usage()
+    }
+}
+
+fn on_event(counts: &mut Counts, bad: &mut u64, e: &Event) {
+    // Most events carry no usage (or `"usage":null`); only those that mention it are parsed.
+    if memmem::find(e.data.as_bytes(), b"\"usage\"").is_none() {
+        return;
+    }
+    match serde_json::from_str::<StreamEvent>(&e.data) {
+        Ok(ev) => {
+            for u in [
+                ev.message.and_then(|m| m.usage),
+                ev.usage,
+                ev.response.and_then(|r| r.usage),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                counts.merge(&u);
+            }
+        }
+        Err(_) => *bad += 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(ct: &str, body: &[u8], chunk: usize) -> Usage {
+        let mut r = ResponseUsage::for_content_type(Some(ct));
+        for c in body.chunks(chunk.max(1)) {
+            r.feed(c);
+        }
+        r.finish()
+    }
+
+    fn u(input: u64, output: u64, cached: Option<u64>, creation: Option<u64>, reasoning: Option<u64>) -> Usage {
+        Usage {
+            input: Some(input),
+            output: Some(output),
+            cached_input: cached,
+            cache_creation_input: creation,
+            reasoning,
+        }
+    }
+
+    #[test]
+    fn json_bodies_of_every_api() {
+        let cases: &[(&str, Usage)] = &[
+            (
+                r#"{"id":"x","choices":[{"message":{"content":"{\"usage\":1}"}}],"usage":{"prompt_tokens":19,"completion_tokens":10,"total_tokens":29,"prompt_tokens_details":{"cached_tokens":3},"completion_tokens_details":{"reasoning_tokens":4}}}"#,
+                u(19, 10, Some(3), None, Some(4)),
+            ),
+            (
+                r#"{"data":[{"embedding":[0.1,0.2]}],"usage":{"prompt_tokens":8,"total_tokens":8}}"#,
+                Usage {
+                    input: Some(8),
+                    ..Default::default()
+                },
+            ),
+            (
+                r#"{"status":"completed","usage":{"input_tokens":36,"input_tokens_details":{"cached_tokens":0},"output_tokens":87,"output_tokens_details":{"reasoning_tokens":5},"total_tokens":123}}"#,
+                u(36, 87, Some(0), None, Some(5)),
+            ),
+            (
+                r#"{"type":"message","usage":{"input_tokens":25,"output_tokens":15,"cache_creation_input_tokens":7,"cache_read_input_tokens":100}}"#,
+                u(132, 15, Some(100), Some(7), None),
+            ),
+            (
+                r#"{"usage":{"prompt_tokens":5,"completion_tokens":null}}"#,
+                Usage {
+                    input: Some(5),
+                    ..Default::default()
+                },
+            ),
+            (r#"{"usage":null}"#, Usage::default()),
+            (r#"{"model_name":"m","outputs":[]}"#, Usage::default()),
+            (r#"{"usage":{"prompt_tokens":"many"}}"#, Usage::default()),
+            (
+                r#"{"usage":{"prompt_tokens":5}"#,
+                Usage {
+                    input: Some(5),
+                    ..Default::default()
+                },
+            ),
+            (r#"not json"#, Usage::default()),
+        ];
+        for (body, want) in cases {
+            for chunk in [1, 3, 1000] {
+                assert_eq!(
+                    read("application/json; charset=utf-8", body.as_bytes(), chunk),
+                    *want,
+                    "{body} by {chunk}"
+                );
+            }
+        }
+    }
+
+    const OPENAI_STREAM: &str = "data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\n\
+data: {\"choices\":[],\"usage\":{\"prompt_tokens\":11,\"completion_tokens\":3,\"prompt_tokens_details\":{\"cached_tokens\":2}}}\n\n\
+data: [DONE]\n\n";
+
+    const ANTHROPIC_STREAM: &str = "event: message_start\r\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":25,\"cache_read_input_tokens\":5,\"output_tokens\":1}}}\r\n\r\n\
+event: ping\r\ndata: {\"type\":\"ping\"}\r\n\r\n\
+event: content_block_delta\r\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"text\":\"\\\"usage\\\"\"}}\r\n\r\n\
+event: message_delta\r\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":7}}\r\n\r\n\
+event: message_delta\r\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":15}}\r\n\r\n\
+event: message_stop\r\ndata: {\"type\":\"message_stop\"}\r\n\r\n";
+
+    const RESPONSES_STREAM: &str = "event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"usage\":null}}\n\n\
+event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"x\"}\n\n\
+event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"usage\":{\"input_tokens\":9,\"output_tokens\":4,\"output_tokens_details\":{\"reasoning_tokens\":1}}}}\n\n";
+
+    #[test]
+    fn streams_of_every_api_split_at_every_byte() {
+        let cases: &[(&str, Usage)] = &[
+            (OPENAI_STREAM, u(11, 3, Some(2), None, None)),
+            (ANTHROPIC_STREAM, u(30, 15, Some(5), None, None)),
+            (RESPONSES_STREAM, u(9, 4, None, None, Some(1))),
+            ("data: {\"choices\":[]}\n\ndata: [DONE]\n\n", Usage::default()),
+        ];
+        for (stream, want) in cases {
+            let b = stream.as_bytes();
+            for cut in 0..=b.len() {
+                let mut r = ResponseUsage::for_content_type(Some("text/event-stream"));
+                r.feed(&b[..cut]);
+                r.feed(&b[cut..]);
+                assert_eq!(r.finish(), *want, "cut {cut} of {stream}");
+            }
+        }
+    }
+
+    #[test]
+    fn broken_streams_keep_what_was_seen() {
+        // Interrupted before the usage chunk: nothing known.
+        let cut = &OPENAI_STREAM[..OPENAI_STREAM.find("data: {\"choices\":[],").unwrap_or(0) + 20];
+        assert_eq!(read("text/event-stream", cut.as_bytes(), 7), Usage::default());
+        // Malformed events are counted and skipped.
+        let mut r = ResponseUsage::for_content_type(Some("text/event-stream"));
+        r.feed(b"data: {\"usage\": oops\n\ndata: {\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}}\n\n");
+        assert_eq!(r.finish(), u(1, 2, None, None, None));
+        assert_eq!(r.bad_events, 1);
+    }
+
+    #[test]
+    fn other_content_types_are_ignored() {
+        assert_eq!(
+            read("text/plain", br#"{"usage":{"prompt_tokens":1}}"#, 5),
+            Usage::default()
+        );
+        let mut r = ResponseUsage::for_content_type(None);
+        r.from_headers(Some(12), Some(30));
+        assert_eq!(
+            r.finish(),
+            Usage {
+                input: Some(12),
+                output: Some(30),
+                ..Default::default()
+            }
+        );
+    }
+}

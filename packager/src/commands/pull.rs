@@ -1,0 +1,24 @@
+//! `wasmpack pull REF -o FILE`: fetch the module from any of Istio's three layouts, digests verified.
+
+use anyhow::{Context, Result};
+
+use crate::cli::PullArgs;
+use crate::commands::inspect::fetch_module;
+use crate::module;
+use crate::registry::{parse_reference, Registry};
+
+pub async fn run(args: &PullArgs) -> Result<()> {
+    let reference = parse_reference(&args.reference)?;
+    let registry = Registry::connect(&args.registry, &reference)?;
+    let (manifest, digest) = registry.manifest(&reference).await?;
+    let fetched = fetch_module(&registry, &reference, &manifest).await?;
+    std::fs::write(&args.output, &fetched.module).with_context(|| format!("writing {}", args.output.display()))?;
+    println!(
+        "wrote {} ({} bytes, {}) from {reference} ({digest}, {} layout)",
+        args.output.display(),
+        fetched.module.len(),
+        module::digest(&fetched.module),
+        fetched.layout.format
+    );
+    Ok(())
+}

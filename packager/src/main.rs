@@ -1,0 +1,46 @@
+//! wasmpack: build, check, push and install the model-router filter.
+
+mod cli;
+mod commands;
+mod image;
+mod module;
+mod registry;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    // clap exits with status 2 on bad usage.
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the error and its context, outermost first.
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Build(a) => commands::build::run(&a),
+        Command::Push(a) => commands::push::run(&a).await,
+        Command::Pull(a) => commands::pull::run(&a).await,
+        Command::Inspect(a) => commands::inspect::run(&a).await,
+    }
+}

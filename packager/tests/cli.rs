@@ -1,0 +1,131 @@
+//! Snapshot tests of wasmpack's help and human output, and `wasmpack build` for real.
+
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use support::*;
+
+/// Replaces what changes from run to run (digests, sizes, ports, dates, revisions).
+fn redact(s: &str, port: Option<u16>) -> String {
+    let mut out = s.to_string();
+    if let Some(p) = port {
+        out = out.replace(&format!("127.0.0.1:{p}"), "127.0.0.1:[port]");
+    }
+    let mut result = String::new();
+    let mut rest = out.as_str();
+    while let Some(i) = rest.find("sha256:") {
+        result.push_str(&rest[..i]);
+        let hex_len = rest[i + 7..].chars().take_while(|c| c.is_ascii_hexdigit()).count();
+        result.push_str("sha256:[digest]");
+        rest = &rest[i + 7 + hex_len..];
+    }
+    result.push_str(rest);
+    result
+        .lines()
+        .map(|l| {
+            let words: Vec<String> = l
+                .split(' ')
+                .enumerate()
+                .map(|(i, w)| {
+                    let next_is_bytes = l.split(' ').nth(i + 1).is_some_and(|n| n.starts_with("bytes"));
+                    if next_is_bytes && w.trim_start_matches('(').chars().all(|c| c.is_ascii_digit()) {
+                        if w.starts_with('(') {
+                            "([n]".to_string()
+                        } else {
+                            "[n]".to_string()
+                        }
+                    } else {
+                        w.to_string()
+                    }
+                })
+                .collect();
+            let l = words.join(" ");
+            if l.trim_start().starts_with("org.opencontainers.image.revision:")
+                || l.trim_start().starts_with("org.opencontainers.image.source:")
+            {
+                String::new()
+            } else {
+                l
+            }
+        })
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn help_texts() {
+    for cmd in [&[][..], &["build"], &["push"], &["pull"], &["inspect"]] {
+        let mut args: Vec<&str> = cmd.to_vec();
+        args.push("--help");
+        let o = wasmpack(&args, "", &[]);
+        assert!(o.status.success());
+        let name = if cmd.is_empty() {
+            "help".to_string()
+        } else {
+            format!("help_{}", cmd[0])
+        };
+        insta::assert_snapshot!(name, stdout(&o));
+    }
+}
+
+#[test]
+fn human_output_of_push_and_inspect() {
+    let reg = Registry::plain();
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("model_router.wasm");
+    std::fs::write(&file, filter_wasm()).unwrap();
+    let reference = reg.reference("filters/model-router:v1");
+    let env = [("SOURCE_DATE_EPOCH", "1767225600")];
+    let o = wasmpack(&["push", file.to_str().unwrap(), &reference, "--plain-http"], "", &env);
+    assert!(o.status.success(), "{}", stderr(&o));
+    insta::assert_snapshot!("push_output", redact(&stdout(&o), Some(reg.port)));
+    let o = wasmpack(&["inspect", &reference, "--plain-http"], "", &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    insta::assert_snapshot!("inspect_output", redact(&stdout(&o), Some(reg.port)));
+    // Reproducible: the same module and SOURCE_DATE_EPOCH give the same digest.
+    let again = wasmpack(&["push", file.to_str().unwrap(), &reference, "--plain-http"], "", &env);
+    assert_eq!(
+        stdout(&again).lines().last(),
+        stdout(&o).lines().find(|l| l.starts_with("digest:")).map(|l| &l[8..])
+    );
+}
+
+#[test]
+fn build_checks_and_budgets_the_real_filter() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let o = wasmpack(&["build", "--workspace", root.to_str().unwrap(), "--json"], "", &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let path = v["path"].as_str().unwrap();
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(v["size"], bytes.len());
+    assert_eq!(v["sha256"], sha256(&bytes));
+    assert_eq!(v["abiVersions"][0], "proxy_abi_version_0_2_1");
+
+    let o = wasmpack(
+        &["build", "--workspace", root.to_str().unwrap(), "--max-size", "10K"],
+        "",
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("over the --max-size budget of 10240 bytes"),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = wasmpack(
+        &["build", "--workspace", root.to_str().unwrap(), "--opt", "--json"],
+        "",
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["path"].as_str().unwrap().ends_with("model_router.opt.wasm"));
+    assert!(
+        v["size"].as_u64().unwrap() < v["unoptimizedSize"].as_u64().unwrap(),
+        "{v}"
+    );
+}
