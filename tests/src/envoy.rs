@@ -67,6 +67,8 @@ pub struct FilterSetup {
     /// `allow_on_headers_stop_iteration` in the PluginConfig.
     pub allow_hold: bool,
     pub route_header: String,
+    /// Replaces the whole http_filters entry of the filter (e.g. an ECDS `config_discovery` one).
+    pub entry: Option<Value>,
 }
 
 impl FilterSetup {
@@ -76,6 +78,7 @@ impl FilterSetup {
             config,
             allow_hold: true,
             route_header,
+            entry: None,
         }
     }
 }
@@ -98,6 +101,7 @@ pub fn bootstrap(
     wasm: &Path,
     access_log: &Path,
 ) -> Value {
+    let wasm_filter = filter.entry.clone().unwrap_or_else(|| wasm_filter(filter, wasm));
     let mut routes: Vec<Value> = upstreams
         .iter()
         .map(|u| {
@@ -127,6 +131,8 @@ pub fn bootstrap(
         .collect();
     json!({
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        // xDS subscriptions (ECDS from a file, as in the Istio-shape test) need a node identity.
+        "node": {"id": "e2e", "cluster": "e2e"},
         "stats_config": {"stats_tags": stats_tags, "histogram_bucket_settings": histogram_buckets()},
         // Histograms are merged at a stats flush; flush on every admin read so scrapes are current.
         "stats_flush_on_admin": true,
@@ -148,35 +154,41 @@ pub fn bootstrap(
                             }
                         }],
                         "route_config": {"name": "local", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}]},
-                        "http_filters": [
-                            {
-                                "name": "envoy.filters.http.wasm",
-                                "typed_config": {
-                                    "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-                                    "config": {
-                                        "name": "model-router",
-                                        "allow_on_headers_stop_iteration": filter.allow_hold,
-                                        "configuration": {
-                                            "@type": "type.googleapis.com/google.protobuf.StringValue",
-                                            "value": filter.config.to_string()
-                                        },
-                                        "vm_config": {
-                                            "vm_id": "model-router",
-                                            "runtime": "envoy.wasm.runtime.v8",
-                                            "code": {"local": {"filename": wasm}}
-                                        }
-                                    }
-                                }
-                            },
-                            {"name": "envoy.filters.http.router", "typed_config": {
-                                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
-                        ]
+                        "http_filters": [wasm_filter, router_filter()]
                     }
                 }]}]
             }],
             "clusters": clusters
         }
     })
+}
+
+/// The Wasm filter as an HCM http_filters entry, with the module from a local file.
+pub fn wasm_filter(filter: &FilterSetup, wasm: &Path) -> Value {
+    json!({
+        "name": "envoy.filters.http.wasm",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": "model-router",
+                "allow_on_headers_stop_iteration": filter.allow_hold,
+                "configuration": {
+                    "@type": "type.googleapis.com/google.protobuf.StringValue",
+                    "value": filter.config.to_string()
+                },
+                "vm_config": {
+                    "vm_id": "model-router",
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": {"local": {"filename": wasm}}
+                }
+            }
+        }
+    })
+}
+
+fn router_filter() -> Value {
+    json!({"name": "envoy.filters.http.router", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}})
 }
 
 /// OTel GenAI buckets for the filter's histograms (docs/telemetry.md).

@@ -51,6 +51,8 @@ pub struct Scenario {
 pub struct Options {
     pub allow_hold: bool,
     pub concurrency: u32,
+    /// Replaces the filter's http_filters entry (see `envoy::FilterSetup::entry`).
+    pub filter_entry: Option<Value>,
 }
 
 impl Default for Options {
@@ -58,6 +60,7 @@ impl Default for Options {
         Options {
             allow_hold: true,
             concurrency: 1,
+            filter_entry: None,
         }
     }
 }
@@ -91,6 +94,7 @@ impl Scenario {
         };
         let mut setup = FilterSetup::new(config);
         setup.allow_hold = opts.allow_hold;
+        setup.entry = opts.filter_entry;
         let logdir = tempfile::tempdir().map(|d| d.keep()).unwrap_or_else(|e| panic!("{e}"));
         let access_log = logdir.join("access.log");
         let boot = envoy::bootstrap(&setup, &upstreams, &default_up, &envoy::wasm_path(), &access_log);
