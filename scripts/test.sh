@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 echo "== building model_router.wasm (release, wasm32-wasip1)"
 cargo build -p model-router --release --target wasm32-wasip1
+echo "== building wasmpack (the end-to-end tests drive the binary)"
+cargo build -p wasmpack
 echo "== clippy (no unwrap/expect/panic outside tests)"
 cargo clippy --workspace --all-targets -q -- -D warnings
 cargo clippy -p model-router --target wasm32-wasip1 --release -q -- -D warnings

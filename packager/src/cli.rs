@@ -39,6 +39,60 @@ pub enum Command {
     Apply(ApplyArgs),
     /// Delete the rendered resources from a cluster
     Delete(DeleteArgs),
+    /// Run a local Envoy with the filter in front of local backends
+    Run(RunArgs),
+    /// Per-model table from a running Envoy's /stats/prometheus
+    Stats(StatsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Plugin configuration, YAML or JSON
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// Where a destination is served, DEST=HOST:PORT (repeatable)
+    #[arg(long = "upstream", value_name = "DEST=HOST:PORT", required = true, value_parser = parse_label)]
+    pub upstreams: Vec<(String, String)>,
+    /// Destination for requests the filter does not route (default: the first --upstream)
+    #[arg(long, value_name = "DEST")]
+    pub default: Option<String>,
+    /// Listener address
+    #[arg(long, default_value = "127.0.0.1:10000")]
+    pub listen: String,
+    /// Envoy admin address (stats at /stats/prometheus)
+    #[arg(long, default_value = "127.0.0.1:9901")]
+    pub admin: String,
+    /// Envoy binary (else $ENVOY_BIN, `envoy` on PATH, or the project's .venv)
+    #[arg(long, value_name = "PATH")]
+    pub envoy: Option<PathBuf>,
+    /// The filter module (default: target/wasm32-wasip1/release/model_router.wasm)
+    #[arg(long, value_name = "FILE")]
+    pub wasm: Option<PathBuf>,
+    /// Access log destination
+    #[arg(long, default_value = "/dev/stdout", value_name = "PATH")]
+    pub access_log: String,
+    /// Envoy worker threads
+    #[arg(long, default_value_t = 2)]
+    pub concurrency: u32,
+    /// Envoy log level
+    #[arg(long, default_value = "warning")]
+    pub log_level: String,
+    /// Print the Envoy bootstrap (YAML) and exit
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// Envoy admin URL
+    #[arg(long, default_value = "http://127.0.0.1:9901")]
+    pub admin: String,
+    /// Refresh every N seconds until interrupted
+    #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "2")]
+    pub watch: Option<u64>,
+    /// Print the table's data as JSON
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

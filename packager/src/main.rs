@@ -1,18 +1,11 @@
 //! wasmpack: build, check, push and install the model-router filter.
 
-mod cli;
-mod commands;
-mod image;
-mod module;
-mod plugin_config;
-mod registry;
-mod render;
-
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use cli::{Cli, Command};
+use wasmpack::cli::{Cli, Command};
+use wasmpack::commands;
 
 fn main() -> ExitCode {
     // clap exits with status 2 on bad usage.
@@ -49,5 +42,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Manifests(a) => commands::manifests::run(&a).await,
         Command::Apply(a) => commands::apply::run_apply(&a).await,
         Command::Delete(a) => commands::apply::run_delete(&a).await,
+        Command::Run(a) => commands::run::run(&a).await,
+        Command::Stats(a) => commands::stats::run(&a).await,
     }
 }

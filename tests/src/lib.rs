@@ -5,15 +5,17 @@
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod backend;
+pub mod demo;
 pub mod envoy;
-pub mod prom;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use backend::Backend;
-use envoy::{Envoy, FilterSetup, Upstream};
+use envoy::Envoy;
 use serde_json::Value;
+use wasmpack::bootstrap::{Spec, Upstream};
+pub use wasmpack::prom;
 
 /// What a test client got back.
 #[derive(Debug, Clone)]
@@ -81,23 +83,34 @@ impl Scenario {
             }
         }
         let default = Backend::start("default").await;
-        let upstreams: Vec<Upstream> = backends
+        let mut upstreams: Vec<Upstream> = backends
             .values()
             .map(|b| Upstream {
                 name: b.name.clone(),
+                host: "127.0.0.1".into(),
                 port: b.port(),
             })
             .collect();
-        let default_up = Upstream {
+        upstreams.push(Upstream {
             name: "default".into(),
+            host: "127.0.0.1".into(),
             port: default.port(),
-        };
-        let mut setup = FilterSetup::new(config);
-        setup.allow_hold = opts.allow_hold;
-        setup.entry = opts.filter_entry;
+        });
         let logdir = tempfile::tempdir().map(|d| d.keep()).unwrap_or_else(|e| panic!("{e}"));
         let access_log = logdir.join("access.log");
-        let boot = envoy::bootstrap(&setup, &upstreams, &default_up, &envoy::wasm_path(), &access_log);
+        let boot = wasmpack::bootstrap::render(&Spec {
+            listen: ("127.0.0.1".into(), 0),
+            admin: ("127.0.0.1".into(), 0),
+            wasm: envoy::wasm_path(),
+            config_json: config.to_string(),
+            route_header: config["routeHeader"].as_str().unwrap_or("x-ai-route").to_string(),
+            upstreams,
+            default_upstream: Some("default".into()),
+            allow_hold: opts.allow_hold,
+            access_log: Some(access_log.display().to_string()),
+            filter_entry: opts.filter_entry,
+            stats_flush_on_admin: true,
+        });
         let envoy = match tokio::task::block_in_place(|| Envoy::start(&boot, opts.concurrency)) {
             Ok(e) => e,
             Err(e) => panic!("{e:#}"),

@@ -40,33 +40,57 @@ async fn rendered_ecds_config_routes_in_real_envoy() {
         "name": ext["name"], "typed_config": ext["typed_config"]}]});
     std::fs::write(&ecds, response.to_string()).unwrap();
     // What istiod does: serve it; here from the file.
-    assert_eq!(filter["name"], ext["name"], "the HTTP filter points at the extension config");
-    filter["config_discovery"]["config_source"] = json!({"path_config_source": {"path": ecds}, "resource_api_version": "V3"});
+    assert_eq!(
+        filter["name"], ext["name"],
+        "the HTTP filter points at the extension config"
+    );
+    filter["config_discovery"]["config_source"] =
+        json!({"path_config_source": {"path": ecds}, "resource_api_version": "V3"});
 
     let config: Value = {
         let text = std::fs::read_to_string(repo_root().join("manifests/llm-gateway/config.yaml")).unwrap();
         let y: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
         serde_json::to_value(y).unwrap()
     };
-    let s = Scenario::start_with(config, e2e::Options { filter_entry: Some(filter), ..Default::default() }).await;
+    let s = Scenario::start_with(
+        config,
+        e2e::Options {
+            filter_entry: Some(filter),
+            ..Default::default()
+        },
+    )
+    .await;
 
     // Body routing works: the held headers get the route the body's model decides.
     let body = json!({"model": "gpt-3.5-turbo", "messages": [{"role": "user", "content": "hi"}]}).to_string();
-    let r = s.post("/v1/chat/completions", body.clone(), &[("x-user-id", "bob")]).await;
+    let r = s
+        .post("/v1/chat/completions", body.clone(), &[("x-user-id", "bob")])
+        .await;
     assert_eq!(r.status, 200, "{}\n{}", r.text(), e2e::tail(&s.envoy.log()));
     let dest = r.header("x-ai-route").unwrap_or("?").to_string();
     assert!(dest.starts_with("llama-3-8b-v"), "{dest}");
     assert_eq!(r.header("x-backend"), Some(dest.as_str()));
     let seen = s.backend(&dest).exchanges().pop().unwrap();
     assert_eq!(seen.json()["model"], "meta-llama/Meta-Llama-3-8B-Instruct");
-    let r = s.post("/v1/embeddings", json!({"model": "bge-small", "input": "x"}).to_string(), &[]).await;
+    let r = s
+        .post(
+            "/v1/embeddings",
+            json!({"model": "bge-small", "input": "x"}).to_string(),
+            &[],
+        )
+        .await;
     assert_eq!(r.header("x-backend"), Some("bge-small"));
-    let r = s.post("/v1/chat/completions", json!({"model": "nope"}).to_string(), &[]).await;
+    let r = s
+        .post("/v1/chat/completions", json!({"model": "nope"}).to_string(), &[])
+        .await;
     assert_eq!(r.status, 404);
 
     // The stats carry the labels the rendered stats wiring names.
     let text = s.prometheus_flushed().await;
-    assert!(text.contains("model_router_requests_total{model=\"llama-3-8b\""), "{text}");
+    assert!(
+        text.contains("model_router_requests_total{model=\"llama-3-8b\""),
+        "{text}"
+    );
     // The histogram-bucket setting rendered for Istio matches stats by the `wasmcustom` prefix.
     let names = s.envoy.admin("/stats?filter=model_router_request_duration").unwrap();
     assert!(names.lines().any(|l| l.starts_with("wasmcustom.")), "{names}");

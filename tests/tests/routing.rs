@@ -293,7 +293,10 @@ async fn without_body_routing_requests_complete_routed_by_path_only() {
 async fn host_that_cannot_hold_headers_does_not_hang_requests() {
     let s = Scenario::start_with(
         config(json!({})),
-        e2e::Options { allow_hold: false, ..Default::default() },
+        e2e::Options {
+            allow_hold: false,
+            ..Default::default()
+        },
     )
     .await;
     let started = Instant::now();

@@ -8,3 +8,5 @@ pub mod manifests;
 pub mod pull;
 pub mod push;
 pub mod route;
+pub mod run;
+pub mod stats;

