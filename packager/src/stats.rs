@@ -62,6 +62,9 @@ fn label<'a>(s: &'a Sample, k: &str) -> &'a str {
     s.labels.get(k).map(String::as_str).unwrap_or("")
 }
 
+/// (upper bound, cumulative count) pairs of one histogram series.
+type Buckets = Vec<(f64, f64)>;
+
 fn row_for<'a>(rows: &'a mut BTreeMap<(String, String), Row>, key: &(String, String)) -> &'a mut Row {
     rows.entry(key.clone()).or_insert_with(|| Row {
         model: key.0.clone(),
@@ -72,7 +75,7 @@ fn row_for<'a>(rows: &'a mut BTreeMap<(String, String), Row>, key: &(String, Str
 
 pub fn summarize(samples: &[Sample]) -> Summary {
     let mut rows: BTreeMap<(String, String), Row> = BTreeMap::new();
-    let mut hist: BTreeMap<(&str, String, String), Vec<(f64, f64)>> = BTreeMap::new();
+    let mut hist: BTreeMap<(&str, String, String), Buckets> = BTreeMap::new();
     let mut duration_sum: BTreeMap<(String, String), f64> = BTreeMap::new();
     let mut out = Summary::default();
     for s in samples.iter().filter(|s| s.name.starts_with("model_router_")) {
