@@ -38,7 +38,27 @@ struct RawConfig {
     body_routing: bool,
     #[serde(default)]
     inject_stream_usage: bool,
+    /// Default allow list for models without their own.
+    #[serde(default)]
+    allow: Option<Vec<String>>,
+    /// Default limits for models without their own.
+    #[serde(default)]
+    limits: Option<RawLimits>,
+    /// A request header carrying the caller's SPIFFE ID, trusted when there is no mTLS peer.
+    #[serde(default)]
+    identity_header: Option<String>,
     models: Vec<RawModel>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawLimits {
+    #[serde(default)]
+    requests_per_minute: Option<u64>,
+    #[serde(default)]
+    tokens_per_minute: Option<u64>,
+    #[serde(default)]
+    by: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -49,6 +69,10 @@ struct RawModel {
     aliases: Vec<String>,
     #[serde(default)]
     upstream_model: Option<String>,
+    #[serde(default)]
+    allow: Option<Vec<String>>,
+    #[serde(default)]
+    limits: Option<RawLimits>,
     destinations: Vec<RawDestination>,
 }
 
@@ -122,6 +146,48 @@ pub struct Model {
     pub destinations: Vec<Destination>,
     /// Sum of the destination weights, > 0 (validated).
     pub total_weight: u64,
+    /// Who may call this model (its own list, else the top-level one); `None`: everyone.
+    pub allow: Option<Vec<AllowRule>>,
+    /// Its limits (its own, else the top-level ones).
+    pub limits: Option<Limits>,
+}
+
+/// One entry of an allow list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowRule {
+    /// `*`: any caller with an identity.
+    Any,
+    /// `spiffe://td/ns/team-a/*`: every identity starting with the part before `*`.
+    Prefix(String),
+    Exact(String),
+}
+
+impl AllowRule {
+    pub fn matches(&self, principal: &str) -> bool {
+        match self {
+            AllowRule::Any => true,
+            AllowRule::Prefix(p) => principal.starts_with(p.as_str()),
+            AllowRule::Exact(e) => principal == e,
+        }
+    }
+}
+
+/// What a rate-limit bucket is keyed by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitKey {
+    /// The caller's identity (mTLS SPIFFE ID or the trusted identity header).
+    Principal,
+    /// The value of a request header (e.g. an API key set by an authenticating proxy).
+    Header(String),
+    /// One bucket for everyone.
+    Global,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub requests_per_minute: Option<u64>,
+    pub tokens_per_minute: Option<u64>,
+    pub by: LimitKey,
 }
 
 /// The validated plugin configuration.
@@ -137,6 +203,7 @@ pub struct Config {
     pub sticky_header: Option<String>,
     pub body_routing: bool,
     pub inject_stream_usage: bool,
+    pub identity_header: Option<String>,
     pub models: Vec<Model>,
     /// Canonical names and aliases to the index in `models`.
     index: HashMap<String, usize>,
@@ -203,6 +270,18 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     if raw.max_body_bytes == 0 {
         return Err(ConfigError::new("maxBodyBytes", "must be greater than 0"));
     }
+    let identity_header = match &raw.identity_header {
+        Some(h) => Some(header_name("identityHeader", h)?),
+        None => None,
+    };
+    let default_allow = match &raw.allow {
+        Some(list) => Some(allow_rules("allow", list)?),
+        None => None,
+    };
+    let default_limits = match &raw.limits {
+        Some(l) => Some(limits("limits", l)?),
+        None => None,
+    };
 
     let mut index: HashMap<String, usize> = HashMap::new();
     let mut models = Vec::with_capacity(raw.models.len());
@@ -252,12 +331,22 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 format!("all weights of model `{}` are 0: at least one must be positive", m.name),
             ));
         }
+        let allow = match &m.allow {
+            Some(list) => Some(allow_rules(&format!("{at}.allow"), list)?),
+            None => default_allow.clone(),
+        };
+        let model_limits = match &m.limits {
+            Some(l) => Some(limits(&format!("{at}.limits"), l)?),
+            None => default_limits.clone(),
+        };
         models.push(Model {
             name: m.name,
             aliases: m.aliases,
             upstream_model: m.upstream_model,
             destinations,
             total_weight,
+            allow,
+            limits: model_limits,
         });
     }
 
@@ -272,8 +361,71 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         sticky_header,
         body_routing: raw.body_routing,
         inject_stream_usage: raw.inject_stream_usage,
+        identity_header,
         models,
         index,
+    })
+}
+
+/// SPIFFE IDs, `*`, or a prefix ending in `*`.
+fn allow_rules(path: &str, list: &[String]) -> Result<Vec<AllowRule>, ConfigError> {
+    list.iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let p = format!("{path}[{i}]");
+            if e == "*" {
+                return Ok(AllowRule::Any);
+            }
+            if !e.starts_with("spiffe://") {
+                return Err(ConfigError::new(
+                    p,
+                    format!("`{e}` is not a SPIFFE ID (spiffe://trust-domain/path), `*`, or a prefix ending in `*`"),
+                ));
+            }
+            if e.bytes().any(|b| !(0x21..0x7f).contains(&b)) {
+                return Err(ConfigError::new(p, format!("`{e}` has spaces or non-ASCII characters")));
+            }
+            match e.find('*') {
+                None => Ok(AllowRule::Exact(e.clone())),
+                Some(at) if at == e.len() - 1 => Ok(AllowRule::Prefix(e[..at].to_string())),
+                Some(_) => Err(ConfigError::new(p, format!("`{e}`: `*` is only allowed at the end"))),
+            }
+        })
+        .collect()
+}
+
+fn limits(path: &str, l: &RawLimits) -> Result<Limits, ConfigError> {
+    if l.requests_per_minute.is_none() && l.tokens_per_minute.is_none() {
+        return Err(ConfigError::new(
+            path,
+            "set requestsPerMinute, tokensPerMinute, or both",
+        ));
+    }
+    for (field, v) in [
+        ("requestsPerMinute", l.requests_per_minute),
+        ("tokensPerMinute", l.tokens_per_minute),
+    ] {
+        if v == Some(0) {
+            return Err(ConfigError::new(format!("{path}.{field}"), "must be greater than 0"));
+        }
+    }
+    let by = match l.by.as_deref() {
+        None | Some("principal") => LimitKey::Principal,
+        Some("global") => LimitKey::Global,
+        Some(other) => match other.strip_prefix("header:") {
+            Some(h) => LimitKey::Header(header_name(&format!("{path}.by"), h)?),
+            None => {
+                return Err(ConfigError::new(
+                    format!("{path}.by"),
+                    format!("`{other}`: expected `principal`, `global` or `header:NAME`"),
+                ))
+            }
+        },
+    };
+    Ok(Limits {
+        requests_per_minute: l.requests_per_minute,
+        tokens_per_minute: l.tokens_per_minute,
+        by,
     })
 }
 
@@ -468,6 +620,57 @@ mod tests {
             let e = err(json);
             assert_eq!(&e.path, path, "path for {json}: {e}");
             assert!(e.to_string().contains(needle), "message for {json}: {e}");
+        }
+    }
+
+    #[test]
+    fn access_and_limits() {
+        let c = Config::from_json(
+            br#"{"allow":["spiffe://td/ns/a/*"],"limits":{"requestsPerMinute":10},"identityHeader":"X-Client-Id",
+                 "models":[{"name":"m","destinations":[{"name":"d"}]},
+                           {"name":"n","allow":["*","spiffe://td/ns/b/sa/x"],"limits":{"tokensPerMinute":5,"by":"header:x-api-key"},"destinations":[{"name":"d"}]}]}"#,
+        )
+        .unwrap();
+        let m = c.resolve("m").unwrap();
+        assert_eq!(m.allow, Some(vec![AllowRule::Prefix("spiffe://td/ns/a/".into())]));
+        assert_eq!(m.limits.as_ref().unwrap().by, LimitKey::Principal);
+        let n = c.resolve("n").unwrap();
+        assert_eq!(n.allow.as_ref().unwrap()[0], AllowRule::Any);
+        assert_eq!(
+            n.limits,
+            Some(Limits {
+                requests_per_minute: None,
+                tokens_per_minute: Some(5),
+                by: LimitKey::Header("x-api-key".into())
+            })
+        );
+        assert_eq!(c.identity_header.as_deref(), Some("x-client-id"));
+        assert!(AllowRule::Prefix("spiffe://td/ns/a/".into()).matches("spiffe://td/ns/a/sa/web"));
+        assert!(!AllowRule::Exact("spiffe://td/ns/a/sa/web".into()).matches("spiffe://td/ns/a/sa/web2"));
+
+        for (json, path) in [
+            (r#"{"allow":["team-a"],"models":[]}"#, "allow[0]"),
+            (r#"{"allow":["spiffe://td/*/x"],"models":[]}"#, "allow[0]"),
+            (
+                r#"{"models":[{"name":"m","allow":["spiffe://a b"],"destinations":[{"name":"d"}]}]}"#,
+                "models[0].allow[0]",
+            ),
+            (r#"{"limits":{},"models":[]}"#, "limits"),
+            (
+                r#"{"limits":{"requestsPerMinute":0},"models":[]}"#,
+                "limits.requestsPerMinute",
+            ),
+            (
+                r#"{"limits":{"requestsPerMinute":1,"by":"ip"},"models":[]}"#,
+                "limits.by",
+            ),
+            (
+                r#"{"limits":{"requestsPerMinute":1,"by":"header:bad header"},"models":[]}"#,
+                "limits.by",
+            ),
+            (r#"{"limits":{"rpm":1},"models":[]}"#, "limits.rpm"),
+        ] {
+            assert_eq!(err(json).path, path, "{json}");
         }
     }
 

@@ -10,6 +10,9 @@ use proxy_wasm::types::{Action, ContextType, LogLevel};
 
 use crate::config::Config;
 use crate::host::{self, MAP_REQUEST_HEADERS as REQ, MAP_RESPONSE_HEADERS as RESP};
+use crate::policy::{self, Caller, Charge, RateInfo};
+use crate::reply::Reject;
+use crate::request::Outcome;
 use crate::request::{apply_edits, BodyAction, HeadersAction, RequestFlow, RequestInfo, CONTENT_LENGTH};
 use crate::telemetry::{self, Exchange, Kind, MetricOp};
 
@@ -49,6 +52,22 @@ struct Shared {
     logged_release: Cell<bool>,
     /// Metric ids by stat name, defined on first use.
     metrics: RefCell<HashMap<String, u32>>,
+    /// Request headers that `by: header:NAME` limits read.
+    limit_headers: Vec<String>,
+    /// Some model has an allow list or limits.
+    policies: bool,
+}
+
+/// Rate-limit buckets in proxy-wasm shared data, shared by every worker VM of this Envoy.
+struct SharedData;
+
+impl policy::Store for SharedData {
+    fn get(&self, key: &str) -> (Option<Vec<u8>>, u32) {
+        host::shared_data(key).unwrap_or((None, 0))
+    }
+    fn set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<(), bool> {
+        host::set_shared_data(key, value, cas).map_err(|s| s == host::CAS_MISMATCH)
+    }
 }
 
 impl Shared {
@@ -112,6 +131,8 @@ impl RootContext for Root {
             }
         };
         let seed = crate::routing::mix(host::now_nanos() ^ 0x9e37_79b9_7f4a_7c15) | 1;
+        let limit_headers = policy::limit_headers(&config);
+        let policies = config.models.iter().any(|m| m.allow.is_some() || m.limits.is_some());
         self.shared = Some(Rc::new(Shared {
             config,
             hold: Cell::new(HoldSupport::Unknown),
@@ -120,6 +141,8 @@ impl RootContext for Root {
             rng: Cell::new(seed),
             logged_release: Cell::new(false),
             metrics: RefCell::new(HashMap::new()),
+            limit_headers,
+            policies,
         }));
         host::log(host::LOG_INFO, "model-router: configuration loaded");
         true
@@ -171,6 +194,10 @@ impl RootContext for Root {
             flow: RequestFlow::default(),
             body_seen: 0,
             exchange: Exchange::new(0),
+            charge: None,
+            rate_info: RateInfo::default(),
+            principal: None,
+            limit_values: Vec::new(),
         }))
     }
 
@@ -186,6 +213,14 @@ struct Http {
     /// Bytes of the buffered request body already fed to the flow.
     body_seen: usize,
     exchange: Exchange,
+    /// Where to charge the response's tokens (a model with a token limit).
+    charge: Option<Charge>,
+    /// `x-ratelimit-*` to report on the response.
+    rate_info: RateInfo,
+    /// The caller's identity and limit-key headers, read with the headers (later they may be
+    /// gone upstream already).
+    principal: Option<String>,
+    limit_values: Vec<(String, Vec<u8>)>,
 }
 
 impl Http {
@@ -208,6 +243,10 @@ impl Http {
         }
         if end_of_stream {
             let u = self.exchange.usage();
+            if let Some(charge) = &self.charge {
+                let tokens = u.input.unwrap_or(0) + u.output.unwrap_or(0);
+                policy::charge(&mut SharedData, charge, tokens, host::now_nanos());
+            }
             if let Some(n) = u.input {
                 let _ = host::set_property(&[FS_INPUT_TOKENS], n.to_string().as_bytes());
             }
@@ -246,10 +285,12 @@ impl Http {
     fn reject(&mut self, shared: &Shared, r: &crate::reply::Reject) -> Action {
         shared.apply(&[telemetry::rejected(r.reason)]);
         let body = r.body();
+        let mut headers: Vec<(&str, &str)> = vec![("content-type", "application/json")];
+        headers.extend(r.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let sent = host::send_local_response(
             r.status(),
             &format!("model_router_{}", r.reason.code()),
-            &[("content-type", "application/json")],
+            &headers,
             &body,
         );
         if sent.is_err() {
@@ -269,6 +310,36 @@ impl Http {
         if !set.is_empty() {
             // Envoy >= 1.33: make sure the route is chosen again with the new headers.
             let _ = host::call_foreign("clear_route_cache", &[]);
+        }
+    }
+
+    /// Access control and rate limits for a routed request (no-op for models without them).
+    fn admit(&mut self, shared: &Shared) -> Result<(), Reject> {
+        let Outcome::Routed { model, .. } = *self.flow.outcome() else {
+            return Ok(());
+        };
+        let cfg = &shared.config;
+        if cfg
+            .models
+            .get(model)
+            .is_none_or(|m| m.allow.is_none() && m.limits.is_none())
+        {
+            return Ok(());
+        }
+        let caller = Caller {
+            principal: self.principal.as_deref(),
+            headers: &self.limit_values,
+        };
+        match policy::admit(&mut SharedData, cfg, model, &caller, host::now_nanos()) {
+            Ok((charge, info)) => {
+                self.charge = charge;
+                self.rate_info = info;
+                Ok(())
+            }
+            Err(r) => {
+                self.flow.deny(r.reason);
+                Err(r)
+            }
         }
     }
 
@@ -309,9 +380,22 @@ impl HttpContext for Http {
             end_of_stream,
             random: shared.random(),
         };
+        if shared.policies {
+            let peer = host::property(&["connection", "uri_san_peer_certificate"]);
+            let claimed = cfg.identity_header.as_deref().and_then(|h| host::header(REQ, h));
+            self.principal = policy::identity(peer.as_deref(), claimed.as_deref());
+            self.limit_values = shared
+                .limit_headers
+                .iter()
+                .filter_map(|h| host::header(REQ, h).map(|v| (h.clone(), v)))
+                .collect();
+        }
         let can_hold = shared.hold.get() != HoldSupport::No;
         match self.flow.on_request_headers(cfg, &info, can_hold) {
             HeadersAction::Continue { set, remove } => {
+                if let Err(r) = self.admit(&shared) {
+                    return self.reject(&shared, &r);
+                }
                 self.set_request_headers(&set, &remove);
                 self.note_routed(&shared);
                 Action::Continue
@@ -355,6 +439,9 @@ impl HttpContext for Http {
         match self.flow.on_request_body(cfg, &chunk, end_of_stream) {
             BodyAction::NeedMore => Action::Pause,
             BodyAction::Continue { mut set, edits } => {
+                if let Err(r) = self.admit(&shared) {
+                    return self.reject(&shared, &r);
+                }
                 if !edits.is_empty() && !rewrite_body(body_size, &edits) {
                     // Body unchanged: its length must not change either.
                     set.retain(|(k, _)| k != CONTENT_LENGTH);
@@ -374,6 +461,9 @@ impl HttpContext for Http {
         };
         if let Some((_, d)) = self.flow.routed(&shared.config) {
             let _ = host::set_header(RESP, "x-ai-route", &d.name);
+        }
+        for (k, v) in self.rate_info.headers() {
+            let _ = host::set_header(RESP, &k, &v);
         }
         if self.flow.counted() {
             let count = |name| header_str(RESP, name).and_then(|v| v.trim().parse().ok());

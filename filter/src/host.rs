@@ -23,6 +23,7 @@ pub const LOG_WARN: u32 = 3;
 pub const LOG_ERROR: u32 = 4;
 const OK: u32 = 0;
 const NOT_FOUND: u32 = 1;
+pub const CAS_MISMATCH: u32 = 8;
 
 #[link(wasm_import_module = "env")]
 extern "C" {
@@ -65,6 +66,14 @@ extern "C" {
     fn proxy_define_metric(kind: u32, name: *const u8, name_size: usize, out: *mut u32) -> u32;
     fn proxy_increment_metric(id: u32, offset: i64) -> u32;
     fn proxy_record_metric(id: u32, value: u64) -> u32;
+    fn proxy_get_shared_data(
+        key: *const u8,
+        key_size: usize,
+        out: *mut *mut u8,
+        out_size: *mut usize,
+        cas: *mut u32,
+    ) -> u32;
+    fn proxy_set_shared_data(key: *const u8, key_size: usize, v: *const u8, v_size: usize, cas: u32) -> u32;
 }
 
 pub type HostResult<T> = Result<T, u32>;
@@ -228,4 +237,23 @@ pub fn increment_metric(id: u32, offset: i64) -> HostResult<()> {
 
 pub fn record_metric(id: u32, value: u64) -> HostResult<()> {
     status(unsafe { proxy_record_metric(id, value) })
+}
+
+/// Shared data (shared by every VM with the same vm_id in one Envoy): value and CAS token.
+pub fn shared_data(key: &str) -> HostResult<(Option<Vec<u8>>, u32)> {
+    let mut data = null_mut();
+    let mut size = 0usize;
+    let mut cas = 0u32;
+    unsafe {
+        match proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas) {
+            OK => Ok((take(data, size), cas)),
+            NOT_FOUND => Ok((None, 0)),
+            s => Err(s),
+        }
+    }
+}
+
+/// Sets shared data if its CAS token is still `cas` (0: unconditionally); `Err(CAS_MISMATCH)` otherwise.
+pub fn set_shared_data(key: &str, value: &[u8], cas: u32) -> HostResult<()> {
+    status(unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas) })
 }

@@ -6,6 +6,7 @@
 pub mod config;
 pub mod json_scan;
 pub mod path_model;
+pub mod policy;
 pub mod reply;
 pub mod request;
 pub mod routing;

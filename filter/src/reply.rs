@@ -7,14 +7,18 @@ pub enum RejectReason {
     InvalidJson,
     ModelRequired,
     BodyTooLarge,
+    ModelAccessDenied,
+    RateLimitExceeded,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 4] = [
+    pub const ALL: [RejectReason; 6] = [
         RejectReason::ModelNotFound,
         RejectReason::InvalidJson,
         RejectReason::ModelRequired,
         RejectReason::BodyTooLarge,
+        RejectReason::ModelAccessDenied,
+        RejectReason::RateLimitExceeded,
     ];
 
     pub fn code(self) -> &'static str {
@@ -23,6 +27,8 @@ impl RejectReason {
             RejectReason::InvalidJson => "invalid_json",
             RejectReason::ModelRequired => "model_required",
             RejectReason::BodyTooLarge => "body_too_large",
+            RejectReason::ModelAccessDenied => "model_access_denied",
+            RejectReason::RateLimitExceeded => "rate_limit_exceeded",
         }
     }
 
@@ -31,6 +37,8 @@ impl RejectReason {
             RejectReason::ModelNotFound => 404,
             RejectReason::InvalidJson | RejectReason::ModelRequired => 400,
             RejectReason::BodyTooLarge => 413,
+            RejectReason::ModelAccessDenied => 403,
+            RejectReason::RateLimitExceeded => 429,
         }
     }
 }
@@ -40,6 +48,10 @@ impl RejectReason {
 pub struct Reject {
     pub reason: RejectReason,
     pub message: String,
+    /// The envelope's `type`: `invalid_request_error`, or OpenAI's `requests` / `tokens` for 429s.
+    pub error_type: String,
+    /// Extra response headers (`retry-after`, `x-ratelimit-*`).
+    pub headers: Vec<(String, String)>,
 }
 
 impl Reject {
@@ -47,6 +59,8 @@ impl Reject {
         Reject {
             reason,
             message: message.into(),
+            error_type: "invalid_request_error".into(),
+            headers: Vec::new(),
         }
     }
 
@@ -55,12 +69,17 @@ impl Reject {
     }
 
     /// `{"error":{"message":…,"type":"invalid_request_error","param":"model","code":…}}`
+    /// (rate limits: OpenAI's `"type":"requests"|"tokens","param":null`).
     pub fn body(&self) -> Vec<u8> {
+        let param = match self.reason {
+            RejectReason::RateLimitExceeded => serde_json::Value::Null,
+            _ => "model".into(),
+        };
         let v = serde_json::json!({
             "error": {
                 "message": self.message,
-                "type": "invalid_request_error",
-                "param": "model",
+                "type": self.error_type,
+                "param": param,
                 "code": self.reason.code(),
             }
         });
@@ -82,6 +101,6 @@ mod tests {
         assert_eq!(v["error"]["message"], "The model `x\"y` does not exist.");
         assert_eq!(r.status(), 404);
         let statuses: Vec<u32> = RejectReason::ALL.iter().map(|r| r.status()).collect();
-        assert_eq!(statuses, [404, 400, 400, 413]);
+        assert_eq!(statuses, [404, 400, 400, 413, 403, 429]);
     }
 }

@@ -265,6 +265,13 @@ impl RequestFlow {
         self.decide_from_body(cfg)
     }
 
+    /// The routed request was refused after all (access control, rate limit).
+    pub fn deny(&mut self, reason: RejectReason) {
+        self.outcome = Outcome::Rejected(reason);
+        self.held = false;
+        self.scanner = None;
+    }
+
     /// The safety net gave up waiting for the body: let the request go on, unrouted.
     pub fn release_held(&mut self) {
         self.held = false;

@@ -31,6 +31,14 @@ fn configuration_reference_matches_the_parser() {
         }
     }
     assert_eq!(top, accepted(r#"{"models":[],"zzz":1}"#), "top-level fields");
-    assert_eq!(model, accepted(r#"{"models":[{"name":"a","destinations":[{"name":"x"}],"zzz":1}]}"#), "model fields");
-    assert_eq!(dest, accepted(r#"{"models":[{"name":"a","destinations":[{"name":"x","zzz":1}]}]}"#), "destination fields");
+    assert_eq!(
+        model,
+        accepted(r#"{"models":[{"name":"a","destinations":[{"name":"x"}],"zzz":1}]}"#),
+        "model fields"
+    );
+    assert_eq!(
+        dest,
+        accepted(r#"{"models":[{"name":"a","destinations":[{"name":"x","zzz":1}]}]}"#),
+        "destination fields"
+    );
 }

@@ -19,7 +19,7 @@ pub struct Upstream {
     pub port: u16,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Spec {
     pub listen: (String, u16),
     pub admin: (String, u16),
@@ -38,6 +38,8 @@ pub struct Spec {
     pub filter_entry: Option<Value>,
     /// Merge histograms on every admin read, so scrapes are current (tests, `wasmpack stats`).
     pub stats_flush_on_admin: bool,
+    /// The listener's transport socket (e.g. TLS requiring client certificates).
+    pub transport_socket: Option<Value>,
 }
 
 /// Model, destination and token counts from the filter's filter state, then status and timing.
@@ -147,6 +149,9 @@ pub fn render(spec: &Spec) -> Value {
             "clusters": spec.upstreams.iter().map(cluster).collect::<Vec<_>>()
         }
     });
+    if let Some(ts) = &spec.transport_socket {
+        b["static_resources"]["listeners"][0]["filter_chains"][0]["transport_socket"] = ts.clone();
+    }
     if spec.stats_flush_on_admin {
         b["stats_flush_on_admin"] = json!(true);
     }
@@ -182,6 +187,7 @@ mod tests {
             access_log: Some("/dev/stdout".into()),
             filter_entry: None,
             stats_flush_on_admin: false,
+            transport_socket: None,
         };
         let b = render(&spec);
         let routes = &b["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]

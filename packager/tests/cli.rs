@@ -56,7 +56,21 @@ fn redact(s: &str, port: Option<u16>) -> String {
 
 #[test]
 fn help_texts() {
-    for cmd in [&[][..], &["build"], &["push"], &["pull"], &["inspect"]] {
+    let commands: &[&[&str]] = &[
+        &[],
+        &["build"],
+        &["push"],
+        &["pull"],
+        &["inspect"],
+        &["check"],
+        &["route"],
+        &["manifests"],
+        &["apply"],
+        &["delete"],
+        &["run"],
+        &["stats"],
+    ];
+    for cmd in commands {
         let mut args: Vec<&str> = cmd.to_vec();
         args.push("--help");
         let o = wasmpack(&args, "", &[]);

@@ -18,8 +18,16 @@ fn dir() -> PathBuf {
 
 /// Every series name the filter emits, with histogram suffixes.
 fn emitted() -> BTreeSet<String> {
-    let mut s: BTreeSet<String> =
-        [REQUESTS_TOTAL, TOKENS_TOTAL, IN_FLIGHT, REJECTED_TOTAL, HOLD_RELEASED_TOTAL].iter().map(|x| x.to_string()).collect();
+    let mut s: BTreeSet<String> = [
+        REQUESTS_TOTAL,
+        TOKENS_TOTAL,
+        IN_FLIGHT,
+        REJECTED_TOTAL,
+        HOLD_RELEASED_TOTAL,
+    ]
+    .iter()
+    .map(|x| x.to_string())
+    .collect();
     for h in [DURATION_MS, TTFT_MS] {
         for suffix in ["_bucket", "_sum", "_count"] {
             s.insert(format!("{h}{suffix}"));
@@ -57,7 +65,9 @@ fn walk(e: &Expr, used: &mut Used) {
         }
         Expr::Unary(u) => walk(&u.expr, used),
         Expr::Binary(b) => {
-            if let Some(LabelModifier::Include(l) | LabelModifier::Exclude(l)) = b.modifier.as_ref().and_then(|m| m.matching.as_ref()) {
+            if let Some(LabelModifier::Include(l) | LabelModifier::Exclude(l)) =
+                b.modifier.as_ref().and_then(|m| m.matching.as_ref())
+            {
                 used.labels.extend(l.labels.iter().cloned());
             }
             walk(&b.lhs, used);
@@ -94,14 +104,18 @@ fn check_query(q: &str) -> Used {
         assert!(emitted.contains(m), "{m} is not a metric the filter emits ({q})");
     }
     for l in &used.labels {
-        assert!(LABEL_KEYS.contains(&l.as_str()) || l == "le", "label {l} is not one the filter emits ({q})");
+        assert!(
+            LABEL_KEYS.contains(&l.as_str()) || l == "le",
+            "label {l} is not one the filter emits ({q})"
+        );
     }
     used
 }
 
 #[test]
 fn dashboard_queries_parse_and_use_emitted_metrics() {
-    let d: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir().join("grafana-dashboard.json")).unwrap()).unwrap();
+    let d: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir().join("grafana-dashboard.json")).unwrap()).unwrap();
     assert!(d["title"].is_string() && d["uid"].is_string() && d["schemaVersion"].is_number());
     let panels = d["panels"].as_array().unwrap();
     let mut all = Used::default();
@@ -117,8 +131,18 @@ fn dashboard_queries_parse_and_use_emitted_metrics() {
         }
     }
     // What the dashboard promises to show.
-    for want in ["tokens per second", "first token", "p50 / p99", "in-flight", "canary split", "rejections"] {
-        assert!(titles.iter().any(|t| t.contains(want)), "no panel for {want}: {titles:?}");
+    for want in [
+        "tokens per second",
+        "first token",
+        "p50 / p99",
+        "in-flight",
+        "canary split",
+        "rejections",
+    ] {
+        assert!(
+            titles.iter().any(|t| t.contains(want)),
+            "no panel for {want}: {titles:?}"
+        );
     }
     for m in [TOKENS_TOTAL, IN_FLIGHT, REJECTED_TOTAL, REQUESTS_TOTAL] {
         assert!(all.metrics.contains(m), "dashboard never shows {m}");
@@ -144,7 +168,10 @@ fn alert_rules_are_well_formed() {
             let name = rule["alert"].as_str().unwrap();
             alerts.push(name.to_string());
             check_query(rule["expr"].as_str().unwrap().trim());
-            assert!(matches!(rule["labels"]["severity"].as_str(), Some("warning" | "critical")), "{name}");
+            assert!(
+                matches!(rule["labels"]["severity"].as_str(), Some("warning" | "critical")),
+                "{name}"
+            );
             assert!(rule["annotations"]["summary"].is_string(), "{name}");
             if let Some(f) = rule["for"].as_str() {
                 assert!(f.ends_with('m') || f.ends_with('s'), "{name}: for {f}");

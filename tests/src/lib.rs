@@ -7,6 +7,7 @@
 pub mod backend;
 pub mod demo;
 pub mod envoy;
+pub mod pki;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -48,13 +49,17 @@ pub struct Scenario {
     pub default: Backend,
     pub client: reqwest::Client,
     pub access_log: PathBuf,
+    /// The listener speaks TLS.
+    pub tls: bool,
 }
 
 pub struct Options {
     pub allow_hold: bool,
     pub concurrency: u32,
-    /// Replaces the filter's http_filters entry (see `envoy::FilterSetup::entry`).
+    /// Replaces the filter's http_filters entry (an ECDS `config_discovery` one, say).
     pub filter_entry: Option<Value>,
+    /// Serve TLS and require client certificates from this PKI (mTLS, SPIFFE identities).
+    pub tls: Option<std::sync::Arc<pki::Pki>>,
 }
 
 impl Default for Options {
@@ -63,6 +68,7 @@ impl Default for Options {
             allow_hold: true,
             concurrency: 1,
             filter_entry: None,
+            tls: None,
         }
     }
 }
@@ -110,7 +116,9 @@ impl Scenario {
             access_log: Some(access_log.display().to_string()),
             filter_entry: opts.filter_entry,
             stats_flush_on_admin: true,
+            transport_socket: opts.tls.as_ref().map(|p| p.transport_socket()),
         });
+        let tls = opts.tls.is_some();
         let envoy = match tokio::task::block_in_place(|| Envoy::start(&boot, opts.concurrency)) {
             Ok(e) => e,
             Err(e) => panic!("{e:#}"),
@@ -125,6 +133,7 @@ impl Scenario {
             default,
             client,
             access_log,
+            tls,
         }
     }
 
@@ -139,7 +148,29 @@ impl Scenario {
 
     pub async fn send(&self, method: &str, path: &str, body: Vec<u8>, headers: &[(&str, &str)]) -> Reply {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap_or(reqwest::Method::POST);
-        let mut req = self.client.request(method, self.envoy.url(path)).body(body);
+        self.send_with(&self.client, method, path, body, headers).await
+    }
+
+    /// The listener URL for `path` (https when the scenario serves TLS).
+    pub fn url(&self, path: &str) -> String {
+        let u = self.envoy.url(path);
+        if self.tls {
+            u.replacen("http://", "https://", 1)
+        } else {
+            u
+        }
+    }
+
+    /// Like `send`, with a given client (e.g. one presenting a client certificate).
+    pub async fn send_with(
+        &self,
+        client: &reqwest::Client,
+        method: reqwest::Method,
+        path: &str,
+        body: Vec<u8>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let mut req = client.request(method, self.url(path)).body(body);
         let has_ct = headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type"));
         if !has_ct {
             req = req.header("content-type", "application/json");

@@ -100,6 +100,7 @@ pub async fn run(args: &RunArgs) -> Result<()> {
         access_log: Some(args.access_log.clone()),
         filter_entry: None,
         stats_flush_on_admin: true,
+        transport_socket: None,
     };
     let boot = bootstrap::render(&spec);
     if args.print_config {

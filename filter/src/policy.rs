@@ -1,0 +1,480 @@
+//! Per-model access control and rate limits, decided after the model is known and before the
+//! request is routed. Host-free: the shared store and the time are passed in.
+//!
+//! Limits are token buckets kept in proxy-wasm shared data, which every worker VM of one Envoy
+//! shares; updates use compare-and-swap with retries. Request buckets refill `requestsPerMinute`
+//! per minute and each request takes one; token buckets refill `tokensPerMinute` per minute, are
+//! charged with the tokens a response reported, and admit a request while they are above zero
+//! (so one request may overdraw, and later ones wait).
+
+use crate::config::{Config, LimitKey, Limits, Model};
+use crate::reply::{Reject, RejectReason};
+use crate::routing::hash;
+
+/// Longest identity or key value taken from a request; longer ones are junk.
+const MAX_ID: usize = 2048;
+/// CAS attempts before giving up (and letting the request through).
+const CAS_TRIES: usize = 16;
+
+/// The caller's SPIFFE ID: the mTLS peer's URI SAN, else the trusted identity header (only
+/// consulted when configured). Anything that is not a printable `spiffe://` ID is no identity.
+pub fn identity(peer_uri_san: Option<&[u8]>, header: Option<&[u8]>) -> Option<String> {
+    let valid = |v: &[u8]| {
+        let v = v.trim_ascii();
+        (v.starts_with(b"spiffe://") && v.len() <= MAX_ID && v.iter().all(|b| (0x21..0x7f).contains(b)))
+            .then(|| String::from_utf8_lossy(v).into_owned())
+    };
+    match peer_uri_san.filter(|v| !v.is_empty()) {
+        Some(p) => valid(p),
+        None => header.and_then(valid),
+    }
+}
+
+/// Shared storage with compare-and-swap (proxy-wasm shared data in the filter, a map in tests).
+pub trait Store {
+    /// The value and its CAS token (0 when absent).
+    fn get(&self, key: &str) -> (Option<Vec<u8>>, u32);
+    /// Writes if the CAS token still matches; `Err(true)` on a CAS mismatch, `Err(false)` otherwise.
+    fn set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<(), bool>;
+}
+
+/// A token bucket: its level and when it was last brought up to date.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bucket {
+    pub level: f64,
+    pub updated_ns: u64,
+}
+
+impl Bucket {
+    fn encode(&self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&self.level.to_le_bytes());
+        b[8..].copy_from_slice(&self.updated_ns.to_le_bytes());
+        b
+    }
+
+    fn decode(v: &[u8]) -> Option<Bucket> {
+        let level = f64::from_le_bytes(v.get(..8)?.try_into().ok()?);
+        let updated_ns = u64::from_le_bytes(v.get(8..16)?.try_into().ok()?);
+        level.is_finite().then_some(Bucket { level, updated_ns })
+    }
+
+    /// Brought up to `now`: refilled at `per_minute` per minute, up to `per_minute`. A clock that
+    /// went backwards refills nothing.
+    fn refilled(self, now_ns: u64, per_minute: u64) -> Bucket {
+        let cap = per_minute as f64;
+        let elapsed = now_ns.saturating_sub(self.updated_ns) as f64 / 1e9;
+        Bucket {
+            level: (self.level + elapsed * cap / 60.0).min(cap),
+            updated_ns: now_ns.max(self.updated_ns),
+        }
+    }
+}
+
+/// The rate-limit state a response reports (OpenAI's `x-ratelimit-*` headers).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RateInfo {
+    /// (limit, remaining, seconds until full) for requests, when limited by requests.
+    pub requests: Option<(u64, u64, u64)>,
+    /// The same for tokens.
+    pub tokens: Option<(u64, u64, u64)>,
+}
+
+impl RateInfo {
+    pub fn headers(&self) -> Vec<(String, String)> {
+        let mut h = Vec::new();
+        for (kind, v) in [("requests", self.requests), ("tokens", self.tokens)] {
+            if let Some((limit, remaining, reset)) = v {
+                h.push((format!("x-ratelimit-limit-{kind}"), limit.to_string()));
+                h.push((format!("x-ratelimit-remaining-{kind}"), remaining.to_string()));
+                h.push((format!("x-ratelimit-reset-{kind}"), format!("{reset}s")));
+            }
+        }
+        h
+    }
+}
+
+/// Where a request's limits are kept: the bucket key and the limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Charge {
+    key: String,
+    limits: Limits,
+}
+
+/// What the admission needs to know about the request.
+#[derive(Debug, Clone, Default)]
+pub struct Caller<'a> {
+    pub principal: Option<&'a str>,
+    /// Values of the headers named by `by: header:NAME` limits, by lowercase name.
+    pub headers: &'a [(String, Vec<u8>)],
+}
+
+/// The header names `by: header:NAME` limits read, for the glue to fetch.
+pub fn limit_headers(cfg: &Config) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for m in &cfg.models {
+        if let Some(Limits {
+            by: LimitKey::Header(h),
+            ..
+        }) = &m.limits
+        {
+            if !out.contains(h) {
+                out.push(h.clone());
+            }
+        }
+    }
+    out
+}
+
+fn bucket_key(model: &Model, limits: &Limits, caller: &Caller) -> String {
+    let who: Vec<u8> = match &limits.by {
+        LimitKey::Principal => caller.principal.unwrap_or("anonymous").as_bytes().to_vec(),
+        LimitKey::Global => Vec::new(),
+        LimitKey::Header(h) => caller
+            .headers
+            .iter()
+            .find(|(k, _)| k == h)
+            .map(|(_, v)| v.iter().take(MAX_ID).copied().collect())
+            .unwrap_or_default(),
+    };
+    // Hashed: bounded key size whatever the client sends.
+    format!("model-router/rl/{}/{:016x}", model.name, hash(&who))
+}
+
+/// Applies `f` to the bucket under `key` with compare-and-swap. `None` if contention never let
+/// a write through (the caller then lets the request pass rather than fail it).
+fn update<S: Store, R>(store: &mut S, key: &str, mut f: impl FnMut(Option<Bucket>) -> (Bucket, R)) -> Option<R> {
+    for _ in 0..CAS_TRIES {
+        let (value, cas) = store.get(key);
+        let (bucket, result) = f(value.as_deref().and_then(Bucket::decode));
+        match store.set(key, &bucket.encode(), cas) {
+            Ok(()) => return Some(result),
+            Err(true) => continue,
+            Err(false) => return None,
+        }
+    }
+    None
+}
+
+fn secs_until(missing: f64, per_minute: u64) -> u64 {
+    (missing.max(0.0) * 60.0 / per_minute as f64).ceil() as u64
+}
+
+/// Checks the allow list, then takes a request from the request bucket and checks that the
+/// token bucket is not overdrawn. On success: what to charge later and the headers to report.
+pub fn admit<S: Store>(
+    store: &mut S,
+    cfg: &Config,
+    model: usize,
+    caller: &Caller,
+    now_ns: u64,
+) -> Result<(Option<Charge>, RateInfo), Reject> {
+    let Some(m) = cfg.models.get(model) else {
+        return Ok((None, RateInfo::default()));
+    };
+    if let Some(rules) = &m.allow {
+        let allowed = caller.principal.is_some_and(|p| rules.iter().any(|r| r.matches(p)));
+        if !allowed {
+            let who = caller
+                .principal
+                .map(|p| format!("`{p}`"))
+                .unwrap_or_else(|| "a caller without identity".into());
+            return Err(Reject::new(
+                RejectReason::ModelAccessDenied,
+                format!("{who} may not use the model `{}`.", m.name),
+            ));
+        }
+    }
+    let Some(limits) = &m.limits else {
+        return Ok((None, RateInfo::default()));
+    };
+    let key = bucket_key(m, limits, caller);
+    let mut info = RateInfo::default();
+    if let Some(tpm) = limits.tokens_per_minute {
+        let level = update(store, &format!("{key}/t"), |b| {
+            let b = b
+                .unwrap_or(Bucket {
+                    level: tpm as f64,
+                    updated_ns: now_ns,
+                })
+                .refilled(now_ns, tpm);
+            (b, b.level)
+        });
+        if let Some(level) = level {
+            info.tokens = Some((tpm, level.max(0.0) as u64, secs_until(tpm as f64 - level, tpm)));
+            if level <= 0.0 {
+                let retry = secs_until(1.0 - level, tpm).max(1);
+                return Err(limited(m, "tokens", tpm, retry, &info));
+            }
+        }
+    }
+    if let Some(rpm) = limits.requests_per_minute {
+        let taken = update(store, &format!("{key}/r"), |b| {
+            let b = b
+                .unwrap_or(Bucket {
+                    level: rpm as f64,
+                    updated_ns: now_ns,
+                })
+                .refilled(now_ns, rpm);
+            if b.level >= 1.0 {
+                (
+                    Bucket {
+                        level: b.level - 1.0,
+                        ..b
+                    },
+                    Ok(b.level - 1.0),
+                )
+            } else {
+                (b, Err(b.level))
+            }
+        });
+        match taken {
+            Some(Ok(left)) => info.requests = Some((rpm, left as u64, secs_until(rpm as f64 - left, rpm))),
+            Some(Err(level)) => {
+                info.requests = Some((rpm, 0, secs_until(rpm as f64 - level, rpm)));
+                let retry = secs_until(1.0 - level, rpm).max(1);
+                return Err(limited(m, "requests", rpm, retry, &info));
+            }
+            None => {}
+        }
+    }
+    Ok((
+        Some(Charge {
+            key,
+            limits: limits.clone(),
+        }),
+        info,
+    ))
+}
+
+fn limited(m: &Model, kind: &str, limit: u64, retry_after: u64, info: &RateInfo) -> Reject {
+    let mut r = Reject::new(
+        RejectReason::RateLimitExceeded,
+        format!(
+            "Rate limit reached for model `{}`: {limit} {kind} per minute. Retry after {retry_after} s.",
+            m.name
+        ),
+    );
+    r.error_type = kind.to_string();
+    r.headers.push(("retry-after".into(), retry_after.to_string()));
+    r.headers.extend(info.headers());
+    r
+}
+
+/// Charges the tokens a response reported to the token bucket (it may go below zero, down to
+/// one minute's worth, so a burst is paid back before more requests pass).
+pub fn charge<S: Store>(store: &mut S, charge: &Charge, tokens: u64, now_ns: u64) {
+    let Some(tpm) = charge.limits.tokens_per_minute else {
+        return;
+    };
+    if tokens == 0 {
+        return;
+    }
+    let _ = update(store, &format!("{}/t", charge.key), |b| {
+        let b = b
+            .unwrap_or(Bucket {
+                level: tpm as f64,
+                updated_ns: now_ns,
+            })
+            .refilled(now_ns, tpm);
+        (
+            Bucket {
+                level: (b.level - tokens as f64).max(-(tpm as f64)),
+                ..b
+            },
+            (),
+        )
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    /// An in-memory store; `conflicts` makes the next N writes fail with a CAS mismatch, as a
+    /// racing worker would.
+    #[derive(Default)]
+    struct Mem {
+        data: HashMap<String, (Vec<u8>, u32)>,
+        conflicts: usize,
+    }
+
+    impl Store for Mem {
+        fn get(&self, key: &str) -> (Option<Vec<u8>>, u32) {
+            match self.data.get(key) {
+                Some((v, c)) => (Some(v.clone()), *c),
+                None => (None, 0),
+            }
+        }
+        fn set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<(), bool> {
+            if self.conflicts > 0 {
+                self.conflicts -= 1;
+                return Err(true);
+            }
+            let current = self.data.get(key).map(|e| e.1).unwrap_or(0);
+            if cas != 0 && cas != current {
+                return Err(true);
+            }
+            self.data.insert(key.to_string(), (value.to_vec(), current + 1));
+            Ok(())
+        }
+    }
+
+    const S: u64 = 1_000_000_000;
+
+    fn cfg(extra: &str) -> Config {
+        Config::from_json(format!(r#"{{{extra}"models":[{{"name":"m","destinations":[{{"name":"d"}}]}}]}}"#).as_bytes())
+            .unwrap()
+    }
+
+    fn caller(p: Option<&str>) -> Caller<'_> {
+        Caller {
+            principal: p,
+            headers: &[],
+        }
+    }
+
+    #[test]
+    fn identity_sources_and_junk() {
+        let id = "spiffe://cluster.local/ns/a/sa/web";
+        assert_eq!(
+            identity(Some(id.as_bytes()), Some(b"spiffe://x/evil")).as_deref(),
+            Some(id),
+            "mTLS wins"
+        );
+        assert_eq!(identity(None, Some(format!(" {id} ").as_bytes())).as_deref(), Some(id));
+        assert_eq!(identity(Some(b""), Some(id.as_bytes())).as_deref(), Some(id));
+        for junk in [
+            &b"team-a"[..],
+            b"spiffe://a b",
+            b"spiffe://\xff\xfe",
+            b"",
+            &[b'x'; 5000],
+        ] {
+            assert_eq!(identity(None, Some(junk)), None, "{junk:?}");
+        }
+        let long = format!("spiffe://{}", "a".repeat(MAX_ID));
+        assert_eq!(identity(None, Some(long.as_bytes())), None);
+    }
+
+    #[test]
+    fn allow_lists() {
+        let c = cfg(r#""allow":["spiffe://td/ns/a/*","spiffe://td/ns/b/sa/x"],"#);
+        let mut s = Mem::default();
+        assert!(admit(&mut s, &c, 0, &caller(Some("spiffe://td/ns/a/sa/web")), 0).is_ok());
+        assert!(admit(&mut s, &c, 0, &caller(Some("spiffe://td/ns/b/sa/x")), 0).is_ok());
+        for who in [Some("spiffe://td/ns/b/sa/y"), Some("spiffe://td/ns/ab/sa/z"), None] {
+            let r = admit(&mut s, &c, 0, &caller(who), 0).unwrap_err();
+            assert_eq!(r.reason, RejectReason::ModelAccessDenied);
+            assert_eq!(r.status(), 403);
+        }
+        let open = cfg("");
+        assert!(
+            admit(&mut s, &open, 0, &caller(None), 0).is_ok(),
+            "no allow list: everyone"
+        );
+    }
+
+    #[test]
+    fn request_bucket_limits_refills_and_reports() {
+        let c = cfg(r#""limits":{"requestsPerMinute":3},"#);
+        let mut s = Mem::default();
+        let who = caller(Some("spiffe://td/ns/a/sa/web"));
+        for left in [2, 1, 0] {
+            let (_, info) = admit(&mut s, &c, 0, &who, 10 * S).unwrap();
+            assert_eq!(info.requests.map(|r| r.1), Some(left));
+        }
+        let r = admit(&mut s, &c, 0, &who, 10 * S).unwrap_err();
+        assert_eq!(r.reason, RejectReason::RateLimitExceeded);
+        assert_eq!(r.status(), 429);
+        let h: HashMap<_, _> = r.headers.iter().cloned().collect();
+        assert_eq!(h["retry-after"], "20", "3/min: one request every 20 s");
+        assert_eq!(h["x-ratelimit-limit-requests"], "3");
+        assert_eq!(h["x-ratelimit-remaining-requests"], "0");
+        // Another principal has its own bucket.
+        assert!(admit(&mut s, &c, 0, &caller(Some("spiffe://td/ns/b/sa/x")), 10 * S).is_ok());
+        // 20 s later one request more.
+        assert!(admit(&mut s, &c, 0, &who, 30 * S).is_ok());
+        assert!(admit(&mut s, &c, 0, &who, 30 * S).is_err());
+        // A clock that jumps back refills nothing and breaks nothing.
+        assert!(admit(&mut s, &c, 0, &who, 5 * S).is_err());
+        // A huge jump forward refills only to capacity.
+        for _ in 0..3 {
+            assert!(admit(&mut s, &c, 0, &who, 10_000 * S).is_ok());
+        }
+        assert!(admit(&mut s, &c, 0, &who, 10_000 * S).is_err());
+    }
+
+    #[test]
+    fn token_bucket_is_charged_after_the_response() {
+        let c = cfg(r#""limits":{"tokensPerMinute":100,"by":"global"},"#);
+        let mut s = Mem::default();
+        let (charge, info) = admit(&mut s, &c, 0, &caller(None), 0).unwrap();
+        assert_eq!(info.tokens.map(|t| t.1), Some(100));
+        charge_tokens(&mut s, charge.as_ref(), 80, 0);
+        let (charge, _) = admit(&mut s, &c, 0, &caller(Some("spiffe://x/y")), 0).unwrap();
+        charge_tokens(&mut s, charge.as_ref(), 80, 0);
+        let r = admit(&mut s, &c, 0, &caller(None), 0).unwrap_err();
+        assert_eq!(r.error_type, "tokens");
+        let h: HashMap<_, _> = r.headers.iter().cloned().collect();
+        assert_eq!(h["x-ratelimit-remaining-tokens"], "0");
+        assert_eq!(
+            h["retry-after"], "37",
+            "level -60; above 0 again after 61 tokens at 100/min: 36.6 s"
+        );
+        assert!(admit(&mut s, &c, 0, &caller(None), 30 * S).is_err());
+        assert!(admit(&mut s, &c, 0, &caller(None), 37 * S).is_ok());
+    }
+
+    fn charge_tokens(s: &mut Mem, c: Option<&Charge>, n: u64, now: u64) {
+        charge(s, c.unwrap(), n, now);
+    }
+
+    #[test]
+    fn header_keys_and_contention() {
+        let c = cfg(r#""limits":{"requestsPerMinute":1,"by":"header:x-api-key"},"#);
+        let mut s = Mem::default();
+        let k1 = [("x-api-key".to_string(), b"key-1".to_vec())];
+        let k2 = [("x-api-key".to_string(), b"\xff\x00junk".to_vec())];
+        let c1 = Caller {
+            principal: None,
+            headers: &k1,
+        };
+        let c2 = Caller {
+            principal: None,
+            headers: &k2,
+        };
+        assert!(admit(&mut s, &c, 0, &c1, 0).is_ok());
+        assert!(admit(&mut s, &c, 0, &c1, 0).is_err());
+        assert!(
+            admit(&mut s, &c, 0, &c2, 0).is_ok(),
+            "a different key, even junk, is its own bucket"
+        );
+        assert_eq!(limit_headers(&c), vec!["x-api-key".to_string()]);
+        // Racing writers: retried until one write goes through, and the count stays exact.
+        let c = cfg(r#""limits":{"requestsPerMinute":2},"#);
+        let mut s = Mem {
+            conflicts: 5,
+            ..Default::default()
+        };
+        assert!(admit(&mut s, &c, 0, &caller(None), 0).is_ok());
+        s.conflicts = 7;
+        assert!(admit(&mut s, &c, 0, &caller(None), 0).is_ok());
+        assert!(admit(&mut s, &c, 0, &caller(None), 0).is_err());
+        // Endless contention: let the request through rather than fail it.
+        s.conflicts = 1000;
+        assert!(admit(&mut s, &c, 0, &caller(Some("spiffe://n/new")), 0).is_ok());
+    }
+
+    #[test]
+    fn corrupt_bucket_values_are_replaced() {
+        assert_eq!(Bucket::decode(b"short"), None);
+        assert_eq!(Bucket::decode(&[0xff; 16]), None, "NaN level");
+        let b = Bucket {
+            level: 2.5,
+            updated_ns: 7,
+        };
+        assert_eq!(Bucket::decode(&b.encode()), Some(b));
+    }
+}
