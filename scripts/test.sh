@@ -13,3 +13,5 @@ cargo clippy --workspace --all-targets -q -- -D warnings
 cargo clippy -p model-router --target wasm32-wasip1 --release -q -- -D warnings
 echo "== tests"
 cargo test --workspace --no-fail-fast
+echo "== benchmarks, smoke mode (checks they run; numbers: scripts/bench.sh, docs/performance.md)"
+bash scripts/bench.sh --smoke

@@ -50,6 +50,8 @@ struct Shared {
     released: RefCell<Vec<u32>>,
     rng: Cell<u64>,
     logged_release: Cell<bool>,
+    /// The root's tick timer is running.
+    ticking: Cell<bool>,
     /// Metric ids by stat name, defined on first use.
     metrics: RefCell<HashMap<String, u32>>,
     /// Request headers that `by: header:NAME` limits read.
@@ -140,6 +142,7 @@ impl RootContext for Root {
             released: RefCell::new(Vec::new()),
             rng: Cell::new(seed),
             logged_release: Cell::new(false),
+            ticking: Cell::new(false),
             metrics: RefCell::new(HashMap::new()),
             limit_headers,
             policies,
@@ -160,6 +163,10 @@ impl RootContext for Root {
                 .collect()
         };
         if overdue.is_empty() {
+            if shared.waiting.borrow().is_empty() {
+                let _ = host::set_tick_period_ms(0);
+                shared.ticking.set(false);
+            }
             return;
         }
         shared.hold.set(HoldSupport::No);
@@ -184,6 +191,7 @@ impl RootContext for Root {
         }
         if shared.waiting.borrow().is_empty() {
             let _ = host::set_tick_period_ms(0);
+            shared.ticking.set(false);
         }
     }
 
@@ -401,8 +409,14 @@ impl HttpContext for Http {
                 Action::Continue
             }
             HeadersAction::Hold => {
-                shared.waiting.borrow_mut().insert(self.id, start_ns);
-                let _ = host::set_tick_period_ms(TICK_MS);
+                // The safety net is needed only until a body callback has proven that this host
+                // holds headers; after that, holding costs no timer and no bookkeeping.
+                if shared.hold.get() == HoldSupport::Unknown {
+                    shared.waiting.borrow_mut().insert(self.id, start_ns);
+                    if !shared.ticking.replace(true) {
+                        let _ = host::set_tick_period_ms(TICK_MS);
+                    }
+                }
                 Action::Pause
             }
             HeadersAction::Reject(r) => self.reject(&shared, &r),

@@ -226,9 +226,25 @@ impl ResponseUsage {
     }
 }
 
+/// True when some `"usage"` key in `data` has a value other than `null`. OpenAI chunks carry
+/// `"usage":null` on every token, so this check spares almost every event a JSON parse.
+fn mentions_usage(data: &[u8]) -> bool {
+    let mut rest = data;
+    while let Some(i) = memmem::find(rest, b"\"usage\"") {
+        rest = &rest[i + 7..];
+        let after = rest
+            .iter()
+            .position(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n' | b':'))
+            .unwrap_or(rest.len());
+        if !rest[after..].starts_with(b"null") {
+            return true;
+        }
+    }
+    false
+}
+
 fn on_event(counts: &mut Counts, bad: &mut u64, e: &Event) {
-    // Most events carry no usage (or `"usage":null`); only those that mention it are parsed.
-    if memmem::find(e.data.as_bytes(), b"\"usage\"").is_none() {
+    if !mentions_usage(e.data.as_bytes()) {
         return;
     }
     match serde_json::from_str::<StreamEvent>(&e.data) {
@@ -366,6 +382,19 @@ event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{
         r.feed(b"data: {\"usage\": oops\n\ndata: {\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}}\n\n");
         assert_eq!(r.finish(), u(1, 2, None, None, None));
         assert_eq!(r.bad_events, 1);
+    }
+
+    #[test]
+    fn null_usage_is_skipped_without_parsing() {
+        assert!(!mentions_usage(br#"{"choices":[],"usage":null}"#));
+        assert!(!mentions_usage(br#"{"usage" : null,"x":{"usage":null}}"#));
+        assert!(mentions_usage(
+            br#"{"usage":null,"message":{"usage":{"input_tokens":1}}}"#
+        ));
+        assert!(mentions_usage(br#"{"usage": {"prompt_tokens":1}}"#));
+        assert!(!mentions_usage(br#"{"text":"no mention"}"#));
+        // A string that merely contains the word is parsed (and harmlessly yields nothing).
+        assert!(mentions_usage(br#"{"delta":""usage" is a word"}"#));
     }
 
     #[test]

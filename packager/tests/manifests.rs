@@ -296,24 +296,25 @@ fn check_and_route() {
         r#"{"model":"gpt-3.5-turbo","messages":[{"role":"user","content":"hi"}]}"#,
     )
     .unwrap();
-    let o = wasmpack(
-        &[
+    let route = |seed: &str| {
+        let body = body.to_str().unwrap();
+        let args = [
             "route",
             cfg,
             "--path",
             "/v1/chat/completions",
             "--body",
-            body.to_str().unwrap(),
+            body,
             "-H",
             "x-user-id: alice",
             "--seed",
-            "1",
-        ],
-        "",
-        &[],
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            seed,
+        ];
+        let o = wasmpack(&args, "", &[]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    let v = route("1");
     assert_eq!(v["model"], "gpt-3.5-turbo");
     assert_eq!(v["canonicalModel"], "llama-3-8b");
     assert_eq!(v["routedBy"], "body");
@@ -326,24 +327,7 @@ fn check_and_route() {
         .contains("meta-llama/Meta-Llama-3-8B-Instruct"));
     // Sticky: alice always gets the same destination, whatever the seed.
     for seed in ["2", "3", "4"] {
-        let o = wasmpack(
-            &[
-                "route",
-                cfg,
-                "--path",
-                "/v1/chat/completions",
-                "--body",
-                body.to_str().unwrap(),
-                "-H",
-                "x-user-id: alice",
-                "--seed",
-                seed,
-            ],
-            "",
-            &[],
-        );
-        let w: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-        assert_eq!(w["destination"], dest);
+        assert_eq!(route(seed)["destination"], dest);
     }
     std::fs::write(&body, r#"{"model":"nope"}"#).unwrap();
     let o = wasmpack(

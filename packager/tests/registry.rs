@@ -151,7 +151,7 @@ fn tls_with_basic_auth_and_docker_config() {
     // Credentials from a docker config.json (auths), no flags.
     let cfg = tmp.path().join("docker");
     std::fs::create_dir_all(&cfg).unwrap();
-    let auth = base64(&format!("{USER}:{PASSWORD}"));
+    let auth = wasmpack::commands::apply::base64(format!("{USER}:{PASSWORD}").as_bytes());
     std::fs::write(
         cfg.join("config.json"),
         format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, reg.host()),
@@ -173,24 +173,6 @@ fn tls_with_basic_auth_and_docker_config() {
     );
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(std::fs::read(&outf).unwrap(), wasm);
-}
-
-fn base64(s: &str) -> String {
-    const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let b = s.as_bytes();
-    let mut out = String::new();
-    for c in b.chunks(3) {
-        let n =
-            (u32::from(c[0]) << 16) | (u32::from(*c.get(1).unwrap_or(&0)) << 8) | u32::from(*c.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 /// A failure: exit 1, one line on stderr containing `needle`, and nothing under the tag.

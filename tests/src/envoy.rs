@@ -145,6 +145,11 @@ impl Envoy {
         admin_get(self.admin_port, path)
     }
 
+    /// The Envoy process id (for CPU and memory readings).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// True while the process runs (a trapped VM does not stop Envoy, but a crash would).
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

@@ -85,7 +85,8 @@ pub fn pull_secret_doc(registry: &str, namespace: &str) -> Result<Value> {
     }))
 }
 
-fn base64(b: &[u8]) -> String {
+/// Standard base64 with padding (Secret data, docker config `auth`).
+pub fn base64(b: &[u8]) -> String {
     const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for c in b.chunks(3) {

@@ -1,0 +1,326 @@
+//! The filter's cost in real Envoy, four variants side by side in one run (see docs/performance.md):
+//!   a) no Wasm filter
+//!   b) floor: a Wasm filter that only buffers the request body and sets one header
+//!   c) model-router routing a 2 KB chat request (body routing)
+//!   d) model-router with full telemetry on a streaming (SSE) response
+//! Load: wrk on loopback. Upstream: Envoy direct_response (never the bottleneck), behind Envoy's
+//! native buffer filter in every variant (see `bootstrap`). Rounds are
+//! interleaved (a b c d, a b c d, …); per variant the median round is reported. CPU per request is
+//! the Envoy process's own user+system time from /proc, not wall time.
+//!
+//! usage: envoy-bench [--smoke] [--rounds N] [--seconds S] [--floor FILE] [--wasm FILE]
+
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use e2e::envoy::{admin_get, Envoy};
+use serde_json::{json, Value};
+
+const MODEL_CONFIG: &str = r#"{"bodyRouting":true,"models":[
+  {"name":"llama-3-8b","aliases":["gpt-3.5-turbo"],"destinations":[{"name":"llama-v1","weight":90},{"name":"llama-v2","weight":10}]},
+  {"name":"gpt-4o","destinations":[{"name":"openai"}]}]}"#;
+
+fn chat_body(stream: bool) -> String {
+    // A 2 KB chat request with the model near the top, as clients send it.
+    let filler = "Summarise the following text in two sentences. ".repeat(38);
+    let mut b = json!({"model": "llama-3-8b", "messages": [{"role": "system", "content": "You are terse."}, {"role": "user", "content": filler}], "max_tokens": 64, "temperature": 0.2});
+    if stream {
+        b["stream"] = json!(true);
+        b["stream_options"] = json!({"include_usage": true});
+    }
+    b.to_string()
+}
+
+fn json_response() -> String {
+    json!({"id": "c1", "object": "chat.completion", "model": "llama-3-8b",
+           "choices": [{"index": 0, "message": {"role": "assistant", "content": "A short answer."}, "finish_reason": "stop"}],
+           "usage": {"prompt_tokens": 512, "completion_tokens": 12, "total_tokens": 524}})
+    .to_string()
+}
+
+fn sse_response() -> String {
+    let mut s = String::new();
+    for i in 0..24 {
+        let c = json!({"id": "c1", "object": "chat.completion.chunk", "model": "llama-3-8b",
+                       "choices": [{"index": 0, "delta": {"content": format!("tok{i} ")}, "finish_reason": null}], "usage": null});
+        s.push_str(&format!("data: {c}\n\n"));
+    }
+    let u = json!({"id": "c1", "object": "chat.completion.chunk", "choices": [], "usage": {"prompt_tokens": 512, "completion_tokens": 24, "total_tokens": 536}});
+    s.push_str(&format!("data: {u}\n\ndata: [DONE]\n\n"));
+    s
+}
+
+struct Variant {
+    name: &'static str,
+    what: &'static str,
+    filter: Option<Value>,
+    stream: bool,
+}
+
+fn wasm_filter(name: &str, wasm: &Path, config: &str) -> Value {
+    json!({"name": "envoy.filters.http.wasm", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+        "config": {"name": name, "allow_on_headers_stop_iteration": true,
+            "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": config},
+            "vm_config": {"vm_id": name, "runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": wasm}}}}}})
+}
+
+fn bootstrap(v: &Variant) -> Value {
+    let (body, ct) = if v.stream {
+        (sse_response(), "text/event-stream")
+    } else {
+        (json_response(), "application/json")
+    };
+    let direct = json!({"status": 200, "body": {"inline_string": body}});
+    let headers =
+        json!([{"header": {"key": "content-type", "value": ct}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]);
+    let mut routes: Vec<Value> = ["llama-v1", "llama-v2", "openai"]
+        .iter()
+        .map(|d| {
+            json!({"match": {"prefix": "/", "headers": [{"name": "x-ai-route", "string_match": {"exact": d}}]},
+                         "direct_response": direct, "response_headers_to_add": headers})
+        })
+        .collect();
+    routes.push(json!({"match": {"prefix": "/"}, "direct_response": direct, "response_headers_to_add": headers}));
+    // Every variant reads the whole request (Envoy's native buffer filter) before the router's
+    // direct response; otherwise a response sent before the body is read makes Envoy close the
+    // HTTP/1.1 connection, and the run would measure connection set-up, not filters. (model-router
+    // lets a request go as soon as it knows the model; a real upstream then reads the rest.)
+    let mut filters: Vec<Value> = v.filter.iter().cloned().collect();
+    filters.push(json!({"name": "envoy.filters.http.buffer", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer", "max_request_bytes": 1048576}}));
+    filters.push(json!({"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}));
+    json!({
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "stats_config": {"stats_tags": wasmpack::bootstrap::stats_tags(), "histogram_bucket_settings": wasmpack::bootstrap::histogram_buckets()},
+        "static_resources": {"listeners": [{"name": "l", "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+            "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": "bench", "route_config": {"name": "r", "virtual_hosts": [{"name": "v", "domains": ["*"], "routes": routes}]},
+                "http_filters": filters}}]}]}]}
+    })
+}
+
+/// Envoy process CPU time (user + system) in microseconds.
+fn cpu_us(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    ticks * 1_000_000 / hz
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Sample {
+    cpu_us_per_req: f64,
+    rps: f64,
+    p50_us: f64,
+    p99_us: f64,
+    requests: u64,
+}
+
+fn dur_us(s: &str) -> f64 {
+    let s = s.trim();
+    let (num, mult) = if let Some(n) = s.strip_suffix("us") {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix("ms") {
+        (n, 1000.0)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1e6)
+    } else {
+        (s, 1.0)
+    };
+    num.parse::<f64>().unwrap_or(f64::NAN) * mult
+}
+
+fn wrk(url: &str, script: &Path, seconds: u64, pid: u32) -> Sample {
+    let before = cpu_us(pid);
+    let out = Command::new("wrk")
+        .args(["-t1", "-c8", "--latency", "-d", &format!("{seconds}s"), "-s"])
+        .arg(script)
+        .arg(url)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("wrk not found ({e}): install it with `apt-get install wrk` (scripts/setup.sh does)")
+        });
+    let after = cpu_us(pid);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "wrk failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!text.contains("Non-2xx"), "non-2xx responses: {text}");
+    let mut s = Sample::default();
+    for line in text.lines() {
+        let l = line.trim();
+        if let Some(v) = l.strip_prefix("50%") {
+            s.p50_us = dur_us(v);
+        } else if let Some(v) = l.strip_prefix("99%") {
+            s.p99_us = dur_us(v);
+        } else if let Some(v) = l.strip_prefix("Requests/sec:") {
+            s.rps = v.trim().parse().unwrap_or(0.0);
+        } else if l.contains(" requests in ") {
+            s.requests = l.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0);
+        }
+    }
+    assert!(s.requests > 0, "no requests: {text}");
+    s.cpu_us_per_req = (after - before) as f64 / s.requests as f64;
+    s
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let smoke = args.iter().any(|a| a == "--smoke");
+    let rounds: usize = arg(&args, "--rounds")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if smoke { 1 } else { 5 });
+    let seconds: u64 = arg(&args, "--seconds")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if smoke { 1 } else { 6 });
+    let root = e2e::envoy::repo_root();
+    let release = root.join("target/wasm32-wasip1/release");
+    let wasm = arg(&args, "--wasm")
+        .map(PathBuf::from)
+        .unwrap_or(release.join("model_router.opt.wasm"));
+    let floor = arg(&args, "--floor")
+        .map(PathBuf::from)
+        .unwrap_or(release.join("floor_filter.opt.wasm"));
+    for p in [&wasm, &floor] {
+        assert!(
+            p.exists(),
+            "{} missing: run scripts/bench.sh (it builds and optimises both modules)",
+            p.display()
+        );
+    }
+    let variants = [
+        Variant {
+            name: "a",
+            what: "no Wasm filter",
+            filter: None,
+            stream: false,
+        },
+        Variant {
+            name: "b",
+            what: "floor filter (buffer body, set a header)",
+            filter: Some(wasm_filter("floor", &floor, "")),
+            stream: false,
+        },
+        Variant {
+            name: "c",
+            what: "model-router, 2 KB chat request, body routing",
+            filter: Some(wasm_filter("model-router", &wasm, MODEL_CONFIG)),
+            stream: false,
+        },
+        Variant {
+            name: "d",
+            what: "model-router, streaming response, full telemetry",
+            filter: Some(wasm_filter("model-router", &wasm, MODEL_CONFIG)),
+            stream: true,
+        },
+    ];
+    // --only c: just these variants (for profiling one; no ratios then).
+    let only = arg(&args, "--only");
+    let variants: Vec<Variant> = variants
+        .into_iter()
+        .filter(|v| only.as_deref().is_none_or(|o| o.contains(v.name)))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let mut envoys = Vec::new();
+    for v in &variants {
+        let e = Envoy::start(&bootstrap(v), 1).unwrap_or_else(|e| panic!("variant {}: {e:#}", v.name));
+        eprintln!("variant {}: envoy pid {}", v.name, e.pid());
+        let script = dir.path().join(format!("{}.lua", v.name));
+        let body = chat_body(v.stream);
+        std::fs::write(&script, format!("wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.body = [==[{body}]==]\n")).unwrap();
+        envoys.push((e, script));
+    }
+    // Warm-up: JIT, connection pools, stats.
+    for (e, script) in &envoys {
+        let pid = e.pid();
+        wrk(&e.url("/v1/chat/completions"), script, 1, pid);
+    }
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); variants.len()];
+    for r in 0..rounds {
+        for (i, (e, script)) in envoys.iter().enumerate() {
+            let s = wrk(&e.url("/v1/chat/completions"), script, seconds, e.pid());
+            eprintln!(
+                "round {} variant {}: {:.1} us CPU/req, {:.0} req/s",
+                r + 1,
+                variants[i].name,
+                s.cpu_us_per_req,
+                s.rps
+            );
+            samples[i].push(s);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The filter did its job: tokens were counted from the streams.
+    if let Some(i) = variants.iter().position(|v| v.name == "d") {
+        let stats = admin_get(envoys[i].0.admin_port, "/stats/prometheus").unwrap_or_default();
+        let counted = stats
+            .lines()
+            .any(|l| l.starts_with("model_router_tokens_total{model=\"llama-3-8b\"") && !l.ends_with(" 0"));
+        assert!(counted, "variant d counted no tokens:\n{stats}");
+    }
+
+    let cpu: Vec<f64> = samples
+        .iter()
+        .map(|s| median(s.iter().map(|x| x.cpu_us_per_req).collect()))
+        .collect();
+    println!("Envoy 1.40, --concurrency 1, wrk -t1 -c8, {rounds} interleaved round(s) of {seconds} s per variant (median round)\n");
+    println!("| variant | | CPU µs/request | requests/s | p50 | p99 | Envoy RSS |");
+    println!("|---|---|---:|---:|---:|---:|---:|");
+    for (i, v) in variants.iter().enumerate() {
+        let s = &samples[i];
+        let rps = median(s.iter().map(|x| x.rps).collect());
+        let p50 = median(s.iter().map(|x| x.p50_us).collect());
+        let p99 = median(s.iter().map(|x| x.p99_us).collect());
+        println!(
+            "| ({}) | {} | {:.1} | {:.0} | {:.0} µs | {:.0} µs | {} MiB |",
+            v.name,
+            v.what,
+            cpu[i],
+            rps,
+            p50,
+            p99,
+            rss_kib(envoys[i].0.pid()) / 1024
+        );
+    }
+    if variants.len() < 4 {
+        return;
+    }
+    println!("\n(c)/(b) CPU per request: {:.3}   (target <= 1.05)", cpu[2] / cpu[1]);
+    println!("(d)/(b) CPU per request: {:.3}   (target <= 1.10)", cpu[3] / cpu[1]);
+    println!(
+        "(b)/(a) CPU per request: {:.3}   (the cost of any body-reading Wasm filter)",
+        cpu[1] / cpu[0]
+    );
+}
