@@ -345,3 +345,53 @@ fn usage_errors_exit_2() {
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
     }
 }
+
+#[test]
+fn docker_v2_layout_and_insecure() {
+    // Istio's third layout: a Docker v2 schema 2 manifest (skopeo converts our image to it).
+    let reg = Registry::plain();
+    let tmp = tempfile::tempdir().unwrap();
+    let (file, wasm) = write_module(tmp.path());
+    let src = reg.reference("filters/model-router:oci");
+    let o = push(&reg, file.to_str().unwrap(), &src, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let dst = reg.reference("filters/model-router:docker");
+    let cp = reg.skopeo(&[
+        "copy",
+        "--dest-tls-verify=false",
+        "--format",
+        "v2s2",
+        &format!("docker://{src}"),
+        &format!("docker://{dst}"),
+    ]);
+    assert!(cp.status.success(), "skopeo copy: {}", stderr(&cp));
+    let raw = reg.skopeo(&["inspect", "--raw", &format!("docker://{dst}")]);
+    let m: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
+    assert_eq!(m["mediaType"], "application/vnd.docker.distribution.manifest.v2+json");
+    let out = tmp.path().join("from-docker.wasm");
+    let o = wasmpack(&["pull", &dst, "-o", out.to_str().unwrap(), "--plain-http"], "", &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("docker layout"), "{}", stdout(&o));
+    assert_eq!(std::fs::read(&out).unwrap(), wasm);
+    let o = wasmpack(&["inspect", &dst, "--plain-http"], "", &[]);
+    assert!(stdout(&o).contains("Istio can load it: yes"), "{}", stdout(&o));
+
+    // --insecure reaches a TLS registry without trusting its certificate, and says so.
+    let tls = Registry::tls_auth();
+    let r = tls.reference("ai/model-router:insecure");
+    let o = wasmpack(
+        &[
+            "push",
+            file.to_str().unwrap(),
+            &r,
+            "--insecure",
+            "-u",
+            USER,
+            "--password-stdin",
+        ],
+        PASSWORD,
+        &[("DOCKER_CONFIG", "/nonexistent")],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("warning: --insecure"), "{}", stderr(&o));
+}

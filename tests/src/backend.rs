@@ -109,7 +109,8 @@ impl Backend {
     }
 }
 
-type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+/// Body errors abort the connection (an upstream reset, for `x-test-reset-after`).
+type Body = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
 
 fn usage_of(body: &[u8], max_tokens: u64) -> Reported {
     // Deterministic, and different per request so sums are meaningful.
@@ -137,6 +138,7 @@ async fn handle(
         .and_then(|v| v.parse().ok())
         .unwrap_or(2);
     let status: Option<u16> = header(&headers, "x-test-status").and_then(|v| v.parse().ok());
+    let reset_after: Option<usize> = header(&headers, "x-test-reset-after").and_then(|v| v.parse().ok());
     let body = req
         .into_body()
         .collect()
@@ -283,16 +285,20 @@ async fn handle(
             exchange.sent = full.clone().into_bytes();
             push(&log, exchange);
             Ok(resp
-                .body(Full::new(Bytes::from(full)).boxed())
+                .body(Full::new(Bytes::from(full)).map_err(|never| match never {}).boxed())
                 .unwrap_or_else(|_| Response::new(empty())))
         }
         Ok(events) => {
             exchange.sent = events.concat().into_bytes();
             push(&log, exchange);
-            let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+            let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
             tokio::spawn(async move {
-                for e in events {
+                for (i, e) in events.into_iter().enumerate() {
                     tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                    if reset_after == Some(i) {
+                        let _ = tx.send(Err(std::io::Error::other("test: upstream reset"))).await;
+                        return;
+                    }
                     if tx.send(Ok(Frame::data(Bytes::from(e)))).await.is_err() {
                         return; // the client went away
                     }
@@ -307,7 +313,7 @@ async fn handle(
 }
 
 fn empty() -> Body {
-    Full::new(Bytes::new()).boxed()
+    Full::new(Bytes::new()).map_err(|never| match never {}).boxed()
 }
 
 fn sse(event: &str, data: Value) -> String {

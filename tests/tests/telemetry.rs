@@ -179,6 +179,19 @@ async fn metrics_match_what_the_backends_reported() {
     assert!(first.is_some_and(|c| c.is_ok()));
     drop(body);
     streams += 1;
+    // An upstream that resets mid-stream (after two events).
+    let cut = s
+        .client
+        .post(s.envoy.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .header("x-test-reset-after", "2")
+        .body(chat("gpt-4o", json!({"stream": true, "max_tokens": 10})))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cut.status(), 200, "headers went out before the reset");
+    assert!(cut.bytes().await.is_err(), "the client sees the stream cut");
+    streams += 1;
 
     let samples = scrape_when_idle(&s).await;
     let in_flight: Vec<&Sample> = samples
@@ -210,7 +223,8 @@ async fn metrics_match_what_the_backends_reported() {
         ["model", "destination", "code_class"],
     );
     let total_2xx: u64 = requests.iter().filter(|(k, _)| k.2 == "2xx").map(|(_, v)| v).sum();
-    assert_eq!(total_2xx, ok + 1, "{requests:?}");
+    // The client that went away and the stream the upstream cut are counted too.
+    assert_eq!(total_2xx, ok + 2, "{requests:?}");
     assert_eq!(
         requests.get(&("other".into(), "other".into(), "4xx".into())),
         Some(&3),
@@ -227,7 +241,7 @@ async fn metrics_match_what_the_backends_reported() {
         .collect();
     assert_eq!(
         count("model_router_request_duration_milliseconds_count"),
-        ok + 1 + 3,
+        ok + 2 + 3,
         "{hist:#?}"
     );
     assert_eq!(
