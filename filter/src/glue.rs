@@ -206,6 +206,7 @@ impl RootContext for Root {
             rate_info: RateInfo::default(),
             principal: None,
             limit_values: Vec::new(),
+            status: None,
         }))
     }
 
@@ -229,6 +230,8 @@ struct Http {
     /// gone upstream already).
     principal: Option<String>,
     limit_values: Vec<(String, Vec<u8>)>,
+    /// The response status, from the response headers.
+    status: Option<u32>,
 }
 
 impl Http {
@@ -274,9 +277,6 @@ fn rewrite_body(body_size: usize, edits: &[crate::request::Edit]) -> bool {
     host::set_buffer(host::BUF_REQUEST_BODY, 0, body.len(), &edited).is_ok()
 }
 
-fn header_str(map: u32, name: &str) -> Option<String> {
-    host::header(map, name).map(|v| String::from_utf8_lossy(&v).into_owned())
-}
 
 impl Http {
     fn was_released(&self, shared: &Shared) -> bool {
@@ -374,11 +374,12 @@ impl HttpContext for Http {
         let start_ns = host::now_nanos();
         self.exchange = Exchange::new(start_ns);
         let cfg = &shared.config;
-        let method = header_str(REQ, ":method").unwrap_or_default();
-        let path = header_str(REQ, ":path").unwrap_or_default();
-        let content_type = header_str(REQ, "content-type");
-        let content_length = header_str(REQ, "content-length").and_then(|v| v.trim().parse().ok());
-        let sticky = cfg.sticky_header.as_deref().and_then(|h| host::header(REQ, h));
+        let h = host::headers(REQ);
+        let method = h.get_str(":method").unwrap_or_default();
+        let path = h.get_str(":path").unwrap_or_default();
+        let content_type = h.get_str("content-type");
+        let content_length = h.get_str("content-length").and_then(|v| v.trim().parse().ok());
+        let sticky = cfg.sticky_header.as_deref().and_then(|n| h.get(n)).map(<[u8]>::to_vec);
         let info = RequestInfo {
             method: &method,
             path: &path,
@@ -390,12 +391,12 @@ impl HttpContext for Http {
         };
         if shared.policies {
             let peer = host::property(&["connection", "uri_san_peer_certificate"]);
-            let claimed = cfg.identity_header.as_deref().and_then(|h| host::header(REQ, h));
+            let claimed = cfg.identity_header.as_deref().and_then(|n| h.get(n)).map(<[u8]>::to_vec);
             self.principal = policy::identity(peer.as_deref(), claimed.as_deref());
             self.limit_values = shared
                 .limit_headers
                 .iter()
-                .filter_map(|h| host::header(REQ, h).map(|v| (h.clone(), v)))
+                .filter_map(|n| h.get(n).map(|v| (n.clone(), v.to_vec())))
                 .collect();
         }
         let can_hold = shared.hold.get() != HoldSupport::No;
@@ -480,8 +481,10 @@ impl HttpContext for Http {
             let _ = host::set_header(RESP, &k, &v);
         }
         if self.flow.counted() {
-            let count = |name| header_str(RESP, name).and_then(|v| v.trim().parse().ok());
-            let ct = header_str(RESP, "content-type");
+            let h = host::headers(RESP);
+            let count = |name| h.get_str(name).and_then(|v| v.trim().parse::<u64>().ok());
+            self.status = count(":status").and_then(|s| u32::try_from(s).ok());
+            let ct = h.get_str("content-type");
             self.exchange
                 .response_headers(ct.as_deref(), count("x-prompt-tokens"), count("x-generated-tokens"));
             if end_of_stream {
@@ -504,10 +507,13 @@ impl HttpContext for Http {
         };
         shared.waiting.borrow_mut().remove(&self.id);
         self.was_released(&shared);
-        let status = host::property(&["response", "code"])
-            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
-            .map(|b| u32::try_from(i64::from_le_bytes(b)).unwrap_or(0))
-            .unwrap_or(0);
+        // The status seen in the response headers, else (local replies, resets) Envoy's own.
+        let status = self.status.unwrap_or_else(|| {
+            host::property(&["response", "code"])
+                .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+                .map(|b| u32::try_from(i64::from_le_bytes(b)).unwrap_or(0))
+                .unwrap_or(0)
+        });
         let (model, dest) = telemetry::labels(&shared.config, self.flow.outcome());
         let ops = self
             .exchange

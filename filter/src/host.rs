@@ -9,6 +9,8 @@
 
 use std::ptr::{null, null_mut};
 
+use crate::header_map::HeaderMap;
+
 pub const MAP_REQUEST_HEADERS: u32 = 0;
 pub const MAP_RESPONSE_HEADERS: u32 = 2;
 pub const BUF_REQUEST_BODY: u32 = 0;
@@ -32,13 +34,7 @@ extern "C" {
     fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
     fn proxy_get_buffer_bytes(kind: u32, start: usize, max: usize, out: *mut *mut u8, out_size: *mut usize) -> u32;
     fn proxy_set_buffer_bytes(kind: u32, start: usize, size: usize, data: *const u8, data_size: usize) -> u32;
-    fn proxy_get_header_map_value(
-        map: u32,
-        key: *const u8,
-        key_size: usize,
-        out: *mut *mut u8,
-        out_size: *mut usize,
-    ) -> u32;
+    fn proxy_get_header_map_pairs(map: u32, out: *mut *mut u8, out_size: *mut usize) -> u32;
     fn proxy_replace_header_map_value(map: u32, key: *const u8, key_size: usize, v: *const u8, v_size: usize) -> u32;
     fn proxy_remove_header_map_value(map: u32, key: *const u8, key_size: usize) -> u32;
     fn proxy_get_property(path: *const u8, path_size: usize, out: *mut *mut u8, out_size: *mut usize) -> u32;
@@ -132,16 +128,20 @@ pub fn set_buffer(kind: u32, start: usize, size: usize, value: &[u8]) -> HostRes
     status(unsafe { proxy_set_buffer_bytes(kind, start, size, value.as_ptr(), value.len()) })
 }
 
-pub fn header(map: u32, name: &str) -> Option<Vec<u8>> {
+
+/// All headers of a map in one host call (one crossing instead of one per header).
+pub fn headers(map: u32) -> HeaderMap {
     let mut data = null_mut();
     let mut size = 0usize;
-    unsafe {
-        match proxy_get_header_map_value(map, name.as_ptr(), name.len(), &mut data, &mut size) {
+    let raw = unsafe {
+        match proxy_get_header_map_pairs(map, &mut data, &mut size) {
             OK => take(data, size),
             _ => None,
         }
-    }
+    };
+    HeaderMap::parse(&raw.unwrap_or_default())
 }
+
 
 pub fn set_header(map: u32, name: &str, value: &str) -> HostResult<()> {
     status(unsafe { proxy_replace_header_map_value(map, name.as_ptr(), name.len(), value.as_ptr(), value.len()) })

@@ -4,6 +4,7 @@
 //! the core to the proxy-wasm ABI and holds no logic of its own.
 
 pub mod config;
+pub mod header_map;
 pub mod json_scan;
 pub mod path_model;
 pub mod policy;
