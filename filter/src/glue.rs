@@ -277,7 +277,6 @@ fn rewrite_body(body_size: usize, edits: &[crate::request::Edit]) -> bool {
     host::set_buffer(host::BUF_REQUEST_BODY, 0, body.len(), &edited).is_ok()
 }
 
-
 impl Http {
     fn was_released(&self, shared: &Shared) -> bool {
         let mut released = shared.released.borrow_mut();
@@ -391,7 +390,11 @@ impl HttpContext for Http {
         };
         if shared.policies {
             let peer = host::property(&["connection", "uri_san_peer_certificate"]);
-            let claimed = cfg.identity_header.as_deref().and_then(|n| h.get(n)).map(<[u8]>::to_vec);
+            let claimed = cfg
+                .identity_header
+                .as_deref()
+                .and_then(|n| h.get(n))
+                .map(<[u8]>::to_vec);
             self.principal = policy::identity(peer.as_deref(), claimed.as_deref());
             self.limit_values = shared
                 .limit_headers

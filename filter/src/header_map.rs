@@ -9,20 +9,25 @@ pub struct HeaderMap {
 
 impl HeaderMap {
     pub fn parse(b: &[u8]) -> HeaderMap {
-        let word = |at: usize| -> Option<usize> {
-            Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?) as usize)
-        };
+        let word =
+            |at: usize| -> Option<usize> { Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?) as usize) };
         let mut pairs = Vec::new();
         let Some(n) = word(0) else { return HeaderMap { pairs } };
         let mut data = n.checked_mul(8).and_then(|x| x.checked_add(4)).unwrap_or(usize::MAX);
         for i in 0..n {
             // Every offset is checked: the lengths come from the host (and usize is 32 bits).
-            let (Some(kl), Some(vl)) = (word(4 + i * 8), word(8 + i * 8)) else { break };
+            let (Some(kl), Some(vl)) = (word(4 + i * 8), word(8 + i * 8)) else {
+                break;
+            };
             let key_end = data.checked_add(kl);
             let val_start = key_end.and_then(|e| e.checked_add(1));
             let val_end = val_start.and_then(|s| s.checked_add(vl));
-            let (Some(key_end), Some(val_start), Some(val_end)) = (key_end, val_start, val_end) else { break };
-            let (Some(k), Some(v)) = (b.get(data..key_end), b.get(val_start..val_end)) else { break };
+            let (Some(key_end), Some(val_start), Some(val_end)) = (key_end, val_start, val_end) else {
+                break;
+            };
+            let (Some(k), Some(v)) = (b.get(data..key_end), b.get(val_start..val_end)) else {
+                break;
+            };
             pairs.push((String::from_utf8_lossy(k).into_owned(), v.to_vec()));
             data = val_end.saturating_add(1);
         }
@@ -60,7 +65,11 @@ mod tests {
 
     #[test]
     fn decodes_and_survives_truncation() {
-        let b = encode(&[(":method", b"POST"), (":path", b"/v1/chat/completions"), ("x-bin", b"\xff\x00z")]);
+        let b = encode(&[
+            (":method", b"POST"),
+            (":path", b"/v1/chat/completions"),
+            ("x-bin", b"\xff\x00z"),
+        ]);
         let m = HeaderMap::parse(&b);
         assert_eq!(m.get_str(":method").as_deref(), Some("POST"));
         assert_eq!(m.get(":path"), Some(&b"/v1/chat/completions"[..]));

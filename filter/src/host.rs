@@ -128,7 +128,6 @@ pub fn set_buffer(kind: u32, start: usize, size: usize, value: &[u8]) -> HostRes
     status(unsafe { proxy_set_buffer_bytes(kind, start, size, value.as_ptr(), value.len()) })
 }
 
-
 /// All headers of a map in one host call (one crossing instead of one per header).
 pub fn headers(map: u32) -> HeaderMap {
     let mut data = null_mut();
@@ -141,7 +140,6 @@ pub fn headers(map: u32) -> HeaderMap {
     };
     HeaderMap::parse(&raw.unwrap_or_default())
 }
-
 
 pub fn set_header(map: u32, name: &str, value: &str) -> HostResult<()> {
     status(unsafe { proxy_replace_header_map_value(map, name.as_ptr(), name.len(), value.as_ptr(), value.len()) })

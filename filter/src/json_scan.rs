@@ -188,15 +188,6 @@ impl TopLevelScanner {
         self.top_open
     }
 
-    pub fn error(&self) -> Option<&JsonError> {
-        self.error.as_ref()
-    }
-
-    /// Bytes fed so far.
-    pub fn offset(&self) -> u64 {
-        self.offset
-    }
-
     /// Feeds the next chunk. After an error, further input is ignored and the error is kept.
     pub fn feed(&mut self, chunk: &[u8]) -> Result<(), JsonError> {
         if let Some(e) = &self.error {

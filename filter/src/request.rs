@@ -165,11 +165,6 @@ impl RequestFlow {
         self.held
     }
 
-    /// The body asked for a streaming response (known only when the whole top level was read).
-    pub fn streaming(&self) -> bool {
-        self.streaming
-    }
-
     /// The routed model and destination.
     pub fn routed<'c>(&self, cfg: &'c Config) -> Option<(&'c Model, &'c crate::config::Destination)> {
         match self.outcome {

@@ -85,6 +85,7 @@ async fn identities_limits_and_token_budgets_over_mtls() {
     assert_eq!(post(&s, &b, "gpt-4o").await.status, 403);
 
     // 40 concurrent requests against 20 per minute, across two worker VMs: the bucket is shared.
+    let burst = std::time::Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..40 {
         let (c, url) = (a.clone(), s.url("/v1/chat/completions"));
@@ -124,12 +125,23 @@ async fn identities_limits_and_token_budgets_over_mtls() {
             other => panic!("unexpected {other}"),
         }
     }
-    // 20 tokens, plus at most one refilled while the burst ran (one per 3 s).
-    assert!((20..=21).contains(&ok), "{ok} allowed, {limited} limited");
+    // 20 tokens, plus the refills while the burst ran (one per 3 s; more on a slow machine).
+    let refills = 1 + (burst.elapsed().as_secs_f64() / 3.0).floor() as u32;
+    assert!(
+        ok >= 20 && ok <= 20 + refills,
+        "{ok} allowed, {limited} limited, {refills} refills possible"
+    );
     assert_eq!(ok + limited, 40);
     // Another principal has its own bucket.
     assert_eq!(post(&s, &b, "limited").await.status, 200);
-    let r = post(&s, &a, "limited").await;
+    // The bucket is empty (a refill may just have landed, so allow a few tries for the 429).
+    let mut r = post(&s, &a, "limited").await;
+    for _ in 0..4 {
+        if r.status == 429 {
+            break;
+        }
+        r = post(&s, &a, "limited").await;
+    }
     assert_eq!(r.status, 429);
     assert_eq!(r.json()["error"]["code"], "rate_limit_exceeded");
     assert_eq!(r.json()["error"]["type"], "requests");
