@@ -12,6 +12,14 @@ echo "== clippy (no unwrap/expect/panic outside tests)"
 cargo clippy --workspace --all-targets -q -- -D warnings
 cargo clippy -p model-router --target wasm32-wasip1 --release -q -- -D warnings
 echo "== tests"
-cargo test --workspace --no-fail-fast
+log=$(mktemp)
+status=0
+cargo test --workspace --no-fail-fast 2>&1 | tee "$log" || status=$?
 echo "== benchmarks, smoke mode (checks they run; numbers: scripts/bench.sh, docs/performance.md)"
-bash scripts/bench.sh --smoke
+bash scripts/bench.sh --smoke || status=$?
+# One closing line for the whole suite (cargo prints a result line per test binary).
+summary=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+               END { printf "%d passed, %d failed", p, f }' "$log")
+rm -f "$log"
+echo "tests: $summary"
+exit "$status"

@@ -153,6 +153,14 @@ impl RootContext for Root {
 
     fn on_tick(&mut self) {
         let Some(shared) = &self.shared else { return };
+        if shared.hold.get() == HoldSupport::Yes {
+            // Proven able to hold: a request still waiting just has a slow client, which is
+            // Envoy's timeouts' business, not a reason to release it unrouted.
+            shared.waiting.borrow_mut().clear();
+            let _ = host::set_tick_period_ms(0);
+            shared.ticking.set(false);
+            return;
+        }
         let now = host::now_nanos();
         let overdue: Vec<u32> = {
             let waiting = shared.waiting.borrow();
