@@ -156,6 +156,16 @@ fn update<S: Store, R>(store: &mut S, key: &str, mut f: impl FnMut(Option<Bucket
     None
 }
 
+/// The bucket as of `now`: the stored one refilled, or a full one the first time.
+fn current(stored: Option<Bucket>, per_minute: u64, now_ns: u64) -> Bucket {
+    stored
+        .unwrap_or(Bucket {
+            level: per_minute as f64,
+            updated_ns: now_ns,
+        })
+        .refilled(now_ns, per_minute)
+}
+
 fn secs_until(missing: f64, per_minute: u64) -> u64 {
     (missing.max(0.0) * 60.0 / per_minute as f64).ceil() as u64
 }
@@ -192,12 +202,7 @@ pub fn admit<S: Store>(
     let mut info = RateInfo::default();
     if let Some(tpm) = limits.tokens_per_minute {
         let level = update(store, &format!("{key}/t"), |b| {
-            let b = b
-                .unwrap_or(Bucket {
-                    level: tpm as f64,
-                    updated_ns: now_ns,
-                })
-                .refilled(now_ns, tpm);
+            let b = current(b, tpm, now_ns);
             (b, b.level)
         });
         if let Some(level) = level {
@@ -210,12 +215,7 @@ pub fn admit<S: Store>(
     }
     if let Some(rpm) = limits.requests_per_minute {
         let taken = update(store, &format!("{key}/r"), |b| {
-            let b = b
-                .unwrap_or(Bucket {
-                    level: rpm as f64,
-                    updated_ns: now_ns,
-                })
-                .refilled(now_ns, rpm);
+            let b = current(b, rpm, now_ns);
             if b.level >= 1.0 {
                 (
                     Bucket {
@@ -271,12 +271,7 @@ pub fn charge<S: Store>(store: &mut S, charge: &Charge, tokens: u64, now_ns: u64
         return;
     }
     let _ = update(store, &format!("{}/t", charge.key), |b| {
-        let b = b
-            .unwrap_or(Bucket {
-                level: tpm as f64,
-                updated_ns: now_ns,
-            })
-            .refilled(now_ns, tpm);
+        let b = current(b, tpm, now_ns);
         (
             Bucket {
                 level: (b.level - tokens as f64).max(-(tpm as f64)),
