@@ -5,9 +5,6 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
-
 use crate::config::Config;
 use crate::host::{self, MAP_REQUEST_HEADERS as REQ, MAP_RESPONSE_HEADERS as RESP};
 use crate::policy::{self, Caller, Charge, RateInfo};
@@ -28,10 +25,13 @@ const FS_OUTPUT_TOKENS: &str = "model_router.output_tokens";
 const HOLD_TIMEOUT_NS: u64 = 1_000_000_000;
 const TICK_MS: u32 = 100;
 
-proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info); // also installs the SDK's panic hook, which logs
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
-}}
+/// What a stream callback tells the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Continue = 0,
+    /// Stop iteration (headers held, or body buffered).
+    Pause = 1,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum HoldSupport {
@@ -41,7 +41,7 @@ enum HoldSupport {
 }
 
 /// State shared by the root context and every HTTP context of one VM.
-struct Shared {
+pub struct Shared {
     config: Rc<Config>,
     hold: Cell<HoldSupport>,
     /// Held request contexts and when they were held.
@@ -113,14 +113,16 @@ impl Shared {
 }
 
 #[derive(Default)]
-struct Root {
+pub struct Root {
     shared: Option<Rc<Shared>>,
 }
 
-impl Context for Root {}
+impl Root {
+    pub fn shared(&self) -> Option<Rc<Shared>> {
+        self.shared.clone()
+    }
 
-impl RootContext for Root {
-    fn on_configure(&mut self, size: usize) -> bool {
+    pub fn on_configure(&mut self, size: usize) -> bool {
         let bytes = match host::buffer(host::BUF_PLUGIN_CONFIGURATION, 0, size) {
             Ok(Some(b)) => b,
             _ => b"{}".to_vec(),
@@ -151,8 +153,7 @@ impl RootContext for Root {
         true
     }
 
-    fn on_tick(&mut self) {
-        let Some(shared) = &self.shared else { return };
+    pub fn on_tick(shared: &Shared) {
         if shared.hold.get() == HoldSupport::Yes {
             // Proven able to hold: a request still waiting just has a slow client, which is
             // Envoy's timeouts' business, not a reason to release it unrouted.
@@ -202,28 +203,9 @@ impl RootContext for Root {
             shared.ticking.set(false);
         }
     }
-
-    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Http {
-            id: context_id,
-            shared: self.shared.clone(),
-            flow: RequestFlow::default(),
-            body_seen: 0,
-            exchange: Exchange::new(0),
-            charge: None,
-            rate_info: RateInfo::default(),
-            principal: None,
-            limit_values: Vec::new(),
-            status: None,
-        }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
 }
 
-struct Http {
+pub struct Http {
     id: u32,
     shared: Option<Rc<Shared>>,
     flow: RequestFlow,
@@ -243,6 +225,21 @@ struct Http {
 }
 
 impl Http {
+    pub fn new(id: u32, shared: Option<Rc<Shared>>) -> Http {
+        Http {
+            id,
+            shared,
+            flow: RequestFlow::default(),
+            body_seen: 0,
+            exchange: Exchange::new(0),
+            charge: None,
+            rate_info: RateInfo::default(),
+            principal: None,
+            limit_values: Vec::new(),
+            status: None,
+        }
+    }
+
     /// Feeds a passing response chunk to the accounting (the chunk itself is never changed).
     fn response_body(&mut self, shared: &Shared, body_size: usize, end_of_stream: bool) {
         if !self.exchange.wants_body() {
@@ -371,10 +368,8 @@ impl Http {
     }
 }
 
-impl Context for Http {}
-
-impl HttpContext for Http {
-    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+impl Http {
+    pub fn on_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let Some(shared) = self.shared.clone() else {
             return Action::Continue;
         };
@@ -435,7 +430,7 @@ impl HttpContext for Http {
         }
     }
 
-    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+    pub fn on_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         let Some(shared) = self.shared.clone() else {
             return Action::Continue;
         };
@@ -481,7 +476,7 @@ impl HttpContext for Http {
         }
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+    pub fn on_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let Some(shared) = self.shared.clone() else {
             return Action::Continue;
         };
@@ -505,14 +500,14 @@ impl HttpContext for Http {
         Action::Continue
     }
 
-    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+    pub fn on_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         if let Some(shared) = self.shared.clone() {
             self.response_body(&shared, body_size, end_of_stream);
         }
         Action::Continue
     }
 
-    fn on_log(&mut self) {
+    pub fn on_log(&mut self) {
         let Some(shared) = self.shared.clone() else {
             return;
         };

@@ -23,6 +23,7 @@ pub const METRIC_HISTOGRAM: u32 = 2;
 pub const LOG_INFO: u32 = 2;
 pub const LOG_WARN: u32 = 3;
 pub const LOG_ERROR: u32 = 4;
+pub const LOG_CRITICAL: u32 = 5;
 const OK: u32 = 0;
 const NOT_FOUND: u32 = 1;
 pub const CAS_MISMATCH: u32 = 8;

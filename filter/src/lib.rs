@@ -16,6 +16,8 @@ pub mod telemetry;
 pub mod usage;
 
 #[cfg(target_arch = "wasm32")]
+mod abi;
+#[cfg(target_arch = "wasm32")]
 mod glue;
 #[cfg(target_arch = "wasm32")]
 mod host;
