@@ -169,6 +169,15 @@ pub struct Traffic {
     pub statuses: Vec<u16>,
 }
 
+/// The destination the filter chose, from the `x-ai-route` response header.
+fn route_of(r: &reqwest::Response) -> String {
+    r.headers()
+        .get("x-ai-route")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_string()
+}
+
 /// Sends the demo's mix of real OpenAI-style requests through Envoy.
 pub async fn traffic(d: &Demo) -> Result<Traffic> {
     let client = reqwest::Client::builder().timeout(Duration::from_secs(20)).build()?;
@@ -193,12 +202,7 @@ pub async fn traffic(d: &Demo) -> Result<Traffic> {
         )
         .await?;
         t.statuses.push(r.status().as_u16());
-        let dest = r
-            .headers()
-            .get("x-ai-route")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-")
-            .to_string();
+        let dest = route_of(&r);
         *t.canary.entry(dest).or_default() += 1;
         r.bytes().await?;
     }
@@ -207,12 +211,7 @@ pub async fn traffic(d: &Demo) -> Result<Traffic> {
         t.canary
     ));
     let r = post("/v1/chat/completions", chat("gpt-3.5-turbo", false), Some("alice")).await?;
-    let dest = r
-        .headers()
-        .get("x-ai-route")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-")
-        .to_string();
+    let dest = route_of(&r);
     t.statuses.push(r.status().as_u16());
     r.bytes().await?;
     let seen = d
