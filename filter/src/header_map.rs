@@ -8,6 +8,10 @@ pub struct HeaderMap {
 }
 
 impl HeaderMap {
+    pub fn from_pairs(pairs: Vec<(String, Vec<u8>)>) -> HeaderMap {
+        HeaderMap { pairs }
+    }
+
     pub fn parse(b: &[u8]) -> HeaderMap {
         let word =
             |at: usize| -> Option<usize> { Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?) as usize) };

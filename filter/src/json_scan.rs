@@ -132,6 +132,10 @@ pub struct TopLevelScanner {
     capture: Option<Found>,
     found: Vec<Found>,
     error: Option<JsonError>,
+    /// Check that the input is UTF-8 (RFC 8259 §8.1), as Python's, Go's and serde's parsers do.
+    strict_utf8: bool,
+    /// The start of a UTF-8 sequence cut by the end of the previous chunk.
+    utf8_carry: Vec<u8>,
 }
 
 impl TopLevelScanner {
@@ -156,7 +160,15 @@ impl TopLevelScanner {
             capture: None,
             found: Vec::new(),
             error: None,
+            strict_utf8: false,
+            utf8_carry: Vec::new(),
         }
+    }
+
+    /// Also refuse input that is not UTF-8 (requests: what the backend's parser would refuse).
+    pub fn strict_utf8(mut self) -> Self {
+        self.strict_utf8 = true;
+        self
     }
 
     /// Consider the scan done once the first `n` wanted keys are found: `feed` then stops reading,
@@ -177,6 +189,16 @@ impl TopLevelScanner {
         self.found.iter().find(|f| f.key == key)
     }
 
+    /// Every value found for wanted key `key`, in body order (a key may be repeated).
+    pub fn all(&self, key: usize) -> impl Iterator<Item = &Found> {
+        self.found.iter().filter(move |f| f.key == key)
+    }
+
+    /// How many times the top-level key `key` appeared.
+    pub fn count(&self, key: usize) -> usize {
+        self.all(key).count()
+    }
+
     /// The scan is done: the keys asked for are found (see `done_after`), or can no longer be
     /// (the top level closed or is not an object).
     pub fn all_found(&self) -> bool {
@@ -193,6 +215,18 @@ impl TopLevelScanner {
         if let Some(e) = &self.error {
             return Err(e.clone());
         }
+        // A byte that is not UTF-8 is reported where it is, unless the structure broke earlier:
+        // the first error in the body wins, however the body was cut into chunks.
+        let utf8_bad = if self.strict_utf8 {
+            self.check_utf8(chunk).err()
+        } else {
+            None
+        };
+        let limit = utf8_bad.map_or(chunk.len(), |at| {
+            (at.saturating_sub(self.offset) as usize).min(chunk.len())
+        });
+        let chunk_len = chunk.len();
+        let chunk = &chunk[..limit];
         let mut i = 0;
         while i < chunk.len() {
             if self.stop_early && self.all_found() && !self.closed {
@@ -211,7 +245,10 @@ impl TopLevelScanner {
                 }
             }
         }
-        self.offset += chunk.len() as u64;
+        if let Some(at) = utf8_bad {
+            return Err(self.fail(at, "invalid UTF-8"));
+        }
+        self.offset += chunk_len as u64;
         Ok(())
     }
 
@@ -224,6 +261,10 @@ impl TopLevelScanner {
             if n.complete() && self.stack.is_empty() {
                 self.value_done(self.offset);
             }
+        }
+        if !self.utf8_carry.is_empty() {
+            let at = self.offset - self.utf8_carry.len() as u64;
+            return Err(self.fail(at, "invalid UTF-8"));
         }
         if self.closed && self.lex == Lex::AfterValue {
             return Ok(());
@@ -239,6 +280,49 @@ impl TopLevelScanner {
         };
         self.error = Some(e.clone());
         Err(e)
+    }
+
+    fn fail(&mut self, offset: u64, reason: &'static str) -> JsonError {
+        let e = JsonError { offset, reason };
+        self.error = Some(e.clone());
+        e
+    }
+
+    /// Validates `chunk` as the continuation of UTF-8 text; `Err(offset)` of the first bad byte.
+    fn check_utf8(&mut self, chunk: &[u8]) -> Result<(), u64> {
+        let mut rest = chunk;
+        // Where the cut sequence began: an error in it is reported at its first byte, as it is
+        // when the body comes in one piece.
+        let lead_at = self.offset - self.utf8_carry.len() as u64;
+        if let Some(&lead) = self.utf8_carry.first() {
+            let want = match lead {
+                0xC2..=0xDF => 2,
+                0xE0..=0xEF => 3,
+                _ => 4,
+            };
+            let take = (want - self.utf8_carry.len()).min(rest.len());
+            self.utf8_carry.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if self.utf8_carry.len() < want {
+                // Still incomplete; the bytes so far must be a valid prefix.
+                return match std::str::from_utf8(&self.utf8_carry) {
+                    Err(e) if e.error_len().is_some() => Err(lead_at),
+                    _ => Ok(()),
+                };
+            }
+            if std::str::from_utf8(&self.utf8_carry).is_err() {
+                return Err(lead_at);
+            }
+            self.utf8_carry.clear();
+        }
+        match std::str::from_utf8(rest) {
+            Ok(_) => Ok(()),
+            Err(e) if e.error_len().is_none() => {
+                self.utf8_carry.extend_from_slice(&rest[e.valid_up_to()..]);
+                Ok(())
+            }
+            Err(e) => Err(self.offset + (chunk.len() - rest.len() + e.valid_up_to()) as u64),
+        }
     }
 
     /// Consumes input from `chunk[i..]`, returns the index of the next unconsumed byte.
@@ -354,6 +438,15 @@ impl TopLevelScanner {
                 let rest = &chunk[i..];
                 let n = memchr2(b'"', b'\\', rest).unwrap_or(rest.len());
                 let plain = &rest[..n];
+                // RFC 8259: control characters must be escaped inside strings. The bytes before
+                // one are consumed first, so the error names its exact offset.
+                if let Some(k) = plain.iter().position(|&b| b < 0x20) {
+                    if k == 0 {
+                        return Err("unescaped control character in string");
+                    }
+                    self.string_bytes(&plain[..k]);
+                    return Ok(i + k);
+                }
                 self.string_bytes(plain);
                 if n == rest.len() {
                     return Ok(chunk.len());
@@ -433,12 +526,8 @@ impl TopLevelScanner {
         } else {
             raw
         };
-        let k = self.wanted.iter().position(|w| w.as_bytes() == key)?;
-        // A repeated key: the first one counts, as the routing decision was made on it.
-        if self.found.iter().any(|f| f.key == k) {
-            return None;
-        }
-        Some(k)
+        // Repeated keys are all recorded: the caller decides what a repeat means (see `count`).
+        self.wanted.iter().position(|w| w.as_bytes() == key)
     }
 
     /// A value starts at `at`; returns true when it is one to capture.
@@ -552,9 +641,66 @@ mod tests {
     }
 
     #[test]
-    fn first_duplicate_wins() {
-        let (s, _) = scan_whole(br#"{"model":"a","model":"b"}"#);
+    fn repeated_keys_are_all_recorded() {
+        let (s, r) = scan_whole(br#"{"model":"a","x":{"model":"n"},"mod\u0065l":"b"}"#);
+        r.unwrap();
         assert_eq!(raw(&s, 0).as_deref(), Some(r#""a""#));
+        assert_eq!(s.count(0), 2, "the escaped spelling is the same key");
+        let all: Vec<_> = s.all(0).map(|f| f.raw.clone()).collect();
+        assert_eq!(all, vec![br#""a""#.to_vec(), br#""b""#.to_vec()]);
+    }
+
+    #[test]
+    fn control_characters_and_bad_utf8_are_refused() {
+        for body in [&b"{\"model\":\"a\nb\"}"[..], b"{\"a\":\"\t\"}", b"{\"k\x01\":1}"] {
+            let (_, r) = scan_whole(body);
+            assert_eq!(
+                r.unwrap_err().reason,
+                "unescaped control character in string",
+                "{body:?}"
+            );
+        }
+        let strict = |body: &[u8]| {
+            let mut s = TopLevelScanner::new(KEYS, 64).strict_utf8();
+            s.feed(body).and_then(|_| s.finish())
+        };
+        for bad in [
+            &b"{\"model\":\"gpt\xff\"}"[..],
+            b"{\"a\":\"\xc3\"}",
+            b"{\"a\":\"\xed\xa0\x80\"}",
+            b"{\"a\":\"\xe2\x82",
+        ] {
+            assert!(strict(bad).is_err(), "{bad:?}");
+        }
+        assert!(strict("{\"a\":\"h\u{e9}llo \u{1f600}\"}".as_bytes()).is_ok());
+        // Lenient scanners (response bodies) do not look.
+        assert!(scan_whole(b"{\"a\":\"\xff\"}").1.is_ok());
+    }
+
+    /// UTF-8 checked across every split, including inside a multi-byte character.
+    #[test]
+    fn utf8_split_at_every_byte() {
+        let good = "{\"model\":\"h\u{e9}\u{20ac}\u{1f600}\"}";
+        let bodies: [&[u8]; 3] = [
+            good.as_bytes(),
+            b"{\"a\":\"\xe2\x82\x28\"}",
+            b"{\"a\":\"\xf0\x9f\x98\"}",
+        ];
+        for (n, body) in bodies.iter().enumerate() {
+            let whole = {
+                let mut s = TopLevelScanner::new(KEYS, 64).strict_utf8();
+                s.feed(body).and_then(|_| s.finish()).is_ok()
+            };
+            assert_eq!(whole, n == 0);
+            for cut in 0..=body.len() {
+                let mut s = TopLevelScanner::new(KEYS, 64).strict_utf8();
+                let r = s
+                    .feed(&body[..cut])
+                    .and_then(|_| s.feed(&body[cut..]))
+                    .and_then(|_| s.finish());
+                assert_eq!(r.is_ok(), whole, "cut {cut} of {body:?}");
+            }
+        }
     }
 
     #[test]

@@ -1,11 +1,16 @@
 //! model-router: a proxy-wasm HTTP filter that makes Envoy model-aware.
 //!
-//! Everything but `glue` is host-free and tested on the native target; `glue` (wasm32 only) wires
-//! the core to the proxy-wasm ABI and holds no logic of its own.
+//! Everything but `abi`, `glue` and `host` is host-free and tested on the native target. The whole
+//! per-request protocol is `exchange::Stream`, driven through the `exchange::Host` trait; `glue`
+//! (wasm32 only) implements that trait with proxy-wasm calls and holds no logic of its own, and
+//! `memory_host` implements it in memory for tests, benches and `wasmpack route`.
 
 pub mod config;
+pub mod exchange;
 pub mod header_map;
+pub mod hold;
 pub mod json_scan;
+pub mod memory_host;
 pub mod path_model;
 pub mod policy;
 pub mod reply;

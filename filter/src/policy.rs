@@ -30,13 +30,21 @@ pub fn identity(peer_uri_san: Option<&[u8]>, header: Option<&[u8]>) -> Option<St
     }
 }
 
-/// Shared storage with compare-and-swap (proxy-wasm shared data in the filter, a map in tests).
+/// Shared storage with compare-and-swap (proxy-wasm shared data in the filter, a map in tests),
+/// with proxy-wasm's semantics: `cas` 0 writes unconditionally; a key that exists is written only
+/// if its CAS token still equals `cas`; a key that does not exist is created whatever `cas` is.
 pub trait Store {
     /// The value and its CAS token (0 when absent).
     fn get(&self, key: &str) -> (Option<Vec<u8>>, u32);
     /// Writes if the CAS token still matches; `Err(true)` on a CAS mismatch, `Err(false)` otherwise.
     fn set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<(), bool>;
 }
+
+/// The CAS token used to create a key: non-zero, so the write fails with a mismatch if another
+/// worker created the key since we saw it absent (proxy-wasm has no create-if-absent call; a
+/// non-zero token on a new key is that call). Envoy hands out tokens from one counter, so an
+/// existing key holds exactly this token only once every 2^32 writes.
+const CREATE_CAS: u32 = u32::MAX;
 
 /// A token bucket: its level and when it was last brought up to date.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -101,6 +109,13 @@ pub struct Charge {
     limits: Limits,
 }
 
+impl Charge {
+    /// The model has a token limit, so the response's tokens are charged.
+    pub fn counts_tokens(&self) -> bool {
+        self.limits.tokens_per_minute.is_some()
+    }
+}
+
 /// What the admission needs to know about the request.
 #[derive(Debug, Clone, Default)]
 pub struct Caller<'a> {
@@ -146,6 +161,7 @@ fn bucket_key(model: &Model, limits: &Limits, caller: &Caller) -> String {
 fn update<S: Store, R>(store: &mut S, key: &str, mut f: impl FnMut(Option<Bucket>) -> (Bucket, R)) -> Option<R> {
     for _ in 0..CAS_TRIES {
         let (value, cas) = store.get(key);
+        let cas = if value.is_none() { CREATE_CAS } else { cas };
         let (bucket, result) = f(value.as_deref().and_then(Bucket::decode));
         match store.set(key, &bucket.encode(), cas) {
             Ok(()) => return Some(result),
@@ -285,34 +301,33 @@ pub fn charge<S: Store>(store: &mut S, charge: &Charge, tokens: u64, now_ns: u64
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::memory_host::SharedMem;
+    use std::cell::RefCell;
     use std::collections::HashMap;
+    use std::rc::Rc;
 
-    /// An in-memory store; `conflicts` makes the next N writes fail with a CAS mismatch, as a
-    /// racing worker would.
-    #[derive(Default)]
-    struct Mem {
-        data: HashMap<String, (Vec<u8>, u32)>,
-        conflicts: usize,
+    /// The in-memory shared data (proxy-wasm's CAS rules), as one worker sees it.
+    type Mem = SharedMem;
+
+    /// Shared data another worker writes to between our read and our write, `races` times: it
+    /// runs `rival` (a whole admission of its own) on the same store, so our write must notice
+    /// the value changed under it.
+    struct Racing<'a> {
+        store: Rc<RefCell<SharedMem>>,
+        races: usize,
+        rival: &'a mut dyn FnMut(&mut SharedMem),
     }
 
-    impl Store for Mem {
+    impl Store for Racing<'_> {
         fn get(&self, key: &str) -> (Option<Vec<u8>>, u32) {
-            match self.data.get(key) {
-                Some((v, c)) => (Some(v.clone()), *c),
-                None => (None, 0),
-            }
+            self.store.borrow().get(key)
         }
         fn set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<(), bool> {
-            if self.conflicts > 0 {
-                self.conflicts -= 1;
-                return Err(true);
+            if self.races > 0 {
+                self.races -= 1;
+                (self.rival)(&mut self.store.borrow_mut());
             }
-            let current = self.data.get(key).map(|e| e.1).unwrap_or(0);
-            if cas != 0 && cas != current {
-                return Err(true);
-            }
-            self.data.insert(key.to_string(), (value.to_vec(), current + 1));
-            Ok(())
+            self.store.borrow_mut().set(key, value, cas)
         }
     }
 
@@ -447,19 +462,75 @@ mod tests {
             "a different key, even junk, is its own bucket"
         );
         assert_eq!(limit_headers(&c), vec!["x-api-key".to_string()]);
-        // Racing writers: retried until one write goes through, and the count stays exact.
-        let c = cfg(r#""limits":{"requestsPerMinute":2},"#);
-        let mut s = Mem {
-            conflicts: 5,
-            ..Default::default()
+    }
+
+    fn level(store: &SharedMem, key: &str) -> f64 {
+        store
+            .get(key)
+            .0
+            .as_deref()
+            .and_then(Bucket::decode)
+            .map(|b| b.level)
+            .unwrap_or(f64::NAN)
+    }
+
+    /// Another worker admits requests between our read and our write: every write that lost the
+    /// race is retried on the new value, so no request is lost or counted twice — including the
+    /// first one, when both workers found the bucket missing and both create it.
+    #[test]
+    fn racing_workers_lose_no_update() {
+        let c = cfg(r#""limits":{"requestsPerMinute":100,"by":"global"},"#);
+        let key = format!(
+            "{}/r",
+            bucket_key(&c.models[0], c.models[0].limits.as_ref().unwrap(), &caller(None))
+        );
+        for races in [1, 3, 15] {
+            let store = Rc::new(RefCell::new(SharedMem::default()));
+            let mut rival_admits = 0;
+            let mut rival = |s: &mut SharedMem| {
+                rival_admits += 1;
+                assert!(admit(s, &c, 0, &caller(None), 0).is_ok());
+            };
+            let mut ours = Racing {
+                store: store.clone(),
+                races,
+                rival: &mut rival,
+            };
+            assert!(admit(&mut ours, &c, 0, &caller(None), 0).is_ok());
+            assert_eq!(rival_admits, races);
+            assert_eq!(
+                level(&store.borrow(), &key),
+                100.0 - 1.0 - races as f64,
+                "{races} races: every admission took exactly one request"
+            );
+        }
+        // Endless contention: give up after CAS_TRIES and let the request through rather than fail it.
+        let store = Rc::new(RefCell::new(SharedMem::default()));
+        let mut rival = |s: &mut SharedMem| {
+            let _ = admit(s, &c, 0, &caller(None), 0);
         };
-        assert!(admit(&mut s, &c, 0, &caller(None), 0).is_ok());
-        s.conflicts = 7;
-        assert!(admit(&mut s, &c, 0, &caller(None), 0).is_ok());
-        assert!(admit(&mut s, &c, 0, &caller(None), 0).is_err());
-        // Endless contention: let the request through rather than fail it.
-        s.conflicts = 1000;
-        assert!(admit(&mut s, &c, 0, &caller(Some("spiffe://n/new")), 0).is_ok());
+        let mut ours = Racing {
+            store: store.clone(),
+            races: usize::MAX,
+            rival: &mut rival,
+        };
+        assert!(admit(&mut ours, &c, 0, &caller(None), 0).is_ok());
+    }
+
+    /// The create race as proxy-wasm has it: a write with CAS 0 to a key another worker just
+    /// created would overwrite it (the bug the create token fixes).
+    #[test]
+    fn creating_a_bucket_never_overwrites_one_created_meanwhile() {
+        let mut s = SharedMem::default();
+        assert!(s.get("k").0.is_none());
+        s.set("k", b"theirs", 0).unwrap();
+        assert_eq!(
+            s.set("k", b"ours", CREATE_CAS),
+            Err(true),
+            "created meanwhile: mismatch"
+        );
+        assert_eq!(s.get("k").0.as_deref(), Some(&b"theirs"[..]));
+        assert_eq!(s.set("new", b"ours", CREATE_CAS), Ok(()), "missing: created");
     }
 
     #[test]

@@ -9,16 +9,22 @@ pub enum RejectReason {
     BodyTooLarge,
     ModelAccessDenied,
     RateLimitExceeded,
+    DuplicateModel,
+    /// Held headers whose body never came (a host that cannot hold, or a client that stalls),
+    /// where letting the request through unchecked would skip access control or limits.
+    BodyNotReceived,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 6] = [
+    pub const ALL: [RejectReason; 8] = [
         RejectReason::ModelNotFound,
         RejectReason::InvalidJson,
         RejectReason::ModelRequired,
         RejectReason::BodyTooLarge,
         RejectReason::ModelAccessDenied,
         RejectReason::RateLimitExceeded,
+        RejectReason::DuplicateModel,
+        RejectReason::BodyNotReceived,
     ];
 
     pub fn code(self) -> &'static str {
@@ -29,16 +35,19 @@ impl RejectReason {
             RejectReason::BodyTooLarge => "body_too_large",
             RejectReason::ModelAccessDenied => "model_access_denied",
             RejectReason::RateLimitExceeded => "rate_limit_exceeded",
+            RejectReason::DuplicateModel => "duplicate_model",
+            RejectReason::BodyNotReceived => "body_not_received",
         }
     }
 
     pub fn status(self) -> u32 {
         match self {
             RejectReason::ModelNotFound => 404,
-            RejectReason::InvalidJson | RejectReason::ModelRequired => 400,
+            RejectReason::InvalidJson | RejectReason::ModelRequired | RejectReason::DuplicateModel => 400,
             RejectReason::BodyTooLarge => 413,
             RejectReason::ModelAccessDenied => 403,
             RejectReason::RateLimitExceeded => 429,
+            RejectReason::BodyNotReceived => 503,
         }
     }
 }
@@ -72,7 +81,7 @@ impl Reject {
     /// (rate limits: OpenAI's `"type":"requests"|"tokens","param":null`).
     pub fn body(&self) -> Vec<u8> {
         let param = match self.reason {
-            RejectReason::RateLimitExceeded => serde_json::Value::Null,
+            RejectReason::RateLimitExceeded | RejectReason::BodyNotReceived => serde_json::Value::Null,
             _ => "model".into(),
         };
         let v = serde_json::json!({
@@ -101,6 +110,6 @@ mod tests {
         assert_eq!(v["error"]["message"], "The model `x\"y` does not exist.");
         assert_eq!(r.status(), 404);
         let statuses: Vec<u32> = RejectReason::ALL.iter().map(|r| r.status()).collect();
-        assert_eq!(statuses, [404, 400, 400, 413, 403, 429]);
+        assert_eq!(statuses, [404, 400, 400, 413, 403, 429, 400, 503]);
     }
 }

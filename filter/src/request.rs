@@ -1,8 +1,8 @@
-//! What the filter does with one request, as a host-free state machine: the glue hands it the
-//! headers and body chunks and carries out the decisions it returns.
+//! What the filter decides about one request, as a host-free state machine: the exchange hands
+//! it the headers and body chunks and carries out the decisions it returns.
 
 use crate::config::{Config, Model, Policy};
-use crate::json_scan::TopLevelScanner;
+use crate::json_scan::{Found, TopLevelScanner};
 use crate::path_model::model_from_path;
 use crate::reply::{Reject, RejectReason};
 use crate::routing::{pick, Pick};
@@ -12,6 +12,8 @@ use crate::routing::{pick, Pick};
 pub struct RequestInfo<'a> {
     pub method: &'a str,
     pub path: &'a str,
+    /// `:authority` (the `Host`), for the scope.
+    pub authority: &'a str,
     pub content_type: Option<&'a str>,
     pub content_length: Option<u64>,
     /// Value of the configured sticky header, when sent.
@@ -27,13 +29,18 @@ pub struct RequestInfo<'a> {
 pub enum Outcome {
     /// Still reading the body.
     Pending,
-    /// No model to be seen: a GET, a non-JSON body, no body, or a JSON body without a model
-    /// that was let through.
+    /// Outside the configured scope: not looked at.
+    OutOfScope,
+    /// No model to be seen: a GET, a form, no body, or a JSON body without a model that was let
+    /// through.
     NoModel,
-    /// Routed to `config.models[model].destinations[destination]`.
-    Routed {
+    /// The model is `config.models[model]`. `destination` is the filter's choice, and is set only
+    /// when that choice selected the route (a model in the path, or in the body of a request whose
+    /// headers were held). `None`: the route had been chosen from the headers already, so the
+    /// request is *unrouted* (it still counts, is admitted and is rewritten by this model).
+    Matched {
         model: usize,
-        destination: usize,
+        destination: Option<usize>,
     },
     /// A model the configuration does not know, let through (`onUnknownModel: passthrough`).
     Unknown(String),
@@ -73,7 +80,7 @@ pub enum HeadersAction {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BodyAction {
-    /// Keep buffering: the model is not known yet.
+    /// Keep buffering: the body has not been read to its end.
     NeedMore,
     /// Apply the edits to the buffered body (see `apply_edits`), set the headers (only ever
     /// non-empty while they are held), and let everything go on.
@@ -85,10 +92,18 @@ pub enum BodyAction {
 }
 
 /// Top-level request keys the scanner records.
-const KEYS: &[&str] = &["model", "stream", "stream_options"];
+const KEYS: &[&str] = &[
+    "model",
+    "stream",
+    "stream_options",
+    "max_tokens",
+    "max_completion_tokens",
+    "max_output_tokens",
+];
 const K_MODEL: usize = 0;
 const K_STREAM: usize = 1;
 const K_STREAM_OPTIONS: usize = 2;
+const K_MAX_TOKENS: [usize; 3] = [3, 4, 5];
 /// Model names beyond this cannot match a configured model (names are at most 256 bytes).
 const CAPTURE_LIMIT: usize = 1024;
 
@@ -101,14 +116,18 @@ pub struct RequestFlow {
     pick: Pick,
     content_length: Option<u64>,
     seen: u64,
-    /// Read the whole body (stream fields), not just up to the model.
-    full_scan: bool,
-    /// The body asked for a stream (`"stream": true`).
+    /// The body asked for a stream (`"stream": true`, or what a lenient parser takes for it).
     streaming: bool,
+    /// The path is an OpenAI endpoint that takes `stream_options` (chat or text completions).
+    takes_stream_options: bool,
     /// The filter looked for a model in this request (path or JSON body).
     inspected: bool,
+    /// The model came from the JSON body (so the response is expected to report usage).
+    from_body: bool,
     /// The model name as the client sent it.
     requested: Option<String>,
+    /// The largest `max_tokens` / `max_completion_tokens` / `max_output_tokens` the body asked for.
+    max_tokens: Option<u64>,
 }
 
 impl Default for RequestFlow {
@@ -120,10 +139,12 @@ impl Default for RequestFlow {
             pick: Pick::Random(0),
             content_length: None,
             seen: 0,
-            full_scan: false,
             streaming: false,
+            takes_stream_options: false,
             inspected: false,
+            from_body: false,
             requested: None,
+            max_tokens: None,
         }
     }
 }
@@ -133,11 +154,43 @@ fn has_inspectable_body(method: &str) -> bool {
     matches!(method, "POST" | "PUT" | "PATCH")
 }
 
-/// JSON or unlabelled bodies are read; forms, multipart and binary are not.
-fn is_json_content_type(ct: Option<&str>) -> bool {
+/// Bodies are read unless they are forms (multipart uploads, URL-encoded): a `text/plain` or
+/// unlabelled body still reaches servers that parse JSON whatever the label says.
+fn is_readable_content_type(ct: Option<&str>) -> bool {
     let Some(ct) = ct else { return true };
     let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    mime == "application/json" || mime.ends_with("+json") || mime.is_empty()
+    !(mime.starts_with("multipart/") || mime == "application/x-www-form-urlencoded")
+}
+
+/// OpenAI's chat and text completions take `stream_options` (other APIs reject it).
+fn takes_stream_options(path: &str) -> bool {
+    let p = path.split(['?', '#']).next().unwrap_or("").trim_end_matches('/');
+    p.ends_with("/chat/completions") || p.ends_with("/completions")
+}
+
+/// What a lenient parser (pydantic in lax mode, as vLLM runs it) reads as `true`.
+fn truthy(raw: &[u8]) -> bool {
+    match raw {
+        b"true" | b"1" => true,
+        [b'"', inner @ .., b'"'] => matches!(
+            inner.to_ascii_lowercase().as_slice(),
+            b"1" | b"on" | b"t" | b"true" | b"y" | b"yes"
+        ),
+        _ => std::str::from_utf8(raw)
+            .ok()
+            .and_then(|s| s.parse::<f64>().ok())
+            .is_some_and(|f| f == 1.0),
+    }
+}
+
+/// A token count the client asked for (`max_tokens: 256`), if it is a sane number.
+fn token_count(f: &Found) -> Option<u64> {
+    let s = std::str::from_utf8(&f.raw).ok()?;
+    if let Ok(n) = s.parse::<u64>() {
+        return Some(n);
+    }
+    let x = s.parse::<f64>().ok()?;
+    (x.is_finite() && x >= 0.0).then(|| x.min(u64::MAX as f64) as u64)
 }
 
 impl RequestFlow {
@@ -155,6 +208,26 @@ impl RequestFlow {
         self.inspected
     }
 
+    /// The model came from the JSON body.
+    pub fn model_from_body(&self) -> bool {
+        self.from_body
+    }
+
+    /// The body asked for a streamed response.
+    pub fn streaming(&self) -> bool {
+        self.streaming
+    }
+
+    /// Body bytes read so far.
+    pub fn body_bytes(&self) -> u64 {
+        self.seen
+    }
+
+    /// The largest output-token limit the body asked for.
+    pub fn max_tokens(&self) -> Option<u64> {
+        self.max_tokens
+    }
+
     /// True while body chunks are wanted.
     pub fn reading_body(&self) -> bool {
         self.scanner.is_some()
@@ -165,24 +238,36 @@ impl RequestFlow {
         self.held
     }
 
-    /// The routed model and destination.
-    pub fn routed<'c>(&self, cfg: &'c Config) -> Option<(&'c Model, &'c crate::config::Destination)> {
+    /// The matched model, and the destination when the filter's choice selected the route.
+    pub fn matched<'c>(&self, cfg: &'c Config) -> Option<(&'c Model, Option<&'c crate::config::Destination>)> {
         match self.outcome {
-            Outcome::Routed { model, destination } => {
+            Outcome::Matched { model, destination } => {
                 let m = cfg.models.get(model)?;
-                Some((m, m.destinations.get(destination)?))
+                Some((m, destination.and_then(|d| m.destinations.get(d))))
             }
             _ => None,
         }
     }
 
-    /// `can_hold`: the host is not known to be unable to hold headers (see the safety net).
+    /// The model and destination, only when the filter routed the request.
+    pub fn routed<'c>(&self, cfg: &'c Config) -> Option<(&'c Model, &'c crate::config::Destination)> {
+        match self.matched(cfg)? {
+            (m, Some(d)) => Some((m, d)),
+            _ => None,
+        }
+    }
+
+    /// `can_hold`: the host may be asked to hold the headers (see the hold safety net).
     pub fn on_request_headers(&mut self, cfg: &Config, req: &RequestInfo, can_hold: bool) -> HeadersAction {
         self.pick = Pick::new(req.sticky, req.random);
         self.content_length = req.content_length;
+        if !cfg.scope.contains(req.authority, req.path) {
+            self.outcome = Outcome::OutOfScope;
+            return continue_untouched();
+        }
         if let Some(name) = model_from_path(req.path) {
             self.inspected = true;
-            return match self.route(cfg, &name) {
+            return match self.route(cfg, &name, true) {
                 Ok(()) => HeadersAction::Continue {
                     set: self.route_headers(cfg),
                     remove: Vec::new(),
@@ -190,15 +275,19 @@ impl RequestFlow {
                 Err(r) => HeadersAction::Reject(r),
             };
         }
-        if req.end_of_stream || !has_inspectable_body(req.method) || !is_json_content_type(req.content_type) {
+        if !has_inspectable_body(req.method) || !is_readable_content_type(req.content_type) {
             self.outcome = Outcome::NoModel;
             return continue_untouched();
         }
+        if req.end_of_stream || req.content_length == Some(0) {
+            // A POST without a body: there is no model to find.
+            self.inspected = cfg.on_missing_model == Policy::Reject;
+            return match self.missing(cfg) {
+                BodyAction::Reject(r) => HeadersAction::Reject(r),
+                _ => continue_untouched(),
+            };
+        }
         if let Some(len) = req.content_length {
-            if len == 0 {
-                self.outcome = Outcome::NoModel;
-                return continue_untouched();
-            }
             if len > cfg.max_body_bytes {
                 self.inspected = true;
                 return match self.oversize(cfg, len) {
@@ -209,17 +298,18 @@ impl RequestFlow {
         }
         self.outcome = Outcome::Pending;
         self.inspected = true;
-        self.full_scan = cfg.inject_stream_usage;
-        let enough = if self.full_scan { KEYS.len() } else { 1 };
-        self.scanner = Some(TopLevelScanner::new(KEYS, CAPTURE_LIMIT).done_after(enough));
+        self.takes_stream_options = takes_stream_options(req.path);
+        // The whole body is read and checked whenever its model is used: a backend must never
+        // see a body the filter understood differently (a repeated key, trailing bytes).
+        self.scanner = Some(TopLevelScanner::new(KEYS, CAPTURE_LIMIT).strict_utf8());
         if cfg.body_routing && can_hold {
             self.held = true;
             return HeadersAction::Hold;
         }
-        // The route is chosen from the headers; the body still drives rejection, rewriting and
-        // telemetry. A rewrite may change the length, so the length must not be announced.
+        // The route is chosen from the headers; the body still drives rejection, admission,
+        // rewriting and telemetry. A rewrite may change the length, so it must not be announced.
         let remove = if cfg.may_rewrite_body() {
-            vec!["content-length"]
+            vec![CONTENT_LENGTH]
         } else {
             Vec::new()
         };
@@ -246,21 +336,28 @@ impl RequestFlow {
             };
         }
         let mut result = scanner.feed(chunk);
-        // Without a stream-usage rewrite, the model is all that is needed (see `done_after`).
-        let enough = result.is_ok() && scanner.all_found();
-        if end_of_stream && result.is_ok() && !enough {
+        if end_of_stream && result.is_ok() {
             result = scanner.finish();
         }
         if let Err(e) = result {
-            return self.invalid(cfg, format!("The request body is not valid JSON: {e}."));
+            let message = if e.reason == "empty body" {
+                if cfg.on_missing_model == Policy::Reject {
+                    self.scanner = None;
+                    return self.missing(cfg);
+                }
+                "The request body is empty.".to_string()
+            } else {
+                format!("The request body is not valid JSON: {e}.")
+            };
+            return self.invalid(cfg, message);
         }
-        if !(enough || end_of_stream) {
+        if !end_of_stream {
             return BodyAction::NeedMore;
         }
         self.decide_from_body(cfg)
     }
 
-    /// The routed request was refused after all (access control, rate limit).
+    /// The matched request was refused after all (access control, rate limit).
     pub fn deny(&mut self, reason: RejectReason) {
         self.outcome = Outcome::Rejected(reason);
         self.held = false;
@@ -278,28 +375,44 @@ impl RequestFlow {
         let Some(scanner) = self.scanner.take() else {
             return self.release();
         };
-        self.streaming = scanner.get(K_STREAM).is_some_and(|f| f.raw == b"true");
+        if scanner.count(K_MODEL) > 1 {
+            self.outcome = Outcome::Rejected(RejectReason::DuplicateModel);
+            return BodyAction::Reject(Reject::new(
+                RejectReason::DuplicateModel,
+                "The request body has more than one top-level `model` key; send exactly one.",
+            ));
+        }
+        self.streaming = scanner.all(K_STREAM).any(|f| truthy(&f.raw));
+        self.max_tokens = K_MAX_TOKENS
+            .iter()
+            .flat_map(|&k| scanner.all(k))
+            .filter_map(token_count)
+            .max();
         let name = match scanner.get(K_MODEL) {
             None => None,
             Some(f) if f.truncated => Some(String::from_utf8_lossy(&f.raw).into_owned()),
             Some(f) if f.raw.first() == Some(&b'"') => match serde_json::from_slice::<String>(&f.raw) {
                 Ok(s) => Some(s),
                 Err(e) => {
-                    self.scanner = Some(scanner);
                     return self.invalid(cfg, format!("The `model` field is not a valid JSON string: {e}."));
                 }
             },
             // `null`, a number, an object: there is no model name to route on.
             Some(_) => None,
         };
-        let Some(name) = name.filter(|n| !n.is_empty()) else {
+        let Some(name) = name else {
             return self.missing(cfg);
         };
-        if let Err(r) = self.route(cfg, &name) {
+        if name.trim().is_empty() && cfg.on_missing_model == Policy::Reject {
+            return self.missing(cfg);
+        }
+        // An empty name is not "no model": it is a name no model has (never the default route).
+        self.from_body = true;
+        if let Err(r) = self.route(cfg, &name, self.held) {
             return BodyAction::Reject(r);
         }
         let mut edits = Vec::new();
-        if let Some((model, _)) = self.routed(cfg) {
+        if let Some((model, _)) = self.matched(cfg) {
             if let (Some(up), Some(f)) = (&model.upstream_model, scanner.get(K_MODEL)) {
                 let bytes = serde_json::Value::String(up.clone()).to_string().into_bytes();
                 edits.push(Edit {
@@ -308,13 +421,16 @@ impl RequestFlow {
                     bytes,
                 });
             }
-            if cfg.inject_stream_usage && self.streaming && scanner.get(K_STREAM_OPTIONS).is_none() {
-                if let Some(open) = scanner.top_open() {
-                    edits.push(Edit {
-                        start: open as usize + 1,
-                        len: 0,
-                        bytes: br#""stream_options":{"include_usage":true},"#.to_vec(),
-                    });
+            let counts_tokens =
+                cfg.inject_stream_usage || model.limits.as_ref().is_some_and(|l| l.tokens_per_minute.is_some());
+            if counts_tokens && self.streaming && self.takes_stream_options {
+                match self.force_stream_usage(&scanner) {
+                    Ok(Some(e)) => edits.push(e),
+                    Ok(None) => {}
+                    Err(r) => {
+                        self.outcome = Outcome::Rejected(r.reason);
+                        return BodyAction::Reject(r);
+                    }
                 }
             }
         }
@@ -323,7 +439,7 @@ impl RequestFlow {
             set = self.route_headers(cfg);
             let delta: i64 = edits.iter().map(|e| e.bytes.len() as i64 - e.len as i64).sum();
             if let (Some(len), true) = (self.content_length, delta != 0) {
-                // Kept last: the glue sets it only once the body edit has been accepted.
+                // Kept last: the exchange sets it only once the body edit has been accepted.
                 set.push((CONTENT_LENGTH.to_string(), (len as i64 + delta).to_string()));
             }
             self.held = false;
@@ -331,14 +447,46 @@ impl RequestFlow {
         BodyAction::Continue { set, edits }
     }
 
-    /// Resolves `name` and picks a destination, or applies `onUnknownModel`.
-    fn route(&mut self, cfg: &Config, name: &str) -> Result<(), Reject> {
+    /// The edit that makes a stream report its usage (`stream_options.include_usage: true`),
+    /// whatever the client asked: token accounting must not depend on the client's goodwill.
+    fn force_stream_usage(&self, scanner: &TopLevelScanner) -> Result<Option<Edit>, Reject> {
+        if scanner.count(K_STREAM) > 1 || scanner.count(K_STREAM_OPTIONS) > 1 {
+            return Err(Reject::new(
+                RejectReason::InvalidJson,
+                "The request body repeats the top-level key `stream` or `stream_options`; send each once.",
+            ));
+        }
+        let Some(f) = scanner.get(K_STREAM_OPTIONS) else {
+            return Ok(scanner.top_open().map(|open| Edit {
+                start: open as usize + 1,
+                len: 0,
+                bytes: br#""stream_options":{"include_usage":true},"#.to_vec(),
+            }));
+        };
+        let mut options = match serde_json::from_slice::<serde_json::Value>(&f.raw) {
+            Ok(serde_json::Value::Object(o)) if !f.truncated => o,
+            _ => serde_json::Map::new(),
+        };
+        if options.get("include_usage") == Some(&serde_json::Value::Bool(true)) {
+            return Ok(None);
+        }
+        options.insert("include_usage".into(), serde_json::Value::Bool(true));
+        Ok(Some(Edit {
+            start: f.start as usize,
+            len: (f.end - f.start) as usize,
+            bytes: serde_json::Value::Object(options).to_string().into_bytes(),
+        }))
+    }
+
+    /// Resolves `name` and, when `routes` (the filter's choice selects the route), picks a
+    /// destination; or applies `onUnknownModel`.
+    fn route(&mut self, cfg: &Config, name: &str, routes: bool) -> Result<(), Reject> {
         self.requested = Some(name.to_string());
         match cfg.resolve_index(name).and_then(|i| Some((i, cfg.models.get(i)?))) {
             Some((model, m)) => {
-                self.outcome = Outcome::Routed {
+                self.outcome = Outcome::Matched {
                     model,
-                    destination: pick(m, self.pick),
+                    destination: routes.then(|| pick(m, self.pick)),
                 };
                 Ok(())
             }
@@ -371,7 +519,7 @@ impl RequestFlow {
             self.outcome = Outcome::Rejected(RejectReason::ModelRequired);
             return BodyAction::Reject(Reject::new(
                 RejectReason::ModelRequired,
-                "The request body has no `model` string; one is required.",
+                "The request has no `model`; one is required.",
             ));
         }
         self.outcome = Outcome::NoModel;
@@ -388,7 +536,6 @@ impl RequestFlow {
         self.finish_unrouted()
     }
 
-    /// Applies `onOversize`: `Some` reply to reject, `None` to let it through unread.
     fn oversize(&mut self, cfg: &Config, len: u64) -> Option<Reject> {
         self.scanner = None;
         if cfg.on_oversize == Policy::Reject {
@@ -705,12 +852,97 @@ mod tests {
 
     /// The scan stops at the model: what comes after it is the backend's to judge.
     #[test]
-    fn body_after_the_model_is_not_read() {
+    fn body_after_the_model_is_checked_too() {
         let cfg = cfg_with(r#""bodyRouting": true,"#);
-        let body = br#"{"model":"gpt-4o","messages":[}"#;
-        let (f, _, b) = run(&cfg, &post("/v1/chat/completions", body.len()), body, true);
-        assert!(matches!(b, Some(BodyAction::Continue { .. })));
-        assert_eq!(routed_name(&cfg, &f).unwrap().0, "gpt-4o");
+        for body in [
+            &br#"{"model":"gpt-4o","messages":[}"#[..],
+            br#"{"model":"gpt-4o","messages": ["#,
+            br#"{"model":"gpt-4o"} trailing"#,
+            br#"{"model":"gpt-4o"}{"model":"llama-3-8b"}"#,
+            b"{\"model\":\"gpt-4o\",\"messages\":\"a\tb\"}",
+        ] {
+            let (f, _, b) = run(&cfg, &post("/v1/chat/completions", body.len()), body, true);
+            assert!(
+                matches!(&b, Some(BodyAction::Reject(r)) if r.reason == RejectReason::InvalidJson),
+                "{}: {b:?}",
+                String::from_utf8_lossy(body)
+            );
+            assert_eq!(f.outcome(), &Outcome::Rejected(RejectReason::InvalidJson));
+        }
+    }
+
+    #[test]
+    fn a_repeated_model_is_refused_whatever_the_spelling() {
+        let cfg = cfg_with(r#""bodyRouting": true,"onInvalidBody":"passthrough","#);
+        for body in [
+            &br#"{"model":"llama-3-8b","messages":[],"model":"resnet"}"#[..],
+            br#"{"model":"gpt-4o","mod\u0065l":"gpt-4o"}"#,
+        ] {
+            let (f, _, b) = run(&cfg, &post("/v1/chat/completions", body.len()), body, true);
+            let Some(BodyAction::Reject(r)) = b else {
+                panic!("{b:?}")
+            };
+            assert_eq!((r.reason, r.status()), (RejectReason::DuplicateModel, 400));
+            assert_eq!(f.outcome(), &Outcome::Rejected(RejectReason::DuplicateModel));
+        }
+    }
+
+    #[test]
+    fn empty_model_names_never_take_the_default_route() {
+        let body = br#"{"model":"  ","messages":[]}"#;
+        let reject = cfg_with(r#""onMissingModel":"reject","#);
+        let (_, _, b) = run(&reject, &post("/v1/chat/completions", body.len()), body, true);
+        assert!(matches!(b, Some(BodyAction::Reject(r)) if r.reason == RejectReason::ModelRequired));
+        let pass = cfg_with("");
+        let (_, _, b) = run(&pass, &post("/v1/chat/completions", body.len()), body, true);
+        assert!(matches!(b, Some(BodyAction::Reject(r)) if r.reason == RejectReason::ModelNotFound));
+        let lenient = cfg_with(r#""onUnknownModel":"passthrough","#);
+        let (f, _, _) = run(&lenient, &post("/v1/chat/completions", body.len()), body, true);
+        assert_eq!(f.outcome(), &Outcome::Unknown("  ".into()));
+    }
+
+    #[test]
+    fn without_holding_the_model_is_known_but_no_destination_is_claimed() {
+        let cfg = cfg_with(r#""bodyRouting": false,"#);
+        let body = br#"{"model":"gpt-3.5-turbo"}"#;
+        let (f, h, b) = run(&cfg, &post("/v1/chat/completions", body.len()), body, true);
+        assert!(matches!(h, HeadersAction::Continue { .. }));
+        assert!(matches!(b, Some(BodyAction::Continue { ref set, .. }) if set.is_empty()));
+        assert_eq!(
+            f.outcome(),
+            &Outcome::Matched {
+                model: 0,
+                destination: None
+            }
+        );
+        assert!(f.routed(&cfg).is_none());
+        assert_eq!(
+            f.matched(&cfg).map(|(m, d)| (m.name.as_str(), d.is_none())),
+            Some(("llama-3-8b", true))
+        );
+        // The same with body routing on, but a host that cannot hold right now.
+        let cfg = cfg_with("");
+        let (f, _, _) = run(&cfg, &post("/v1/chat/completions", body.len()), body, false);
+        assert!(f.routed(&cfg).is_none());
+    }
+
+    #[test]
+    fn out_of_scope_requests_are_left_alone() {
+        let cfg = cfg_with(r#""onMissingModel":"reject","#);
+        let body = br#"{"model":"iPhone 15","qty":1}"#;
+        let (f, h, b) = run(&cfg, &post("/api/orders", body.len()), body, true);
+        assert_eq!(h, continue_untouched());
+        assert!(b.is_none());
+        assert_eq!(f.outcome(), &Outcome::OutOfScope);
+        assert!(!f.counted());
+        let scoped = cfg_with(r#""scope":{"hosts":["llm.example.com"]},"#);
+        let mut req = post("/v1/chat/completions", body.len());
+        req.authority = "shop.example.com";
+        let (f, _, _) = run(&scoped, &req, body, true);
+        assert_eq!(f.outcome(), &Outcome::OutOfScope);
+        req.authority = "llm.example.com:443";
+        let (f, _, _) = run(&scoped, &req, body, true);
+        assert!(matches!(f.outcome(), Outcome::Rejected(RejectReason::ModelNotFound)));
     }
 
     #[test]
@@ -748,11 +980,7 @@ mod tests {
             content_type: Some("multipart/form-data; boundary=x"),
             ..post("/v1/audio/transcriptions", 10)
         };
-        let head_only = RequestInfo {
-            end_of_stream: true,
-            ..post("/v1/chat/completions", 0)
-        };
-        for req in [get, form, head_only] {
+        for req in [get, form] {
             let mut f = RequestFlow::default();
             let h = f.on_request_headers(&cfg, &req, true);
             assert_eq!(
@@ -766,11 +994,34 @@ mod tests {
             assert!(!f.reading_body());
             assert_eq!(f.outcome(), &Outcome::NoModel);
         }
+        // A POST without a body has no model: refused when one is required.
+        let head_only = RequestInfo {
+            end_of_stream: true,
+            ..post("/v1/chat/completions", 0)
+        };
+        let mut f = RequestFlow::default();
+        assert!(
+            matches!(f.on_request_headers(&cfg, &head_only, true), HeadersAction::Reject(r) if r.reason == RejectReason::ModelRequired)
+        );
+        let lenient = cfg_with("");
+        let mut f = RequestFlow::default();
+        assert_eq!(f.on_request_headers(&lenient, &head_only, true), continue_untouched());
+        // An empty body that came after the headers: the same.
+        let mut f = RequestFlow::default();
+        let empty = post("/v1/chat/completions", 0);
+        let req = RequestInfo {
+            content_length: None,
+            ..empty
+        };
+        assert_eq!(f.on_request_headers(&cfg, &req, true), HeadersAction::Hold);
+        assert!(
+            matches!(f.on_request_body(&cfg, b"", true), BodyAction::Reject(r) if r.reason == RejectReason::ModelRequired)
+        );
     }
 
     #[test]
     fn not_held_removes_content_length_when_a_rewrite_may_happen() {
-        let cfg = cfg_with("");
+        let cfg = cfg_with(r#""bodyRouting":false,"#);
         let body = br#"{"model":"gpt-3.5-turbo"}"#;
         let (_, h, b) = run(&cfg, &post("/v1/chat/completions", body.len()), body, true);
         assert_eq!(
@@ -811,14 +1062,56 @@ mod tests {
         assert_eq!(v["stream_options"]["include_usage"], true);
         assert_eq!(v["model"], "gpt-4o");
         assert!(set.contains(&("content-length".to_string(), out.len().to_string())));
-        // Already asked for, or not streaming: left alone.
-        for body in [
-            &br#"{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":false}}"#[..],
-            br#"{"model":"gpt-4o","stream":false}"#,
+        // Asked for already, not streaming, or not an API that takes stream_options: left alone.
+        for (path, body) in [
+            (
+                "/v1/chat/completions",
+                &br#"{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true}}"#[..],
+            ),
+            ("/v1/chat/completions", br#"{"model":"gpt-4o","stream":false}"#),
+            ("/v1/chat/completions", br#"{"model":"gpt-4o","stream":"no"}"#),
+            ("/v1/messages", br#"{"model":"gpt-4o","stream":true}"#),
+            ("/v1/responses", br#"{"model":"gpt-4o","stream":true}"#),
         ] {
-            let (_, _, b) = run(&cfg, &post("/v1/chat/completions", body.len()), body, true);
-            assert!(matches!(b, Some(BodyAction::Continue { edits, .. }) if edits.is_empty()));
+            let (_, _, b) = run(&cfg, &post(path, body.len()), body, true);
+            assert!(
+                matches!(b, Some(BodyAction::Continue { edits, .. }) if edits.is_empty()),
+                "{path}"
+            );
         }
+        // Declined, or sent in a form a lenient parser still reads as a stream: overridden.
+        for body in [
+            &br#"{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":false,"continuous_usage_stats":true}}"#[..],
+            br#"{"model":"gpt-4o","stream":"true","stream_options":null}"#,
+            br#"{"model":"gpt-4o","stream":1}"#,
+        ] {
+            let (_, _, b) = run(&cfg, &post("/v1/completions", body.len()), body, true);
+            let Some(BodyAction::Continue { edits, .. }) = b else { panic!() };
+            let v: serde_json::Value = serde_json::from_slice(&apply_edits(body, &edits)).unwrap();
+            assert_eq!(v["stream_options"]["include_usage"], true, "{}", String::from_utf8_lossy(body));
+            if v["stream_options"].get("continuous_usage_stats").is_some() {
+                assert_eq!(v["stream_options"]["continuous_usage_stats"], true, "other options kept");
+            }
+        }
+        // A token-limited model forces it without injectStreamUsage; repeated keys are refused.
+        let limited = cfg_with(r#""limits":{"tokensPerMinute":1000},"#);
+        let body = br#"{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":false}}"#;
+        let (f, _, b) = run(&limited, &post("/v1/chat/completions", body.len()), body, true);
+        assert!(matches!(b, Some(BodyAction::Continue { edits, .. }) if edits.len() == 1));
+        assert!(f.streaming());
+        let body = br#"{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true},"stream_options":{"include_usage":false}}"#;
+        let (_, _, b) = run(&limited, &post("/v1/chat/completions", body.len()), body, true);
+        assert!(matches!(b, Some(BodyAction::Reject(r)) if r.reason == RejectReason::InvalidJson));
+    }
+
+    #[test]
+    fn estimates_come_from_the_request() {
+        let cfg = cfg_with("");
+        let body = br#"{"model":"gpt-4o","max_tokens":100,"max_completion_tokens":250.0,"max_output_tokens":"x"}"#;
+        let (f, _, _) = run(&cfg, &post("/v1/chat/completions", body.len()), body, true);
+        assert_eq!(f.max_tokens(), Some(250));
+        assert_eq!(f.body_bytes(), body.len() as u64);
+        assert!(f.model_from_body());
     }
 
     /// Any split of the body into two chunks gives the same decision and edits as one chunk.

@@ -5,7 +5,7 @@
 use crate::config::Config;
 use crate::reply::RejectReason;
 use crate::request::Outcome;
-use crate::usage::{ResponseUsage, Usage};
+use crate::usage::{ResponseUsage, Usage, UsageErrors};
 
 pub const REQUESTS_TOTAL: &str = "model_router_requests_total";
 pub const TOKENS_TOTAL: &str = "model_router_tokens_total";
@@ -13,8 +13,19 @@ pub const DURATION_MS: &str = "model_router_request_duration_milliseconds";
 pub const TTFT_MS: &str = "model_router_time_to_first_token_milliseconds";
 pub const IN_FLIGHT: &str = "model_router_in_flight_requests";
 pub const REJECTED_TOTAL: &str = "model_router_rejected_total";
-/// Requests whose held headers the safety net released unrouted (host cannot hold headers).
+/// Responses whose tokens had to be estimated or could not be read, by reason.
+pub const USAGE_MISSING_TOTAL: &str = "model_router_usage_missing_total";
+/// Parts of responses' usage that could not be read (an event too large, unparsable, a number
+/// beyond 64 bits), by reason.
+pub const USAGE_ERRORS_TOTAL: &str = "model_router_usage_errors_total";
+/// Requests whose held headers the safety net let go because the body never came.
 pub const HOLD_RELEASED_TOTAL: &str = "model_router_hold_released_total";
+/// Times a VM tried holding headers again after header-only routing.
+pub const HOLD_PROBES_TOTAL: &str = "model_router_hold_probes_total";
+
+/// The destination label of a request whose model is known but whose route the filter did not
+/// choose (`bodyRouting: false`, or a host that cannot hold headers).
+pub const UNROUTED: &str = "unrouted";
 
 /// Every label key the filter encodes; the `stats_tags` to render, one regex each.
 pub const LABEL_KEYS: &[&str] = &["model", "destination", "code_class", "type", "reason"];
@@ -71,19 +82,65 @@ pub fn code_class(status: u32) -> &'static str {
     }
 }
 
-/// The model and destination labels of a request: configured names only, `other` otherwise.
+/// The model and destination labels of a request: configured names only, `other` otherwise;
+/// `unrouted` as the destination when the filter did not choose the route.
 pub fn labels(cfg: &Config, outcome: &Outcome) -> (String, String) {
     match outcome {
-        Outcome::Routed { model, destination } => {
-            let m = cfg.models.get(*model);
-            let d = m.and_then(|m| m.destinations.get(*destination));
-            match (m, d) {
-                (Some(m), Some(d)) => (m.name.clone(), d.name.clone()),
-                _ => (OTHER.into(), OTHER.into()),
-            }
+        Outcome::Matched { model, destination } => {
+            let Some(m) = cfg.models.get(*model) else {
+                return (OTHER.into(), OTHER.into());
+            };
+            let d = match destination.map(|d| m.destinations.get(d)) {
+                None => UNROUTED,
+                Some(Some(d)) => d.name.as_str(),
+                Some(None) => OTHER,
+            };
+            (m.name.clone(), d.to_string())
         }
         _ => (OTHER.into(), OTHER.into()),
     }
+}
+
+fn count(name: String) -> MetricOp {
+    MetricOp::Add {
+        kind: Kind::Counter,
+        name,
+        delta: 1,
+    }
+}
+
+/// A response whose usage had to be estimated or could not be read.
+pub fn usage_missing(model: &str, destination: &str, reason: &str) -> MetricOp {
+    count(stat_name(
+        USAGE_MISSING_TOTAL,
+        &[("model", model), ("destination", destination), ("reason", reason)],
+    ))
+}
+
+/// Counters for what could not be read of a response's usage.
+pub fn usage_errors(model: &str, destination: &str, e: &UsageErrors) -> Vec<MetricOp> {
+    let mut ops = Vec::new();
+    for (reason, n) in [
+        ("unreadable", e.unreadable),
+        ("event_too_large", e.event_too_large),
+        ("overflow", u64::from(e.overflow)),
+    ] {
+        if n > 0 {
+            ops.push(MetricOp::Add {
+                kind: Kind::Counter,
+                name: stat_name(
+                    USAGE_ERRORS_TOTAL,
+                    &[("model", model), ("destination", destination), ("reason", reason)],
+                ),
+                delta: i64::try_from(n).unwrap_or(i64::MAX),
+            });
+        }
+    }
+    ops
+}
+
+pub fn hold_probe() -> MetricOp {
+    count(HOLD_PROBES_TOTAL.into())
 }
 
 /// The counter increment for a rejection.
@@ -96,35 +153,56 @@ pub fn rejected(reason: RejectReason) -> MetricOp {
 }
 
 pub fn hold_released() -> MetricOp {
-    MetricOp::Add {
-        kind: Kind::Counter,
-        name: HOLD_RELEASED_TOTAL.into(),
-        delta: 1,
-    }
+    count(HOLD_RELEASED_TOTAL.into())
 }
 
 /// Telemetry for one request/response exchange.
 #[derive(Debug)]
-pub struct Exchange {
+pub struct Meter {
     start_ns: u64,
     /// (model, destination) labels while the request is counted in flight.
     in_flight: Option<(String, String)>,
     first_byte_ns: Option<u64>,
     response: Option<ResponseUsage>,
     usage: Usage,
+    /// The response body arrived to its end.
+    ended: bool,
+    /// The response came content-encoded (compressed): its usage cannot be read.
+    encoded: bool,
     finished: bool,
 }
 
-impl Exchange {
+impl Meter {
     pub fn new(start_ns: u64) -> Self {
-        Exchange {
+        Meter {
             start_ns,
             in_flight: None,
             first_byte_ns: None,
             response: None,
             usage: Usage::default(),
+            ended: false,
+            encoded: false,
             finished: false,
         }
+    }
+
+    /// The response body arrived to its end (not cut by a reset or a disconnect).
+    pub fn ended(&self) -> bool {
+        self.ended
+    }
+
+    /// The response was compressed, so its usage was not read.
+    pub fn encoded(&self) -> bool {
+        self.encoded
+    }
+
+    /// A final usage report was read.
+    pub fn usage_complete(&self) -> bool {
+        self.response.as_ref().is_some_and(ResponseUsage::complete)
+    }
+
+    pub fn usage_errors(&self) -> UsageErrors {
+        self.response.as_ref().map(ResponseUsage::errors).unwrap_or_default()
     }
 
     /// The request was routed: it is now in flight.
@@ -136,14 +214,17 @@ impl Exchange {
         vec![in_flight_op(model, destination, 1)]
     }
 
-    /// Response headers arrived.
+    /// Response headers arrived. `encoded`: a `content-encoding` other than `identity`.
     pub fn response_headers(
         &mut self,
         content_type: Option<&str>,
+        encoded: bool,
         prompt_tokens: Option<u64>,
         generated_tokens: Option<u64>,
     ) {
-        let mut r = ResponseUsage::for_content_type(content_type);
+        self.encoded = encoded;
+        // A compressed body is not read (bytes of gzip are not JSON); its length still counts.
+        let mut r = ResponseUsage::for_content_type(if encoded { None } else { content_type });
         r.from_headers(prompt_tokens, generated_tokens);
         self.response = Some(r);
     }
@@ -166,6 +247,7 @@ impl Exchange {
         r.feed(chunk);
         if end_of_stream {
             self.usage = r.finish();
+            self.ended = true;
         }
         ttft
     }
@@ -264,11 +346,11 @@ mod tests {
     #[test]
     fn a_streamed_exchange() {
         let ms_ = 1_000_000;
-        let mut x = Exchange::new(0);
+        let mut x = Meter::new(0);
         let ops = x.routed("m", "d");
         assert_eq!(ops, vec![in_flight_op("m", "d", 1)]);
         assert!(x.routed("m", "d").is_empty(), "counted once");
-        x.response_headers(Some("text/event-stream"), None, None);
+        x.response_headers(Some("text/event-stream"), false, None, None);
         assert_eq!(x.response_body(b"", false, 5 * ms_), None);
         assert_eq!(
             x.response_body(b"data: {\"choices\":[]}\n\n", false, 42 * ms_),
@@ -323,15 +405,15 @@ mod tests {
 
     #[test]
     fn json_responses_have_no_ttft_and_reset_streams_still_leave_flight() {
-        let mut x = Exchange::new(0);
+        let mut x = Meter::new(0);
         x.routed("m", "d");
-        x.response_headers(Some("application/json"), None, None);
+        x.response_headers(Some("application/json"), false, None, None);
         assert_eq!(x.response_body(b"{\"usage\":{\"prompt_tokens\":1}}", true, 1), None);
         assert_eq!(x.usage().input, Some(1));
 
-        let mut y = Exchange::new(0);
+        let mut y = Meter::new(0);
         y.routed("m", "d");
-        y.response_headers(Some("text/event-stream"), None, None);
+        y.response_headers(Some("text/event-stream"), false, None, None);
         y.response_body(b"data: {\"x\":1}\n\n", false, 10);
         let ops = y.finish(true, ("m", "d"), 200, 20);
         assert_eq!(ops[0], in_flight_op("m", "d", -1));
@@ -342,7 +424,7 @@ mod tests {
 
     #[test]
     fn uncounted_requests_only_leave_flight() {
-        let mut x = Exchange::new(0);
+        let mut x = Meter::new(0);
         assert!(x.finish(false, (OTHER, OTHER), 200, 5).is_empty());
     }
 }

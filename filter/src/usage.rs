@@ -39,25 +39,54 @@ impl Usage {
     }
 }
 
+/// A token count as an upstream reported it: any JSON number; one beyond `u64` saturates and is
+/// flagged (the upstream's arithmetic is never trusted to fit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Count {
+    value: u64,
+    overflow: bool,
+}
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = serde_json::Number::deserialize(d)?;
+        if let Some(value) = n.as_u64() {
+            return Ok(Count { value, overflow: false });
+        }
+        match n.as_f64() {
+            Some(f) if f.is_finite() && f >= 0.0 => {
+                let overflow = f >= u64::MAX as f64;
+                Ok(Count {
+                    value: if overflow { u64::MAX } else { f as u64 },
+                    overflow,
+                })
+            }
+            _ => Err(serde::de::Error::custom(
+                "a token count must be a number of zero or more",
+            )),
+        }
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 struct Details {
-    cached_tokens: Option<u64>,
-    reasoning_tokens: Option<u64>,
+    cached_tokens: Option<Count>,
+    reasoning_tokens: Option<Count>,
 }
 
 /// The union of OpenAI (chat, completions, embeddings, responses) and Anthropic usage objects.
 #[derive(Debug, Default, Deserialize)]
 struct RawUsage {
-    prompt_tokens: Option<u64>,
-    completion_tokens: Option<u64>,
-    input_tokens: Option<u64>,
-    output_tokens: Option<u64>,
+    prompt_tokens: Option<Count>,
+    completion_tokens: Option<Count>,
+    input_tokens: Option<Count>,
+    output_tokens: Option<Count>,
     prompt_tokens_details: Option<Details>,
     completion_tokens_details: Option<Details>,
     input_tokens_details: Option<Details>,
     output_tokens_details: Option<Details>,
-    cache_read_input_tokens: Option<u64>,
-    cache_creation_input_tokens: Option<u64>,
+    cache_read_input_tokens: Option<Count>,
+    cache_creation_input_tokens: Option<Count>,
 }
 
 /// Raw counts as last reported: later reports replace earlier ones field by field, since every
@@ -70,41 +99,48 @@ struct Counts {
     cache_creation: Option<u64>,
     cached: Option<u64>,
     reasoning: Option<u64>,
+    /// Some reported number did not fit in 64 bits (it was saturated).
+    overflow: bool,
 }
 
 impl Counts {
     fn merge(&mut self, u: &RawUsage) {
-        let pick = |a: Option<u64>, b: Option<u64>| a.or(b);
+        let mut overflow = false;
+        let mut take = |c: Option<Count>| {
+            c.map(|c| {
+                overflow |= c.overflow;
+                c.value
+            })
+        };
         let details = |d: &Option<Details>| d.as_ref().and_then(|d| d.cached_tokens);
         let reasoning = |d: &Option<Details>| d.as_ref().and_then(|d| d.reasoning_tokens);
-        if let Some(v) = pick(u.prompt_tokens, u.input_tokens) {
+        if let Some(v) = take(u.prompt_tokens.or(u.input_tokens)) {
             self.base_input = Some(v);
         }
-        if let Some(v) = pick(u.completion_tokens, u.output_tokens) {
+        if let Some(v) = take(u.completion_tokens.or(u.output_tokens)) {
             self.output = Some(v);
         }
-        if let Some(v) = u.cache_read_input_tokens {
+        if let Some(v) = take(u.cache_read_input_tokens) {
             self.cache_read = Some(v);
         }
-        if let Some(v) = u.cache_creation_input_tokens {
+        if let Some(v) = take(u.cache_creation_input_tokens) {
             self.cache_creation = Some(v);
         }
-        if let Some(v) = pick(details(&u.prompt_tokens_details), details(&u.input_tokens_details)) {
+        if let Some(v) = take(details(&u.prompt_tokens_details).or(details(&u.input_tokens_details))) {
             self.cached = Some(v);
         }
-        if let Some(v) = pick(
-            reasoning(&u.completion_tokens_details),
-            reasoning(&u.output_tokens_details),
-        ) {
+        if let Some(v) = take(reasoning(&u.completion_tokens_details).or(reasoning(&u.output_tokens_details))) {
             self.reasoning = Some(v);
         }
+        self.overflow |= overflow;
     }
 
     fn usage(&self) -> Usage {
         // Anthropic's input_tokens excludes cache reads and writes; OpenAI's includes cached ones.
-        let input = self
-            .base_input
-            .map(|b| b + self.cache_read.unwrap_or(0) + self.cache_creation.unwrap_or(0));
+        let input = self.base_input.map(|b| {
+            b.saturating_add(self.cache_read.unwrap_or(0))
+                .saturating_add(self.cache_creation.unwrap_or(0))
+        });
         Usage {
             input,
             output: self.output,
@@ -145,8 +181,24 @@ enum Mode {
 pub struct ResponseUsage {
     mode: Mode,
     counts: Counts,
-    /// Stream events that failed to parse as JSON (counted, never fatal).
+    /// Stream events that mention usage but failed to parse (counted, never fatal).
     pub bad_events: u64,
+    /// A final usage report was read (a whole JSON body's, OpenAI's usage chunk, Anthropic's
+    /// `message_delta`, the Responses API's terminal event), not just a stream's opening counts.
+    complete: bool,
+    /// SSE events dropped for size.
+    dropped_events: u64,
+}
+
+/// Why some of a response's usage could not be read (`model_router_usage_errors_total`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UsageErrors {
+    /// Events or bodies that mention usage but could not be parsed.
+    pub unreadable: u64,
+    /// SSE events larger than `sse::MAX_EVENT_BYTES`, dropped unread.
+    pub event_too_large: u64,
+    /// A reported number beyond 64 bits (saturated).
+    pub overflow: bool,
 }
 
 impl ResponseUsage {
@@ -170,6 +222,8 @@ impl ResponseUsage {
             mode,
             counts: Counts::default(),
             bad_events: 0,
+            complete: false,
+            dropped_events: 0,
         }
     }
 
@@ -197,9 +251,24 @@ impl ResponseUsage {
             Mode::Sse(p) => {
                 let counts = &mut self.counts;
                 let bad = &mut self.bad_events;
-                p.feed(chunk, &mut |e| on_event(counts, bad, &e));
+                let complete = &mut self.complete;
+                p.feed(chunk, &mut |e| on_event(counts, bad, complete, &e));
+                self.dropped_events = p.dropped;
             }
             Mode::Ignore => {}
+        }
+    }
+
+    /// A final usage report was read (see `complete`).
+    pub fn complete(&self) -> bool {
+        self.complete
+    }
+
+    pub fn errors(&self) -> UsageErrors {
+        UsageErrors {
+            unreadable: self.bad_events,
+            event_too_large: self.dropped_events,
+            overflow: self.counts.overflow,
         }
     }
 
@@ -207,14 +276,23 @@ impl ResponseUsage {
     pub fn finish(&mut self) -> Usage {
         match &mut self.mode {
             Mode::Json(s) => {
-                if let Some(f) = s.get(0).filter(|f| !f.truncated) {
-                    if let Ok(u) = serde_json::from_slice::<RawUsage>(&f.raw) {
-                        self.counts.merge(&u);
-                    }
+                match s.get(0) {
+                    Some(f) if f.raw == b"null" => {}
+                    Some(f) => match serde_json::from_slice::<RawUsage>(&f.raw) {
+                        Ok(u) if !f.truncated => {
+                            self.counts.merge(&u);
+                            self.complete = true;
+                        }
+                        _ => self.bad_events += 1,
+                    },
+                    None => {}
                 }
                 self.mode = Mode::Ignore;
             }
-            Mode::Sse(p) => p.finish(),
+            Mode::Sse(p) => {
+                p.finish();
+                self.dropped_events = p.dropped;
+            }
             Mode::Ignore => {}
         }
         self.usage()
@@ -243,21 +321,20 @@ fn mentions_usage(data: &[u8]) -> bool {
     false
 }
 
-fn on_event(counts: &mut Counts, bad: &mut u64, e: &Event) {
+fn on_event(counts: &mut Counts, bad: &mut u64, complete: &mut bool, e: &Event) {
     if !mentions_usage(e.data.as_bytes()) {
         return;
     }
     match serde_json::from_str::<StreamEvent>(&e.data) {
         Ok(ev) => {
-            for u in [
-                ev.message.and_then(|m| m.usage),
-                ev.usage,
-                ev.response.and_then(|r| r.usage),
-            ]
-            .into_iter()
-            .flatten()
-            {
+            // Anthropic's `message_start` counts are the opening ones; the rest are final (or,
+            // with vLLM's continuous usage, cumulative so far).
+            if let Some(u) = ev.message.and_then(|m| m.usage) {
                 counts.merge(&u);
+            }
+            for u in [ev.usage, ev.response.and_then(|r| r.usage)].into_iter().flatten() {
+                counts.merge(&u);
+                *complete = true;
             }
         }
         Err(_) => *bad += 1,
@@ -382,6 +459,43 @@ event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{
         r.feed(b"data: {\"usage\": oops\n\ndata: {\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}}\n\n");
         assert_eq!(r.finish(), u(1, 2, None, None, None));
         assert_eq!(r.bad_events, 1);
+        assert!(r.complete());
+    }
+
+    #[test]
+    fn huge_and_negative_numbers_saturate_or_are_unreadable() {
+        let mut r = ResponseUsage::for_content_type(Some("text/event-stream"));
+        r.feed(b"data: {\"usage\":{\"prompt_tokens\":99999999999999999999999,\"completion_tokens\":2},\"x\":1}\n\n");
+        let got = r.finish();
+        assert_eq!(got.input, Some(u64::MAX));
+        assert!(r.errors().overflow);
+        // Saturating sums: Anthropic's input adds cache counts.
+        let mut a = ResponseUsage::for_content_type(Some("application/json"));
+        a.feed(
+            format!(
+                r#"{{"usage":{{"input_tokens":{},"cache_read_input_tokens":{}}}}}"#,
+                u64::MAX,
+                u64::MAX
+            )
+            .as_bytes(),
+        );
+        assert_eq!(a.finish().input, Some(u64::MAX));
+        let mut n = ResponseUsage::for_content_type(Some("application/json"));
+        n.feed(br#"{"usage":{"prompt_tokens":-3}}"#);
+        assert_eq!(n.finish(), Usage::default());
+        assert_eq!(n.errors().unreadable, 1);
+        assert!(!n.complete());
+    }
+
+    #[test]
+    fn only_final_reports_complete_a_stream() {
+        let start = ANTHROPIC_STREAM.find("event: ping").unwrap_or(0);
+        let mut r = ResponseUsage::for_content_type(Some("text/event-stream"));
+        r.feed(&ANTHROPIC_STREAM.as_bytes()[..start]);
+        assert_eq!(r.usage().input, Some(30));
+        assert!(!r.complete(), "message_start alone is not final");
+        r.feed(&ANTHROPIC_STREAM.as_bytes()[start..]);
+        assert!(r.complete());
     }
 
     #[test]

@@ -4,7 +4,10 @@
 #![allow(clippy::unwrap_used)]
 
 use model_router::config::Config;
+use model_router::exchange::{Action, Stream, Vm};
 use model_router::json_scan::TopLevelScanner;
+use model_router::memory_host::MemoryHost;
+use model_router::reply::RejectReason;
 use model_router::request::{BodyAction, RequestFlow, RequestInfo};
 use proptest::prelude::*;
 use serde_json::Value;
@@ -28,8 +31,44 @@ fn json_value() -> impl Strategy<Value = Value> {
     })
 }
 
+/// A JSON object written by hand, so keys can repeat (a map cannot hold duplicates) and strings
+/// can carry raw control characters (serde would escape them).
+fn raw_object() -> impl Strategy<Value = (Vec<u8>, usize, bool)> {
+    let key = prop_oneof![
+        Just("model".to_string()),
+        Just("stream".to_string()),
+        Just("messages".to_string()),
+        Just("mod\\u0065l".to_string()),
+        "[a-z]{1,4}",
+    ];
+    let value = prop_oneof![
+        json_value().prop_map(|v| serde_json::to_string(&v).unwrap()),
+        Just("\"m\"".to_string()),
+        // A raw control character inside a string.
+        (0u8..0x20).prop_map(|c| format!("\"a{}b\"", c as char)),
+    ];
+    prop::collection::vec((key, value), 0..6).prop_map(|kv| {
+        let models = kv.iter().filter(|(k, _)| *k == "model" || *k == "mod\\u0065l").count();
+        let raw_control = kv.iter().any(|(_, v)| v.bytes().any(|b| b < 0x20));
+        let fields: Vec<String> = kv.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+        (format!("{{{}}}", fields.join(",")).into_bytes(), models, raw_control)
+    })
+}
+
 const CFG: &str = r#"{"bodyRouting":true,"injectStreamUsage":true,"onOversize":"reject","maxBodyBytes":4096,
   "models":[{"name":"m","upstreamModel":"up/stream-model","destinations":[{"name":"a","weight":3},{"name":"b","weight":1}]}]}"#;
+
+/// The decision without its message: where a body breaks in two ways at one byte (say, a byte
+/// that is neither UTF-8 nor JSON), which problem the message names may depend on the cut.
+fn decision(a: Option<&BodyAction>) -> Option<BodyAction> {
+    a.cloned().map(|a| match a {
+        BodyAction::Reject(mut r) => {
+            r.message.clear();
+            BodyAction::Reject(r)
+        }
+        other => other,
+    })
+}
 
 fn run_flow(body: &[u8], cuts: &[usize]) -> Vec<BodyAction> {
     let cfg = Config::from_json(CFG.as_bytes()).unwrap();
@@ -82,14 +121,73 @@ proptest! {
         prop::collection::vec(any::<u8>(), 0..64),
         "[\\[\\]{}:,\"a-z0-9 .eE+-]{0,40}".prop_map(|s| s.into_bytes()),
     ]) {
-        let mut s = TopLevelScanner::new(&["model"], 64);
+        let mut s = TopLevelScanner::new(&["model"], 64).strict_utf8();
         let ours = s.feed(&body).and_then(|_| s.finish()).is_ok();
-        // The scanner validates structure, not the UTF-8 of strings it skips.
         let theirs = serde_json::from_slice::<Value>(&body).is_ok();
-        // Compared on UTF-8 input only: strings it skips are not checked for UTF-8.
-        if std::str::from_utf8(&body).is_ok() {
-            prop_assert_eq!(ours, theirs, "{:?}", String::from_utf8_lossy(&body));
+        prop_assert_eq!(ours, theirs, "{:?}", String::from_utf8_lossy(&body));
+    }
+
+    /// Repeated keys and raw control characters: the flow refuses exactly what it must, and the
+    /// scanner agrees with serde_json on what is JSON at all.
+    #[test]
+    fn repeated_models_and_control_characters((body, models, raw_control) in raw_object(), cuts in prop::collection::vec(any::<usize>(), 0..4)) {
+        let mut s = TopLevelScanner::new(&["model"], 64).strict_utf8();
+        let ours = s.feed(&body).and_then(|_| s.finish()).is_ok();
+        prop_assert_eq!(ours, serde_json::from_slice::<Value>(&body).is_ok(), "{:?}", String::from_utf8_lossy(&body));
+        prop_assert_eq!(ours, !raw_control);
+        let whole = run_flow(&body, &[]);
+        let last = whole.last().cloned();
+        let reason = match &last { Some(BodyAction::Reject(r)) => Some(r.reason), _ => None };
+        if raw_control {
+            prop_assert_eq!(reason, Some(RejectReason::InvalidJson));
+        } else if models > 1 {
+            prop_assert_eq!(reason, Some(RejectReason::DuplicateModel));
+        } else {
+            prop_assert_ne!(reason, Some(RejectReason::DuplicateModel));
         }
+        let split = run_flow(&body, &cuts);
+        prop_assert_eq!(decision(last.as_ref()), decision(split.last()));
+    }
+
+    /// The whole exchange on the in-memory host: whatever the body and however it is cut, the
+    /// request is answered or goes on (never left paused), and nothing stays in flight.
+    #[test]
+    fn exchange_never_hangs_and_leaves_nothing_in_flight(
+        body in prop_oneof![prop::collection::vec(any::<u8>(), 0..120), raw_object().prop_map(|b| b.0)],
+        cuts in prop::collection::vec(any::<usize>(), 0..4),
+        held in any::<bool>(),
+    ) {
+        let cfg = CFG.replace(r#""bodyRouting":true"#, if held { r#""bodyRouting":true"# } else { r#""bodyRouting":false"# });
+        let vm = Vm::new(Config::from_json(cfg.as_bytes()).unwrap(), 3);
+        let mut h = MemoryHost::new();
+        h.request_headers = vec![
+            (":method".into(), "POST".into()),
+            (":path".into(), "/v1/chat/completions".into()),
+            ("content-type".into(), "application/json".into()),
+        ];
+        let mut s = Stream::new(1);
+        let mut paused = s.on_request_headers(&vm, &mut h, body.is_empty()) == Action::Pause;
+        let mut points: Vec<usize> = cuts.iter().map(|c| c % (body.len() + 1)).collect();
+        points.sort_unstable();
+        points.push(body.len());
+        for p in points {
+            if h.reply.is_some() || !s.flow().reading_body() || body.is_empty() {
+                break;
+            }
+            h.request_body = body[..p].to_vec();
+            paused = s.on_request_body(&vm, &mut h, p, p == body.len()) == Action::Pause;
+        }
+        prop_assert!(h.reply.is_some() || !paused, "left paused: {:?}", s.flow().outcome());
+        if h.reply.is_none() {
+            h.response_headers = vec![(":status".into(), "200".into()), ("content-type".into(), "application/json".into())];
+            s.on_response_headers(&vm, &mut h, false);
+            let answer = br#"{"usage":{"prompt_tokens":1,"completion_tokens":2}}"#;
+            h.response_body = answer.to_vec();
+            s.on_response_body(&vm, &mut h, answer.len(), true);
+        }
+        s.on_log(&vm, &mut h);
+        let in_flight: i64 = h.metrics.iter().filter(|(k, _)| k.ends_with("model_router_in_flight_requests")).map(|(_, v)| *v).sum();
+        prop_assert_eq!(in_flight, 0);
     }
 
     #[test]
@@ -110,7 +208,7 @@ proptest! {
         // An empty body is left alone at the headers, so it has no body actions at all.
         prop_assert_eq!(whole.is_empty(), body.is_empty());
         prop_assert_ne!(whole.last(), Some(&BodyAction::NeedMore));
-        prop_assert_eq!(whole.last(), split.last());
+        prop_assert_eq!(decision(whole.last()), decision(split.last()));
     }
 
     #[test]

@@ -120,6 +120,13 @@ pub struct RouteArgs {
     /// Seed for the weighted choice, for a repeatable answer
     #[arg(long)]
     pub seed: Option<u64>,
+    /// The caller's mTLS identity (the peer certificate's URI SAN), for access rules and limits
+    #[arg(long, value_name = "SPIFFE_ID")]
+    pub peer_identity: Option<String>,
+    /// Send the request this many times through one filter instance (shared limits and clock);
+    /// prints the last decision and the statuses of all
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100000))]
+    pub repeat: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

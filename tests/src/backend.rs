@@ -139,6 +139,10 @@ async fn handle(
         .unwrap_or(2);
     let status: Option<u16> = header(&headers, "x-test-status").and_then(|v| v.parse().ok());
     let reset_after: Option<usize> = header(&headers, "x-test-reset-after").and_then(|v| v.parse().ok());
+    // Like real providers: gzip JSON answers when the client accepts it (or always, to test a
+    // backend that ignores what was asked).
+    let gzip = header(&headers, "x-test-gzip") == Some("always")
+        || header(&headers, "accept-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("gzip"));
     let body = req
         .into_body()
         .collect()
@@ -284,8 +288,13 @@ async fn handle(
         Err(full) => {
             exchange.sent = full.clone().into_bytes();
             push(&log, exchange);
+            let (resp, bytes) = if gzip {
+                (resp.header("content-encoding", "gzip"), gzipped(full.as_bytes()))
+            } else {
+                (resp, full.into_bytes())
+            };
             Ok(resp
-                .body(Full::new(Bytes::from(full)).map_err(|never| match never {}).boxed())
+                .body(Full::new(Bytes::from(bytes)).map_err(|never| match never {}).boxed())
                 .unwrap_or_else(|_| Response::new(empty())))
         }
         Ok(events) => {
@@ -310,6 +319,13 @@ async fn handle(
                 .unwrap_or_else(|_| Response::new(empty())))
         }
     }
+}
+
+fn gzipped(b: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let _ = e.write_all(b);
+    e.finish().unwrap_or_default()
 }
 
 fn empty() -> Body {

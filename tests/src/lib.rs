@@ -221,6 +221,28 @@ impl Scenario {
     }
 }
 
+/// The project's Python (`.venv`, made by `scripts/setup.sh`) with the official `openai` client.
+pub fn venv_python() -> PathBuf {
+    let python = envoy::repo_root().join(".venv/bin/python");
+    let ok = std::process::Command::new(&python)
+        .args(["-c", "import openai"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        panic!(
+            "the official openai Python client is missing: run `scripts/setup.sh` \
+             (it runs `.venv/bin/pip install openai`)"
+        );
+    }
+    python
+}
+
+/// A metric's value (summed over series) from Prometheus text; 0 when absent.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let samples = prom::parse(text).unwrap_or_else(|e| panic!("{e}"));
+    prom::sum(&samples, name, labels)
+}
+
 /// The last lines of a log, for failure messages.
 pub fn tail(log: &str) -> String {
     let lines: Vec<&str> = log.lines().collect();

@@ -1,11 +1,14 @@
 //! `wasmpack route CONFIG --path P [--body FILE] [-H K:V]`: the decision the filter would make,
-//! computed by the filter's own request flow.
+//! computed by the filter's own exchange (`model_router::exchange::Stream`) on an in-memory host:
+//! the same code, in the same order, as in Envoy. The JSON it prints is documented in
+//! docs/configuration.md ("wasmpack route").
 
 use std::collections::BTreeMap;
 
 use anyhow::{bail, Context, Result};
-use model_router::request::{apply_edits, BodyAction, HeadersAction, Outcome, RequestFlow, RequestInfo};
-use model_router::routing::mix;
+use model_router::exchange::{Action, Stream, Vm};
+use model_router::memory_host::{MemoryHost, SharedMem};
+use model_router::request::{Outcome, Unread};
 use serde_json::{json, Value};
 
 use crate::cli::RouteArgs;
@@ -22,118 +25,209 @@ pub fn run(args: &RouteArgs) -> Result<()> {
         Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
         None => None,
     };
-    let mut headers: BTreeMap<String, String> = BTreeMap::new();
+    let mut headers: Vec<(String, String)> = Vec::new();
     for h in &args.headers {
         let Some((k, v)) = h.split_once(':') else {
             bail!("-H {h}: expected NAME:VALUE")
         };
-        headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+        headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
     }
-    let decision = decide(&loaded, &args.method, &args.path, &headers, body.as_deref(), args.seed);
-    println!("{}", serde_json::to_string_pretty(&decision)?);
-    Ok(())
-}
-
-/// Runs the filter's flow over one request and describes what it did.
-pub fn decide(
-    loaded: &plugin_config::Loaded,
-    method: &str,
-    path: &str,
-    headers: &BTreeMap<String, String>,
-    body: Option<&[u8]>,
-    seed: Option<u64>,
-) -> Value {
-    let cfg = &loaded.config;
-    let seed = seed.unwrap_or_else(|| {
+    let req = RouteRequest {
+        method: &args.method,
+        path: &args.path,
+        headers: &headers,
+        body: body.as_deref(),
+        peer_identity: args.peer_identity.as_deref(),
+    };
+    let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0)
     });
-    let sticky = cfg
-        .sticky_header
-        .as_ref()
-        .and_then(|h| headers.get(h))
-        .map(|v| v.as_bytes());
-    let content_type = headers
-        .get("content-type")
-        .map(String::as_str)
-        .or(body.map(|_| "application/json"));
-    let info = RequestInfo {
-        method,
-        path,
-        content_type,
-        content_length: body.map(|b| b.len() as u64),
-        sticky,
-        end_of_stream: body.is_none_or(|b| b.is_empty()),
-        random: mix(seed),
-    };
-    let mut flow = RequestFlow::default();
-    let mut set: BTreeMap<String, String> = BTreeMap::new();
-    let mut removed: Vec<&str> = Vec::new();
-    let mut new_body: Option<Vec<u8>> = None;
-    let mut reject = None;
-    let held;
-    match flow.on_request_headers(cfg, &info, true) {
-        HeadersAction::Continue { set: s, remove } => {
-            held = false;
-            set.extend(s);
-            removed = remove;
-        }
-        HeadersAction::Hold => held = true,
-        HeadersAction::Reject(r) => {
-            held = false;
-            reject = Some(r);
-        }
+    let decision = decide_repeated(&loaded, &req, seed, args.repeat);
+    println!("{}", serde_json::to_string_pretty(&decision)?);
+    Ok(())
+}
+
+/// One request as given on the command line.
+pub struct RouteRequest<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    /// Lowercase names.
+    pub headers: &'a [(String, String)],
+    pub body: Option<&'a [u8]>,
+    /// The mTLS peer's URI SAN.
+    pub peer_identity: Option<&'a str>,
+}
+
+/// `decide` `repeat` times through one filter instance (its limits shared; all at the same
+/// instant, as a burst), with a summary of the statuses.
+pub fn decide_repeated(loaded: &plugin_config::Loaded, req: &RouteRequest, seed: u64, repeat: u32) -> Value {
+    let vm = Vm::new(loaded.config.clone(), seed);
+    let mut shared = SharedMem::default();
+    let mut statuses: BTreeMap<String, u32> = BTreeMap::new();
+    let mut last = Value::Null;
+    for i in 0..repeat.max(1) {
+        let (v, s) = decide_on(&vm, req, shared, i + 1);
+        shared = s;
+        let status = v["reject"]["status"].as_u64().unwrap_or(200);
+        *statuses.entry(status.to_string()).or_default() += 1;
+        last = v;
     }
-    if reject.is_none() && flow.reading_body() {
-        match flow.on_request_body(cfg, body.unwrap_or_default(), true) {
-            BodyAction::Continue { set: s, edits } => {
-                set.extend(s);
-                if !edits.is_empty() {
-                    new_body = Some(apply_edits(body.unwrap_or_default(), &edits));
-                }
-            }
-            BodyAction::Reject(r) => reject = Some(r),
-            BodyAction::NeedMore => {}
-        }
+    if repeat > 1 {
+        last["repeat"] = json!({"requests": repeat, "statuses": statuses});
     }
+    last
+}
+
+/// The decision for one request.
+pub fn decide(loaded: &plugin_config::Loaded, req: &RouteRequest, seed: u64) -> Value {
+    decide_repeated(loaded, req, seed, 1)
+}
+
+fn decide_on(vm: &Vm, req: &RouteRequest, shared: SharedMem, id: u32) -> (Value, SharedMem) {
+    let cfg = &vm.config;
+    let body = req.body.unwrap_or_default();
+    let mut h = MemoryHost::new();
+    h.shared = shared;
+    h.now_ns = 1_700_000_000_000_000_000;
+    let authority = req
+        .headers
+        .iter()
+        .find(|(k, _)| k == "host" || k == ":authority")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| "localhost".into());
+    h.request_headers = vec![
+        (":method".into(), req.method.to_string()),
+        (":path".into(), req.path.to_string()),
+        (":authority".into(), authority),
+    ];
+    if req.body.is_some() && !req.headers.iter().any(|(k, _)| k == "content-type") {
+        h.request_headers
+            .push(("content-type".into(), "application/json".into()));
+    }
+    if req.body.is_some() {
+        h.request_headers
+            .push(("content-length".into(), body.len().to_string()));
+    }
+    h.request_headers.extend(
+        req.headers
+            .iter()
+            .filter(|(k, _)| k != "host" && k != ":authority" && k != "content-length")
+            .cloned(),
+    );
+    if let Some(p) = req.peer_identity {
+        h.properties
+            .insert("connection.uri_san_peer_certificate".into(), p.as_bytes().to_vec());
+    }
+    let sent_headers = h.request_headers.clone();
+    h.request_body = body.to_vec();
+
+    let mut s = Stream::new(id);
+    let eos = body.is_empty();
+    let mut went_on = s.on_request_headers(vm, &mut h, eos) == Action::Continue;
+    if h.reply.is_none() && s.flow().reading_body() {
+        went_on = s.on_request_body(vm, &mut h, body.len(), true) == Action::Continue;
+    }
+    let flow = s.flow();
+    let matched = flow.matched(cfg);
     let mut out = json!({
         "model": flow.requested_model(),
-        "canonicalModel": null,
+        "canonicalModel": matched.map(|(m, _)| m.name.clone()),
         "destination": null,
         "routedBy": null,
+        "outcome": outcome_name(flow.outcome()),
     });
-    if let Some(r) = reject {
-        let body: Value = serde_json::from_slice(&r.body()).unwrap_or(Value::Null);
-        out["reject"] = json!({"status": r.status(), "code": r.reason.code(), "body": body});
-        return out;
+    if let Some(p) = req.peer_identity {
+        out["peerIdentity"] = json!(p);
     }
-    if let Some((m, d)) = flow.routed(cfg) {
-        out["canonicalModel"] = json!(m.name);
+    if let Some(r) = h.reply.take() {
+        let body: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+        let headers: BTreeMap<String, String> = r.headers.into_iter().filter(|(k, _)| k != "content-type").collect();
+        out["reject"] = json!({
+            "status": r.status,
+            "code": body["error"]["code"],
+            "headers": headers,
+            "body": body,
+        });
+        s.on_log(vm, &mut h);
+        return (out, h.shared);
+    }
+    if let Some((_, d)) = flow.routed(cfg) {
         out["destination"] = json!(d.name);
+        out["routedBy"] = json!(if flow.model_from_body() { "body" } else { "path" });
+    } else if let Some(note) = note(cfg.body_routing, flow.outcome()) {
+        out["note"] = json!(note);
     }
-    out["routedBy"] = json!(if set.contains_key(&cfg.route_header) {
-        if held {
-            "body"
-        } else {
-            "path"
-        }
-    } else if matches!(flow.outcome(), Outcome::Routed { .. }) {
-        "none: the route was chosen from the headers (bodyRouting is off); the model drives rejection, rewriting and telemetry"
-    } else {
-        "none"
-    });
-    out["outcome"] = json!(format!("{:?}", flow.outcome()));
+    let set: BTreeMap<String, String> = h
+        .request_headers
+        .iter()
+        .filter(|kv| !sent_headers.contains(kv))
+        .cloned()
+        .collect();
+    let removed: Vec<String> = sent_headers
+        .iter()
+        .filter(|(k, _)| !h.request_headers.iter().any(|(k2, _)| k2 == k))
+        .map(|(k, _)| k.clone())
+        .collect();
     out["setHeaders"] = json!(set);
     if !removed.is_empty() {
         out["removeHeaders"] = json!(removed);
     }
-    if let Some(b) = new_body {
-        out["rewrittenBody"] = json!(String::from_utf8_lossy(&b));
+    if h.request_body != body {
+        out["rewrittenBody"] = json!(String::from_utf8_lossy(&h.request_body));
     }
-    if let Some((_, d)) = flow.routed(cfg) {
-        out["responseHeaders"] = json!({"x-ai-route": d.name});
+    if went_on {
+        // What the client would see on a 200 from the backend.
+        h.response_headers = vec![
+            (":status".into(), "200".into()),
+            ("content-type".into(), "application/json".into()),
+        ];
+        s.on_response_headers(vm, &mut h, true);
+        let resp: BTreeMap<String, String> = h
+            .response_headers
+            .iter()
+            .filter(|(k, _)| !k.starts_with(':') && k != "content-type")
+            .cloned()
+            .collect();
+        if !resp.is_empty() {
+            out["responseHeaders"] = json!(resp);
+        }
     }
-    out
+    s.on_log(vm, &mut h);
+    (out, h.shared)
+}
+
+/// The outcome as a stable name (documented).
+pub fn outcome_name(o: &Outcome) -> &'static str {
+    match o {
+        Outcome::Pending => "pending",
+        Outcome::OutOfScope => "out_of_scope",
+        Outcome::NoModel => "no_model",
+        Outcome::Matched {
+            destination: Some(_), ..
+        } => "routed",
+        Outcome::Matched { destination: None, .. } => "unrouted",
+        Outcome::Unknown(_) => "unknown_model",
+        Outcome::Unread(Unread::InvalidJson) => "unread_invalid_json",
+        Outcome::Unread(Unread::TooLarge) => "unread_too_large",
+        Outcome::Unread(Unread::HoldReleased) => "unread_hold_released",
+        Outcome::Rejected(_) => "rejected",
+    }
+}
+
+fn note(body_routing: bool, o: &Outcome) -> Option<&'static str> {
+    match o {
+        Outcome::Matched { destination: None, .. } if !body_routing => Some(
+            "bodyRouting is off: the route was chosen from the headers before the body was read, so the \
+             filter does not route this request (destination `unrouted`); the model still drives access \
+             rules, limits, rewriting and telemetry",
+        ),
+        Outcome::OutOfScope => Some("outside the configured scope: the filter leaves this request alone"),
+        Outcome::NoModel => Some("no model in the path or body: the request goes on unrouted"),
+        Outcome::Unknown(_) => Some("unknown model let through (onUnknownModel: passthrough), unrouted"),
+        Outcome::Unread(_) => Some("the body could not be read and was let through unrouted"),
+        _ => None,
+    }
 }

@@ -1,0 +1,932 @@
+//! One exchange, from the request headers to the log, driven through a small `Host` trait.
+//!
+//! This is the whole per-request protocol: what is read from the host and when, the order of
+//! decisions (strip spoofed headers → scope → model → admission → route → rewrite), the hold
+//! safety net, what is charged and counted on every ending, which response headers are set and
+//! which filter state is written. The proxy-wasm glue implements `Host` with ABI calls and holds
+//! no decisions; `memory_host::MemoryHost` implements it in memory for tests and `wasmpack route`.
+
+use std::cell::{Cell, RefCell};
+
+use crate::config::Config;
+use crate::header_map::HeaderMap;
+use crate::hold::{HoldNet, Permit, TICK_MS};
+use crate::policy::{self, Caller, Charge, RateInfo, Store};
+use crate::reply::{Reject, RejectReason};
+use crate::request::{apply_edits, BodyAction, HeadersAction, Outcome, RequestFlow, RequestInfo, CONTENT_LENGTH};
+use crate::telemetry::{self, Meter, MetricOp};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Map {
+    Request,
+    Response,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Buffer {
+    Request,
+    Response,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    Info,
+    Warn,
+    Error,
+}
+
+/// What the exchange needs from the proxy. Calls never fail loudly: a host that refuses
+/// something is handled by the caller's defaults (nothing read, nothing written).
+pub trait Host: Store {
+    fn now_ns(&mut self) -> u64;
+    fn log(&mut self, level: LogLevel, message: &str);
+    /// All headers of a map (one crossing).
+    fn headers(&mut self, map: Map) -> HeaderMap;
+    fn set_header(&mut self, map: Map, name: &str, value: &str);
+    fn remove_header(&mut self, map: Map, name: &str);
+    /// Bytes `start..start + len` of the buffered body (request) or the current chunk (response).
+    fn body(&mut self, which: Buffer, start: usize, len: usize) -> Vec<u8>;
+    /// Replaces the whole buffered body; false if the host refused.
+    fn replace_body(&mut self, which: Buffer, bytes: &[u8]) -> bool;
+    fn property(&mut self, path: &[&str]) -> Option<Vec<u8>>;
+    /// Filter state for access logs (`%FILTER_STATE(wasm.<key>:PLAIN)%`).
+    fn set_filter_state(&mut self, key: &str, value: &[u8]);
+    /// A local reply to the current request; false if the host refused.
+    fn send_reply(&mut self, status: u32, details: &str, headers: &[(&str, &str)], body: &[u8]) -> bool;
+    fn clear_route_cache(&mut self);
+    fn metric(&mut self, op: &MetricOp);
+    /// The root context's timer (0 stops it).
+    fn set_tick_ms(&mut self, ms: u32);
+    /// Resumes the held request of another context (from the root's tick).
+    fn resume(&mut self, context_id: u32) -> bool;
+    /// A local reply to another context's request (from the root's tick).
+    fn reply_to(&mut self, context_id: u32, status: u32, details: &str, headers: &[(&str, &str)], body: &[u8]) -> bool;
+}
+
+/// What a stream callback tells the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Continue = 0,
+    /// Stop iteration (headers held, or body buffered).
+    Pause = 1,
+}
+
+/// Filter-state keys (Envoy stores them as `wasm.<key>`).
+pub const FS_MODEL: &str = "model_router.model";
+pub const FS_DESTINATION: &str = "model_router.destination";
+pub const FS_INPUT_TOKENS: &str = "model_router.input_tokens";
+pub const FS_OUTPUT_TOKENS: &str = "model_router.output_tokens";
+
+/// The response header that names the destination the filter chose.
+pub const ROUTE_RESPONSE_HEADER: &str = "x-ai-route";
+
+/// State of one VM (one worker thread), shared by its root and HTTP contexts.
+#[derive(Debug)]
+pub struct Vm {
+    pub config: Config,
+    hold: RefCell<HoldNet>,
+    rng: Cell<u64>,
+    /// The root's timer is running.
+    ticking: Cell<bool>,
+    logged_release: Cell<bool>,
+    /// Request headers that `by: header:NAME` limits read.
+    limit_headers: Vec<String>,
+    /// Some model has an allow list or limits.
+    policies: bool,
+}
+
+impl Vm {
+    /// `seed`: any per-VM entropy (the host's clock), for the weighted choice.
+    pub fn new(config: Config, seed: u64) -> Vm {
+        let limit_headers = policy::limit_headers(&config);
+        let policies = config.models.iter().any(|m| m.allow.is_some() || m.limits.is_some());
+        Vm {
+            config,
+            hold: RefCell::new(HoldNet::default()),
+            rng: Cell::new(crate::routing::mix(seed ^ 0x9e37_79b9_7f4a_7c15) | 1),
+            ticking: Cell::new(false),
+            logged_release: Cell::new(false),
+            limit_headers,
+            policies,
+        }
+    }
+
+    pub fn hold_state(&self) -> crate::hold::State {
+        self.hold.borrow().state()
+    }
+
+    fn random(&self) -> u64 {
+        // xorshift64*: statistically fine for traffic splitting.
+        let mut x = self.rng.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng.set(x);
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// The root context's timer: lets go of held requests whose body never came.
+    pub fn on_tick<H: Host>(&self, host: &mut H) {
+        let now = host.now_ns();
+        let tick = self.hold.borrow_mut().tick(now);
+        if tick.stop {
+            host.set_tick_ms(0);
+            self.ticking.set(false);
+        }
+        if tick.release.is_empty() {
+            return;
+        }
+        if !self.logged_release.replace(true) {
+            host.log(
+                LogLevel::Warn,
+                "model-router: the body of a held request did not arrive within 1 s; letting it go. \
+                 If every request does this, the host cannot hold headers: body routing needs \
+                 allow_on_headers_stop_iteration: true (see docs/configuration.md).",
+            );
+        }
+        if tick.switched_off {
+            host.log(
+                LogLevel::Warn,
+                "model-router: several held requests in a row never got their body; routing from headers \
+                 only for now (requests whose model is in the body are unrouted), trying again later.",
+            );
+        }
+        // No borrow is held here: resuming can call back into this VM.
+        for id in tick.release {
+            host.metric(&telemetry::hold_released());
+            if self.policies {
+                // Going on unread would skip access control and limits: refuse, retryably.
+                let r = Reject::new(
+                    RejectReason::BodyNotReceived,
+                    "The request body did not arrive in time to check the model's access rules; retry.",
+                );
+                host.metric(&telemetry::rejected(r.reason));
+                let body = r.body();
+                let headers = [("content-type", "application/json"), ("retry-after", "1")];
+                if !host.reply_to(id, r.status(), &details(&r), &headers, &body) {
+                    host.resume(id);
+                }
+            } else {
+                host.resume(id);
+            }
+        }
+    }
+
+    fn watch_held<H: Host>(&self, host: &mut H, id: u32, now: u64) {
+        if self.hold.borrow_mut().held(id, now) && !self.ticking.replace(true) {
+            host.set_tick_ms(TICK_MS);
+        }
+    }
+}
+
+fn details(r: &Reject) -> String {
+    format!("model_router_{}", r.reason.code())
+}
+
+/// One request/response exchange.
+#[derive(Debug)]
+pub struct Stream {
+    id: u32,
+    flow: RequestFlow,
+    /// Bytes of the buffered request body already fed to the flow.
+    body_seen: usize,
+    meter: Meter,
+    /// Where to charge the response's tokens (a model with limits).
+    charge: Option<Charge>,
+    /// `x-ratelimit-*` to report on the response.
+    rate_info: RateInfo,
+    /// The caller's identity and limit-key headers, read with the request headers.
+    principal: Option<String>,
+    limit_values: Vec<(String, Vec<u8>)>,
+    /// The response status, from the response headers.
+    status: Option<u32>,
+    /// The request got past admission and went on to a backend.
+    admitted: bool,
+}
+
+impl Stream {
+    pub fn new(id: u32) -> Stream {
+        Stream {
+            id,
+            flow: RequestFlow::default(),
+            body_seen: 0,
+            meter: Meter::new(0),
+            charge: None,
+            rate_info: RateInfo::default(),
+            principal: None,
+            limit_values: Vec::new(),
+            status: None,
+            admitted: false,
+        }
+    }
+
+    pub fn flow(&self) -> &RequestFlow {
+        &self.flow
+    }
+
+    pub fn rate_info(&self) -> &RateInfo {
+        &self.rate_info
+    }
+
+    pub fn on_request_headers<H: Host>(&mut self, vm: &Vm, host: &mut H, end_of_stream: bool) -> Action {
+        let now = host.now_ns();
+        self.meter = Meter::new(now);
+        let cfg = &vm.config;
+        let h = host.headers(Map::Request);
+        // Only the filter sets the route and model headers: a client's are dropped first.
+        for name in [&cfg.route_header, &cfg.model_header] {
+            if h.get(name).is_some() {
+                host.remove_header(Map::Request, name);
+            }
+        }
+        let method = h.get_str(":method").unwrap_or_default();
+        let path = h.get_str(":path").unwrap_or_default();
+        let authority = h
+            .get_str(":authority")
+            .or_else(|| h.get_str("host"))
+            .unwrap_or_default();
+        let content_type = h.get_str("content-type");
+        let content_length = h.get_str("content-length").and_then(|v| v.trim().parse().ok());
+        let sticky = cfg.sticky_header.as_deref().and_then(|n| h.get(n)).map(<[u8]>::to_vec);
+        let permit = if cfg.body_routing {
+            vm.hold.borrow_mut().permit(now)
+        } else {
+            Permit::No
+        };
+        if permit == Permit::Probe {
+            host.metric(&telemetry::hold_probe());
+        }
+        let info = RequestInfo {
+            method: &method,
+            path: &path,
+            authority: &authority,
+            content_type: content_type.as_deref(),
+            content_length,
+            sticky: sticky.as_deref(),
+            end_of_stream,
+            random: vm.random(),
+        };
+        let action = self.flow.on_request_headers(cfg, &info, permit != Permit::No);
+        if vm.policies && self.flow.counted() {
+            let peer = host.property(&["connection", "uri_san_peer_certificate"]);
+            let claimed = cfg
+                .identity_header
+                .as_deref()
+                .and_then(|n| h.get(n))
+                .map(<[u8]>::to_vec);
+            self.principal = policy::identity(peer.as_deref(), claimed.as_deref());
+            self.limit_values = vm
+                .limit_headers
+                .iter()
+                .filter_map(|n| h.get(n).map(|v| (n.clone(), v.to_vec())))
+                .collect();
+        }
+        if self.flow.counted() && !matches!(action, HeadersAction::Reject(_)) && h.get("accept-encoding").is_some() {
+            // The response's usage is read: ask the backend for an uncompressed answer.
+            host.remove_header(Map::Request, "accept-encoding");
+        }
+        match action {
+            HeadersAction::Continue { set, remove } => {
+                if let Err(r) = self.admit(vm, host, now) {
+                    return self.reject(host, &r);
+                }
+                for name in remove {
+                    host.remove_header(Map::Request, name);
+                }
+                self.set_request_headers(host, &set);
+                self.note_matched(vm, host);
+                Action::Continue
+            }
+            HeadersAction::Hold => {
+                vm.watch_held(host, self.id, now);
+                Action::Pause
+            }
+            HeadersAction::Reject(r) => self.reject(host, &r),
+        }
+    }
+
+    pub fn on_request_body<H: Host>(&mut self, vm: &Vm, host: &mut H, body_size: usize, end_of_stream: bool) -> Action {
+        if self.take_released(vm) {
+            return Action::Continue;
+        }
+        if self.flow.held() {
+            // A body callback while the headers are held: this host holds headers.
+            vm.hold.borrow_mut().delivered(self.id);
+        }
+        if !self.flow.reading_body() {
+            return Action::Continue;
+        }
+        let chunk = if body_size > self.body_seen {
+            host.body(Buffer::Request, self.body_seen, body_size - self.body_seen)
+        } else {
+            Vec::new()
+        };
+        self.body_seen = body_size;
+        match self.flow.on_request_body(&vm.config, &chunk, end_of_stream) {
+            BodyAction::NeedMore => Action::Pause,
+            BodyAction::Continue { mut set, edits } => {
+                let now = host.now_ns();
+                if let Err(r) = self.admit(vm, host, now) {
+                    return self.reject(host, &r);
+                }
+                if !edits.is_empty() {
+                    let body = host.body(Buffer::Request, 0, body_size);
+                    if !host.replace_body(Buffer::Request, &apply_edits(&body, &edits)) {
+                        // Body unchanged: its length must not change either.
+                        set.retain(|(k, _)| k != CONTENT_LENGTH);
+                        host.log(LogLevel::Warn, "model-router: the host refused the body rewrite");
+                    }
+                }
+                self.set_request_headers(host, &set);
+                self.note_matched(vm, host);
+                Action::Continue
+            }
+            BodyAction::Reject(r) => self.reject(host, &r),
+        }
+    }
+
+    pub fn on_response_headers<H: Host>(&mut self, vm: &Vm, host: &mut H, end_of_stream: bool) -> Action {
+        if let Some((_, d)) = self.flow.routed(&vm.config) {
+            host.set_header(Map::Response, ROUTE_RESPONSE_HEADER, &d.name);
+        }
+        for (k, v) in self.rate_info.headers() {
+            host.set_header(Map::Response, &k, &v);
+        }
+        if self.flow.counted() {
+            let h = host.headers(Map::Response);
+            let number = |name| h.get_str(name).and_then(|v| v.trim().parse::<u64>().ok());
+            self.status = number(":status").and_then(|s| u32::try_from(s).ok());
+            let encoded = h
+                .get_str("content-encoding")
+                .is_some_and(|e| !e.trim().is_empty() && !e.trim().eq_ignore_ascii_case("identity"));
+            let ct = h.get_str("content-type");
+            self.meter.response_headers(
+                ct.as_deref(),
+                encoded,
+                number("x-prompt-tokens"),
+                number("x-generated-tokens"),
+            );
+            if end_of_stream {
+                self.response_body(vm, host, 0, true);
+            }
+        }
+        Action::Continue
+    }
+
+    pub fn on_response_body<H: Host>(
+        &mut self,
+        vm: &Vm,
+        host: &mut H,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Action {
+        self.response_body(vm, host, body_size, end_of_stream);
+        Action::Continue
+    }
+
+    /// The exchange ended, however it ended: count it, charge it, release what it held.
+    pub fn on_log<H: Host>(&mut self, vm: &Vm, host: &mut H) {
+        self.take_released(vm);
+        vm.hold.borrow_mut().forget(self.id);
+        let cfg = &vm.config;
+        // The status seen in the response headers, else (local replies, resets) Envoy's own.
+        let status = self.status.unwrap_or_else(|| {
+            host.property(&["response", "code"])
+                .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+                .map(|b| u32::try_from(i64::from_le_bytes(b)).unwrap_or(0))
+                .unwrap_or(0)
+        });
+        let (model, dest) = telemetry::labels(cfg, self.flow.outcome());
+        let mut ops = Vec::new();
+        if self.admitted && matches!(self.flow.outcome(), Outcome::Matched { .. }) {
+            ops.extend(self.account(vm, host, status, &model, &dest));
+        }
+        let now = host.now_ns();
+        ops.extend(self.meter.finish(self.flow.counted(), (&model, &dest), status, now));
+        for op in &ops {
+            host.metric(op);
+        }
+    }
+
+    /// Tokens of a finished exchange: charged to its limits (what was reported, else a bounded
+    /// estimate), and counted as missing when they could not be read.
+    fn account<H: Host>(&mut self, vm: &Vm, host: &mut H, status: u32, model: &str, dest: &str) -> Vec<MetricOp> {
+        let mut ops = telemetry::usage_errors(model, dest, &self.meter.usage_errors());
+        // Only a backend that answered 2xx (or did not get to answer: a reset, a disconnect)
+        // produced tokens; an error answer did not.
+        if !(status == 0 || (200..300).contains(&status)) {
+            return ops;
+        }
+        let charges_tokens = self.charge.as_ref().is_some_and(Charge::counts_tokens);
+        if !(charges_tokens || self.flow.model_from_body()) {
+            return ops;
+        }
+        let usage = self.meter.usage();
+        let complete = self.meter.usage_complete();
+        let reason = if self.meter.encoded() {
+            Some("encoded")
+        } else if !self.meter.ended() {
+            (!complete).then_some("incomplete")
+        } else if !complete && self.meter.usage_errors().unreadable > 0 {
+            Some("unreadable")
+        } else {
+            (!complete).then_some("absent")
+        };
+        if let Some(reason) = reason {
+            ops.push(telemetry::usage_missing(model, dest, reason));
+        }
+        if let Some(charge) = self.charge.as_ref().filter(|c| c.counts_tokens()) {
+            let input = usage.input.unwrap_or_else(|| self.flow.body_bytes().div_ceil(4));
+            // A final report without output tokens is an embedding's: none were produced.
+            let output = if complete {
+                usage.output.unwrap_or(0)
+            } else {
+                self.flow.max_tokens().unwrap_or(vm.config.estimated_output_tokens)
+            };
+            let now = host.now_ns();
+            policy::charge(host, charge, input.saturating_add(output), now);
+        }
+        ops
+    }
+
+    fn response_body<H: Host>(&mut self, vm: &Vm, host: &mut H, body_size: usize, end_of_stream: bool) {
+        if !self.meter.wants_body() {
+            return;
+        }
+        let chunk = if body_size > 0 {
+            host.body(Buffer::Response, 0, body_size)
+        } else {
+            Vec::new()
+        };
+        let now = host.now_ns();
+        if let Some(ttft) = self.meter.response_body(&chunk, end_of_stream, now) {
+            let (m, d) = telemetry::labels(&vm.config, self.flow.outcome());
+            host.metric(&Meter::ttft_op(&m, &d, ttft));
+        }
+        if end_of_stream {
+            let u = self.meter.usage();
+            if let Some(n) = u.input {
+                host.set_filter_state(FS_INPUT_TOKENS, n.to_string().as_bytes());
+            }
+            if let Some(n) = u.output {
+                host.set_filter_state(FS_OUTPUT_TOKENS, n.to_string().as_bytes());
+            }
+        }
+    }
+
+    /// True (once) if the safety net let this held request go; the flow then learns how.
+    fn take_released(&mut self, vm: &Vm) -> bool {
+        if !vm.hold.borrow_mut().take_released(self.id) {
+            return false;
+        }
+        if vm.policies {
+            self.flow.deny(RejectReason::BodyNotReceived);
+        } else {
+            self.flow.release_held();
+        }
+        true
+    }
+
+    fn reject<H: Host>(&mut self, host: &mut H, r: &Reject) -> Action {
+        host.metric(&telemetry::rejected(r.reason));
+        let body = r.body();
+        let mut headers: Vec<(&str, &str)> = vec![("content-type", "application/json")];
+        headers.extend(r.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        if !host.send_reply(r.status(), &details(r), &headers, &body) {
+            // The host refused a local reply: never leave the request hanging.
+            return Action::Continue;
+        }
+        Action::Pause
+    }
+
+    fn set_request_headers<H: Host>(&self, host: &mut H, set: &[(String, String)]) {
+        for (k, v) in set {
+            host.set_header(Map::Request, k, v);
+        }
+        if !set.is_empty() {
+            // Envoy >= 1.33: make sure the route is chosen again with the new headers.
+            host.clear_route_cache();
+        }
+    }
+
+    /// Access control and rate limits for a matched request (no-op for models without them).
+    fn admit<H: Host>(&mut self, vm: &Vm, host: &mut H, now: u64) -> Result<(), Reject> {
+        let Outcome::Matched { model, .. } = *self.flow.outcome() else {
+            return Ok(());
+        };
+        let cfg = &vm.config;
+        if cfg
+            .models
+            .get(model)
+            .is_none_or(|m| m.allow.is_none() && m.limits.is_none())
+        {
+            self.admitted = true;
+            return Ok(());
+        }
+        let caller = Caller {
+            principal: self.principal.as_deref(),
+            headers: &self.limit_values,
+        };
+        match policy::admit(host, cfg, model, &caller, now) {
+            Ok((charge, info)) => {
+                self.charge = charge;
+                self.rate_info = info;
+                self.admitted = true;
+                Ok(())
+            }
+            Err(r) => {
+                self.flow.deny(r.reason);
+                Err(r)
+            }
+        }
+    }
+
+    /// Once the model is known and admitted: count it in flight, and name it for access logs.
+    fn note_matched<H: Host>(&mut self, vm: &Vm, host: &mut H) {
+        if !matches!(self.flow.outcome(), Outcome::Matched { .. }) {
+            return;
+        }
+        let (m, d) = telemetry::labels(&vm.config, self.flow.outcome());
+        let ops = self.meter.routed(&m, &d);
+        if !ops.is_empty() {
+            for op in &ops {
+                host.metric(op);
+            }
+            host.set_filter_state(FS_MODEL, m.as_bytes());
+            host.set_filter_state(FS_DESTINATION, d.as_bytes());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hold::{State, HOLD_TIMEOUT_NS};
+    use crate::memory_host::MemoryHost;
+    use crate::telemetry::{REJECTED_TOTAL, REQUESTS_TOTAL, USAGE_MISSING_TOTAL};
+
+    const CFG: &str = r#"{
+      "models": [
+        {"name": "llama-3-8b", "aliases": ["gpt-3.5-turbo"],
+         "destinations": [{"name": "llama-stable", "weight": 95}, {"name": "llama-canary", "weight": 5}]},
+        {"name": "qwen", "destinations": [{"name": "qwen"}]},
+        {"name": "resnet", "destinations": [{"name": "triton"}]},
+        {"name": "private", "allow": ["spiffe://td/ns/a/*"], "destinations": [{"name": "private"}]},
+        {"name": "metered", "limits": {"tokensPerMinute": 1000, "by": "global"}, "destinations": [{"name": "metered"}]}
+      ]}"#;
+
+    fn vm(extra: &str) -> Vm {
+        let json = CFG.replacen('{', &format!("{{{extra}"), 1);
+        Vm::new(Config::from_json(json.as_bytes()).unwrap(), 42)
+    }
+
+    fn request(method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> MemoryHost {
+        let mut h = MemoryHost::new();
+        h.now_ns = 1_000_000_000;
+        h.request_headers = vec![
+            (":method".into(), method.into()),
+            (":path".into(), path.into()),
+            (":authority".into(), "llm.example.com".into()),
+        ];
+        if !body.is_empty() {
+            h.request_headers
+                .push(("content-length".into(), body.len().to_string()));
+        }
+        for (k, v) in headers {
+            h.request_headers.push((k.to_string(), v.to_string()));
+        }
+        h.request_body = body.to_vec();
+        h
+    }
+
+    /// Request headers, then the body in one piece. Returns whether the request went upstream.
+    fn send(vm: &Vm, h: &mut MemoryHost, s: &mut Stream) -> bool {
+        let body_len = h.request_body.len();
+        let a = s.on_request_headers(vm, h, body_len == 0);
+        if h.reply.is_some() {
+            return false;
+        }
+        if a == Action::Pause || s.flow().reading_body() {
+            let b = s.on_request_body(vm, h, body_len, true);
+            return h.reply.is_none() && b == Action::Continue;
+        }
+        true
+    }
+
+    /// A response: headers, then the chunks; `ends`: whether the last chunk ends the stream.
+    fn respond(vm: &Vm, h: &mut MemoryHost, s: &mut Stream, headers: &[(&str, &str)], chunks: &[&[u8]], ends: bool) {
+        h.response_headers = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        s.on_response_headers(vm, h, chunks.is_empty() && ends);
+        for (i, c) in chunks.iter().enumerate() {
+            h.response_body = c.to_vec();
+            s.on_response_body(vm, h, c.len(), ends && i + 1 == chunks.len());
+        }
+        s.on_log(vm, h);
+    }
+
+    fn ok_json() -> Vec<(&'static str, &'static str)> {
+        vec![(":status", "200"), ("content-type", "application/json")]
+    }
+
+    #[test]
+    fn spoofed_route_and_model_headers_are_dropped_from_every_request() {
+        let vm = vm("");
+        for (method, path, ct, body) in [
+            ("GET", "/v1/chat/completions", "application/json", &b""[..]),
+            ("POST", "/v1/chat/completions", "text/plain", b"hello"),
+            ("POST", "/v1/chat/completions", "application/json", b"{\"messages\":[]}"),
+            ("POST", "/api/orders", "application/json", b"{\"model\":\"x\"}"),
+        ] {
+            let mut h = request(
+                method,
+                path,
+                &[
+                    ("content-type", ct),
+                    ("x-ai-route", "llama-canary"),
+                    ("x-ai-model", "private"),
+                ],
+                body,
+            );
+            let mut s = Stream::new(1);
+            send(&vm, &mut h, &mut s);
+            assert_eq!(h.header(Map::Request, "x-ai-route"), None, "{method} {path} {ct}");
+            assert_eq!(h.header(Map::Request, "x-ai-model"), None);
+        }
+    }
+
+    #[test]
+    fn held_body_routing_sets_the_route_and_says_so() {
+        let vm = vm("");
+        let body = br#"{"model":"qwen","messages":[]}"#;
+        let mut h = request(
+            "POST",
+            "/v1/chat/completions",
+            &[("accept-encoding", "gzip, deflate")],
+            body,
+        );
+        let mut s = Stream::new(1);
+        assert_eq!(s.on_request_headers(&vm, &mut h, false), Action::Pause);
+        assert_eq!(
+            h.header(Map::Request, "accept-encoding"),
+            None,
+            "an uncompressed answer is asked for"
+        );
+        assert_eq!(s.on_request_body(&vm, &mut h, body.len(), true), Action::Continue);
+        assert_eq!(h.header(Map::Request, "x-ai-route"), Some("qwen"));
+        assert_eq!(h.route_cache_cleared, 1);
+        assert_eq!(vm.hold_state(), State::Proven);
+        respond(
+            &vm,
+            &mut h,
+            &mut s,
+            &ok_json(),
+            &[br#"{"usage":{"prompt_tokens":3,"completion_tokens":4}}"#],
+            true,
+        );
+        assert_eq!(h.header(Map::Response, ROUTE_RESPONSE_HEADER), Some("qwen"));
+        assert_eq!(
+            h.filter_state.get(FS_DESTINATION).map(Vec::as_slice),
+            Some(&b"qwen"[..])
+        );
+        assert_eq!(
+            h.metric(
+                REQUESTS_TOTAL,
+                &[("model", "qwen"), ("destination", "qwen"), ("code_class", "2xx")]
+            ),
+            1
+        );
+        assert_eq!(
+            h.metric(
+                USAGE_MISSING_TOTAL,
+                &[("model", "qwen"), ("destination", "qwen"), ("reason", "absent")]
+            ),
+            0
+        );
+    }
+
+    #[test]
+    fn without_body_routing_nothing_claims_a_destination() {
+        let vm = vm(r#""bodyRouting": false,"#);
+        for body in [&br#"{"model":"llama-3-8b"}"#[..], br#"{"model":"qwen"}"#] {
+            let mut h = request("POST", "/v1/chat/completions", &[], body);
+            let mut s = Stream::new(1);
+            assert!(send(&vm, &mut h, &mut s));
+            assert_eq!(h.header(Map::Request, "x-ai-route"), None);
+            respond(&vm, &mut h, &mut s, &ok_json(), &[b"{}"], true);
+            assert_eq!(h.header(Map::Response, ROUTE_RESPONSE_HEADER), None);
+            assert_eq!(
+                h.filter_state.get(FS_DESTINATION).map(Vec::as_slice),
+                Some(&b"unrouted"[..])
+            );
+            assert!(
+                h.metrics
+                    .keys()
+                    .all(|k| !k.contains("canary") && !k.contains("destination=.=qwen")),
+                "{:?}",
+                h.metrics
+            );
+        }
+        // A model in the path is still routed from the headers.
+        let mut h = request("POST", "/v2/models/resnet/infer", &[], b"{}");
+        let mut s = Stream::new(1);
+        send(&vm, &mut h, &mut s);
+        assert_eq!(h.header(Map::Request, "x-ai-route"), Some("triton"));
+    }
+
+    #[test]
+    fn bad_bodies_are_refused_before_anything_goes_upstream() {
+        let vm = vm(r#""onMissingModel": "reject","#);
+        for (body, status, code) in [
+            (
+                &br#"{"model":"llama-3-8b","messages":[],"model":"resnet"}"#[..],
+                400,
+                "duplicate_model",
+            ),
+            (br#"{"model": "llama-3-8b", "messages": ["#, 400, "invalid_json"),
+            (br#"{"model":"llama-3-8b"} trailing"#, 400, "invalid_json"),
+            (b"", 400, "model_required"),
+        ] {
+            let mut h = request(
+                "POST",
+                "/v1/chat/completions",
+                &[("content-type", "application/json")],
+                body,
+            );
+            let mut s = Stream::new(1);
+            assert!(!send(&vm, &mut h, &mut s), "{}", String::from_utf8_lossy(body));
+            let reply = h.reply.clone().unwrap();
+            assert_eq!(reply.status, status);
+            let v: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+            assert_eq!(v["error"]["code"], code);
+            assert_eq!(h.header(Map::Request, "x-ai-route"), None);
+            s.on_log(&vm, &mut h);
+            assert_eq!(h.metric(REJECTED_TOTAL, &[("reason", code)]), 1);
+        }
+    }
+
+    #[test]
+    fn admission_answers_403_and_limits_charge_on_every_ending() {
+        let vm = vm("");
+        let body = br#"{"model":"private"}"#;
+        let mut h = request("POST", "/v1/chat/completions", &[], body);
+        let mut s = Stream::new(1);
+        assert!(!send(&vm, &mut h, &mut s));
+        assert_eq!(h.reply.as_ref().map(|r| r.status), Some(403));
+        let mut h = request("POST", "/v1/chat/completions", &[], body);
+        h.properties.insert(
+            "connection.uri_san_peer_certificate".into(),
+            b"spiffe://td/ns/a/sa/web".to_vec(),
+        );
+        assert!(send(&vm, &mut h, &mut Stream::new(2)));
+
+        // A stream that declined usage: the filter asked for it anyway; the client then
+        // disconnects before the end: charged max_tokens (plus input estimated from the body).
+        let body = br#"{"model":"metered","stream":true,"stream_options":{"include_usage":false},"max_tokens":300}"#;
+        let mut h = request("POST", "/v1/chat/completions", &[], body);
+        let mut s = Stream::new(3);
+        assert!(send(&vm, &mut h, &mut s));
+        let forced: serde_json::Value = serde_json::from_slice(&h.request_body).unwrap();
+        assert_eq!(forced["stream_options"]["include_usage"], true);
+        let sse = [(":status", "200"), ("content-type", "text/event-stream")];
+        respond(
+            &vm,
+            &mut h,
+            &mut s,
+            &sse,
+            &[b"data: {\"choices\":[{\"delta\":{}}]}\n\n"],
+            false,
+        );
+        let labels = [
+            ("model", "metered"),
+            ("destination", "metered"),
+            ("reason", "incomplete"),
+        ];
+        assert_eq!(h.metric(USAGE_MISSING_TOTAL, &labels), 1);
+        let shared = h.shared.clone();
+        let bucket_level = |shared: &crate::memory_host::SharedMem| {
+            let (k, _) = shared_key(shared);
+            let (v, _) = shared.get(&k);
+            f64::from_le_bytes(v.unwrap()[..8].try_into().unwrap())
+        };
+        let charged = 1000.0 - bucket_level(&shared);
+        let input_estimate = (body.len() as f64 / 4.0).ceil();
+        assert!((charged - (300.0 + input_estimate)).abs() < 1.0, "charged {charged}");
+
+        // A complete stream with usage: exactly what was reported.
+        let body = br#"{"model":"metered","stream":true}"#;
+        let mut h2 = request("POST", "/v1/chat/completions", &[], body);
+        h2.shared = shared;
+        let mut s = Stream::new(4);
+        assert!(send(&vm, &mut h2, &mut s));
+        let before = bucket_level(&h2.shared);
+        respond(
+            &vm,
+            &mut h2,
+            &mut s,
+            &sse,
+            &[b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":5}}\n\ndata: [DONE]\n\n"],
+            true,
+        );
+        assert!((before - bucket_level(&h2.shared) - 12.0).abs() < 0.5);
+
+        // 429 once the bucket is empty.
+        let mut h3 = request("POST", "/v1/chat/completions", &[], br#"{"model":"metered"}"#);
+        h3.shared = h2.shared.clone();
+        let mut s = Stream::new(5);
+        assert!(send(&vm, &mut h3, &mut s));
+        respond(
+            &vm,
+            &mut h3,
+            &mut s,
+            &ok_json(),
+            &[br#"{"usage":{"prompt_tokens":900,"completion_tokens":900}}"#],
+            true,
+        );
+        let mut h4 = request("POST", "/v1/chat/completions", &[], br#"{"model":"metered"}"#);
+        h4.shared = h3.shared.clone();
+        assert!(!send(&vm, &mut h4, &mut Stream::new(6)));
+        assert_eq!(h4.reply.as_ref().map(|r| r.status), Some(429));
+    }
+
+    fn shared_key(s: &crate::memory_host::SharedMem) -> (String, ()) {
+        (s.keys().into_iter().find(|k| k.ends_with("/t")).unwrap_or_default(), ())
+    }
+
+    #[test]
+    fn compressed_answers_are_counted_as_missing_never_as_zero() {
+        let vm = vm("");
+        let mut h = request(
+            "POST",
+            "/v1/chat/completions",
+            &[("accept-encoding", "gzip")],
+            br#"{"model":"qwen"}"#,
+        );
+        let mut s = Stream::new(1);
+        assert!(send(&vm, &mut h, &mut s));
+        let headers = [
+            (":status", "200"),
+            ("content-type", "application/json"),
+            ("content-encoding", "gzip"),
+        ];
+        respond(&vm, &mut h, &mut s, &headers, &[b"\x1f\x8b\x08\x00junk"], true);
+        assert_eq!(
+            h.metric(
+                USAGE_MISSING_TOTAL,
+                &[("model", "qwen"), ("destination", "qwen"), ("reason", "encoded")]
+            ),
+            1
+        );
+        assert!(h.metrics.keys().all(|k| !k.ends_with("model_router_tokens_total")));
+    }
+
+    #[test]
+    fn the_safety_net_lets_go_and_only_consecutive_failures_switch_holding_off() {
+        // No access rules or limits: a request let go continues, unrouted.
+        let vm = Vm::new(
+            Config::from_json(br#"{"models":[{"name":"qwen","destinations":[{"name":"qwen"}]}]}"#).unwrap(),
+            1,
+        );
+        let mut h = request("POST", "/v1/chat/completions", &[], br#"{"model":"qwen"}"#);
+        let mut streams: Vec<Stream> = (1..=3).map(Stream::new).collect();
+        for s in streams.iter_mut().take(2) {
+            assert_eq!(s.on_request_headers(&vm, &mut h, false), Action::Pause);
+        }
+        assert_eq!(h.tick_ms, crate::hold::TICK_MS);
+        h.now_ns += HOLD_TIMEOUT_NS + 1;
+        vm.on_tick(&mut h);
+        assert_eq!(h.resumed, vec![1, 2]);
+        assert_eq!(vm.hold_state(), State::Unknown { failures: 2 });
+        // The released stream's body comes later: too late to route; it goes on unrouted.
+        let len = h.request_body.len();
+        assert_eq!(streams[0].on_request_body(&vm, &mut h, len, true), Action::Continue);
+        assert_eq!(
+            streams[0].flow().outcome(),
+            &Outcome::Unread(crate::request::Unread::HoldReleased)
+        );
+        // A third in a row switches holding off; requests then go on at once, unrouted.
+        assert_eq!(streams[2].on_request_headers(&vm, &mut h, false), Action::Pause);
+        h.now_ns += HOLD_TIMEOUT_NS + 1;
+        vm.on_tick(&mut h);
+        assert!(matches!(vm.hold_state(), State::Off { .. }));
+        assert_eq!(h.tick_ms, 0, "timer stopped");
+        let mut s = Stream::new(4);
+        assert_eq!(s.on_request_headers(&vm, &mut h, false), Action::Continue);
+        assert_eq!(h.metric(crate::telemetry::HOLD_RELEASED_TOTAL, &[]), 3);
+    }
+
+    #[test]
+    fn with_access_rules_a_body_that_never_comes_is_refused_not_let_through() {
+        let vm = vm("");
+        let mut h = request("POST", "/v1/chat/completions", &[], br#"{"model":"private"}"#);
+        let mut s = Stream::new(7);
+        assert_eq!(s.on_request_headers(&vm, &mut h, false), Action::Pause);
+        h.now_ns += HOLD_TIMEOUT_NS + 1;
+        vm.on_tick(&mut h);
+        assert!(h.resumed.is_empty());
+        let reply = h.reply.clone().unwrap();
+        assert_eq!(reply.status, 503);
+        assert!(reply.headers.contains(&("retry-after".into(), "1".into())));
+        s.on_log(&vm, &mut h);
+        assert_eq!(s.flow().outcome(), &Outcome::Rejected(RejectReason::BodyNotReceived));
+    }
+}
