@@ -4,11 +4,15 @@
 //!   sse/*       usage accounting per SSE chunk
 //!   config/*    parsing a configuration
 //!   route/*     a whole routing decision for a 2 KB chat request
+//!   exchange/*  the whole per-request protocol (headers, body, response, log) on the in-memory
+//!               host, for a 2 KB chat request with a JSON answer
 
 #![allow(clippy::unwrap_used)]
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use model_router::config::Config;
+use model_router::exchange::{Stream, Vm};
+use model_router::memory_host::MemoryHost;
 use model_router::request::{BodyAction, RequestFlow, RequestInfo};
 use model_router::usage::ResponseUsage;
 use serde_json::json;
@@ -103,9 +107,38 @@ fn route(c: &mut Criterion) {
     c.bench_function("route/chat_2KiB", |bench| bench.iter(|| decide(&cfg, black_box(&b))));
 }
 
+fn exchange(c: &mut Criterion) {
+    let vm = Vm::new(Config::from_json(CONFIG.as_bytes()).unwrap(), 1);
+    let body = body(2 << 10, true);
+    let answer = br#"{"id":"x","choices":[],"usage":{"prompt_tokens":19,"completion_tokens":10}}"#;
+    let mut h = MemoryHost::new();
+    c.bench_function("exchange/chat_2KiB", |bench| {
+        bench.iter(|| {
+            h.request_headers = vec![
+                (":method".into(), "POST".into()),
+                (":path".into(), "/v1/chat/completions".into()),
+                ("content-type".into(), "application/json".into()),
+                ("content-length".into(), body.len().to_string()),
+            ];
+            h.request_body.clone_from(&body);
+            h.response_headers = vec![
+                (":status".into(), "200".into()),
+                ("content-type".into(), "application/json".into()),
+            ];
+            h.response_body = answer.to_vec();
+            let mut s = Stream::new(1);
+            s.on_request_headers(&vm, &mut h, false);
+            s.on_request_body(&vm, &mut h, body.len(), true);
+            s.on_response_headers(&vm, &mut h, false);
+            s.on_response_body(&vm, &mut h, answer.len(), true);
+            s.on_log(&vm, &mut h);
+        })
+    });
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(30).measurement_time(std::time::Duration::from_secs(2)).warm_up_time(std::time::Duration::from_millis(500));
-    targets = extract, sse, config, route
+    targets = extract, sse, config, route, exchange
 }
 criterion_main!(benches);

@@ -440,7 +440,7 @@ impl TopLevelScanner {
                 let plain = &rest[..n];
                 // RFC 8259: control characters must be escaped inside strings. The bytes before
                 // one are consumed first, so the error names its exact offset.
-                if let Some(k) = plain.iter().position(|&b| b < 0x20) {
+                if let Some(k) = first_control(plain) {
                     if k == 0 {
                         return Err("unescaped control character in string");
                     }
@@ -596,6 +596,20 @@ impl TopLevelScanner {
             f.raw.extend_from_slice(&bytes[..bytes.len().min(room)]);
         }
     }
+}
+
+/// Index of the first byte below 0x20. Blocks are checked without an early exit, so the common
+/// case (none) compiles to vector compares; only a block that has one is searched byte by byte.
+fn first_control(b: &[u8]) -> Option<usize> {
+    const BLOCK: usize = 32;
+    let mut blocks = b.chunks_exact(BLOCK);
+    for (i, block) in blocks.by_ref().enumerate() {
+        if block.iter().fold(false, |acc, &x| acc | (x < 0x20)) {
+            return block.iter().position(|&x| x < 0x20).map(|k| i * BLOCK + k);
+        }
+    }
+    let done = b.len() - blocks.remainder().len();
+    blocks.remainder().iter().position(|&x| x < 0x20).map(|k| done + k)
 }
 
 #[cfg(test)]

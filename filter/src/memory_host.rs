@@ -89,6 +89,8 @@ pub struct MemoryHost {
     pub refuse_body_rewrite: bool,
     /// Host calls made (each one is a crossing in a real proxy).
     pub crossings: u64,
+    /// Every header the filter set or removed, in order: (map, name, `Some(value)` or `None`).
+    pub header_edits: Vec<(Map, String, Option<String>)>,
 }
 
 fn header_map(pairs: &[(String, String)]) -> HeaderMap {
@@ -153,6 +155,7 @@ impl Host for MemoryHost {
 
     fn set_header(&mut self, map: Map, name: &str, value: &str) {
         self.crossings += 1;
+        self.header_edits.push((map, name.to_string(), Some(value.to_string())));
         let pairs = self.map(map);
         pairs.retain(|(k, _)| k != name);
         pairs.push((name.to_string(), value.to_string()));
@@ -160,6 +163,7 @@ impl Host for MemoryHost {
 
     fn remove_header(&mut self, map: Map, name: &str) {
         self.crossings += 1;
+        self.header_edits.push((map, name.to_string(), None));
         self.map(map).retain(|(k, _)| k != name);
     }
 

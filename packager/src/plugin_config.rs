@@ -47,15 +47,17 @@ const NOT_STICKY: &[&str] = &[
 /// Settings that are valid but risky: (field path, message).
 pub fn warnings(config: &Config) -> Vec<(String, String)> {
     let mut w = Vec::new();
-    if config.body_routing {
+    if !config.body_routing {
         w.push((
             "bodyRouting".into(),
-            "needs a host that can hold request headers (Envoy >= 1.35 with allow_on_headers_stop_iteration); \
-             a plain Istio WasmPlugin cannot set it, so install with `wasmpack manifests` (EnvoyFilter pair). \
-             Elsewhere the filter releases held requests unrouted after 1 s"
+            "is off: requests whose model is in the JSON body (OpenAI, Anthropic clients) are not routed by \
+             the filter; they go where the headers alone send them and are reported as destination \
+             `unrouted`. Only models in the path (KServe v2, TF Serving, Azure deployments) are routed. \
+             Remove `bodyRouting: false` (on is the default) to route them"
                 .into(),
         ));
     }
+    w.extend(unenforceable_limits(config));
     if let Some(h) = &config.sticky_header {
         if NOT_STICKY.contains(&h.as_str()) || h.starts_with("x-envoy-") || h.starts_with(':') {
             w.push((
@@ -92,6 +94,48 @@ pub fn warnings(config: &Config) -> Vec<(String, String)> {
     w
 }
 
+/// Policies that let requests past the filter unread, to the default route, where a model's
+/// access rules and limits are never applied.
+fn unenforceable_limits(config: &Config) -> Vec<(String, String)> {
+    use model_router::config::Policy;
+    let guarded: Vec<&str> = config
+        .models
+        .iter()
+        .filter(|m| m.allow.is_some() || m.limits.is_some())
+        .map(|m| m.name.as_str())
+        .collect();
+    if guarded.is_empty() {
+        return Vec::new();
+    }
+    let who = guarded.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ");
+    let mut w = Vec::new();
+    for (field, policy, what) in [
+        (
+            "onOversize",
+            config.on_oversize,
+            "bodies over maxBodyBytes (padding a request is enough)",
+        ),
+        (
+            "onMissingModel",
+            config.on_missing_model,
+            "requests without a model (vLLM serves them with its one model)",
+        ),
+        ("onInvalidBody", config.on_invalid_body, "bodies the filter cannot read"),
+        ("onUnknownModel", config.on_unknown_model, "unknown model names"),
+    ] {
+        if policy == Policy::Passthrough {
+            w.push((
+                field.into(),
+                format!(
+                    "passthrough lets {what} reach the default route unchecked: the access rules and limits of {who} \
+                     cannot be enforced for them unless no route leads there by default; set `{field}: reject`"
+                ),
+            ));
+        }
+    }
+    w
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,7 +155,7 @@ mod tests {
 
     #[test]
     fn risky_settings_warn() {
-        let l = parse("bodyRouting: true\nstickyHeader: X-Request-Id\nmodels:\n- name: a\n  destinations:\n  - {name: x, weight: 0}\n  - {name: y, host: y.ns.svc}\n").unwrap();
+        let l = parse("bodyRouting: false\nstickyHeader: X-Request-Id\nmodels:\n- name: a\n  destinations:\n  - {name: x, weight: 0}\n  - {name: y, host: y.ns.svc}\n").unwrap();
         let paths: Vec<String> = warnings(&l.config).into_iter().map(|w| w.0).collect();
         assert_eq!(
             paths,
@@ -121,6 +165,14 @@ mod tests {
                 "models[0].destinations[0].weight",
                 "models[0].destinations[0].host"
             ]
+        );
+        // Limits with the default passthrough policies: what dodges them is named.
+        let l = parse("onMissingModel: reject\nmodels:\n- name: a\n  limits: {tokensPerMinute: 10}\n  destinations: [{name: x, host: x.ns.svc}]\n").unwrap();
+        let paths: Vec<String> = warnings(&l.config).into_iter().map(|w| w.0).collect();
+        assert_eq!(paths, ["onOversize"]);
+        assert!(
+            parse("models: []").map(|l| warnings(&l.config).len()).unwrap() == 1,
+            "no models"
         );
     }
 }

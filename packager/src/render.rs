@@ -104,10 +104,11 @@ fn hex(digest: &str) -> &str {
 pub fn render(config_json: &Value, config: &Config, o: &Options) -> Vec<Doc> {
     let mut docs = Vec::new();
     let url = format!("oci://{}@{}", o.repository, o.digest);
+    let ports = model_ports(config);
     if config.body_routing {
-        docs.extend(envoy_filters(config_json, o, &url));
+        docs.extend(envoy_filters(config_json, o, &url, &ports));
     } else {
-        docs.push(wasm_plugin(config_json, o, &url));
+        docs.push(wasm_plugin(config_json, o, &url, &ports));
     }
     let hs = hosts(config);
     for h in &hs {
@@ -127,7 +128,23 @@ pub fn render(config_json: &Value, config: &Config, o: &Options) -> Vec<Doc> {
     docs
 }
 
-fn wasm_plugin(config_json: &Value, o: &Options, url: &str) -> Doc {
+/// The Service ports the models are served on, when every destination names its port: in a
+/// sidecar, the filter then runs only on outbound traffic to those ports, not on every call the
+/// pod makes (its `scope` still decides within them).
+fn model_ports(config: &Config) -> Vec<u16> {
+    let mut ports = Vec::new();
+    for d in config.models.iter().flat_map(|m| &m.destinations) {
+        match d.port {
+            Some(p) if !ports.contains(&p) => ports.push(p),
+            Some(_) => {}
+            None => return Vec::new(),
+        }
+    }
+    ports.sort_unstable();
+    ports
+}
+
+fn wasm_plugin(config_json: &Value, o: &Options, url: &str, ports: &[u16]) -> Doc {
     let mut spec = json!({
         "url": url,
         "sha256": hex(&o.digest),
@@ -140,7 +157,12 @@ fn wasm_plugin(config_json: &Value, o: &Options, url: &str) -> Doc {
         Target::Selector(sel) => {
             spec["selector"] = json!({"matchLabels": labels(sel)});
             // Routing happens on the caller's side, where the VirtualService is applied.
-            spec["match"] = json!([{"mode": "CLIENT"}]);
+            spec["match"] = if ports.is_empty() {
+                json!([{"mode": "CLIENT"}])
+            } else {
+                let ports: Vec<Value> = ports.iter().map(|p| json!({"number": p})).collect();
+                json!([{"mode": "CLIENT", "ports": ports}])
+            };
         }
         Target::Gateway(name) => {
             spec["targetRefs"] = json!([{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": name}]);
@@ -185,7 +207,7 @@ pub fn extension_config(config_json: &Value, o: &Options, url: &str) -> Value {
     })
 }
 
-fn envoy_filters(config_json: &Value, o: &Options, url: &str) -> Vec<Doc> {
+fn envoy_filters(config_json: &Value, o: &Options, url: &str, ports: &[u16]) -> Vec<Doc> {
     let ext = extension_config(config_json, o, url);
     let name = ext["name"].clone();
     let (context, scope) = match &o.target {
@@ -198,19 +220,31 @@ fn envoy_filters(config_json: &Value, o: &Options, url: &str) -> Vec<Doc> {
     let mut ext_spec = scope.clone();
     ext_spec["configPatches"] = json!([{"applyTo": "EXTENSION_CONFIG", "patch": {"operation": "ADD", "value": ext}}]);
     let mut filter_spec = scope;
-    filter_spec["configPatches"] = json!([{
-        "applyTo": "HTTP_FILTER",
-        "match": {"context": context, "listener": {"filterChain": {"filter": {
+    let patch = |port: Option<u16>| {
+        let mut listener = json!({"filterChain": {"filter": {
             "name": "envoy.filters.network.http_connection_manager",
-            "subFilter": {"name": "envoy.filters.http.router"}}}}},
-        "patch": {"operation": "INSERT_BEFORE", "value": {
-            "name": name,
-            "config_discovery": {
-                "config_source": {"ads": {}, "initial_fetch_timeout": "0s"},
-                "type_urls": [WASM_TYPE_URL]
-            }
-        }}
-    }]);
+            "subFilter": {"name": "envoy.filters.http.router"}}}});
+        if let Some(p) = port {
+            listener["portNumber"] = json!(p);
+        }
+        json!({
+            "applyTo": "HTTP_FILTER",
+            "match": {"context": context, "listener": listener},
+            "patch": {"operation": "INSERT_BEFORE", "value": {
+                "name": name,
+                "config_discovery": {
+                    "config_source": {"ads": {}, "initial_fetch_timeout": "0s"},
+                    "type_urls": [WASM_TYPE_URL]
+                }
+            }}
+        })
+    };
+    // In a sidecar, only the outbound listeners of the models' ports (when all are known).
+    filter_spec["configPatches"] = if context == "SIDECAR_OUTBOUND" && !ports.is_empty() {
+        Value::Array(ports.iter().map(|p| patch(Some(*p))).collect())
+    } else {
+        json!([patch(None)])
+    };
     if let Some(p) = o.priority {
         filter_spec["priority"] = json!(p);
     }

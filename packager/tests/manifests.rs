@@ -346,3 +346,107 @@ fn check_and_route() {
     assert_eq!(v["reject"]["status"], 404);
     assert_eq!(v["reject"]["body"]["error"]["code"], "model_not_found");
 }
+
+/// `wasmpack route` runs the filter's own exchange: admission (403, 429), honest routing, and
+/// the rejections of strict parsing, as the filter would answer them.
+#[test]
+fn route_shows_admission_and_what_was_not_routed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("cfg.yaml");
+    std::fs::write(
+        &cfg,
+        r#"identityHeader: x-client-id
+models:
+- name: llama
+  allow: ['spiffe://cluster.local/ns/team-a/*']
+  limits: {requestsPerMinute: 20}
+  destinations: [{name: llama-stable, weight: 95}, {name: llama-canary, weight: 5}]
+"#,
+    )
+    .unwrap();
+    let body = tmp.path().join("body.json");
+    std::fs::write(&body, r#"{"model":"llama","messages":[]}"#).unwrap();
+    let (cfg, body) = (cfg.to_str().unwrap(), body.to_str().unwrap());
+    let route = |extra: &[&str]| {
+        let mut args = vec![
+            "route",
+            cfg,
+            "--path",
+            "/v1/chat/completions",
+            "--body",
+            body,
+            "--seed",
+            "7",
+        ];
+        args.extend_from_slice(extra);
+        let o = wasmpack(&args, "", &[]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()
+    };
+    let v = route(&[]);
+    assert_eq!(v["reject"]["status"], 403);
+    assert_eq!(v["reject"]["code"], "model_access_denied");
+    assert_eq!(v["outcome"], "rejected");
+    let v = route(&["--peer-identity", "spiffe://cluster.local/ns/team-a/sa/web"]);
+    assert_eq!(v["outcome"], "routed");
+    assert_eq!(v["responseHeaders"]["x-ratelimit-remaining-requests"], "19");
+    let v = route(&[
+        "-H",
+        "x-client-id: spiffe://cluster.local/ns/team-a/sa/web",
+        "--repeat",
+        "30",
+    ]);
+    assert_eq!(v["reject"]["status"], 429);
+    assert_eq!(v["reject"]["headers"]["retry-after"], "3");
+    assert_eq!(v["repeat"]["statuses"], serde_json::json!({"200": 20, "429": 10}));
+
+    // A spoofed route header is removed; with bodyRouting off nothing is claimed.
+    let v = route(&[
+        "--peer-identity",
+        "spiffe://cluster.local/ns/team-a/sa/web",
+        "-H",
+        "x-ai-route: llama-canary",
+    ]);
+    assert_eq!(v["removeHeaders"], serde_json::json!(["x-ai-route"]));
+    let off = tmp.path().join("off.yaml");
+    std::fs::write(
+        &off,
+        "bodyRouting: false\nmodels:\n- name: llama\n  destinations: [{name: llama-stable}]\n",
+    )
+    .unwrap();
+    let o = wasmpack(
+        &[
+            "route",
+            off.to_str().unwrap(),
+            "--path",
+            "/v1/chat/completions",
+            "--body",
+            body,
+        ],
+        "",
+        &[],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["outcome"], "unrouted");
+    assert_eq!(v["destination"], serde_json::Value::Null);
+    assert_eq!(v["canonicalModel"], "llama");
+    assert!(v["note"].as_str().unwrap().contains("bodyRouting is off"));
+    assert!(v.get("responseHeaders").is_none(), "no x-ai-route claimed: {v}");
+
+    std::fs::write(tmp.path().join("dup.json"), r#"{"model":"llama","model":"other"}"#).unwrap();
+    let dup = tmp.path().join("dup.json");
+    let o = wasmpack(
+        &[
+            "route",
+            off.to_str().unwrap(),
+            "--path",
+            "/v1/chat/completions",
+            "--body",
+            dup.to_str().unwrap(),
+        ],
+        "",
+        &[],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["reject"]["code"], "duplicate_model");
+}

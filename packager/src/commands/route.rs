@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{bail, Context, Result};
-use model_router::exchange::{Action, Stream, Vm};
+use model_router::exchange::{Action, Map, Stream, Vm};
 use model_router::memory_host::{MemoryHost, SharedMem};
 use model_router::request::{Outcome, Unread};
 use serde_json::{json, Value};
@@ -121,7 +121,6 @@ fn decide_on(vm: &Vm, req: &RouteRequest, shared: SharedMem, id: u32) -> (Value,
         h.properties
             .insert("connection.uri_san_peer_certificate".into(), p.as_bytes().to_vec());
     }
-    let sent_headers = h.request_headers.clone();
     h.request_body = body.to_vec();
 
     let mut s = Stream::new(id);
@@ -160,17 +159,20 @@ fn decide_on(vm: &Vm, req: &RouteRequest, shared: SharedMem, id: u32) -> (Value,
     } else if let Some(note) = note(cfg.body_routing, flow.outcome()) {
         out["note"] = json!(note);
     }
-    let set: BTreeMap<String, String> = h
-        .request_headers
-        .iter()
-        .filter(|kv| !sent_headers.contains(kv))
-        .cloned()
-        .collect();
-    let removed: Vec<String> = sent_headers
-        .iter()
-        .filter(|(k, _)| !h.request_headers.iter().any(|(k2, _)| k2 == k))
-        .map(|(k, _)| k.clone())
-        .collect();
+    let mut set: BTreeMap<String, String> = BTreeMap::new();
+    let mut removed: Vec<String> = Vec::new();
+    for (map, name, value) in &h.header_edits {
+        if *map != Map::Request {
+            continue;
+        }
+        match value {
+            Some(v) => {
+                set.insert(name.clone(), v.clone());
+            }
+            None if !removed.contains(name) => removed.push(name.clone()),
+            None => {}
+        }
+    }
     out["setHeaders"] = json!(set);
     if !removed.is_empty() {
         out["removeHeaders"] = json!(removed);

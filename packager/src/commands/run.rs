@@ -53,6 +53,11 @@ pub fn find_envoy(explicit: Option<&Path>) -> Result<PathBuf> {
 
 pub async fn run(args: &RunArgs) -> Result<()> {
     let loaded = plugin_config::load(&args.config)?;
+    for (path, message) in plugin_config::warnings(&loaded.config) {
+        if !message.contains("renders no route") {
+            eprintln!("warning: {path}: {message}");
+        }
+    }
     let mut upstreams = Vec::new();
     for (name, addr) in &args.upstreams {
         let (host, port) = host_port(addr, "--upstream")?;
