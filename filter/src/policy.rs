@@ -204,7 +204,7 @@ pub fn admit<S: Store>(
             let who = caller
                 .principal
                 .map(|p| format!("`{p}`"))
-                .unwrap_or_else(|| "a caller without identity".into());
+                .unwrap_or_else(|| "A caller without identity".into());
             return Err(Reject::new(
                 RejectReason::ModelAccessDenied,
                 format!("{who} may not use the model `{}`.", m.name),

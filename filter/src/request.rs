@@ -154,12 +154,13 @@ fn has_inspectable_body(method: &str) -> bool {
     matches!(method, "POST" | "PUT" | "PATCH")
 }
 
-/// Bodies are read unless they are forms (multipart uploads, URL-encoded): a `text/plain` or
-/// unlabelled body still reaches servers that parse JSON whatever the label says.
+/// Bodies are read whatever their label, except multipart uploads (which cannot be JSON): many
+/// servers parse JSON whatever the label says, and `curl -d` labels JSON
+/// `application/x-www-form-urlencoded`. A label must not be a way around the filter.
 fn is_readable_content_type(ct: Option<&str>) -> bool {
     let Some(ct) = ct else { return true };
     let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    !(mime.starts_with("multipart/") || mime == "application/x-www-form-urlencoded")
+    !mime.starts_with("multipart/")
 }
 
 /// OpenAI's chat and text completions take `stream_options` (other APIs reject it).
@@ -965,6 +966,20 @@ mod tests {
         assert!(
             matches!(f.on_request_body(&cfg, br#"[1,2,3,4,5]"#, false), BodyAction::Reject(r) if r.reason == RejectReason::BodyTooLarge)
         );
+    }
+
+    #[test]
+    fn labels_are_no_way_around_the_filter() {
+        let cfg = cfg_with("");
+        let body = br#"{"model":"gpt-4o","model":"llama-3-8b"}"#;
+        for ct in ["application/x-www-form-urlencoded", "text/plain", "application/octet-stream"] {
+            let req = RequestInfo {
+                content_type: Some(ct),
+                ..post("/v1/chat/completions", body.len())
+            };
+            let (f, _, _) = run(&cfg, &req, body, true);
+            assert_eq!(f.outcome(), &Outcome::Rejected(RejectReason::DuplicateModel), "{ct}");
+        }
     }
 
     #[test]
