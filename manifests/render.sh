@@ -11,9 +11,11 @@ mkdir -p "$OUT/llm-gateway" "$OUT/ml-canary"
 DIGEST=sha256:4f3c1e8a2b7d9c0e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e
 $WASMPACK manifests --config manifests/llm-gateway/config.yaml \
   --image registry.example.com/ai/model-router@$DIGEST --namespace ai --gateway ai-gateway --offline \
+  --hostname llm.example.com \
   --workload llama-3-8b-v1=llama-v1 --workload llama-3-8b-v2=llama-v2 --workload bge-small=embeddings \
+  --egress-port 443 \
   > "$OUT/llm-gateway/install.yaml"
 $WASMPACK manifests --config manifests/ml-canary/config.yaml \
   --image registry.example.com/ml/model-router@$DIGEST --namespace ml --selector app=checkout --offline \
-  --allow-principal cluster.local/ns/ml/sa/checkout --dependency app=feature-store --max-in-flight 8 \
+  --allow-principal spiffe://cluster.local/ns/ml/sa/checkout --dependency app=feature-store --max-in-flight 8 \
   > "$OUT/ml-canary/install.yaml"

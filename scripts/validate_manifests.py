@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Validates rendered Kubernetes/Istio YAML against the real schemas.
 
-Istio kinds: the openAPIV3Schema of the Istio CRDs (istio/api v1.30.3, ../shared/schemas/), made
-strict the way `kubectl --validate=strict` is: an unknown field is an error unless the schema
+Custom kinds: the openAPIV3Schema of the CRDs in ../shared/schemas/ (Istio v1.30.3 incl.
+TrafficExtension, Gateway API, Envoy Gateway, InferencePool), made strict the way
+`kubectl --validate=strict` is: an unknown field is an error unless the schema
 says x-kubernetes-preserve-unknown-fields. Core kinds: kubernetes-validate --strict.
 
 usage: validate_manifests.py [--schemas DIR] FILE...   (multi-document YAML; exit 1 on any error)
@@ -56,7 +57,7 @@ def validate_istio(doc, crds):
     group, _, version = doc["apiVersion"].partition("/")
     schema = crds.get((group, version, doc["kind"]))
     if schema is None:
-        return [f"no schema for {doc['apiVersion']} {doc['kind']} in the Istio CRDs"]
+        return [f"no schema for {doc['apiVersion']} {doc['kind']} in the CRDs of {', '.join(sorted({g for g, _, _ in crds}))}"]
     body = {k: v for k, v in doc.items() if k not in ("apiVersion", "kind", "metadata")}
     errors = [f"{'/'.join(str(p) for p in e.absolute_path) or '.'}: {e.message}"
               for e in jsonschema.Draft7Validator(schema).iter_errors(body)]
@@ -83,12 +84,13 @@ def main():
         with open(path) as f:
             docs = [d for d in yaml.safe_load_all(f) if d]
         for doc in docs:
-            if doc.get("kind") == "Kustomization":
+            if doc.get("kind") in ("Kustomization", "Component"):
                 continue
             count += 1
             what = f"{path}: {doc.get('kind')}/{(doc.get('metadata') or {}).get('name')}"
             group = doc.get("apiVersion", "").partition("/")[0] if "/" in doc.get("apiVersion", "") else ""
-            if group in ISTIO_GROUPS:
+            version = doc.get("apiVersion", "").partition("/")[2]
+            if group in ISTIO_GROUPS or (group, version, doc.get("kind")) in crds:
                 errors = validate_istio(doc, crds)
             else:
                 try:

@@ -972,7 +972,11 @@ mod tests {
     fn labels_are_no_way_around_the_filter() {
         let cfg = cfg_with("");
         let body = br#"{"model":"gpt-4o","model":"llama-3-8b"}"#;
-        for ct in ["application/x-www-form-urlencoded", "text/plain", "application/octet-stream"] {
+        for ct in [
+            "application/x-www-form-urlencoded",
+            "text/plain",
+            "application/octet-stream",
+        ] {
             let req = RequestInfo {
                 content_type: Some(ct),
                 ..post("/v1/chat/completions", body.len())

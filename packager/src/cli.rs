@@ -153,7 +153,8 @@ impl Phase {
     }
 }
 
-/// What to render (shared by manifests, apply and delete).
+/// What to render (shared by manifests, apply and delete); resolved and checked by
+/// `settings::RenderSettings::resolve`.
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("target").required(true).args(["selector", "gateway"])))]
 pub struct RenderArgs {
@@ -163,55 +164,116 @@ pub struct RenderArgs {
     /// Filter image: REF@sha256:DIGEST, or REF:TAG (resolved to its digest at the registry)
     #[arg(long, value_name = "REF")]
     pub image: String,
-    /// Namespace of the rendered resources
+    /// Namespace of the filter (and the gateway route); model resources go to their host's namespace
     #[arg(long, short = 'n', default_value = "default")]
     pub namespace: String,
+    /// Installation name: prefixes every object and labels the inventory, so installations coexist
+    #[arg(long, default_value = "model-router")]
+    pub name: String,
     /// Run the filter in the sidecars of pods with this label (the callers of the models), KEY=VALUE, repeatable
     #[arg(long, value_name = "KEY=VALUE", value_parser = parse_label)]
     pub selector: Vec<(String, String)>,
-    /// Run the filter in this Gateway API gateway instead
+    /// Run the filter in this Gateway API gateway instead (routing becomes an HTTPRoute)
     #[arg(long, value_name = "NAME")]
     pub gateway: Option<String>,
+    /// Host name clients use at the gateway; the HTTPRoute matches only these (repeatable; needed with --gateway)
+    #[arg(long = "hostname", value_name = "HOST")]
+    pub hostnames: Vec<String>,
     /// Never contact the registry (the image must then be pinned with @sha256:)
     #[arg(long)]
     pub offline: bool,
     /// FAIL_OPEN instead of FAIL_CLOSE when the module cannot be loaded
     #[arg(long)]
     pub fail_open: bool,
-    /// Filter phase (WasmPlugin)
-    #[arg(long, value_enum, default_value_t = Phase::Unspecified)]
-    pub phase: Phase,
+    /// Filter phase (WasmPlugin installs only; default UNSPECIFIED_PHASE, just before the router)
+    #[arg(long, value_enum)]
+    pub phase: Option<Phase>,
     /// Filter priority within its phase
     #[arg(long)]
     pub priority: Option<i32>,
-    /// Name of an existing image pull Secret
+    /// Name of an existing image pull Secret (WasmPlugin installs only)
     #[arg(long, value_name = "NAME")]
     pub pull_secret: Option<String>,
-    /// Deployment serving a destination, DEST=NAME (default: the destination name), repeatable
+    /// Deployment serving a destination, DEST=NAME (default: the destination name as a DNS label), repeatable
     #[arg(long, value_name = "DEST=NAME", value_parser = parse_label)]
     pub workload: Vec<(String, String)>,
+    /// Pods serving a host, HOST=KEY=VALUE[,KEY=VALUE] (default app=<service>; KServe:
+    /// serving.kserve.io/inferenceservice=<name>), repeatable
+    #[arg(long = "pod-selector", value_name = "HOST=LABELS")]
+    pub pod_selectors: Vec<String>,
+    /// Pod label key that tells a host's subsets apart, HOST=KEY (default version), repeatable
+    #[arg(long = "subset-label", value_name = "HOST=KEY", value_parser = parse_label)]
+    pub subset_labels: Vec<(String, String)>,
     /// Autoscaling target: in-flight requests per replica
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_in_flight: u32,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub min_replicas: u32,
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_replicas: u32,
-    /// SPIFFE principal allowed to call the model pods, repeatable (default: the gateway or the namespace)
+    /// Principal allowed to call the model pods (cluster.local/ns/NS/sa/SA, spiffe:// accepted), repeatable
+    /// (default: the gateway, or the callers' namespace)
     #[arg(long = "allow-principal", value_name = "PRINCIPAL")]
     pub principals: Vec<String>,
-    /// Pods (KEY=VALUE[,KEY=VALUE]) the model pods may reach besides DNS and istiod, repeatable
+    /// Pods (KEY=VALUE[,KEY=VALUE]) in the model's namespace the model pods may reach, repeatable
     #[arg(long = "dependency", value_name = "LABELS")]
     pub dependencies: Vec<String>,
+    /// Addresses the model pods may reach (a CIDR, e.g. 0.0.0.0/0 for a model hub), repeatable
+    #[arg(long = "egress-cidr", value_name = "CIDR")]
+    pub egress_cidrs: Vec<String>,
+    /// Namespaces the model pods may reach, repeatable
+    #[arg(long = "egress-namespace", value_name = "NS")]
+    pub egress_namespaces: Vec<String>,
+    /// Ports (number or name, e.g. 443) the model pods may reach anywhere, repeatable
+    #[arg(long = "egress-port", value_name = "PORT")]
+    pub egress_ports: Vec<String>,
+    /// Namespaces whose pods may call the model pods too, repeatable
+    #[arg(long = "ingress-namespace", value_name = "NS")]
+    pub ingress_namespaces: Vec<String>,
+    /// Render only these parts (comma-separated or repeatable)
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "PART")]
+    pub only: Vec<PartArg>,
+    /// Do not render these parts (comma-separated or repeatable), e.g. --skip hpa where KServe autoscales
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        value_name = "PART",
+        conflicts_with = "only"
+    )]
+    pub skip: Vec<PartArg>,
     #[command(flatten)]
-    pub registry: RegistryOpts,
+    pub registry: RegistryArgs,
+}
+
+/// Parts of the installation (`--only`, `--skip`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PartArg {
+    /// The WasmPlugin, or the EnvoyFilter pair with body routing
+    Filter,
+    #[value(name = "destinationrule")]
+    DestinationRule,
+    #[value(name = "virtualservice")]
+    VirtualService,
+    #[value(name = "httproute")]
+    HttpRoute,
+    /// HorizontalPodAutoscalers
+    Hpa,
+    /// The prometheus-adapter rule ConfigMap
+    #[value(name = "adapter-rules")]
+    AdapterRules,
+    #[value(name = "networkpolicy")]
+    NetworkPolicy,
+    #[value(name = "authorizationpolicy")]
+    AuthorizationPolicy,
 }
 
 #[derive(Debug, Args)]
 pub struct ManifestsArgs {
     #[command(flatten)]
     pub render: RenderArgs,
-    /// Write one file per resource and a kustomization.yaml into this directory
+    /// Write one file per resource, a kustomization.yaml and a stats component into this
+    /// directory; it must be empty or hold only what wasmpack wrote (stale files are removed)
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
 }
@@ -221,7 +283,8 @@ pub struct ClusterArgs {
     /// kubeconfig context (default: the current one; KUBECONFIG is honoured)
     #[arg(long)]
     pub context: Option<String>,
-    /// Server-side dry run: the API server validates, nothing is stored
+    /// Server-side dry run: the API server validates, nothing is stored or deleted; prints what
+    /// would be applied and pruned
     #[arg(long)]
     pub dry_run: bool,
 }
@@ -285,7 +348,7 @@ pub struct PushArgs {
     #[arg(long = "tag", value_name = "TAG")]
     pub tags: Vec<String>,
     #[command(flatten)]
-    pub registry: RegistryOpts,
+    pub registry: RegistryArgs,
 }
 
 #[derive(Debug, Args)]
@@ -296,7 +359,7 @@ pub struct PullArgs {
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: PathBuf,
     #[command(flatten)]
-    pub registry: RegistryOpts,
+    pub registry: RegistryArgs,
 }
 
 #[derive(Debug, Args)]
@@ -307,7 +370,7 @@ pub struct InspectArgs {
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
-    pub registry: RegistryOpts,
+    pub registry: RegistryArgs,
 }
 
 /// `250K`, `1M`, `262144`.
@@ -322,4 +385,40 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .parse::<u64>()
         .map(|n| n * mult)
         .map_err(|_| format!("`{s}` is not a size (bytes, or a number with K or M)"))
+}
+
+/// How to reach and authenticate to a registry (the flags every registry command takes).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RegistryArgs {
+    /// Use plain HTTP instead of HTTPS
+    #[arg(long)]
+    pub plain_http: bool,
+    /// PEM file of CA certificates to trust in addition to the system roots
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Skip TLS certificate verification (unsafe; prints a warning)
+    #[arg(long)]
+    pub insecure: bool,
+    /// Registry user name (the password is read from stdin with --password-stdin)
+    #[arg(long, short = 'u', requires = "password_stdin")]
+    pub username: Option<String>,
+    /// Read the registry password from standard input
+    #[arg(long, requires = "username")]
+    pub password_stdin: bool,
+    /// Seconds allowed for the whole registry operation
+    #[arg(long, default_value_t = 120, value_name = "SECONDS")]
+    pub timeout: u64,
+}
+
+impl RegistryArgs {
+    pub fn opts(&self) -> RegistryOpts {
+        RegistryOpts {
+            plain_http: self.plain_http,
+            ca_file: self.ca_file.clone(),
+            insecure: self.insecure,
+            username: self.username.clone(),
+            password_stdin: self.password_stdin,
+            timeout: self.timeout,
+        }
+    }
 }

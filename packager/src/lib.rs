@@ -10,4 +10,5 @@ pub mod plugin_config;
 pub mod prom;
 pub mod registry;
 pub mod render;
+pub mod settings;
 pub mod stats;

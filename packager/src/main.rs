@@ -10,6 +10,7 @@ use wasmpack::commands;
 fn main() -> ExitCode {
     // clap exits with status 2 on bad usage.
     let cli = Cli::parse();
+    wasmpack::commands::apply::install_crypto_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -14,26 +14,17 @@ use oci_client::{Client, Reference, RegistryOperation};
 use crate::image::{Image, DOCKER_MANIFEST, OCI_MANIFEST};
 use crate::module::digest;
 
-/// How to reach and authenticate to a registry (the flags every registry command takes).
-#[derive(Debug, Clone, Default, clap::Args)]
+/// How to reach and authenticate to a registry (from the flags every registry command takes,
+/// `cli::RegistryArgs`).
+#[derive(Debug, Clone, Default)]
 pub struct RegistryOpts {
-    /// Use plain HTTP instead of HTTPS
-    #[arg(long)]
     pub plain_http: bool,
-    /// PEM file of CA certificates to trust in addition to the system roots
-    #[arg(long, value_name = "FILE")]
+    /// PEM file of CA certificates to trust in addition to the system roots.
     pub ca_file: Option<PathBuf>,
-    /// Skip TLS certificate verification (unsafe; prints a warning)
-    #[arg(long)]
     pub insecure: bool,
-    /// Registry user name (the password is read from stdin with --password-stdin)
-    #[arg(long, short = 'u', requires = "password_stdin")]
     pub username: Option<String>,
-    /// Read the registry password from standard input
-    #[arg(long, requires = "username")]
     pub password_stdin: bool,
-    /// Seconds allowed for the whole registry operation
-    #[arg(long, default_value_t = 120, value_name = "SECONDS")]
+    /// Seconds allowed for the whole registry operation.
     pub timeout: u64,
 }
 
@@ -178,16 +169,35 @@ fn credentials(opts: &RegistryOpts, registry: &str) -> Result<RegistryAuth> {
         }
         return Ok(RegistryAuth::Basic(user.clone(), password));
     }
-    // Docker Hub's credentials live under its legacy key.
-    let key = if registry == "docker.io" || registry == "index.docker.io" {
+    match docker_login(registry) {
+        Ok(Some((u, p))) => Ok(RegistryAuth::Basic(u, p)),
+        _ => match docker_credential::get_credential(docker_key(registry)) {
+            Ok(docker_credential::DockerCredential::IdentityToken(t)) => Ok(RegistryAuth::Bearer(t)),
+            _ => Ok(RegistryAuth::Anonymous),
+        },
+    }
+}
+
+/// Docker Hub's credentials live under its legacy key.
+fn docker_key(registry: &str) -> &str {
+    if registry == "docker.io" || registry == "index.docker.io" {
         "https://index.docker.io/v1/"
     } else {
         registry
-    };
-    match docker_credential::get_credential(key) {
-        Ok(docker_credential::DockerCredential::UsernamePassword(u, p)) => Ok(RegistryAuth::Basic(u, p)),
-        Ok(docker_credential::DockerCredential::IdentityToken(t)) => Ok(RegistryAuth::Bearer(t)),
-        Err(_) => Ok(RegistryAuth::Anonymous),
+    }
+}
+
+/// User name and password for `registry` from the docker config (`DOCKER_CONFIG`, `auths`,
+/// `credsStore`, `credHelpers`): what `push` logs in with and `apply` puts in a pull secret.
+/// `None` when there are none; an error for an identity token, which a pull secret cannot hold.
+pub fn docker_login(registry: &str) -> Result<Option<(String, String)>> {
+    match docker_credential::get_credential(docker_key(registry)) {
+        Ok(docker_credential::DockerCredential::UsernamePassword(u, p)) => Ok(Some((u, p))),
+        Ok(docker_credential::DockerCredential::IdentityToken(_)) => bail!(
+            "the docker config holds an identity token for {registry}, which an image pull secret cannot carry; \
+             create the Secret yourself and pass --pull-secret"
+        ),
+        Err(_) => Ok(None),
     }
 }
 

@@ -1,5 +1,6 @@
-//! Renders the Istio installation of the filter and the resources that go with it, as data.
-//! No I/O: the image digest is resolved by the caller.
+//! Renders the installation of the filter and the resources that go with it, as data. No I/O:
+//! the image digest is resolved by the caller. `plan` checks everything that spans resources
+//! (names, namespaces, what a mode can express) first; `render` cannot fail after it.
 
 use std::collections::BTreeMap;
 
@@ -9,18 +10,52 @@ use serde_json::{json, Value};
 
 pub const FILTER_NAME: &str = "model-router";
 pub const WASM_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
+/// The label that ties every object to its installation (the inventory's selector).
+pub const INSTALLATION_LABEL: &str = "wasmpack.model-router.io/installation";
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "wasmpack");
 
 /// Where the filter runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     /// Sidecars of the pods with these labels (the callers of the models): outbound traffic.
     Selector(BTreeMap<String, String>),
-    /// A Gateway API gateway (deployed by Istio) of this name.
-    Gateway(String),
+    /// A Gateway API gateway (deployed by Istio) of this name, serving these host names.
+    Gateway { name: String, hostnames: Vec<String> },
+}
+
+/// Kinds of resource `--only` / `--skip` choose among.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Part {
+    /// The WasmPlugin, or the EnvoyFilter pair with body routing.
+    Filter,
+    DestinationRule,
+    VirtualService,
+    HttpRoute,
+    Hpa,
+    AdapterRules,
+    NetworkPolicy,
+    AuthorizationPolicy,
+}
+
+/// Egress and ingress the model pods get besides what the installation needs.
+#[derive(Debug, Clone, Default)]
+pub struct Network {
+    /// Pod selectors (in the model's namespace) the model pods may reach.
+    pub dependencies: Vec<BTreeMap<String, String>>,
+    pub egress_cidrs: Vec<String>,
+    pub egress_namespaces: Vec<String>,
+    /// Ports (numbers or names) the model pods may reach anywhere.
+    pub egress_ports: Vec<Value>,
+    /// Namespaces whose pods may call the model pods too.
+    pub ingress_namespaces: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// Installation name: prefixes every object, labels the inventory.
+    pub name: String,
+    /// Namespace of the filter, the gateway route and the adapter rules; model resources go to
+    /// the namespace of their host.
     pub namespace: String,
     pub target: Target,
     /// `registry/repository` of the image.
@@ -36,10 +71,17 @@ pub struct Options {
     pub max_in_flight: u32,
     pub min_replicas: u32,
     pub max_replicas: u32,
-    /// SPIFFE principals allowed to call the model pods (default: the gateway, or the namespace).
+    /// Principals (`cluster.local/ns/NS/sa/SA`) allowed to call the model pods (default: the
+    /// gateway, or the namespace of the callers).
     pub principals: Vec<String>,
-    /// Pod selectors the model pods may reach besides DNS and istiod.
-    pub dependencies: Vec<BTreeMap<String, String>>,
+    pub network: Network,
+    /// Host -> labels selecting its pods (default `app: <service>`).
+    pub pod_selectors: BTreeMap<String, BTreeMap<String, String>>,
+    /// Host -> the pod label key of its subsets (default `version`).
+    pub subset_labels: BTreeMap<String, String>,
+    /// Parts to render (empty: all).
+    pub only: Vec<Part>,
+    pub skip: Vec<Part>,
 }
 
 /// One rendered resource: a file stem, a comment explaining it, and the object.
@@ -50,80 +92,365 @@ pub struct Doc {
     pub value: Value,
 }
 
-/// A model-serving Service named by the destinations' `host`.
-#[derive(Debug, Clone)]
-struct Host {
-    host: String,
-    /// The Service's name (first label of the host): its pods are expected to carry `app: <name>`.
-    service: String,
-    port: Option<u16>,
-    /// (destination, subset) in config order.
-    routes: Vec<(String, Option<String>)>,
+/// A problem found before rendering: where it is and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// A configuration field path (`models[0].destinations[1].host`) or a flag (`--gateway`).
+    pub at: String,
+    pub message: String,
 }
 
-fn hosts(config: &Config) -> Vec<Host> {
-    let mut out: Vec<Host> = Vec::new();
-    for m in &config.models {
-        for d in &m.destinations {
-            let Some(host) = &d.host else { continue };
-            let i = match out.iter().position(|h| &h.host == host) {
-                Some(i) => i,
-                None => {
-                    out.push(Host {
-                        host: host.clone(),
-                        service: host.split('.').next().unwrap_or(host).to_string(),
-                        port: None,
-                        routes: Vec::new(),
-                    });
-                    out.len() - 1
-                }
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.at, self.message)
+    }
+}
+
+fn problem(at: impl Into<String>, message: impl Into<String>) -> Problem {
+    Problem {
+        at: at.into(),
+        message: message.into(),
+    }
+}
+
+/// A model-serving Service named by the destinations' `host`.
+#[derive(Debug, Clone)]
+pub struct Host {
+    pub host: String,
+    /// The Service's name (first label of the host).
+    pub service: String,
+    /// Its namespace: the second label of `svc.ns[.svc.cluster.local]`, else the install namespace.
+    pub namespace: String,
+    pub port: Option<u16>,
+    /// (destination, subset) in config order.
+    pub routes: Vec<(String, Option<String>)>,
+}
+
+/// One destination, once (a destination name used by several models is one workload).
+#[derive(Debug, Clone)]
+struct Dest {
+    name: String,
+    models: Vec<String>,
+    host: Option<usize>,
+}
+
+/// What will be rendered, checked.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub hosts: Vec<Host>,
+    dests: Vec<Dest>,
+}
+
+/// RFC 1123 label: lowercase letters, digits and `-`, starting and ending alphanumeric, ≤ 63.
+pub fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// A DNS label made from any name (`OpenAI.Prod` → `openai-prod`,
+/// `meta-llama/Llama-3.1-8B` → `meta-llama-llama-3-1-8b`); `None` if nothing is left.
+pub fn dns_label(s: &str) -> Option<String> {
+    let mut out = String::new();
+    for c in s.chars() {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            out.push(c);
+        } else if !out.ends_with('-') {
+            out.push('-');
+        }
+    }
+    let out = out.trim_matches('-');
+    let mut out: String = out.chars().take(63).collect();
+    while out.ends_with('-') {
+        out.pop();
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// Service and namespace of a host: `svc`, `svc.ns`, `svc.ns.svc`, `svc.ns.svc.cluster.local`.
+fn service_of(host: &str, default_ns: &str) -> Result<(String, String), String> {
+    let labels: Vec<&str> = host.split('.').collect();
+    if labels.iter().any(|l| !is_dns_label(l)) {
+        return Err(format!(
+            "`{host}` is not a Kubernetes Service host (lowercase DNS labels: svc, svc.ns or svc.ns.svc.cluster.local)"
+        ));
+    }
+    let ns = match labels.as_slice() {
+        [_] => default_ns.to_string(),
+        [_, ns] | [_, ns, "svc"] | [_, ns, "svc", _, _] => ns.to_string(),
+        _ => {
+            return Err(format!(
+                "`{host}` is not a Kubernetes Service host (svc, svc.ns, svc.ns.svc or svc.ns.svc.cluster.local); \
+                 an external host needs a ServiceEntry, which wasmpack does not render yet"
+            ))
+        }
+    };
+    Ok((labels[0].to_string(), ns))
+}
+
+impl Options {
+    fn wants(&self, p: Part) -> bool {
+        (self.only.is_empty() || self.only.contains(&p)) && !self.skip.contains(&p)
+    }
+
+    /// `<installation>-<suffix>`, or the installation name itself.
+    pub fn object_name(&self, suffix: &str) -> String {
+        if suffix.is_empty() {
+            self.name.clone()
+        } else {
+            format!("{}-{suffix}", self.name)
+        }
+    }
+
+    fn workload(&self, dest: &str) -> String {
+        self.workloads
+            .get(dest)
+            .cloned()
+            .or_else(|| dns_label(dest))
+            .unwrap_or_else(|| dest.to_string())
+    }
+
+    fn meta(&self, name: &str, ns: &str) -> Value {
+        json!({"name": name, "namespace": ns, "labels": {
+            MANAGED_BY.0: MANAGED_BY.1,
+            "app.kubernetes.io/part-of": FILTER_NAME,
+            INSTALLATION_LABEL: self.name,
+        }})
+    }
+
+    fn pods_of(&self, h: &Host) -> BTreeMap<String, String> {
+        self.pod_selectors
+            .get(&h.host)
+            .cloned()
+            .unwrap_or_else(|| BTreeMap::from([("app".to_string(), h.service.clone())]))
+    }
+}
+
+/// Checks what the configuration and the options mean together; every problem at once.
+pub fn plan(config: &Config, o: &Options) -> Result<Plan, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let mut hosts: Vec<Host> = Vec::new();
+    let mut dests: Vec<Dest> = Vec::new();
+    let gateway = matches!(o.target, Target::Gateway { .. });
+    for (i, m) in config.models.iter().enumerate() {
+        for (j, d) in m.destinations.iter().enumerate() {
+            let at = format!("models[{i}].destinations[{j}]");
+            let host = match &d.host {
+                None => None,
+                Some(host) => match service_of(host, &o.namespace) {
+                    Err(e) => {
+                        problems.push(problem(format!("{at}.host"), e));
+                        None
+                    }
+                    Ok((service, namespace)) => {
+                        let idx = match hosts.iter().position(|h| &h.host == host) {
+                            Some(k) => k,
+                            None => {
+                                hosts.push(Host {
+                                    host: host.clone(),
+                                    service,
+                                    namespace,
+                                    port: None,
+                                    routes: Vec::new(),
+                                });
+                                hosts.len() - 1
+                            }
+                        };
+                        let h = &mut hosts[idx];
+                        match (h.port, d.port) {
+                            (Some(a), Some(b)) if a != b => problems.push(problem(
+                                format!("{at}.port"),
+                                format!("{b}, but another destination of `{host}` says {a}: one Service, one port"),
+                            )),
+                            (None, p) => h.port = p,
+                            _ => {}
+                        }
+                        Some(idx)
+                    }
+                },
             };
-            let h = &mut out[i];
-            h.port = h.port.or(d.port);
-            if !h.routes.iter().any(|(n, _)| n == &d.name) {
-                h.routes.push((d.name.clone(), d.subset.clone()));
+            if gateway && d.subset.is_some() {
+                problems.push(problem(
+                    format!("{at}.subset"),
+                    "a gateway routes with a Gateway API HTTPRoute, which sends to Services, not DestinationRule \
+                     subsets: give each destination its own Service (host) instead",
+                ));
+            }
+            if gateway && d.host.is_some() && d.port.is_none() {
+                problems.push(problem(
+                    format!("{at}.port"),
+                    "a gateway's HTTPRoute needs the Service port of each destination",
+                ));
+            }
+            match dests.iter_mut().find(|x| x.name == d.name) {
+                Some(x) => {
+                    // One destination name is one workload: the models it serves must agree.
+                    let same = x.host == host
+                        && config
+                            .models
+                            .iter()
+                            .flat_map(|m| &m.destinations)
+                            .filter(|y| y.name == d.name)
+                            .all(|y| y.subset == d.subset && y.host == d.host);
+                    if !same {
+                        problems.push(problem(
+                            format!("{at}.name"),
+                            format!(
+                                "destination `{}` is also used by model `{}` with another host or subset; \
+                                 one destination name is one workload (rename one of them)",
+                                d.name,
+                                x.models.join("`, `")
+                            ),
+                        ));
+                    }
+                    x.models.push(m.name.clone());
+                }
+                None => dests.push(Dest {
+                    name: d.name.clone(),
+                    models: vec![m.name.clone()],
+                    host,
+                }),
+            }
+            if let Some(k) = host {
+                let h = &mut hosts[k];
+                if !h.routes.iter().any(|(n, _)| n == &d.name) {
+                    h.routes.push((d.name.clone(), d.subset.clone()));
+                }
             }
         }
     }
-    out
-}
-
-fn labels(map: &BTreeMap<String, String>) -> Value {
-    json!(map)
-}
-
-fn meta(name: &str, ns: &str) -> Value {
-    json!({"name": name, "namespace": ns, "labels": {"app.kubernetes.io/managed-by": "wasmpack", "app.kubernetes.io/part-of": FILTER_NAME}})
+    if gateway {
+        let mut by_service: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for h in &hosts {
+            for (d, _) in &h.routes {
+                by_service.entry(h.host.as_str()).or_default().push(d);
+            }
+        }
+        for (host, ds) in by_service {
+            if ds.len() > 1 {
+                problems.push(problem(
+                    "models",
+                    format!(
+                        "destinations `{}` all go to Service `{host}`: at a gateway each destination needs its own \
+                         Service, or the route cannot tell them apart",
+                        ds.join("`, `")
+                    ),
+                ));
+            }
+        }
+    }
+    // Names every object will get.
+    for d in &dests {
+        let w = o.workload(&d.name);
+        if !is_dns_label(&w) {
+            problems.push(problem(
+                "--workload",
+                format!("`{w}` (the Deployment of destination `{}`) is not a DNS label", d.name),
+            ));
+        }
+        if d.host.is_some() && o.wants(Part::Hpa) && !is_dns_label(&o.object_name(&w)) {
+            problems.push(problem(
+                "--name",
+                format!(
+                    "`{}` is longer than 63 characters: use a shorter --name or --workload",
+                    o.object_name(&w)
+                ),
+            ));
+        }
+    }
+    for h in &hosts {
+        for suffix in ["", "-model", "-callers"] {
+            let n = o.object_name(&format!("{}{suffix}", h.service));
+            if !is_dns_label(&n) {
+                problems.push(problem(
+                    "--name",
+                    format!("`{n}` would be longer than 63 characters: use a shorter --name"),
+                ));
+            }
+        }
+    }
+    for (w, _) in &o.workloads {
+        if !dests.iter().any(|d| &d.name == w) {
+            problems.push(problem("--workload", format!("no destination is called `{w}`")));
+        }
+    }
+    for host in o.pod_selectors.keys().chain(o.subset_labels.keys()) {
+        if !hosts.iter().any(|h| &h.host == host) {
+            problems.push(problem(
+                "--pod-selector/--subset-label",
+                format!("no destination has host `{host}`"),
+            ));
+        }
+    }
+    problems.dedup();
+    if problems.is_empty() {
+        Ok(Plan { hosts, dests })
+    } else {
+        Err(problems)
+    }
 }
 
 fn hex(digest: &str) -> &str {
     digest.strip_prefix("sha256:").unwrap_or(digest)
 }
 
-/// Every document, in apply order.
-pub fn render(config_json: &Value, config: &Config, o: &Options) -> Vec<Doc> {
+/// Every document, in apply order. `plan` must have accepted the configuration and options.
+pub fn render(config_json: &Value, config: &Config, o: &Options, plan: &Plan) -> Vec<Doc> {
     let mut docs = Vec::new();
     let url = format!("oci://{}@{}", o.repository, o.digest);
     let ports = model_ports(config);
-    if config.body_routing {
-        docs.extend(envoy_filters(config_json, o, &url, &ports));
-    } else {
-        docs.push(wasm_plugin(config_json, o, &url, &ports));
-    }
-    let hs = hosts(config);
-    for h in &hs {
-        docs.push(destination_rule(h, o));
-    }
-    docs.extend(virtual_services(config, &hs, o));
-    for m in &config.models {
-        for d in m.destinations.iter().filter(|d| d.host.is_some()) {
-            docs.push(hpa(&m.name, &d.name, o));
+    if o.wants(Part::Filter) {
+        if config.body_routing {
+            docs.extend(envoy_filters(config_json, o, &url, &ports));
+        } else {
+            docs.push(wasm_plugin(config_json, o, &url, &ports));
         }
     }
-    docs.push(adapter_rules(o));
-    for h in &hs {
-        docs.push(network_policy(h, o));
-        docs.push(authorization_policy(h, o));
+    let hs = &plan.hosts;
+    match &o.target {
+        Target::Selector(_) => {
+            if o.wants(Part::DestinationRule) {
+                docs.extend(hs.iter().map(|h| destination_rule(h, o)));
+            }
+            if o.wants(Part::VirtualService) {
+                docs.extend(hs.iter().map(|h| virtual_service(config, h, o)));
+            }
+        }
+        Target::Gateway { name, hostnames } => {
+            if o.wants(Part::HttpRoute) {
+                // One route per namespace of model Services, next to them (Gateway API's
+                // cross-namespace attachment: no ReferenceGrant needed).
+                let mut namespaces: Vec<&str> = hs.iter().map(|h| h.namespace.as_str()).collect();
+                namespaces.sort_unstable();
+                namespaces.dedup();
+                for ns in namespaces {
+                    let here: Vec<&Host> = hs.iter().filter(|h| h.namespace == ns).collect();
+                    docs.push(http_route(config, &here, o, name, hostnames, ns));
+                }
+            }
+        }
+    }
+    if o.wants(Part::Hpa) {
+        for d in plan.dests.iter() {
+            if let Some(h) = d.host.and_then(|k| hs.get(k)) {
+                docs.push(hpa(d, h, o));
+            }
+        }
+    }
+    if o.wants(Part::AdapterRules) {
+        docs.push(adapter_rules(o));
+    }
+    for h in hs {
+        if o.wants(Part::NetworkPolicy) {
+            docs.push(network_policy(h, o));
+        }
+        if o.wants(Part::AuthorizationPolicy) {
+            docs.push(authorization_policy(h, o));
+        }
     }
     docs
 }
@@ -144,6 +471,10 @@ fn model_ports(config: &Config) -> Vec<u16> {
     ports
 }
 
+fn gateway_ref(name: &str) -> Value {
+    json!({"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": name})
+}
+
 fn wasm_plugin(config_json: &Value, o: &Options, url: &str, ports: &[u16]) -> Doc {
     let mut spec = json!({
         "url": url,
@@ -155,7 +486,7 @@ fn wasm_plugin(config_json: &Value, o: &Options, url: &str, ports: &[u16]) -> Do
     });
     match &o.target {
         Target::Selector(sel) => {
-            spec["selector"] = json!({"matchLabels": labels(sel)});
+            spec["selector"] = json!({"matchLabels": sel});
             // Routing happens on the caller's side, where the VirtualService is applied.
             spec["match"] = if ports.is_empty() {
                 json!([{"mode": "CLIENT"}])
@@ -164,8 +495,8 @@ fn wasm_plugin(config_json: &Value, o: &Options, url: &str, ports: &[u16]) -> Do
                 json!([{"mode": "CLIENT", "ports": ports}])
             };
         }
-        Target::Gateway(name) => {
-            spec["targetRefs"] = json!([{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": name}]);
+        Target::Gateway { name, .. } => {
+            spec["targetRefs"] = json!([gateway_ref(name)]);
         }
     }
     if let Some(p) = o.priority {
@@ -178,17 +509,18 @@ fn wasm_plugin(config_json: &Value, o: &Options, url: &str, ports: &[u16]) -> Do
         file: "wasmplugin".into(),
         comment: format!(
             "The filter, pinned to the image manifest digest {}. Without bodyRouting a plain WasmPlugin\n\
-             is enough: path models are routed, body models drive rejection, rewriting and telemetry.",
+             is enough: path models are routed; body models are admitted, counted and rewritten, unrouted.",
             o.digest
         ),
-        value: json!({"apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin", "metadata": meta(FILTER_NAME, &o.namespace), "spec": spec}),
+        value: json!({"apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin",
+            "metadata": o.meta(&o.object_name(""), &o.namespace), "spec": spec}),
     }
 }
 
 /// The Wasm filter config for ECDS (also what `envoy --mode validate` checks, with a local module).
 pub fn extension_config(config_json: &Value, o: &Options, url: &str) -> Value {
     json!({
-        "name": format!("{}.{FILTER_NAME}", o.namespace),
+        "name": format!("{}.{}", o.namespace, o.name),
         "typed_config": {
             "@type": WASM_TYPE_URL,
             "config": {
@@ -198,7 +530,7 @@ pub fn extension_config(config_json: &Value, o: &Options, url: &str) -> Value {
                 "fail_open": o.fail_open,
                 "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": config_json.to_string()},
                 "vm_config": {
-                    "vm_id": FILTER_NAME,
+                    "vm_id": o.name,
                     "runtime": "envoy.wasm.runtime.v8",
                     "code": {"remote": {"http_uri": {"uri": url, "timeout": "30s"}, "sha256": hex(&o.digest)}}
                 }
@@ -211,11 +543,8 @@ fn envoy_filters(config_json: &Value, o: &Options, url: &str, ports: &[u16]) -> 
     let ext = extension_config(config_json, o, url);
     let name = ext["name"].clone();
     let (context, scope) = match &o.target {
-        Target::Selector(sel) => ("SIDECAR_OUTBOUND", json!({"workloadSelector": {"labels": labels(sel)}})),
-        Target::Gateway(g) => (
-            "GATEWAY",
-            json!({"targetRefs": [{"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": g}]}),
-        ),
+        Target::Selector(sel) => ("SIDECAR_OUTBOUND", json!({"workloadSelector": {"labels": sel}})),
+        Target::Gateway { name, .. } => ("GATEWAY", json!({"targetRefs": [gateway_ref(name)]})),
     };
     let mut ext_spec = scope.clone();
     ext_spec["configPatches"] = json!([{"applyTo": "EXTENSION_CONFIG", "patch": {"operation": "ADD", "value": ext}}]);
@@ -256,36 +585,40 @@ fn envoy_filters(config_json: &Value, o: &Options, url: &str, ports: &[u16]) -> 
                       its own extension config (ECDS); istio-agent fetches the oci:// module and checks its sha256."
                 .into(),
             value: json!({"apiVersion": "networking.istio.io/v1alpha3", "kind": "EnvoyFilter",
-                "metadata": meta(&format!("{FILTER_NAME}-extension"), &o.namespace), "spec": ext_spec}),
+                "metadata": o.meta(&o.object_name("extension"), &o.namespace), "spec": ext_spec}),
         },
         Doc {
             file: "envoyfilter-http-filter".into(),
             comment: "Inserts the filter before the router, pointing at the extension config above.".into(),
             value: json!({"apiVersion": "networking.istio.io/v1alpha3", "kind": "EnvoyFilter",
-                "metadata": meta(FILTER_NAME, &o.namespace), "spec": filter_spec}),
+                "metadata": o.meta(&o.object_name(""), &o.namespace), "spec": filter_spec}),
         },
     ]
 }
 
+fn subset_key(h: &Host, o: &Options) -> String {
+    o.subset_labels
+        .get(&h.host)
+        .cloned()
+        .unwrap_or_else(|| "version".to_string())
+}
+
 fn destination_rule(h: &Host, o: &Options) -> Doc {
-    let subsets: Vec<Value> = h
-        .routes
-        .iter()
-        .filter_map(|(_, s)| s.as_ref())
-        .fold(Vec::<String>::new(), |mut acc, s| {
-            if !acc.contains(s) {
-                acc.push(s.clone());
-            }
-            acc
-        })
-        .into_iter()
-        .map(|s| json!({"name": s, "labels": {"version": s}}))
-        .collect();
+    let key = subset_key(h, o);
+    let pods = o.pods_of(h);
+    let mut subsets: Vec<Value> = Vec::new();
+    for s in h.routes.iter().filter_map(|(_, s)| s.as_ref()) {
+        if !subsets.iter().any(|x| x["name"] == json!(s)) {
+            let mut labels = pods.clone();
+            labels.insert(key.clone(), s.clone());
+            subsets.push(json!({"name": s, "labels": labels}));
+        }
+    }
     Doc {
-        file: format!("destinationrule-{}", h.service),
-        comment: format!("Subsets of {} by pod label `version`.", h.host),
+        file: format!("destinationrule-{}-{}", h.namespace, h.service),
+        comment: format!("Subsets of {} by pod label `{key}`.", h.host),
         value: json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
-            "metadata": meta(&h.service, &o.namespace), "spec": {"host": h.host, "subsets": subsets}}),
+            "metadata": o.meta(&o.object_name(&h.service), &h.namespace), "spec": {"host": h.host, "subsets": subsets}}),
     }
 }
 
@@ -300,63 +633,84 @@ fn route_destination(h: &Host, subset: Option<&String>) -> Value {
     d
 }
 
-fn virtual_services(config: &Config, hs: &[Host], o: &Options) -> Vec<Doc> {
+fn virtual_service(config: &Config, h: &Host, o: &Options) -> Doc {
     let header = &config.route_header;
-    let route = |h: &Host, dest: &str, subset: Option<&String>| json!({"name": dest, "match": [{"headers": {header.as_str(): {"exact": dest}}}], "route": [{"destination": route_destination(h, subset)}]});
-    match &o.target {
-        Target::Selector(_) => hs
-            .iter()
-            .map(|h| {
-                let mut http: Vec<Value> = h.routes.iter().map(|(d, s)| route(h, d, s.as_ref())).collect();
-                http.push(json!({"name": "unrouted", "route": [{"destination": route_destination(h, None)}]}));
-                Doc {
-                    file: format!("virtualservice-{}", h.service),
-                    comment: format!(
-                        "Routes to {} by the `{header}` header the filter sets (the weighted, sticky split is\n\
-                         the filter's); requests it did not route go to the Service as a whole.",
-                        h.host
-                    ),
-                    value: json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
-                        "metadata": meta(&h.service, &o.namespace), "spec": {"hosts": [h.host], "http": http}}),
-                }
-            })
-            .collect(),
-        Target::Gateway(g) => {
-            let mut http: Vec<Value> = hs
-                .iter()
-                .flat_map(|h| h.routes.iter().map(move |(d, s)| route(h, d, s.as_ref())))
-                .collect();
-            if let Some(h) = hs.first() {
-                http.push(json!({"name": "unrouted", "route": [{"destination": route_destination(h, None)}]}));
-            }
-            vec![Doc {
-                file: "virtualservice-gateway".into(),
-                comment: format!("Routes requests entering gateway `{g}` by the `{header}` header the filter sets."),
-                value: json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
-                    "metadata": meta(&format!("{FILTER_NAME}-gateway"), &o.namespace),
-                    "spec": {"hosts": ["*"], "gateways": [g], "http": http}}),
-            }]
-        }
+    let mut http: Vec<Value> = h
+        .routes
+        .iter()
+        .map(|(d, s)| json!({"name": d, "match": [{"headers": {header.as_str(): {"exact": d}}}], "route": [{"destination": route_destination(h, s.as_ref())}]}))
+        .collect();
+    // The caller asked for this host; what the filter did not route still goes to it.
+    http.push(json!({"name": "unrouted", "route": [{"destination": route_destination(h, None)}]}));
+    Doc {
+        file: format!("virtualservice-{}-{}", h.namespace, h.service),
+        comment: format!(
+            "Routes calls to {} by the `{header}` header the filter sets (the weighted, sticky split is\n\
+             the filter's); calls it did not route go to the Service as a whole.",
+            h.host
+        ),
+        value: json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": o.meta(&o.object_name(&h.service), &h.namespace), "spec": {"hosts": [h.host], "http": http}}),
     }
 }
 
-fn hpa(model: &str, dest: &str, o: &Options) -> Doc {
-    let workload = o.workloads.get(dest).cloned().unwrap_or_else(|| dest.to_string());
+fn http_route(config: &Config, hs: &[&Host], o: &Options, gateway: &str, hostnames: &[String], ns: &str) -> Doc {
+    let header = &config.route_header;
+    let rules: Vec<Value> = hs
+        .iter()
+        .flat_map(|h| {
+            h.routes.iter().map(move |(d, _)| {
+                json!({
+                    "matches": [{"headers": [{"type": "Exact", "name": header, "value": d}]}],
+                    "backendRefs": [{"name": h.service, "port": h.port.unwrap_or(80)}]
+                })
+            })
+        })
+        .collect();
+    let mut parent = gateway_ref(gateway);
+    let mut cross = String::new();
+    if ns != o.namespace {
+        parent["namespace"] = json!(o.namespace);
+        cross = format!(
+            "\nIt lives next to its Services in `{ns}` and attaches to the gateway in `{}`: the gateway's\n\
+             listener must allow routes from `{ns}` (allowedRoutes.namespaces).",
+            o.namespace
+        );
+    }
     Doc {
-        file: format!("hpa-{workload}"),
+        file: format!("httproute-{ns}"),
         comment: format!(
-            "Scales {workload} (model {model}, destination {dest}) on the filter's in-flight requests\n\
-             (an External metric served by prometheus-adapter, rule below), with CPU as the fallback."
+            "Routes requests for {} at gateway `{gateway}` by the `{header}` header the filter sets.\n\
+             There is no catch-all: a request the filter did not route matches no rule of this route\n\
+             (the gateway answers 404), and other traffic of a shared gateway is left to its own routes.{cross}",
+            hostnames.join(", ")
+        ),
+        value: json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": o.meta(&o.object_name("routes"), ns),
+            "spec": {"parentRefs": [parent], "hostnames": hostnames, "rules": rules}}),
+    }
+}
+
+fn hpa(d: &Dest, h: &Host, o: &Options) -> Doc {
+    let workload = o.workload(&d.name);
+    Doc {
+        file: format!("hpa-{}-{workload}", h.namespace),
+        comment: format!(
+            "Scales {workload} (destination {}, model {}) on the filter's in-flight requests\n\
+             (an External metric served by prometheus-adapter, rule below), with CPU as the fallback.\n\
+             Skip it (--skip hpa) where the platform autoscales already (KServe, KEDA).",
+            d.name,
+            d.models.join(", ")
         ),
         value: json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
-        "metadata": meta(&workload, &o.namespace),
+        "metadata": o.meta(&o.object_name(&workload), &h.namespace),
         "spec": {
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": workload},
             "minReplicas": o.min_replicas,
             "maxReplicas": o.max_replicas,
             "metrics": [
                 {"type": "External", "external": {
-                    "metric": {"name": IN_FLIGHT, "selector": {"matchLabels": {"destination": dest}}},
+                    "metric": {"name": IN_FLIGHT, "selector": {"matchLabels": {"destination": d.name}}},
                     "target": {"type": "AverageValue", "averageValue": o.max_in_flight.to_string()}}},
                 {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}}
             ]
@@ -379,101 +733,192 @@ fn adapter_rules(o: &Options) -> Doc {
         comment: "prometheus-adapter rule serving the in-flight gauge (summed over every proxy that routes)\n\
                   as an External metric; merge it into your adapter's config."
             .into(),
-        value: json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta(&format!("{FILTER_NAME}-adapter-rules"), &o.namespace),
+        value: json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": o.meta(&o.object_name("adapter-rules"), &o.namespace),
             "data": {"config.yaml": rules}}),
     }
 }
 
+fn in_namespace(ns: &str) -> Value {
+    json!({"matchLabels": {"kubernetes.io/metadata.name": ns}})
+}
+
+/// Ports Prometheus scrapes on an Istio pod: the sidecar's merged metrics (app + proxy) and Envoy's.
+const METRICS_PORTS: [u16; 2] = [15020, 15090];
+
 fn network_policy(h: &Host, o: &Options) -> Doc {
-    let from = match &o.target {
-        Target::Gateway(g) => {
-            json!([{"namespaceSelector": {}, "podSelector": {"matchLabels": {"gateway.networking.k8s.io/gateway-name": g}}}])
+    let mut from = vec![match &o.target {
+        Target::Gateway { name, .. } => json!({"namespaceSelector": in_namespace(&o.namespace),
+            "podSelector": {"matchLabels": {"gateway.networking.k8s.io/gateway-name": name}}}),
+        Target::Selector(sel) => {
+            json!({"namespaceSelector": in_namespace(&o.namespace), "podSelector": {"matchLabels": sel}})
         }
-        Target::Selector(sel) => json!([{"podSelector": {"matchLabels": labels(sel)}}]),
-    };
+    }];
+    for ns in &o.network.ingress_namespaces {
+        from.push(json!({"namespaceSelector": in_namespace(ns)}));
+    }
+    let ingress = vec![
+        json!({"from": from}),
+        // Metrics scraping (Prometheus anywhere in the cluster) of the sidecar's ports only.
+        json!({"ports": METRICS_PORTS.iter().map(|p| json!({"protocol": "TCP", "port": p})).collect::<Vec<_>>()}),
+    ];
     let mut egress = vec![
-        json!({"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
+        json!({"to": [{"namespaceSelector": in_namespace("kube-system"), "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
                "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]}),
-        json!({"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "istio-system"}}, "podSelector": {"matchLabels": {"app": "istiod"}}}],
+        json!({"to": [{"namespaceSelector": in_namespace("istio-system"), "podSelector": {"matchLabels": {"app": "istiod"}}}],
                "ports": [{"protocol": "TCP", "port": 15012}]}),
     ];
-    for dep in &o.dependencies {
-        egress.push(json!({"to": [{"podSelector": {"matchLabels": labels(dep)}}]}));
+    for dep in &o.network.dependencies {
+        egress.push(json!({"to": [{"podSelector": {"matchLabels": dep}}]}));
+    }
+    for cidr in &o.network.egress_cidrs {
+        egress.push(json!({"to": [{"ipBlock": {"cidr": cidr}}]}));
+    }
+    for ns in &o.network.egress_namespaces {
+        egress.push(json!({"to": [{"namespaceSelector": in_namespace(ns)}]}));
+    }
+    if !o.network.egress_ports.is_empty() {
+        let ports: Vec<Value> = o
+            .network
+            .egress_ports
+            .iter()
+            .map(|p| json!({"protocol": "TCP", "port": p}))
+            .collect();
+        egress.push(json!({"ports": ports}));
     }
     Doc {
-        file: format!("networkpolicy-{}", h.service),
+        file: format!("networkpolicy-{}-{}", h.namespace, h.service),
         comment: format!(
-            "Only the {} reach the `{}` model pods; they reach only DNS, istiod and their declared dependencies.",
+            "Only the {} (and --ingress-namespace) reach the `{}` model pods, plus metrics scraping on the\n\
+             sidecar's ports {} and {}; the pods reach DNS, istiod and what --dependency, --egress-cidr,\n\
+             --egress-namespace and --egress-port allow (model weights from a hub or S3 need one of those).",
             match &o.target {
-                Target::Gateway(g) => format!("gateway `{g}`"),
+                Target::Gateway { name, .. } => format!("gateway `{name}`"),
                 Target::Selector(_) => "selected callers".to_string(),
             },
-            h.service
+            h.service,
+            METRICS_PORTS[0],
+            METRICS_PORTS[1]
         ),
-        value: json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": meta(&format!("{}-model", h.service), &o.namespace),
-            "spec": {"podSelector": {"matchLabels": {"app": h.service}}, "policyTypes": ["Ingress", "Egress"],
-                     "ingress": [{"from": from}], "egress": egress}}),
+        value: json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+            "metadata": o.meta(&o.object_name(&format!("{}-model", h.service)), &h.namespace),
+            "spec": {"podSelector": {"matchLabels": o.pods_of(h)}, "policyTypes": ["Ingress", "Egress"],
+                     "ingress": ingress, "egress": egress}}),
     }
 }
 
 fn authorization_policy(h: &Host, o: &Options) -> Doc {
     let principals = if o.principals.is_empty() {
         match &o.target {
-            Target::Gateway(g) => vec![format!("cluster.local/ns/{}/sa/{g}-istio", o.namespace)],
+            Target::Gateway { name, .. } => vec![format!("cluster.local/ns/{}/sa/{name}-istio", o.namespace)],
             Target::Selector(_) => vec![format!("cluster.local/ns/{}/sa/*", o.namespace)],
         }
     } else {
         o.principals.clone()
     };
     Doc {
-        file: format!("authorizationpolicy-{}", h.service),
+        file: format!("authorizationpolicy-{}-{}", h.namespace, h.service),
         comment: format!(
             "mTLS identity check: only these principals may call the `{}` model pods.",
             h.service
         ),
-        value: json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy", "metadata": meta(&format!("{}-callers", h.service), &o.namespace),
-            "spec": {"selector": {"matchLabels": {"app": h.service}}, "action": "ALLOW",
+        value: json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+            "metadata": o.meta(&o.object_name(&format!("{}-callers", h.service)), &h.namespace),
+            "spec": {"selector": {"matchLabels": o.pods_of(h)}, "action": "ALLOW",
                      "rules": [{"from": [{"source": {"principals": principals}}]}]}}),
     }
 }
 
-/// The pod annotations that export the filter's metrics from the proxies it runs in.
-pub fn stats_annotations() -> BTreeMap<String, String> {
+/// The histogram buckets Istio's annotation takes: one list for every `wasmcustom` stat (it
+/// matches by stat-name prefix, and the labels come first in the name), so the union of the
+/// request-duration and TTFT buckets (docs/telemetry.md).
+pub fn istio_buckets() -> Vec<u64> {
     let mut buckets: Vec<u64> = DURATION_BUCKETS_MS.iter().chain(TTFT_BUCKETS_MS).copied().collect();
     buckets.sort_unstable();
     buckets.dedup();
+    buckets
+}
+
+/// The pod annotations that export the filter's metrics from the proxies it runs in.
+pub fn stats_annotations() -> BTreeMap<String, String> {
     BTreeMap::from([
         (
             "proxy.istio.io/config".to_string(),
             format!(
-                "extraStatTags: [{}]\nproxyStatsMatcher:\n  inclusionRegexps: [\".*model_router_.*\"]\n",
+                "proxyStatsMatcher:\n  inclusionRegexps: [\".*model_router_.*\"]\nextraStatTags: [{}]\n",
                 LABEL_KEYS.join(", ")
             ),
         ),
         (
             "sidecar.istio.io/statsHistogramBuckets".to_string(),
-            json!({ "wasmcustom": buckets }).to_string(),
+            json!({ "wasmcustom": istio_buckets() }).to_string(),
         ),
     ])
 }
 
-/// kustomize patches adding the stats annotations to the workloads where the filter runs.
-pub fn kustomization(docs: &[Doc], o: &Options) -> Value {
-    let selector = match &o.target {
-        Target::Selector(sel) => sel
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(","),
-        Target::Gateway(g) => format!("gateway.networking.k8s.io/gateway-name={g}"),
-    };
-    // A strategic-merge patch adds the annotations without dropping existing ones.
-    let patch = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "any"},
-        "spec": {"template": {"metadata": {"annotations": stats_annotations()}}}});
+/// The stats annotations as a YAML `annotations:` block (for a comment a user can paste).
+pub fn stats_annotations_yaml() -> String {
+    let v = json!({"annotations": stats_annotations()});
+    serde_yaml::to_string(&v).unwrap_or_default()
+}
+
+/// kustomization.yaml for the rendered files.
+pub fn kustomization(docs: &[Doc]) -> Value {
     json!({
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
         "resources": docs.iter().map(|d| format!("{}.yaml", d.file)).collect::<Vec<_>>(),
-        "patches": [{"target": {"kind": "Deployment", "labelSelector": selector}, "patch": patch.to_string()}]
     })
+}
+
+/// A kustomize Component that adds the stats annotations where the filter runs: to the callers'
+/// Deployments (include it in the kustomization that has them), or, at a gateway, to the Gateway's
+/// `spec.infrastructure.annotations`, which Istio copies to the gateway's pods.
+pub fn stats_component(o: &Options) -> Value {
+    let annotations = stats_annotations();
+    let (target, patch) = match &o.target {
+        Target::Selector(sel) => (
+            json!({"kind": "Deployment", "labelSelector": sel.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")}),
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "any"},
+                   "spec": {"template": {"metadata": {"annotations": annotations}}}}),
+        ),
+        Target::Gateway { name, .. } => (
+            json!({"kind": "Gateway", "name": name}),
+            json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "metadata": {"name": name},
+                   "spec": {"infrastructure": {"annotations": annotations}}}),
+        ),
+    };
+    json!({
+        "apiVersion": "kustomize.config.k8s.io/v1alpha1",
+        "kind": "Component",
+        "patches": [{"target": target, "patch": serde_yaml::to_string(&patch).unwrap_or_default()}]
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_names() {
+        assert_eq!(dns_label("OpenAI.Prod").as_deref(), Some("openai-prod"));
+        assert_eq!(
+            dns_label("meta-llama/Llama-3.1-8B").as_deref(),
+            Some("meta-llama-llama-3-1-8b")
+        );
+        assert_eq!(dns_label("--").as_deref(), None);
+        assert_eq!(dns_label(&"a".repeat(80)).map(|s| s.len()), Some(63));
+        assert!(is_dns_label("llama-v1"));
+        assert!(!is_dns_label("Llama"));
+        assert_eq!(
+            service_of("llama.team-a.svc.cluster.local", "ai").unwrap(),
+            ("llama".into(), "team-a".into())
+        );
+        assert_eq!(
+            service_of("llama.team-b", "ai").unwrap(),
+            ("llama".into(), "team-b".into())
+        );
+        assert_eq!(service_of("llama", "ai").unwrap(), ("llama".into(), "ai".into()));
+        assert!(service_of("api.openai.com", "ai").is_err());
+        assert!(service_of("Llama.ai", "ai").is_err());
+    }
 }

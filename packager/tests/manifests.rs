@@ -65,32 +65,72 @@ fn every_rendered_resource_validates() {
     let image = format!("registry.example.com/ai/model-router@{digest}");
     let llm = root().join("manifests/llm-gateway/config.yaml");
     let ml = root().join("manifests/ml-canary/config.yaml");
+    let plain = tmp.path().join("plain.yaml");
+    std::fs::write(
+        &plain,
+        "bodyRouting: false\nmodels:\n- name: m\n  destinations:\n  - {name: m-v1, host: m-v1.team-a.svc.cluster.local, port: 8000}\n",
+    )
+    .unwrap();
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<String>>();
     // Every branch: body routing or not, gateway or selector, with options.
     let variants: Vec<(&str, Vec<String>)> = vec![
         (
             "a",
-            vec![
-                "--config".into(),
-                llm.display().to_string(),
-                "--selector".into(),
-                "app=frontend".into(),
-            ],
+            s(&["--config", llm.to_str().unwrap(), "--selector", "app=frontend"]),
         ),
         (
             "b",
-            vec![
-                "--config".into(),
-                ml.display().to_string(),
-                "--gateway".into(),
-                "edge".into(),
-                "--fail-open".into(),
-                "--phase".into(),
-                "AUTHZ".into(),
-                "--priority".into(),
-                "10".into(),
-                "--pull-secret".into(),
-                "regcred".into(),
-            ],
+            s(&[
+                "--config",
+                ml.to_str().unwrap(),
+                "--selector",
+                "app=checkout",
+                "--fail-open",
+                "--phase",
+                "AUTHZ",
+                "--priority",
+                "10",
+                "--pull-secret",
+                "regcred",
+                "--egress-cidr",
+                "10.0.0.0/8",
+                "--egress-namespace",
+                "monitoring",
+                "--egress-port",
+                "https",
+                "--ingress-namespace",
+                "batch",
+                "--subset-label",
+                "fraud-detector.ml.svc.cluster.local=model-version",
+                "--pod-selector",
+                "fraud-detector.ml.svc.cluster.local=serving.kserve.io/inferenceservice=fraud-detector",
+                "--name",
+                "fraud",
+            ]),
+        ),
+        (
+            "c",
+            s(&[
+                "--config",
+                llm.to_str().unwrap(),
+                "--gateway",
+                "edge",
+                "--hostname",
+                "llm.example.com",
+                "--skip",
+                "hpa,adapter-rules",
+            ]),
+        ),
+        (
+            "d",
+            s(&[
+                "--config",
+                plain.to_str().unwrap(),
+                "--gateway",
+                "edge",
+                "--hostname",
+                "*.example.com",
+            ]),
         ),
     ];
     let mut files = vec![
@@ -99,38 +139,253 @@ fn every_rendered_resource_validates() {
     ];
     for (name, mut args) in variants {
         let dir = tmp.path().join(name);
-        let mut full: Vec<String> = vec![
-            "manifests".into(),
-            "--image".into(),
-            image.clone(),
-            "--namespace".into(),
-            "team-a".into(),
-            "--offline".into(),
-            "--out".into(),
-            dir.display().to_string(),
-        ];
+        let mut full: Vec<String> = s(&[
+            "manifests",
+            "--image",
+            &image,
+            "--namespace",
+            "team-a",
+            "--offline",
+            "--out",
+        ]);
+        full.push(dir.display().to_string());
         full.append(&mut args);
         let refs: Vec<&str> = full.iter().map(String::as_str).collect();
         let o = wasmpack(&refs, "", &[]);
-        assert!(o.status.success(), "{}", stderr(&o));
-        let mut names: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.is_file())
+            .collect();
         names.sort();
         let k: serde_yaml::Value =
             serde_yaml::from_str(&std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap()).unwrap();
         let listed = k["resources"].as_sequence().unwrap().len();
         assert_eq!(listed + 1, names.len(), "kustomization lists every file");
-        assert!(k["patches"][0]["patch"]
-            .as_str()
-            .unwrap()
-            .contains("proxy.istio.io/config"));
-        files.extend(names);
+        let component = std::fs::read_to_string(dir.join("stats/kustomization.yaml")).unwrap();
+        assert!(component.contains("proxy.istio.io/config"), "{component}");
+        // kustomize itself accepts the directory.
+        let out = kubectl(&["kustomize", dir.to_str().unwrap()]);
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+        files.extend(names.into_iter().filter(|p| !p.ends_with("kustomization.yaml")));
     }
     let report = validate(&files);
-    assert!(
-        report.contains("WasmPlugin") && report.contains("EnvoyFilter") && report.contains("NetworkPolicy"),
-        "{report}"
-    );
+    for kind in [
+        "WasmPlugin",
+        "EnvoyFilter",
+        "NetworkPolicy",
+        "HTTPRoute",
+        "VirtualService",
+        "DestinationRule",
+    ] {
+        assert!(report.contains(kind), "{kind} not validated: {report}");
+    }
     assert!(report.contains(" 0 invalid"), "{report}");
+}
+
+/// `kubectl` (v1.32 with kustomize) from the machine image.
+fn kubectl(args: &[&str]) -> std::process::Output {
+    match std::process::Command::new("kubectl").args(args).output() {
+        Ok(o) => o,
+        Err(e) => {
+            panic!("kubectl is needed for the kustomize checks ({e}); install kubectl v1.32 (it includes kustomize)")
+        }
+    }
+}
+
+/// The stats component really patches the workloads the filter runs in, as kustomize builds it.
+#[test]
+fn the_stats_component_patches_the_callers_and_the_gateway() {
+    let tmp = tempfile::tempdir().unwrap();
+    let image =
+        "registry.example.com/ai/model-router@sha256:0000000000000000000000000000000000000000000000000000000000000001";
+    let ml = root().join("manifests/ml-canary/config.yaml");
+    let llm = root().join("manifests/llm-gateway/config.yaml");
+    for (mode, extra, workload) in [
+        (
+            "sidecar",
+            vec!["--config", ml.to_str().unwrap(), "--selector", "app=checkout", "--namespace", "ml"],
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: checkout\n  labels: {app: checkout}\n\
+             spec:\n  selector: {matchLabels: {app: checkout}}\n  template:\n    metadata:\n      labels: {app: checkout}\n\
+             \x20     annotations: {kept: \"yes\"}\n    spec:\n      containers: [{name: c, image: busybox}]\n",
+        ),
+        (
+            "gateway",
+            vec!["--config", llm.to_str().unwrap(), "--gateway", "ai-gateway", "--hostname", "llm.example.com", "--namespace", "ai"],
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata:\n  name: ai-gateway\n\
+             spec:\n  gatewayClassName: istio\n  listeners: [{name: http, port: 80, protocol: HTTP}]\n",
+        ),
+    ] {
+        let out = tmp.path().join(mode).join("model-router");
+        let mut args = vec!["manifests", "--image", image, "--offline", "--out", out.to_str().unwrap()];
+        args.extend(extra);
+        let o = wasmpack(&args, "", &[]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let app = tmp.path().join(mode).join("app");
+        std::fs::create_dir_all(&app).unwrap();
+        std::fs::write(app.join("workload.yaml"), workload).unwrap();
+        std::fs::write(
+            app.join("kustomization.yaml"),
+            "resources: [workload.yaml]\ncomponents: [../model-router/stats]\n",
+        )
+        .unwrap();
+        let built = kubectl(&["kustomize", app.to_str().unwrap()]);
+        assert!(built.status.success(), "{mode}: {}", stderr(&built));
+        let y = stdout(&built);
+        assert_eq!(y.matches("sidecar.istio.io/statsHistogramBuckets").count(), 1, "{mode}: {y}");
+        assert!(y.contains("extraStatTags"), "{mode}: {y}");
+        if mode == "sidecar" {
+            assert!(y.contains("kept: \"yes\""), "existing annotations stay: {y}");
+        } else {
+            assert!(y.contains("infrastructure:"), "{y}");
+        }
+    }
+}
+
+/// `--out` writes exactly the render: what it wrote before and no longer renders goes; a
+/// directory with other files is refused.
+#[test]
+fn out_directories_are_exactly_the_render() {
+    let tmp = tempfile::tempdir().unwrap();
+    let image =
+        "registry.example.com/ai/model-router@sha256:0000000000000000000000000000000000000000000000000000000000000001";
+    let cfg = tmp.path().join("cfg.yaml");
+    let dir = tmp.path().join("out");
+    let render = |body_routing: bool| {
+        std::fs::write(
+            &cfg,
+            format!("bodyRouting: {body_routing}\nmodels:\n- name: m\n  destinations: [{{name: m, host: m.ai, port: 80}}]\n"),
+        )
+        .unwrap();
+        wasmpack(
+            &[
+                "manifests",
+                "--config",
+                cfg.to_str().unwrap(),
+                "--image",
+                image,
+                "--offline",
+                "--selector",
+                "app=x",
+                "--namespace",
+                "ai",
+                "--out",
+                dir.to_str().unwrap(),
+            ],
+            "",
+            &[],
+        )
+    };
+    assert!(render(false).status.success());
+    assert!(dir.join("wasmplugin.yaml").exists());
+    let o = render(true);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        !dir.join("wasmplugin.yaml").exists(),
+        "the WasmPlugin must not linger next to the EnvoyFilters"
+    );
+    assert!(stderr(&o).contains("removed"), "{}", stderr(&o));
+    assert!(dir.join("envoyfilter-extension.yaml").exists());
+    std::fs::write(dir.join("notes.txt"), "mine").unwrap();
+    let o = render(true);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("`notes.txt`, which wasmpack did not write"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// Problems that span resources are found before anything is rendered, each naming its field
+/// or flag; `check` finds the configuration's own.
+#[test]
+fn installations_that_cannot_work_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let image =
+        "registry.example.com/ai/model-router@sha256:0000000000000000000000000000000000000000000000000000000000000001";
+    let cases: &[(&str, &[&str], &str)] = &[
+        (
+            "models:\n- name: a\n  destinations: [{name: shared, host: x.ai, port: 80}]\n- name: b\n  destinations: [{name: shared, host: y.ai, port: 80}]\n",
+            &["--selector", "app=c"],
+            "models[1].destinations[0].name: destination `shared` is also used by model `a` with another host or subset",
+        ),
+        (
+            "models:\n- name: a\n  destinations: [{name: d, host: meta-llama/Llama-3.1-8B}]\n",
+            &["--selector", "app=c"],
+            "models[0].destinations[0].host: `meta-llama/Llama-3.1-8B` is not a Kubernetes Service host",
+        ),
+        (
+            "models:\n- name: a\n  destinations: [{name: v1, host: l.ai, subset: v1, port: 80}, {name: v2, host: l.ai, subset: v2, port: 80}]\n",
+            &["--gateway", "g", "--hostname", "llm.example.com", "--namespace", "ai"],
+            "models[0].destinations[0].subset: a gateway routes with a Gateway API HTTPRoute",
+        ),
+        (
+            "models:\n- name: a\n  destinations: [{name: v1, host: l.ai}]\n",
+            &["--gateway", "g", "--hostname", "llm.example.com", "--namespace", "ai"],
+            "models[0].destinations[0].port: a gateway's HTTPRoute needs the Service port",
+        ),
+        ("models: []\n", &["--gateway", "g"], "--gateway g needs --hostname"),
+        ("models: []\n", &["--selector", "a=b", "--min-replicas", "5", "--max-replicas", "2"], "--min-replicas 5 is more than --max-replicas 2"),
+        ("models: []\n", &["--selector", "a=b", "--allow-principal", "team-a"], "--allow-principal team-a: expected TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT"),
+        ("models: []\n", &["--selector", "a=b", "--pull-secret", "regcred"], "an image pull secret applies to WasmPlugin installs only"),
+        ("models: []\n", &["--selector", "a=b", "--phase", "AUTHZ"], "--phase applies to WasmPlugin installs only"),
+        ("models: []\n", &["--selector", "a=b", "--name", "Model_Router"], "--name Model_Router: an installation name is a DNS label"),
+        ("models: []\n", &["--selector", "a=b", "--hostname", "x.example.com"], "--hostname applies to --gateway installs only"),
+    ];
+    for (i, (config, flags, want)) in cases.iter().enumerate() {
+        let cfg = tmp.path().join(format!("c{i}.yaml"));
+        std::fs::write(&cfg, config).unwrap();
+        let mut args = vec![
+            "manifests",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--image",
+            image,
+            "--offline",
+        ];
+        args.extend_from_slice(flags);
+        let o = wasmpack(&args, "", &[]);
+        assert_eq!(o.status.code(), Some(1), "{want}: {}", stdout(&o));
+        assert!(stderr(&o).contains(want), "want {want:?}, got:\n{}", stderr(&o));
+    }
+    // `check` finds what the configuration alone gets wrong.
+    let cfg = tmp.path().join("c0.yaml");
+    let o = wasmpack(&["check", cfg.to_str().unwrap()], "", &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("destination `shared` is also used by model `a`"),
+        "{}",
+        stderr(&o)
+    );
+    // A destination name two models share with the same host and subset is one workload: valid,
+    // rendered once.
+    let cfg = tmp.path().join("shared.yaml");
+    std::fs::write(
+        &cfg,
+        "models:\n- name: a\n  destinations: [{name: vllm, host: vllm.ai, port: 80}]\n- name: b\n  destinations: [{name: vllm, host: vllm.ai, port: 80}]\n",
+    )
+    .unwrap();
+    let o = wasmpack(
+        &[
+            "manifests",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--image",
+            image,
+            "--offline",
+            "--selector",
+            "app=c",
+            "--namespace",
+            "ai",
+        ],
+        "",
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let y = stdout(&o);
+    assert_eq!(y.matches("kind: HorizontalPodAutoscaler").count(), 1, "{y}");
+    assert!(y.contains("destination vllm, model a, b"), "{y}");
 }
 
 #[test]

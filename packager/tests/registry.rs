@@ -151,7 +151,10 @@ fn tls_with_basic_auth_and_docker_config() {
     // Credentials from a docker config.json (auths), no flags.
     let cfg = tmp.path().join("docker");
     std::fs::create_dir_all(&cfg).unwrap();
-    let auth = wasmpack::commands::apply::base64(format!("{USER}:{PASSWORD}").as_bytes());
+    let auth = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"))
+    };
     std::fs::write(
         cfg.join("config.json"),
         format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, reg.host()),

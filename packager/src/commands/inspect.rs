@@ -29,7 +29,7 @@ pub async fn fetch_module(registry: &Registry, reference: &Reference, manifest: 
 
 pub async fn run(args: &InspectArgs) -> Result<()> {
     let reference = parse_reference(&args.reference)?;
-    let registry = Registry::connect(&args.registry, &reference)?;
+    let registry = Registry::connect(&args.registry.opts(), &reference)?;
     let (manifest, digest) = registry.manifest(&reference).await?;
     let m: Value = serde_json::from_slice(&manifest).map_err(|e| anyhow!("the manifest is not JSON: {e}"))?;
     let layers = image::layers(&m);

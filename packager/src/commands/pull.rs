@@ -9,7 +9,7 @@ use crate::registry::{parse_reference, Registry};
 
 pub async fn run(args: &PullArgs) -> Result<()> {
     let reference = parse_reference(&args.reference)?;
-    let registry = Registry::connect(&args.registry, &reference)?;
+    let registry = Registry::connect(&args.registry.opts(), &reference)?;
     let (manifest, digest) = registry.manifest(&reference).await?;
     let fetched = fetch_module(&registry, &reference, &manifest).await?;
     std::fs::write(&args.output, &fetched.module).with_context(|| format!("writing {}", args.output.display()))?;

@@ -31,7 +31,7 @@ pub async fn run(args: &PushArgs) -> Result<()> {
     let (created_unix, annotations) = annotations();
     let img = image::build(&wasm, args.format, &annotations, created_unix);
 
-    let registry = Registry::connect(&args.registry, &reference)?;
+    let registry = Registry::connect(&args.registry.opts(), &reference)?;
     let digest = registry.push(&reference, &img).await?;
     if digest != img.manifest_digest {
         bail!(

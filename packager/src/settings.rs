@@ -1,0 +1,217 @@
+//! Settings resolved from the command line once, in the manner of uv's `Settings::resolve`: the
+//! clap types stay in `cli.rs`; `manifests`, `apply` and `delete` take a `RenderSettings`, which
+//! has checked every flag on its own and against the mode it renders for.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use serde_json::{json, Value};
+
+use crate::cli::{parse_label, PartArg, RenderArgs};
+use crate::plugin_config::{self, Loaded};
+use crate::registry::RegistryOpts;
+use crate::render::{self, is_dns_label, Network, Options, Part, Target};
+
+pub struct RenderSettings {
+    pub config_path: PathBuf,
+    pub loaded: Loaded,
+    pub image: String,
+    pub offline: bool,
+    pub registry: RegistryOpts,
+    /// Everything but the image's repository and digest (filled in once the image is pinned).
+    pub options: Options,
+}
+
+fn labels(s: &str, flag: &str) -> Result<BTreeMap<String, String>> {
+    s.split(',')
+        .map(|kv| parse_label(kv).map_err(|e| anyhow::anyhow!("{flag} {s}: {e}")))
+        .collect()
+}
+
+/// `spiffe://cluster.local/ns/a/sa/b` or `cluster.local/ns/a/sa/b` → the form Istio's
+/// AuthorizationPolicy matches (`cluster.local/ns/a/sa/b`); `*` allowed as Istio allows it.
+pub fn principal(p: &str) -> Result<String> {
+    let bare = p.strip_prefix("spiffe://").unwrap_or(p);
+    let parts: Vec<&str> = bare.split('/').collect();
+    let ok = matches!(parts.as_slice(), [td, "ns", ns, "sa", sa] if !td.is_empty() && !ns.is_empty() && !sa.is_empty())
+        || bare == "*"
+        || (bare.ends_with('*') && !bare[..bare.len() - 1].contains('*'));
+    if !ok || bare.chars().any(char::is_whitespace) {
+        bail!(
+            "--allow-principal {p}: expected TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT (with or without \
+             spiffe://), e.g. cluster.local/ns/team-a/sa/web"
+        );
+    }
+    Ok(bare.to_string())
+}
+
+fn part(p: PartArg) -> Part {
+    match p {
+        PartArg::Filter => Part::Filter,
+        PartArg::DestinationRule => Part::DestinationRule,
+        PartArg::VirtualService => Part::VirtualService,
+        PartArg::HttpRoute => Part::HttpRoute,
+        PartArg::Hpa => Part::Hpa,
+        PartArg::AdapterRules => Part::AdapterRules,
+        PartArg::NetworkPolicy => Part::NetworkPolicy,
+        PartArg::AuthorizationPolicy => Part::AuthorizationPolicy,
+    }
+}
+
+impl RenderSettings {
+    /// Reads the configuration and checks every flag; `pull_secret` is a Secret the command
+    /// creates itself (apply --pull-secret-from-docker-config).
+    pub fn resolve(args: &RenderArgs, pull_secret: Option<String>) -> Result<RenderSettings> {
+        let loaded = plugin_config::load(&args.config)?;
+        let body_routing = loaded.config.body_routing;
+        if !is_dns_label(&args.name) || args.name.len() > 40 {
+            bail!(
+                "--name {}: an installation name is a DNS label (lowercase letters, digits, `-`) of at most \
+                 40 characters (it prefixes every object)",
+                args.name
+            );
+        }
+        if !is_dns_label(&args.namespace) {
+            bail!("--namespace {}: not a Kubernetes namespace name", args.namespace);
+        }
+        let target = match (&args.gateway, args.selector.is_empty()) {
+            (Some(g), true) => {
+                if args.hostnames.is_empty() {
+                    bail!(
+                        "--gateway {g} needs --hostname (the host names clients use): the HTTPRoute matches only \
+                         those, so it never takes over other traffic of a shared gateway"
+                    );
+                }
+                for h in &args.hostnames {
+                    let name = h.strip_prefix("*.").unwrap_or(h);
+                    if name.split('.').any(|l| !is_dns_label(l)) {
+                        bail!("--hostname {h}: not a host name (lowercase DNS labels, optionally *.domain)");
+                    }
+                }
+                Target::Gateway {
+                    name: g.clone(),
+                    hostnames: args.hostnames.clone(),
+                }
+            }
+            (None, false) => {
+                if !args.hostnames.is_empty() {
+                    bail!("--hostname applies to --gateway installs only (sidecar routing follows the Service hosts)");
+                }
+                Target::Selector(args.selector.iter().cloned().collect())
+            }
+            _ => bail!("give either --selector or --gateway"),
+        };
+        if args.min_replicas > args.max_replicas {
+            bail!(
+                "--min-replicas {} is more than --max-replicas {}",
+                args.min_replicas,
+                args.max_replicas
+            );
+        }
+        if body_routing {
+            let ecds = "bodyRouting is on, so the filter is installed as an EnvoyFilter pair (a WasmPlugin cannot \
+                        let it hold headers)";
+            if args.phase.is_some() {
+                bail!("--phase applies to WasmPlugin installs only: {ecds}, which sits just before the router");
+            }
+            if args.pull_secret.is_some() || pull_secret.is_some() {
+                bail!(
+                    "an image pull secret applies to WasmPlugin installs only: {ecds}, whose module istio-agent \
+                     fetches without one; use an image the proxies can pull, or `bodyRouting: false`"
+                );
+            }
+        }
+        if matches!(target, Target::Gateway { .. }) && !args.subset_labels.is_empty() {
+            bail!("--subset-label applies to sidecar installs only: a gateway's HTTPRoute routes to Services, not subsets");
+        }
+        let principals = args
+            .principals
+            .iter()
+            .map(|p| principal(p))
+            .collect::<Result<Vec<_>>>()?;
+        let dependencies = args
+            .dependencies
+            .iter()
+            .map(|d| labels(d, "--dependency"))
+            .collect::<Result<Vec<_>>>()?;
+        let mut pod_selectors = BTreeMap::new();
+        for s in &args.pod_selectors {
+            let Some((host, sel)) = s.split_once('=') else {
+                bail!("--pod-selector {s}: expected HOST=KEY=VALUE[,KEY=VALUE]");
+            };
+            pod_selectors.insert(host.trim().to_string(), labels(sel, "--pod-selector")?);
+        }
+        for (w, name) in &args.workload {
+            if !is_dns_label(name) {
+                bail!("--workload {w}={name}: a Deployment name is a DNS label (lowercase letters, digits, `-`)");
+            }
+        }
+        for cidr in &args.egress_cidrs {
+            let ok = cidr.split_once('/').is_some_and(|(ip, bits)| {
+                ip.parse::<std::net::IpAddr>().is_ok() && bits.parse::<u8>().is_ok_and(|b| b <= 128)
+            });
+            if !ok {
+                bail!("--egress-cidr {cidr}: expected an address/prefix such as 10.0.0.0/8");
+            }
+        }
+        for ns in args.egress_namespaces.iter().chain(&args.ingress_namespaces) {
+            if !is_dns_label(ns) {
+                bail!("{ns}: not a namespace name");
+            }
+        }
+        let egress_ports = args
+            .egress_ports
+            .iter()
+            .map(|p| match p.parse::<u16>() {
+                Ok(n) if n > 0 => Ok(json!(n)),
+                _ if is_dns_label(p) && p.len() <= 15 => Ok(json!(p)),
+                _ => bail!("--egress-port {p}: a port number or a named port"),
+            })
+            .collect::<Result<Vec<Value>>>()?;
+        let options = Options {
+            name: args.name.clone(),
+            namespace: args.namespace.clone(),
+            target,
+            repository: String::new(),
+            digest: String::new(),
+            fail_open: args.fail_open,
+            phase: args.phase.map_or("UNSPECIFIED_PHASE", |p| p.as_str()).to_string(),
+            priority: args.priority,
+            pull_secret: pull_secret.or_else(|| args.pull_secret.clone()),
+            workloads: args.workload.iter().cloned().collect(),
+            max_in_flight: args.max_in_flight,
+            min_replicas: args.min_replicas,
+            max_replicas: args.max_replicas,
+            principals,
+            network: Network {
+                dependencies,
+                egress_cidrs: args.egress_cidrs.clone(),
+                egress_namespaces: args.egress_namespaces.clone(),
+                egress_ports,
+                ingress_namespaces: args.ingress_namespaces.clone(),
+            },
+            pod_selectors,
+            subset_labels: args.subset_labels.iter().cloned().collect(),
+            only: args.only.iter().copied().map(part).collect(),
+            skip: args.skip.iter().copied().map(part).collect(),
+        };
+        // The cross-resource checks need no digest: run them now, before any network call.
+        if let Err(problems) = render::plan(&loaded.config, &options) {
+            let lines: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+            bail!(
+                "{}: the installation cannot be rendered:\n  {}",
+                args.config.display(),
+                lines.join("\n  ")
+            );
+        }
+        Ok(RenderSettings {
+            config_path: args.config.clone(),
+            loaded,
+            image: args.image.clone(),
+            offline: args.offline,
+            registry: args.registry.opts(),
+            options,
+        })
+    }
+}
