@@ -130,12 +130,14 @@ impl HoldNet {
                 ..Tick::default()
             };
         }
-        let (overdue, still): (Vec<(u32, u64)>, Vec<(u32, u64)>) = self
+        let overdue = |since: u64| now_ns.saturating_sub(since) > HOLD_TIMEOUT_NS;
+        let release: Vec<u32> = self
             .waiting
             .iter()
-            .partition(|(_, since)| now_ns.saturating_sub(*since) > HOLD_TIMEOUT_NS);
-        self.waiting = still;
-        let release: Vec<u32> = overdue.iter().map(|(id, _)| *id).collect();
+            .filter(|(_, since)| overdue(*since))
+            .map(|(id, _)| *id)
+            .collect();
+        self.waiting.retain(|(_, since)| !overdue(*since));
         let mut switched_off = false;
         if !release.is_empty() {
             let n = u32::try_from(release.len()).unwrap_or(u32::MAX);

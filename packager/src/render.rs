@@ -373,7 +373,7 @@ pub fn plan(config: &Config, o: &Options) -> Result<Plan, Vec<Problem>> {
             }
         }
     }
-    for (w, _) in &o.workloads {
+    for w in o.workloads.keys() {
         if !dests.iter().any(|d| &d.name == w) {
             problems.push(problem("--workload", format!("no destination is called `{w}`")));
         }
