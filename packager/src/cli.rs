@@ -342,8 +342,8 @@ pub struct PushArgs {
     /// Image reference, e.g. registry.example.com/filters/model-router:1.0.0
     pub reference: String,
     /// Image layout
-    #[arg(long, value_enum, default_value_t = Format::Image)]
-    pub format: Format,
+    #[arg(long, value_enum, default_value_t = FormatArg::Image)]
+    pub format: FormatArg,
     /// Also tag the pushed manifest with these tags
     #[arg(long = "tag", value_name = "TAG")]
     pub tags: Vec<String>,
@@ -419,6 +419,24 @@ impl RegistryArgs {
             username: self.username.clone(),
             password_stdin: self.password_stdin,
             timeout: self.timeout,
+        }
+    }
+}
+
+/// Image layouts `push` can write (`image::Format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FormatArg {
+    /// OCI image, last layer tar+gzip holding plugin.wasm (Istio, Envoy Gateway, any registry tool)
+    Image,
+    /// Two layers, one raw `application/vnd.module.wasm.content.layer.v1+wasm` (solo.io variant)
+    Oci,
+}
+
+impl FormatArg {
+    pub fn format(self) -> Format {
+        match self {
+            FormatArg::Image => Format::Image,
+            FormatArg::Oci => Format::Oci,
         }
     }
 }

@@ -25,7 +25,7 @@ pub const WASM_CONTENT_LAYER: &str = "application/vnd.module.wasm.content.layer.
 pub const WASM_CONFIG_LAYER: &str = "application/vnd.module.wasm.config.v1+json";
 pub const PLUGIN_FILE: &str = "plugin.wasm";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     /// OCI image, last layer tar+gzip holding plugin.wasm (Istio, Envoy Gateway, any registry tool)

@@ -29,7 +29,7 @@ pub async fn run(args: &PushArgs) -> Result<()> {
         })
         .collect::<Result<_>>()?;
     let (created_unix, annotations) = annotations();
-    let img = image::build(&wasm, args.format, &annotations, created_unix);
+    let img = image::build(&wasm, args.format.format(), &annotations, created_unix);
 
     let registry = Registry::connect(&args.registry.opts(), &reference)?;
     let digest = registry.push(&reference, &img).await?;
@@ -73,7 +73,7 @@ pub async fn run(args: &PushArgs) -> Result<()> {
     }
     println!(
         "format: {} ({} layout for Istio)",
-        serde_json::to_value(args.format)?.as_str().unwrap_or("?"),
+        serde_json::to_value(args.format.format())?.as_str().unwrap_or("?"),
         fetched.layout.format
     );
     println!(
