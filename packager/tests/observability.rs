@@ -191,3 +191,15 @@ fn the_checker_itself_catches_mistakes() {
     let bad = std::panic::catch_unwind(|| check_query("sum(rate(model_router_tokens_total[5m])"));
     assert!(bad.is_err(), "a syntax error must fail");
 }
+
+/// docs/telemetry.md shows exactly the stats annotations `wasmpack manifests` renders.
+#[test]
+fn the_documented_istio_annotations_are_the_rendered_ones() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/telemetry.md")).unwrap();
+    let a = wasmpack::render::stats_annotations();
+    let buckets = &a["sidecar.istio.io/statsHistogramBuckets"];
+    assert!(doc.contains(&format!("sidecar.istio.io/statsHistogramBuckets: '{buckets}'")), "{buckets}");
+    for line in a["proxy.istio.io/config"].lines() {
+        assert!(doc.contains(line.trim()), "{line}");
+    }
+}
