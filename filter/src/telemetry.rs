@@ -27,6 +27,19 @@ pub const HOLD_PROBES_TOTAL: &str = "model_router_hold_probes_total";
 /// choose (`bodyRouting: false`, or a host that cannot hold headers).
 pub const UNROUTED: &str = "unrouted";
 
+/// Every counter and gauge the filter emits (histograms: `HISTOGRAMS`).
+pub const COUNTERS_AND_GAUGES: &[&str] = &[
+    REQUESTS_TOTAL,
+    TOKENS_TOTAL,
+    IN_FLIGHT,
+    REJECTED_TOTAL,
+    USAGE_MISSING_TOTAL,
+    USAGE_ERRORS_TOTAL,
+    HOLD_RELEASED_TOTAL,
+    HOLD_PROBES_TOTAL,
+];
+pub const HISTOGRAMS: &[&str] = &[DURATION_MS, TTFT_MS];
+
 /// Every label key the filter encodes; the `stats_tags` to render, one regex each.
 pub const LABEL_KEYS: &[&str] = &["model", "destination", "code_class", "type", "reason"];
 

@@ -6,9 +6,7 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use model_router::telemetry::{
-    DURATION_MS, HOLD_RELEASED_TOTAL, IN_FLIGHT, LABEL_KEYS, REJECTED_TOTAL, REQUESTS_TOTAL, TOKENS_TOTAL, TTFT_MS,
-};
+use model_router::telemetry::{COUNTERS_AND_GAUGES, HISTOGRAMS, LABEL_KEYS};
 use promql_parser::label::Matchers;
 use promql_parser::parser::{self, Expr, LabelModifier};
 
@@ -18,17 +16,8 @@ fn dir() -> PathBuf {
 
 /// Every series name the filter emits, with histogram suffixes.
 fn emitted() -> BTreeSet<String> {
-    let mut s: BTreeSet<String> = [
-        REQUESTS_TOTAL,
-        TOKENS_TOTAL,
-        IN_FLIGHT,
-        REJECTED_TOTAL,
-        HOLD_RELEASED_TOTAL,
-    ]
-    .iter()
-    .map(|x| x.to_string())
-    .collect();
-    for h in [DURATION_MS, TTFT_MS] {
+    let mut s: BTreeSet<String> = COUNTERS_AND_GAUGES.iter().map(|x| x.to_string()).collect();
+    for h in HISTOGRAMS {
         for suffix in ["_bucket", "_sum", "_count"] {
             s.insert(format!("{h}{suffix}"));
         }
@@ -198,7 +187,10 @@ fn the_documented_istio_annotations_are_the_rendered_ones() {
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/telemetry.md")).unwrap();
     let a = wasmpack::render::stats_annotations();
     let buckets = &a["sidecar.istio.io/statsHistogramBuckets"];
-    assert!(doc.contains(&format!("sidecar.istio.io/statsHistogramBuckets: '{buckets}'")), "{buckets}");
+    assert!(
+        doc.contains(&format!("sidecar.istio.io/statsHistogramBuckets: '{buckets}'")),
+        "{buckets}"
+    );
     for line in a["proxy.istio.io/config"].lines() {
         assert!(doc.contains(line.trim()), "{line}");
     }
