@@ -6,7 +6,9 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use model_router::telemetry::{COUNTERS_AND_GAUGES, HISTOGRAMS, LABEL_KEYS};
+use model_router::telemetry::{
+    COUNTERS_AND_GAUGES, HISTOGRAMS, IN_FLIGHT, LABEL_KEYS, REJECTED_TOTAL, REQUESTS_TOTAL, TOKENS_TOTAL,
+};
 use promql_parser::label::Matchers;
 use promql_parser::parser::{self, Expr, LabelModifier};
 
