@@ -4,6 +4,7 @@
 //!   sse/*       usage accounting per SSE chunk
 //!   config/*    parsing a configuration
 //!   route/*     a whole routing decision for a 2 KB chat request
+//!   restore/*   putting the client's model name back into a JSON answer and an SSE chunk
 //!   exchange/*  the whole per-request protocol (headers, body, response, log) on the in-memory
 //!               host, for a 2 KB chat request with a JSON answer
 
@@ -14,6 +15,7 @@ use model_router::config::Config;
 use model_router::exchange::{Stream, Vm};
 use model_router::memory_host::MemoryHost;
 use model_router::request::{BodyAction, RequestFlow, RequestInfo};
+use model_router::restore::ModelRestorer;
 use model_router::usage::ResponseUsage;
 use serde_json::json;
 use std::hint::black_box;
@@ -107,6 +109,35 @@ fn route(c: &mut Criterion) {
     c.bench_function("route/chat_2KiB", |bench| bench.iter(|| decide(&cfg, black_box(&b))));
 }
 
+fn restore(c: &mut Criterion) {
+    let up = "meta-llama/Llama-3.1-8B-Instruct";
+    let answer = json!({"id": "c1", "object": "chat.completion", "model": up,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "x".repeat(2000)}}],
+        "usage": {"prompt_tokens": 19, "completion_tokens": 10}})
+    .to_string();
+    let chunk = format!(
+        "data: {}\n\n",
+        json!({"id": "c1", "object": "chat.completion.chunk", "model": up,
+               "choices": [{"index": 0, "delta": {"content": "Hello there"}, "finish_reason": null}], "usage": null})
+    );
+    let mut g = c.benchmark_group("restore");
+    g.throughput(Throughput::Bytes(answer.len() as u64));
+    g.bench_function("json_2KiB", |b| {
+        b.iter(|| {
+            let mut r = ModelRestorer::new(up, "gpt-4o-mini", false);
+            let mut out = r.feed(black_box(answer.as_bytes()));
+            out.extend(r.finish());
+            out
+        })
+    });
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("sse_chunk", |b| {
+        let mut r = ModelRestorer::new(up, "gpt-4o-mini", true);
+        b.iter(|| r.feed(black_box(chunk.as_bytes())))
+    });
+    g.finish();
+}
+
 fn exchange(c: &mut Criterion) {
     let vm = Vm::new(Config::from_json(CONFIG.as_bytes()).unwrap(), 1);
     let body = body(2 << 10, true);
@@ -139,6 +170,6 @@ fn exchange(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(30).measurement_time(std::time::Duration::from_secs(2)).warm_up_time(std::time::Duration::from_millis(500));
-    targets = extract, sse, config, route, exchange
+    targets = extract, sse, config, route, restore, exchange
 }
 criterion_main!(benches);

@@ -7,6 +7,22 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Deserializer};
 
+/// Which of the filter's decision headers leave the proxy on the response.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+pub enum ResponseHeaders {
+    /// None: the decision stays inside the mesh (metrics, access log); client-visible
+    /// `x-ai-route` / `x-ai-model` a backend may send are removed too.
+    #[serde(rename = "none")]
+    None,
+    /// `x-ai-route` (the destination), when the filter routed the request.
+    #[default]
+    #[serde(rename = "route")]
+    Route,
+    /// `x-ai-route` and `x-ai-model` (the canonical model).
+    #[serde(rename = "route+model")]
+    RouteAndModel,
+}
+
 /// What to do with a request in a given bad situation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -45,6 +61,15 @@ struct RawConfig {
     /// not say its `max_tokens`.
     #[serde(default = "default_estimated_output_tokens")]
     estimated_output_tokens: u64,
+    /// Answer `GET /v1/models` and `GET /v1/models/{id}` from the configuration.
+    #[serde(default)]
+    serve_model_list: bool,
+    /// Which decision headers the response carries to the client.
+    #[serde(default)]
+    response_headers: ResponseHeaders,
+    /// Put the client's model name back into responses when `upstreamModel` rewrote it.
+    #[serde(default)]
+    restore_model_name: bool,
     /// Default allow list for models without their own.
     #[serde(default)]
     allow: Option<Vec<String>>,
@@ -228,6 +253,9 @@ pub struct Config {
     pub identity_header: Option<String>,
     pub scope: Scope,
     pub estimated_output_tokens: u64,
+    pub serve_model_list: bool,
+    pub response_headers: ResponseHeaders,
+    pub restore_model_name: bool,
     pub models: Vec<Model>,
     /// Canonical names and aliases to the index in `models`.
     index: HashMap<String, usize>,
@@ -468,6 +496,9 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         identity_header,
         scope,
         estimated_output_tokens: raw.estimated_output_tokens,
+        serve_model_list: raw.serve_model_list,
+        response_headers: raw.response_headers,
+        restore_model_name: raw.restore_model_name,
         models,
         index,
     })

@@ -8,12 +8,14 @@
 
 use std::cell::{Cell, RefCell};
 
-use crate::config::Config;
+use crate::config::{Config, ResponseHeaders};
 use crate::header_map::HeaderMap;
 use crate::hold::{HoldNet, Permit, TICK_MS};
+use crate::models::{self, ModelsRequest};
 use crate::policy::{self, Caller, Charge, RateInfo, Store};
 use crate::reply::{Reject, RejectReason};
 use crate::request::{apply_edits, BodyAction, HeadersAction, Outcome, RequestFlow, RequestInfo, CONTENT_LENGTH};
+use crate::restore::ModelRestorer;
 use crate::telemetry::{self, Meter, MetricOp};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +81,8 @@ pub const FS_OUTPUT_TOKENS: &str = "model_router.output_tokens";
 
 /// The response header that names the destination the filter chose.
 pub const ROUTE_RESPONSE_HEADER: &str = "x-ai-route";
+/// The response header that names the canonical model (`responseHeaders: route+model`).
+pub const MODEL_RESPONSE_HEADER: &str = "x-ai-model";
 
 /// State of one VM (one worker thread), shared by its root and HTTP contexts.
 #[derive(Debug)]
@@ -93,11 +97,14 @@ pub struct Vm {
     limit_headers: Vec<String>,
     /// Some model has an allow list or limits.
     policies: bool,
+    /// When the configuration was loaded, seconds since the epoch (the models list's `created`).
+    loaded_s: u64,
 }
 
 impl Vm {
-    /// `seed`: any per-VM entropy (the host's clock), for the weighted choice.
-    pub fn new(config: Config, seed: u64) -> Vm {
+    /// `now_ns`: the host's clock at load time (also the weighted choice's seed).
+    pub fn new(config: Config, now_ns: u64) -> Vm {
+        let seed = now_ns;
         let limit_headers = policy::limit_headers(&config);
         let policies = config.models.iter().any(|m| m.allow.is_some() || m.limits.is_some());
         Vm {
@@ -108,6 +115,7 @@ impl Vm {
             logged_release: Cell::new(false),
             limit_headers,
             policies,
+            loaded_s: now_ns / 1_000_000_000,
         }
     }
 
@@ -179,6 +187,18 @@ impl Vm {
     }
 }
 
+/// The caller's SPIFFE identity: the mTLS peer's, else the trusted identity header's.
+fn caller_identity<H: Host>(vm: &Vm, host: &mut H, h: &HeaderMap) -> Option<String> {
+    let peer = host.property(&["connection", "uri_san_peer_certificate"]);
+    let claimed = vm
+        .config
+        .identity_header
+        .as_deref()
+        .and_then(|n| h.get(n))
+        .map(<[u8]>::to_vec);
+    policy::identity(peer.as_deref(), claimed.as_deref())
+}
+
 fn details(r: &Reject) -> String {
     format!("model_router_{}", r.reason.code())
 }
@@ -202,6 +222,8 @@ pub struct Stream {
     status: Option<u32>,
     /// The request got past admission and went on to a backend.
     admitted: bool,
+    /// Puts the client's model name back into the response (`restoreModelName`).
+    restorer: Option<ModelRestorer>,
 }
 
 impl Stream {
@@ -217,6 +239,7 @@ impl Stream {
             limit_values: Vec::new(),
             status: None,
             admitted: false,
+            restorer: None,
         }
     }
 
@@ -247,6 +270,11 @@ impl Stream {
             .unwrap_or_default();
         let content_type = h.get_str("content-type");
         let content_length = h.get_str("content-length").and_then(|v| v.trim().parse().ok());
+        if cfg.serve_model_list && cfg.scope.contains(&authority, &path) {
+            if let Some(req) = models::models_request(&method, &path) {
+                return self.models_reply(vm, host, &h, &req);
+            }
+        }
         let sticky = cfg.sticky_header.as_deref().and_then(|n| h.get(n)).map(<[u8]>::to_vec);
         let permit = if cfg.body_routing {
             vm.hold.borrow_mut().permit(now)
@@ -346,8 +374,20 @@ impl Stream {
     }
 
     pub fn on_response_headers<H: Host>(&mut self, vm: &Vm, host: &mut H, end_of_stream: bool) -> Action {
-        if let Some((_, d)) = self.flow.routed(&vm.config) {
-            host.set_header(Map::Response, ROUTE_RESPONSE_HEADER, &d.name);
+        match vm.config.response_headers {
+            ResponseHeaders::None => {
+                // The decision stays inside the mesh; nothing a backend echoes gives it away.
+                host.remove_header(Map::Response, ROUTE_RESPONSE_HEADER);
+                host.remove_header(Map::Response, MODEL_RESPONSE_HEADER);
+            }
+            mode => {
+                if let Some((_, d)) = self.flow.routed(&vm.config) {
+                    host.set_header(Map::Response, ROUTE_RESPONSE_HEADER, &d.name);
+                }
+                if let (ResponseHeaders::RouteAndModel, Some((m, _))) = (mode, self.flow.matched(&vm.config)) {
+                    host.set_header(Map::Response, MODEL_RESPONSE_HEADER, &m.name);
+                }
+            }
         }
         for (k, v) in self.rate_info.headers() {
             host.set_header(Map::Response, &k, &v);
@@ -366,6 +406,13 @@ impl Stream {
                 number("x-prompt-tokens"),
                 number("x-generated-tokens"),
             );
+            if !encoded && !end_of_stream {
+                self.restorer = self.restorer_for(vm, ct.as_deref());
+                if self.restorer.is_some() && h.get("content-length").is_some() {
+                    // The body's length changes: it goes on chunked (or with HTTP/2 framing).
+                    host.remove_header(Map::Response, "content-length");
+                }
+            }
             if end_of_stream {
                 self.response_body(vm, host, 0, true);
             }
@@ -449,15 +496,49 @@ impl Stream {
         ops
     }
 
+    /// The client asked for an alias or a name `upstreamModel` replaced: put it back in the answer.
+    fn restorer_for(&self, vm: &Vm, content_type: Option<&str>) -> Option<ModelRestorer> {
+        if !vm.config.restore_model_name {
+            return None;
+        }
+        let (m, _) = self.flow.matched(&vm.config)?;
+        let upstream = m.upstream_model.as_deref()?;
+        let client = self.flow.requested_model()?;
+        if client == upstream || !(200..300).contains(&self.status.unwrap_or(0)) {
+            return None;
+        }
+        let mime = content_type
+            .unwrap_or("")
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        let sse = mime == "text/event-stream";
+        (sse || mime == "application/json" || mime.ends_with("+json"))
+            .then(|| ModelRestorer::new(upstream, client, sse))
+    }
+
     fn response_body<H: Host>(&mut self, vm: &Vm, host: &mut H, body_size: usize, end_of_stream: bool) {
-        if !self.meter.wants_body() {
+        if !self.meter.wants_body() && self.restorer.is_none() {
             return;
         }
+        // Each response chunk passes on at once: the buffer holds just this one.
         let chunk = if body_size > 0 {
             host.body(Buffer::Response, 0, body_size)
         } else {
             Vec::new()
         };
+        if let Some(r) = self.restorer.as_mut() {
+            let mut out = r.feed(&chunk);
+            if end_of_stream {
+                out.extend(r.finish());
+            }
+            if out != chunk && !host.replace_body(Buffer::Response, &out) {
+                host.log(LogLevel::Warn, "model-router: the host refused the response rewrite");
+                self.restorer = None;
+            }
+        }
         let now = host.now_ns();
         if let Some(ttft) = self.meter.response_body(&chunk, end_of_stream, now) {
             let (m, d) = telemetry::labels(&vm.config, self.flow.outcome());
@@ -471,6 +552,25 @@ impl Stream {
             if let Some(n) = u.output {
                 host.set_filter_state(FS_OUTPUT_TOKENS, n.to_string().as_bytes());
             }
+        }
+    }
+
+    fn models_reply<H: Host>(&mut self, vm: &Vm, host: &mut H, h: &HeaderMap, req: &ModelsRequest) -> Action {
+        let principal = caller_identity(vm, host, h);
+        match models::answer(&vm.config, req, principal.as_deref(), vm.loaded_s) {
+            Ok(body) => {
+                if host.send_reply(
+                    200,
+                    "model_router_models",
+                    &[("content-type", "application/json")],
+                    &body,
+                ) {
+                    Action::Pause
+                } else {
+                    Action::Continue
+                }
+            }
+            Err(r) => self.reject(host, &r),
         }
     }
 
@@ -928,5 +1028,142 @@ mod tests {
         assert!(reply.headers.contains(&("retry-after".into(), "1".into())));
         s.on_log(&vm, &mut h);
         assert_eq!(s.flow().outcome(), &Outcome::Rejected(RejectReason::BodyNotReceived));
+    }
+
+    #[test]
+    fn the_models_list_comes_from_the_configuration_and_the_callers_rights() {
+        let vm = vm(r#""serveModelList": true, "identityHeader": "x-client-id","#);
+        let ids = |h: &MemoryHost| -> Vec<String> {
+            let r = h.reply.clone().unwrap();
+            assert_eq!(r.status, 200);
+            let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            v["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["id"].as_str().unwrap().to_string())
+                .collect()
+        };
+        let mut h = request("GET", "/v1/models", &[], b"");
+        assert_eq!(Stream::new(1).on_request_headers(&vm, &mut h, true), Action::Pause);
+        assert_eq!(ids(&h), ["llama-3-8b", "gpt-3.5-turbo", "qwen", "resnet", "metered"]);
+        let mut h = request("GET", "/v1/models", &[("x-client-id", "spiffe://td/ns/a/sa/x")], b"");
+        Stream::new(1).on_request_headers(&vm, &mut h, true);
+        assert!(ids(&h).contains(&"private".to_string()));
+        let mut h = request("GET", "/v1/models/private", &[], b"");
+        Stream::new(1).on_request_headers(&vm, &mut h, true);
+        assert_eq!(h.reply.as_ref().map(|r| r.status), Some(404));
+        // Off: the request goes on to the backend as before.
+        let off = vm_plain();
+        let mut h = request("GET", "/v1/models", &[], b"");
+        assert_eq!(Stream::new(1).on_request_headers(&off, &mut h, true), Action::Continue);
+        assert!(h.reply.is_none());
+    }
+
+    fn vm_plain() -> Vm {
+        vm("")
+    }
+
+    #[test]
+    fn decision_headers_follow_the_setting() {
+        for (mode, route, model) in [
+            ("none", None, None),
+            ("route", Some("qwen"), None),
+            ("route+model", Some("qwen"), Some("qwen")),
+        ] {
+            let vm = vm(&format!(r#""responseHeaders": "{mode}","#));
+            let mut h = request("POST", "/v1/chat/completions", &[], br#"{"model":"qwen"}"#);
+            let mut s = Stream::new(1);
+            assert!(send(&vm, &mut h, &mut s));
+            let mut headers = ok_json();
+            headers.push(("x-ai-route", "echoed-by-backend"));
+            respond(&vm, &mut h, &mut s, &headers, &[b"{}"], true);
+            assert_eq!(h.header(Map::Response, ROUTE_RESPONSE_HEADER), route, "{mode}");
+            assert_eq!(h.header(Map::Response, MODEL_RESPONSE_HEADER), model, "{mode}");
+            // The decision is still in the metrics and the access log.
+            assert_eq!(
+                h.filter_state.get(FS_DESTINATION).map(Vec::as_slice),
+                Some(&b"qwen"[..])
+            );
+        }
+    }
+
+    #[test]
+    fn the_clients_model_name_comes_back_in_json_and_streams() {
+        let json = CFG.replace(
+            r#""aliases": ["gpt-3.5-turbo"],"#,
+            r#""aliases": ["gpt-3.5-turbo"], "upstreamModel": "meta-llama/Llama-3.1-8B-Instruct","#,
+        );
+        let json = json.replacen('{', r#"{"restoreModelName": true,"#, 1);
+        let vm = Vm::new(Config::from_json(json.as_bytes()).unwrap(), 1);
+        let mut h = request("POST", "/v1/chat/completions", &[], br#"{"model":"gpt-3.5-turbo"}"#);
+        let mut s = Stream::new(1);
+        assert!(send(&vm, &mut h, &mut s));
+        assert!(String::from_utf8_lossy(&h.request_body).contains("meta-llama/Llama-3.1-8B-Instruct"));
+        let answer =
+            br#"{"model":"meta-llama/Llama-3.1-8B-Instruct","usage":{"prompt_tokens":2,"completion_tokens":3}}"#;
+        let mut headers = ok_json();
+        headers.push(("content-length", "100"));
+        h.response_headers = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        s.on_response_headers(&vm, &mut h, false);
+        assert_eq!(h.header(Map::Response, "content-length"), None, "the length changes");
+        h.response_body = answer.to_vec();
+        s.on_response_body(&vm, &mut h, answer.len(), true);
+        assert_eq!(
+            String::from_utf8_lossy(&h.response_body),
+            r#"{"model":"gpt-3.5-turbo","usage":{"prompt_tokens":2,"completion_tokens":3}}"#
+        );
+        s.on_log(&vm, &mut h);
+        assert_eq!(
+            h.metric(
+                crate::telemetry::TOKENS_TOTAL,
+                &[
+                    ("model", "llama-3-8b"),
+                    ("destination", "llama-stable"),
+                    ("type", "output")
+                ]
+            ) + h.metric(
+                crate::telemetry::TOKENS_TOTAL,
+                &[
+                    ("model", "llama-3-8b"),
+                    ("destination", "llama-canary"),
+                    ("type", "output")
+                ]
+            ),
+            3,
+            "usage still read from what the backend sent"
+        );
+
+        // A stream, in two chunks cutting an event.
+        let mut h = request(
+            "POST",
+            "/v1/chat/completions",
+            &[],
+            br#"{"model":"gpt-3.5-turbo","stream":true}"#,
+        );
+        let mut s = Stream::new(2);
+        assert!(send(&vm, &mut h, &mut s));
+        h.response_headers = vec![
+            (":status".into(), "200".into()),
+            ("content-type".into(), "text/event-stream".into()),
+        ];
+        s.on_response_headers(&vm, &mut h, false);
+        let mut seen = Vec::new();
+        for (chunk, eos) in [
+            (
+                &b"data: {\"model\":\"meta-llama/Llama-3.1-8B-Instruct\",\"choices\":[]}\n\ndata: {\"model\":\"meta-ll"
+                    [..],
+                false,
+            ),
+            (b"ama/Llama-3.1-8B-Instruct\"}\n\ndata: [DONE]\n\n", true),
+        ] {
+            h.response_body = chunk.to_vec();
+            s.on_response_body(&vm, &mut h, chunk.len(), eos);
+            seen.extend_from_slice(&h.response_body);
+        }
+        assert_eq!(
+            String::from_utf8_lossy(&seen),
+            "data: {\"model\":\"gpt-3.5-turbo\",\"choices\":[]}\n\ndata: {\"model\":\"gpt-3.5-turbo\"}\n\ndata: [DONE]\n\n"
+        );
     }
 }

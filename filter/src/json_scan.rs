@@ -205,6 +205,11 @@ impl TopLevelScanner {
         self.closed || self.top_not_object || (0..self.enough).all(|k| self.found.iter().any(|f| f.key == k))
     }
 
+    /// Where the value of a wanted key that is being read began (its end is not known yet).
+    pub fn capturing_since(&self) -> Option<u64> {
+        self.capture.as_ref().map(|f| f.start)
+    }
+
     /// Offset of the top-level object's opening brace, once seen.
     pub fn top_open(&self) -> Option<u64> {
         self.top_open

@@ -51,7 +51,7 @@ fn azure(path: &str) -> Option<&str> {
     (!tail.is_empty()).then_some(name)
 }
 
-fn percent_decode(s: &str) -> Cow<'_, str> {
+pub fn percent_decode(s: &str) -> Cow<'_, str> {
     if !s.contains('%') {
         return Cow::Borrowed(s);
     }

@@ -46,6 +46,26 @@ pub fn principal(p: &str) -> Result<String> {
     Ok(bare.to_string())
 }
 
+/// What a gateway serves external clients, unless the configuration says otherwise: the model
+/// list, and no decision headers (docs/configuration.md, "OpenAI-compatible clients").
+fn gateway_defaults(mut loaded: Loaded) -> Result<Loaded> {
+    let Some(obj) = loaded.json.as_object_mut() else {
+        return Ok(loaded);
+    };
+    let mut changed = false;
+    for (key, value) in [("serveModelList", json!(true)), ("responseHeaders", json!("none"))] {
+        if !obj.contains_key(key) {
+            obj.insert(key.to_string(), value);
+            changed = true;
+        }
+    }
+    if changed {
+        loaded.config = model_router::config::Config::from_json(loaded.json.to_string().as_bytes())
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    Ok(loaded)
+}
+
 fn part(p: PartArg) -> Part {
     match p {
         PartArg::Filter => Part::Filter,
@@ -63,7 +83,10 @@ impl RenderSettings {
     /// Reads the configuration and checks every flag; `pull_secret` is a Secret the command
     /// creates itself (apply --pull-secret-from-docker-config).
     pub fn resolve(args: &RenderArgs, pull_secret: Option<String>) -> Result<RenderSettings> {
-        let loaded = plugin_config::load(&args.config)?;
+        let mut loaded = plugin_config::load(&args.config)?;
+        if args.gateway.is_some() {
+            loaded = gateway_defaults(loaded)?;
+        }
         let body_routing = loaded.config.body_routing;
         if !is_dns_label(&args.name) || args.name.len() > 40 {
             bail!(

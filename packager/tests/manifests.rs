@@ -6,6 +6,8 @@
 
 mod support;
 
+use serde::Deserialize;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -704,4 +706,51 @@ models:
     );
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["reject"]["code"], "duplicate_model");
+}
+
+/// At a gateway the rendered configuration serves the model list and keeps the decision headers
+/// inside, unless the configuration says otherwise.
+#[test]
+fn gateway_installs_get_client_facing_defaults() {
+    let tmp = tempfile::tempdir().unwrap();
+    let image =
+        "registry.example.com/ai/model-router@sha256:0000000000000000000000000000000000000000000000000000000000000001";
+    for (cfg_extra, want_list, want_headers) in [
+        ("", true, "none"),
+        ("serveModelList: false\nresponseHeaders: route\n", false, "route"),
+    ] {
+        let cfg = tmp.path().join("gw.yaml");
+        std::fs::write(&cfg, format!("{cfg_extra}bodyRouting: false\nmodels:\n- name: m\n  destinations: [{{name: m, host: m.ai, port: 80}}]\n")).unwrap();
+        let o = wasmpack(
+            &[
+                "manifests",
+                "--config",
+                cfg.to_str().unwrap(),
+                "--image",
+                image,
+                "--offline",
+                "--gateway",
+                "g",
+                "--hostname",
+                "llm.example.com",
+                "--namespace",
+                "ai",
+            ],
+            "",
+            &[],
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&stdout(&o))
+            .map(|d| serde_yaml::Value::deserialize(d).unwrap())
+            .collect();
+        let plugin = docs.iter().find(|d| d["kind"] == "WasmPlugin").unwrap();
+        assert_eq!(
+            plugin["spec"]["pluginConfig"]["serveModelList"].as_bool(),
+            Some(want_list)
+        );
+        assert_eq!(
+            plugin["spec"]["pluginConfig"]["responseHeaders"].as_str(),
+            Some(want_headers)
+        );
+    }
 }
