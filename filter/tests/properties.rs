@@ -9,6 +9,7 @@ use model_router::json_scan::TopLevelScanner;
 use model_router::memory_host::MemoryHost;
 use model_router::reply::RejectReason;
 use model_router::request::{BodyAction, RequestFlow, RequestInfo};
+use model_router::restore::ModelRestorer;
 use proptest::prelude::*;
 use serde_json::Value;
 
@@ -209,6 +210,41 @@ proptest! {
         prop_assert_eq!(whole.is_empty(), body.is_empty());
         prop_assert_ne!(whole.last(), Some(&BodyAction::NeedMore));
         prop_assert_eq!(decision(whole.last()), decision(split.last()));
+    }
+
+    /// The restorer changes only the top-level `model` (when it is the upstream name), whatever
+    /// the body and however it is cut.
+    #[test]
+    fn restoring_the_model_name_touches_nothing_else(
+        v in json_value(),
+        upstream_model in any::<bool>(),
+        cuts in prop::collection::vec(any::<usize>(), 0..4),
+    ) {
+        let up = "meta-llama/Llama-3.1-8B-Instruct";
+        let mut obj = match v { Value::Object(o) => o, other => { let mut o = serde_json::Map::new(); o.insert("x".into(), other); o } };
+        obj.insert("model".into(), Value::String(if upstream_model { up.into() } else { "other".into() }));
+        let body = serde_json::to_vec(&Value::Object(obj)).unwrap();
+        let mut points: Vec<usize> = cuts.iter().map(|c| c % (body.len() + 1)).collect();
+        points.sort_unstable();
+        points.push(body.len());
+        let mut r = ModelRestorer::new(up, "gpt-4o-mini", false);
+        let mut out = Vec::new();
+        let mut prev = 0;
+        for p in points {
+            out.extend(r.feed(&body[prev..p]));
+            prev = p;
+        }
+        out.extend(r.finish());
+        let got: Value = serde_json::from_slice(&out).unwrap();
+        // Compared after the same parse (serde_json's float parsing does not round-trip exactly).
+        let mut want: Value = serde_json::from_slice(&body).unwrap();
+        if upstream_model {
+            want["model"] = Value::String("gpt-4o-mini".into());
+        }
+        prop_assert_eq!(got, want);
+        if !upstream_model {
+            prop_assert_eq!(out, body);
+        }
     }
 
     #[test]
