@@ -84,27 +84,63 @@ pub struct RunArgs {
 
 #[derive(Debug, Args)]
 pub struct StatsArgs {
-    /// Envoy admin URL
-    #[arg(long, default_value = "http://127.0.0.1:9901")]
+    /// Envoy admin address: HOST:PORT or a URL (what `wasmpack run` prints)
+    #[arg(long, default_value = "127.0.0.1:9901")]
     pub admin: String,
     /// Refresh every N seconds until interrupted
     #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "2")]
     pub watch: Option<u64>,
-    /// Print the table's data as JSON
-    #[arg(long)]
+    /// Output format (`json`: one object per scrape, for scripts)
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+    /// Same as --output json
+    #[arg(long, hide = true)]
     pub json: bool,
+}
+
+/// `--config FILE`, as every command takes it; `check` and `route` also take the file as their
+/// first argument (kept for existing scripts).
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("config-file").required(true).args(["config", "config_positional"])))]
+pub struct ConfigArg {
+    /// Plugin configuration, YAML or JSON
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The same, as the first argument (alias of --config)
+    #[arg(value_name = "CONFIG", hide_short_help = true)]
+    pub config_positional: Option<PathBuf>,
+}
+
+impl ConfigArg {
+    pub fn path(&self) -> PathBuf {
+        self.config
+            .clone()
+            .or_else(|| self.config_positional.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// `text` for people, `json` for scripts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    #[default]
+    Text,
+    Json,
 }
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
-    /// Plugin configuration, YAML or JSON
-    pub config: PathBuf,
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
 }
 
 #[derive(Debug, Args)]
 pub struct RouteArgs {
-    /// Plugin configuration, YAML or JSON
-    pub config: PathBuf,
+    #[command(flatten)]
+    pub config: ConfigArg,
     /// Request path, e.g. /v1/chat/completions
     #[arg(long)]
     pub path: String,
@@ -355,7 +391,7 @@ pub struct PushArgs {
 pub struct PullArgs {
     /// Image reference (tag or @sha256:digest)
     pub reference: String,
-    /// Where to write the module
+    /// Where to write the module (`-`: standard output)
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: PathBuf,
     #[command(flatten)]

@@ -14,7 +14,35 @@ pub struct Loaded {
 
 pub fn load(path: &Path) -> Result<Loaded> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    parse(&text).map_err(|e| anyhow!("{}: {e}", path.display()))
+    parse(&text).map_err(|e| {
+        let mut h = human(&e);
+        if h.starts_with(": ") {
+            if let Some(line) = locate(&text, &e.path) {
+                h = format!(":{line}{h}");
+            }
+        }
+        anyhow!("{}{h}", path.display())
+    })
+}
+
+/// The line of the field a path ends in, when that key appears exactly once in the text.
+fn locate(text: &str, path: &str) -> Option<usize> {
+    let key = path.rsplit('.').next()?.split('[').next()?;
+    if key.is_empty() {
+        return None;
+    }
+    let hits: Vec<usize> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| {
+            let t = l.trim_start().trim_start_matches("- ").trim_start();
+            t.strip_prefix(key)
+                .or_else(|| t.strip_prefix(&format!("\"{key}\"")))
+                .is_some_and(|r| r.trim_start().starts_with(':'))
+        })
+        .map(|(i, _)| i + 1)
+        .collect();
+    (hits.len() == 1).then(|| hits[0])
 }
 
 /// YAML is a superset of JSON, so one parser takes both. Errors name the field path, and the
@@ -26,6 +54,134 @@ pub fn parse(text: &str) -> Result<Loaded, model_router::config::ConfigError> {
         message: e.to_string(),
     })?;
     Ok(Loaded { config, json })
+}
+
+/// A parser error for people, to follow the file name: `:LINE:COLUMN: path: what is wrong`, the
+/// path once, types in words, and a suggestion for a misspelt field or value.
+pub fn human(e: &model_router::config::ConfigError) -> String {
+    let mut msg = e.message.trim().to_string();
+    // The YAML deserializer prefixes the path it was at; the error carries the path already.
+    if let Some((head, rest)) = msg.split_once(": ") {
+        if !head.is_empty() && head.chars().all(|c| c.is_ascii_alphanumeric() || "[]._".contains(c)) {
+            msg = rest.to_string();
+        }
+    }
+    let mut at = String::new();
+    if let Some(i) = msg.find(" at line ") {
+        let tail = msg[i + 9..].to_string();
+        let mut words = tail.split_whitespace();
+        if let (Some(line), Some("column"), Some(col)) = (words.next(), words.next(), words.next()) {
+            let col = col.trim_end_matches(',');
+            at = format!(":{line}:{col}");
+            let rest: Vec<&str> = words.collect();
+            msg.truncate(i);
+            if !rest.is_empty() {
+                msg.push(' ');
+                msg.push_str(&rest.join(" "));
+            }
+        }
+    }
+    let path = if e.path == "." {
+        String::new()
+    } else {
+        format!(" {}:", e.path)
+    };
+    format!("{at}:{path} {}", words_for(&msg))
+}
+
+/// serde's phrasing, in a user's words.
+fn words_for(msg: &str) -> String {
+    let quoted = |s: &str| -> Vec<String> { s.split('`').skip(1).step_by(2).map(str::to_string).collect() };
+    if let Some(rest) = msg.strip_prefix("unknown field ") {
+        let names = quoted(rest);
+        let (bad, known) = names
+            .split_first()
+            .map_or((String::new(), Vec::new()), |(b, k)| (b.clone(), k.to_vec()));
+        return match closest(&bad, &known) {
+            Some(s) => format!("unknown field `{bad}`; did you mean `{s}`?"),
+            None if known.is_empty() => format!("unknown field `{bad}`: nothing is expected here"),
+            None => format!("unknown field `{bad}`; the fields here are `{}`", known.join("`, `")),
+        };
+    }
+    if let Some(rest) = msg.strip_prefix("unknown variant ") {
+        let names = quoted(rest);
+        let (bad, known) = names
+            .split_first()
+            .map_or((String::new(), Vec::new()), |(b, k)| (b.clone(), k.to_vec()));
+        let hint = closest(&bad, &known)
+            .map(|s| format!("; did you mean `{s}`?"))
+            .unwrap_or_default();
+        return format!("`{bad}` is not one of `{}`{hint}", known.join("`, `"));
+    }
+    for prefix in ["invalid type: ", "invalid value: "] {
+        if let Some(rest) = msg.strip_prefix(prefix) {
+            if let Some((found, expected)) = rest.split_once(", expected ") {
+                return format!("expected {}, found {}", expected_words(expected), found_words(found));
+            }
+        }
+    }
+    if let Some(rest) = msg.strip_prefix("missing field ") {
+        return format!("missing field {rest} (it is required)");
+    }
+    msg.to_string()
+}
+
+fn expected_words(e: &str) -> String {
+    match e.trim() {
+        "u8" => "a whole number from 0 to 255".into(),
+        "u16" => "a whole number from 0 to 65535".into(),
+        "u32" => "a whole number from 0 to 4294967295".into(),
+        "u64" => "a whole number from 0 to 18446744073709551615".into(),
+        "i32" | "i64" => "a whole number".into(),
+        "a boolean" => "true or false".into(),
+        "a sequence" => "a list".into(),
+        "a map" => "an object (key: value pairs)".into(),
+        s if s.starts_with("struct ") => "an object (key: value pairs)".into(),
+        s => s.to_string(),
+    }
+}
+
+fn found_words(f: &str) -> String {
+    let f = f.trim();
+    for p in ["floating point ", "integer ", "boolean "] {
+        if let Some(v) = f.strip_prefix(p) {
+            return v.trim_matches('`').to_string();
+        }
+    }
+    if let Some(v) = f.strip_prefix("string ") {
+        return v.to_string();
+    }
+    match f {
+        "sequence" => "a list".into(),
+        "map" => "an object".into(),
+        "unit value" | "null" => "nothing (null)".into(),
+        other => other.to_string(),
+    }
+}
+
+/// The known name closest to `bad`, if it is close enough to be a typo.
+fn closest(bad: &str, known: &[String]) -> Option<String> {
+    let lower = bad.to_ascii_lowercase();
+    known
+        .iter()
+        .map(|k| (edit_distance(&lower, &k.to_ascii_lowercase()), k))
+        .filter(|(d, k)| *d <= (k.len() / 3).max(2))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k.clone())
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
 }
 
 /// Headers that are unique per request (so stickiness never happens) or never reach the filter.

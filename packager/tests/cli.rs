@@ -143,3 +143,42 @@ fn build_checks_and_budgets_the_real_filter() {
         "{v}"
     );
 }
+
+/// Configuration errors as a person reads them: one line, `file:line:column`, the field path
+/// once, types in words, a suggestion for a misspelling.
+#[test]
+fn configuration_errors_in_words() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases: &[(&str, &str)] = &[
+        (
+            "misspelt-field.yaml",
+            "models:\n  - name: a\n    destination:\n      - name: x\n",
+        ),
+        (
+            "fraction.yaml",
+            "models:\n  - name: a\n    destinations:\n      - name: x\n        weight: 1.5\n",
+        ),
+        (
+            "negative.yaml",
+            "models:\n  - name: a\n    destinations:\n      - {name: x, weight: -3}\n",
+        ),
+        ("not-a-bool.yaml", "bodyRouting: yes please\nmodels: []\n"),
+        ("bad-policy.yaml", "onUnknownModel: rejekt\nmodels: []\n"),
+        ("top-level-typo.yaml", "modles: []\n"),
+        ("not-a-list.yaml", "models:\n  - name: a\n    destinations: x\n"),
+        ("no-destinations.yaml", "models:\n  - name: a\n    destinations: []\n"),
+        ("broken.json", "{\"models\": [}"),
+        ("missing-models.yaml", "bodyRouting: true\n"),
+    ];
+    let mut out = String::new();
+    for (name, text) in cases {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        let o = wasmpack(&["check", "--config", p.to_str().unwrap()], "", &[]);
+        assert_eq!(o.status.code(), Some(1), "{name}");
+        let e = stderr(&o).replace(&format!("{}/", tmp.path().display()), "");
+        assert_eq!(e.lines().count(), 1, "one line: {e}");
+        out.push_str(&e);
+    }
+    insta::assert_snapshot!("configuration_errors", out);
+}

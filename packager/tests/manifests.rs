@@ -543,7 +543,7 @@ fn check_and_route() {
     assert_eq!(o.status.code(), Some(1));
     let e = stderr(&o);
     assert!(
-        e.contains("models[0].destinations[0].weight") && e.contains("line 5"),
+        e.contains(":5:") && e.contains("models[0].destinations[0].weight"),
         "{e}"
     );
 

@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Result};
 
-use crate::cli::CheckArgs;
+use crate::cli::{CheckArgs, Output};
 use crate::plugin_config;
 use crate::render::{self, Network, Options, Target};
 
@@ -33,19 +33,62 @@ fn standalone() -> Options {
 }
 
 pub fn run(args: &CheckArgs) -> Result<()> {
-    let loaded = plugin_config::load(&args.config)?;
+    let path = args.config.path();
+    let json = args.output == Output::Json;
+    let loaded = match plugin_config::load(&path) {
+        Ok(l) => l,
+        Err(e) if json => {
+            // Scripts get the problem as data too (and the exit status 1).
+            println!(
+                "{}",
+                serde_json::json!({"valid": false, "errors": [e.to_string()], "warnings": []})
+            );
+            eprintln!(
+                "error: {} is not valid (the JSON on standard output says why)",
+                path.display()
+            );
+            std::process::exit(1);
+        }
+        Err(e) => return Err(e),
+    };
     let c = &loaded.config;
-    if let Err(problems) = render::plan(c, &standalone()) {
-        let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
-        bail!("{}:\n  {}", args.config.display(), lines.join("\n  "));
-    }
+    let problems: Vec<String> = match render::plan(c, &standalone()) {
+        Ok(_) => Vec::new(),
+        Err(p) => p.iter().map(ToString::to_string).collect(),
+    };
+    let warnings = plugin_config::warnings(c);
     let destinations: usize = c.models.iter().map(|m| m.destinations.len()).sum();
-    for (path, message) in plugin_config::warnings(c) {
+    if json {
+        let w: Vec<serde_json::Value> = warnings
+            .iter()
+            .map(|(p, m)| serde_json::json!({"path": p, "message": m}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "valid": problems.is_empty(), "errors": problems, "warnings": w,
+                "models": c.models.len(), "aliases": c.models.iter().map(|m| m.aliases.len()).sum::<usize>(),
+                "destinations": destinations, "bodyRouting": c.body_routing,
+            })
+        );
+        if !problems.is_empty() {
+            eprintln!(
+                "error: {} is not valid (the JSON on standard output says why)",
+                path.display()
+            );
+            std::process::exit(1);
+        }
+        return Ok(());
+    }
+    if !problems.is_empty() {
+        bail!("{}:\n  {}", path.display(), problems.join("\n  "));
+    }
+    for (path, message) in &warnings {
         println!("warning: {path}: {message}");
     }
     println!(
         "{}: valid ({} models, {} aliases, {} destinations; bodyRouting {})",
-        args.config.display(),
+        path.display(),
         c.models.len(),
         c.models.iter().map(|m| m.aliases.len()).sum::<usize>(),
         destinations,

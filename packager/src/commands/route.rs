@@ -15,7 +15,7 @@ use crate::cli::RouteArgs;
 use crate::plugin_config;
 
 pub fn run(args: &RouteArgs) -> Result<()> {
-    let loaded = plugin_config::load(&args.config)?;
+    let loaded = plugin_config::load(&args.config.path())?;
     let body = match &args.body {
         Some(p) if p.as_os_str() == "-" => {
             let mut b = Vec::new();

@@ -10,7 +10,7 @@ use crate::{prom, stats};
 /// Fetches the exposition. Envoy merges histograms at a stats flush, which a scrape triggers
 /// (`stats_flush_on_admin`, as `wasmpack run` configures) but does not wait for: read twice.
 pub async fn scrape(admin: &str) -> Result<Vec<prom::Sample>> {
-    let url = format!("{}/stats/prometheus", admin.trim_end_matches('/'));
+    let url = format!("{}/stats/prometheus", admin_url(admin));
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(3))
         .timeout(Duration::from_secs(10))
@@ -31,10 +31,20 @@ pub async fn scrape(admin: &str) -> Result<Vec<prom::Sample>> {
     prom::parse(&get().await?).map_err(|e| anyhow::anyhow!("{url}: not Prometheus text: {e}"))
 }
 
+/// `127.0.0.1:9901`, `localhost:9901` or a URL → the admin's base URL.
+pub fn admin_url(admin: &str) -> String {
+    let a = admin.trim().trim_end_matches('/');
+    if a.contains("://") {
+        a.to_string()
+    } else {
+        format!("http://{a}")
+    }
+}
+
 pub async fn run(args: &StatsArgs) -> Result<()> {
     loop {
         let summary = stats::summarize(&scrape(&args.admin).await?);
-        if args.json {
+        if args.json || args.output == crate::cli::Output::Json {
             let rows: Vec<serde_json::Value> = summary
                 .rows
                 .iter()
