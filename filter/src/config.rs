@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Deserializer};
 
 /// Which of the filter's decision headers leave the proxy on the response.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 pub enum ResponseHeaders {
     /// None: the decision stays inside the mesh (metrics, access log); client-visible
@@ -24,6 +25,7 @@ pub enum ResponseHeaders {
 }
 
 /// What to do with a request in a given bad situation.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Policy {
@@ -31,27 +33,38 @@ pub enum Policy {
     Passthrough,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawConfig {
+    /// Request header set to the chosen destination's name (default `x-ai-route`).
     #[serde(default = "default_route_header")]
     route_header: String,
+    /// Request header set to the canonical model name (default `x-ai-model`).
     #[serde(default = "default_model_header")]
     model_header: String,
+    /// Most request-body bytes the filter reads (default 1 MiB); see `onOversize`.
     #[serde(default = "default_max_body_bytes")]
     max_body_bytes: u64,
+    /// A model that is neither a name nor an alias: 404 `model_not_found`, or let it through unrouted.
     #[serde(default = "reject")]
     on_unknown_model: Policy,
+    /// A request without a model: 400 `model_required`, or let it through unrouted.
     #[serde(default = "passthrough")]
     on_missing_model: Policy,
+    /// A body that is not valid JSON: 400 `invalid_json`, or let it through unrouted.
     #[serde(default = "reject")]
     on_invalid_body: Policy,
+    /// A body larger than `maxBodyBytes`: 413 `body_too_large`, or let it through unread.
     #[serde(default = "passthrough")]
     on_oversize: Policy,
+    /// Requests with the same value of this header get the same destination of a model.
     #[serde(default)]
     sticky_header: Option<String>,
+    /// Hold request headers until the body's model is known, then route on it (default true).
     #[serde(default = "yes")]
     body_routing: bool,
+    /// Make every streaming chat/completions request report its usage (always for token-limited models).
     #[serde(default)]
     inject_stream_usage: bool,
     /// Which requests the filter looks at (authorities and path prefixes).
@@ -79,55 +92,76 @@ struct RawConfig {
     /// A request header carrying the caller's SPIFFE ID, trusted when there is no mTLS peer.
     #[serde(default)]
     identity_header: Option<String>,
+    /// The models the filter knows.
     models: Vec<RawModel>,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawScope {
     #[serde(default)]
+    /// `:authority` names or `*.domain` patterns (port ignored).
     hosts: Option<Vec<String>>,
     #[serde(default)]
+    /// Path prefixes (`["/"]`: all); default: the inference endpoints.
     paths: Option<Vec<String>>,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawLimits {
     #[serde(default)]
+    /// Requests per minute (a token bucket).
     requests_per_minute: Option<u64>,
     #[serde(default)]
+    /// Input + output tokens per minute, charged as responses end.
     tokens_per_minute: Option<u64>,
     #[serde(default)]
+    /// `principal` (default), `global`, or `header:NAME`.
     by: Option<String>,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawModel {
+    /// Canonical model name (label value of the metrics, value of `modelHeader`).
     name: String,
     #[serde(default)]
+    /// Other names clients may send.
     aliases: Vec<String>,
     #[serde(default)]
+    /// Rewrite the body's `model` to this before it goes upstream.
     upstream_model: Option<String>,
     #[serde(default)]
+    /// SPIFFE IDs allowed to use this model (`*`, or a prefix ending in `*`).
     allow: Option<Vec<String>>,
     #[serde(default)]
+    /// This model's rate limits.
     limits: Option<RawLimits>,
+    /// Weighted split across backends (at least one).
     destinations: Vec<RawDestination>,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawDestination {
+    /// Value of `routeHeader` for this destination.
     name: String,
     #[serde(default = "default_weight")]
+    /// Relative weight (default 1).
     weight: u32,
     #[serde(default)]
+    /// The Kubernetes Service serving it (for `wasmpack manifests`; the filter ignores it).
     host: Option<String>,
     #[serde(default)]
+    /// The DestinationRule subset (sidecar installs).
     subset: Option<String>,
     #[serde(default)]
+    /// The Service port.
     port: Option<u16>,
 }
 
@@ -154,6 +188,21 @@ fn reject() -> Policy {
 }
 fn passthrough() -> Policy {
     Policy::Passthrough
+}
+
+/// The JSON Schema of the plugin configuration, generated from the types the parser reads (so
+/// it cannot drift): for editors and YAML language servers (`wasmpack schema`).
+#[cfg(feature = "schema")]
+pub fn json_schema() -> serde_json::Value {
+    let mut s = serde_json::to_value(schemars::schema_for!(RawConfig)).unwrap_or_default();
+    if let Some(o) = s.as_object_mut() {
+        o.insert("title".into(), "model-router plugin configuration".into());
+        o.insert(
+            "description".into(),
+            "The configuration of the model-router proxy-wasm filter (docs/configuration.md).".into(),
+        );
+    }
+    s
 }
 
 /// A configuration error: the field path and what is wrong with it.

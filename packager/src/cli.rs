@@ -7,10 +7,19 @@ use clap::{Args, Parser, Subcommand};
 use crate::image::Format;
 use crate::registry::RegistryOpts;
 
+/// `wasmpack --version`: the CLI, the proxy-wasm ABI of the filter it builds and checks, and
+/// the commit it was built from.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (filter ABI proxy-wasm 0.2.1, wasm32-wasip1; commit ",
+    env!("WASMPACK_GIT_COMMIT"),
+    ")"
+);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "wasmpack",
-    version,
+    version = VERSION,
     about = "Build, check, push and install the model-router Wasm filter for Istio and Envoy",
     after_help = "Exit status: 0 success, 1 failure (one message on stderr), 2 bad usage."
 )]
@@ -43,6 +52,17 @@ pub enum Command {
     Run(RunArgs),
     /// Per-model table from a running Envoy's /stats/prometheus
     Stats(StatsArgs),
+    /// Print the JSON Schema of the plugin configuration (for editors and YAML language servers)
+    Schema,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions(CompletionsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Args)]
@@ -383,6 +403,9 @@ pub struct PushArgs {
     /// Also tag the pushed manifest with these tags
     #[arg(long = "tag", value_name = "TAG")]
     pub tags: Vec<String>,
+    /// Annotate the image with the git source and revision (the digest then changes with every commit)
+    #[arg(long)]
+    pub git_annotations: bool,
     #[command(flatten)]
     pub registry: RegistryArgs,
 }

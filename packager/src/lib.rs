@@ -10,5 +10,6 @@ pub mod plugin_config;
 pub mod prom;
 pub mod registry;
 pub mod render;
+pub mod schema;
 pub mod settings;
 pub mod stats;

@@ -8,6 +8,12 @@ use wasmpack::cli::{Cli, Command};
 use wasmpack::commands;
 
 fn main() -> ExitCode {
+    // A closed pipe (`wasmpack stats --watch | head`) ends the program quietly, as it does any
+    // Unix tool, instead of a panic on the next print. Rust ignores SIGPIPE by default.
+    // SAFETY: setting a signal's disposition to the default, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     // clap exits with status 2 on bad usage.
     let cli = Cli::parse();
     wasmpack::commands::apply::install_crypto_provider();
@@ -45,5 +51,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Delete(a) => commands::apply::run_delete(&a).await,
         Command::Run(a) => commands::run::run(&a).await,
         Command::Stats(a) => commands::stats::run(&a).await,
+        Command::Schema => {
+            println!("{}", wasmpack::schema::schema_json());
+            Ok(())
+        }
+        Command::Completions(a) => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            clap_complete::generate(a.shell, &mut cmd, "wasmpack", &mut std::io::stdout());
+            Ok(())
+        }
     }
 }

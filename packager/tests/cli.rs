@@ -182,3 +182,62 @@ fn configuration_errors_in_words() {
     }
     insta::assert_snapshot!("configuration_errors", out);
 }
+
+/// docs/configuration.schema.json is what `wasmpack schema` prints (regenerate with
+/// `wasmpack schema > docs/configuration.schema.json`), and it accepts the example configurations
+/// and refuses a misspelt field, as the parser does.
+#[test]
+fn the_committed_schema_is_fresh_and_agrees_with_the_parser() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let o = wasmpack(&["schema"], "", &[]);
+    assert!(o.status.success());
+    let committed = std::fs::read_to_string(root.join("docs/configuration.schema.json")).unwrap();
+    assert_eq!(
+        committed,
+        stdout(&o),
+        "docs/configuration.schema.json is stale: run `wasmpack schema > docs/configuration.schema.json`"
+    );
+    let script = r#"
+import json, sys, yaml, jsonschema
+schema = json.load(open(sys.argv[1]))
+for f in sys.argv[2:]:
+    jsonschema.validate(yaml.safe_load(open(f)), schema)
+try:
+    jsonschema.validate({"models": [{"name": "a", "destination": []}]}, schema)
+    sys.exit("a misspelt field was accepted")
+except jsonschema.ValidationError:
+    pass
+print("ok")
+"#;
+    let python = root.join(".venv/bin/python");
+    let out = std::process::Command::new(&python)
+        .args(["-c", script])
+        .arg(root.join("docs/configuration.schema.json"))
+        .arg(root.join("manifests/llm-gateway/config.yaml"))
+        .arg(root.join("manifests/ml-canary/config.yaml"))
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}; run scripts/setup.sh (it installs jsonschema with kubernetes-validate)",
+                python.display()
+            )
+        });
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn version_and_completions() {
+    let o = wasmpack(&["--version"], "", &[]);
+    let v = stdout(&o);
+    assert!(
+        v.starts_with("wasmpack 0.") && v.contains("filter ABI proxy-wasm 0.2.1") && v.contains("commit "),
+        "{v}"
+    );
+    for shell in ["bash", "zsh", "fish", "powershell", "elvish"] {
+        let o = wasmpack(&["completions", shell], "", &[]);
+        assert!(o.status.success(), "{shell}: {}", stderr(&o));
+        assert!(stdout(&o).contains("manifests"), "{shell}");
+    }
+    let o = wasmpack(&["completions", "tcsh"], "", &[]);
+    assert_eq!(o.status.code(), Some(2));
+}

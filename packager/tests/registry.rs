@@ -398,3 +398,41 @@ fn docker_v2_layout_and_insecure() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("warning: --insecure"), "{}", stderr(&o));
 }
+
+/// The same module pushed twice, a second apart, to two tags: one manifest digest, as an
+/// independent client (skopeo) reads it. SOURCE_DATE_EPOCH still sets `created`.
+#[test]
+fn pushes_are_reproducible() {
+    let reg = Registry::plain();
+    let tmp = tempfile::tempdir().unwrap();
+    let (file, _) = write_module(tmp.path());
+    let file = file.to_str().unwrap();
+    let mut digests = Vec::new();
+    for tag in ["a", "b"] {
+        let reference = reg.reference(&format!("filters/repro:{tag}"));
+        let out = push(&reg, file, &reference, &[]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let raw = reg.skopeo(&["inspect", "--raw", &format!("docker://{reference}")]);
+        assert!(raw.status.success(), "{}", stderr(&raw));
+        digests.push(sha256(&raw.stdout));
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+    }
+    assert_eq!(digests[0], digests[1]);
+    let reference = reg.reference("filters/repro:dated");
+    let flags = reg.flags();
+    let mut args = vec!["push", file, reference.as_str()];
+    args.extend(flags.iter().map(String::as_str));
+    let out = wasmpack(
+        &args,
+        PASSWORD,
+        &[("DOCKER_CONFIG", "/nonexistent"), ("SOURCE_DATE_EPOCH", "1700000000")],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let raw = reg.skopeo(&["inspect", "--raw", &format!("docker://{reference}")]);
+    let m: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
+    assert_eq!(
+        m["annotations"]["org.opencontainers.image.created"],
+        "2023-11-14T22:13:20Z"
+    );
+    assert_ne!(sha256(&raw.stdout), digests[0]);
+}

@@ -28,7 +28,7 @@ pub async fn run(args: &PushArgs) -> Result<()> {
             ))
         })
         .collect::<Result<_>>()?;
-    let (created_unix, annotations) = annotations();
+    let (created_unix, annotations) = annotations(args.git_annotations);
     let img = image::build(&wasm, args.format.format(), &annotations, created_unix);
 
     let registry = Registry::connect(&args.registry.opts(), &reference)?;
@@ -87,13 +87,15 @@ pub async fn run(args: &PushArgs) -> Result<()> {
     Ok(())
 }
 
-/// Standard OCI annotations: created (from SOURCE_DATE_EPOCH when set, for reproducible digests),
-/// and source/revision when run inside a git checkout.
-fn annotations() -> (i64, BTreeMap<String, String>) {
+/// Standard OCI annotations, reproducible by default: the same module gives the same manifest
+/// digest on every push. `created` is SOURCE_DATE_EPOCH when set, else the Unix epoch (as ko
+/// and jib do); the git source and revision only with `--git-annotations` (they change the
+/// digest with every commit).
+fn annotations(git_annotations: bool) -> (i64, BTreeMap<String, String>) {
     let created = std::env::var("SOURCE_DATE_EPOCH")
         .ok()
         .and_then(|s| s.trim().parse::<i64>().ok())
-        .unwrap_or_else(|| chrono::Utc::now().timestamp());
+        .unwrap_or(0);
     let stamp = chrono::DateTime::from_timestamp(created, 0)
         .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
         .unwrap_or_default();
@@ -107,7 +109,7 @@ fn annotations() -> (i64, BTreeMap<String, String>) {
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
             .filter(|s| !s.is_empty())
     };
-    if let Some(rev) = git(&["rev-parse", "HEAD"]) {
+    if let Some(rev) = git(&["rev-parse", "HEAD"]).filter(|_| git_annotations) {
         a.insert("org.opencontainers.image.revision".into(), rev);
         if let Some(url) = git(&["config", "--get", "remote.origin.url"]) {
             a.insert("org.opencontainers.image.source".into(), url);
