@@ -240,6 +240,27 @@ pub fn explain(e: OciDistributionError, reference: &Reference) -> anyhow::Error 
             "{registry}: credentials refused ({chain}); check --username/--password-stdin or your docker login"
         );
     }
+    // TLS problems each have their own fix: say the right one.
+    if lower.contains("notvalidforname") || lower.contains("not valid for name") {
+        return anyhow!(
+            "{registry}: the registry's TLS certificate is not valid for the name `{registry}` ({chain}); reach it by a \
+             name its certificate lists (--ca-file cannot fix a name mismatch)"
+        );
+    }
+    if lower.contains("expired") || lower.contains("notvalidyet") || lower.contains("not valid yet") {
+        return anyhow!(
+            "{registry}: the registry's TLS certificate has expired or is not valid yet ({chain}); renew it, or check \
+             this machine's clock"
+        );
+    }
+    if lower.contains("invalidcontenttype")
+        || lower.contains("corrupt message")
+        || lower.contains("wrong version number")
+    {
+        return anyhow!(
+            "{registry}: the registry does not speak TLS there ({chain}); for an HTTP registry pass --plain-http"
+        );
+    }
     if lower.contains("certificate")
         || lower.contains("unknownissuer")
         || lower.contains("tls") && lower.contains("invalid")

@@ -20,6 +20,11 @@ pub struct Row {
     pub ttft_p50_ms: Option<f64>,
     pub ttft_p99_ms: Option<f64>,
     pub in_flight: f64,
+    /// Cumulative requests by status class (`2xx`, `4xx`, `5xx`, …).
+    pub classes: BTreeMap<String, f64>,
+    /// Cumulative histogram buckets (upper bound, count) of the request duration and the TTFT.
+    pub duration_buckets: Vec<(f64, f64)>,
+    pub ttft_buckets: Vec<(f64, f64)>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -84,6 +89,7 @@ pub fn summarize(samples: &[Sample]) -> Summary {
             "model_router_requests_total" => {
                 let r = row_for(&mut rows, &key);
                 r.requests += s.value;
+                *r.classes.entry(label(s, "code_class").to_string()).or_default() += s.value;
                 if matches!(label(s, "code_class"), "4xx" | "5xx") {
                     r.errors += s.value;
                 }
@@ -120,13 +126,16 @@ pub fn summarize(samples: &[Sample]) -> Summary {
             _ => {}
         }
     }
-    for ((which, m, d), buckets) in hist {
+    for ((which, m, d), mut buckets) in hist {
         if let Some(r) = rows.get_mut(&(m, d)) {
+            buckets.sort_by(|x, y| x.0.total_cmp(&y.0));
             let (p50, p99) = (quantile(0.5, &buckets), quantile(0.99, &buckets));
             if which == "duration" {
                 (r.p50_ms, r.p99_ms) = (p50, p99);
+                r.duration_buckets = buckets;
             } else {
                 (r.ttft_p50_ms, r.ttft_p99_ms) = (p50, p99);
+                r.ttft_buckets = buckets;
             }
         }
     }
@@ -138,6 +147,148 @@ pub fn summarize(samples: &[Sample]) -> Summary {
         }
     }
     out.rows = rows.into_values().filter(|r| !r.model.is_empty()).collect();
+    out
+}
+
+/// One row of `stats --watch`: what happened between two scrapes.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RateRow {
+    pub model: String,
+    pub destination: String,
+    pub requests_per_second: f64,
+    /// This destination's part of its model's requests in the interval (the canary split as it
+    /// really is), 0–1; `None` when the model had no requests.
+    pub share: Option<f64>,
+    /// Requests in the interval by status class.
+    pub classes: BTreeMap<String, f64>,
+    pub tokens_per_second: f64,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub ttft_p50_ms: Option<f64>,
+    pub ttft_p99_ms: Option<f64>,
+    pub in_flight: f64,
+}
+
+/// Bucket counts between two cumulative histograms (a counter reset starts over).
+fn bucket_delta(now: &[(f64, f64)], before: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    now.iter()
+        .map(|&(le, c)| {
+            let b = before.iter().find(|x| x.0 == le).map_or(0.0, |x| x.1);
+            (le, if c >= b { c - b } else { c })
+        })
+        .collect()
+}
+
+/// Rates between two summaries taken `seconds` apart; counters that went down (an Envoy restart)
+/// count from zero.
+pub fn rates(now: &Summary, before: &Summary, seconds: f64) -> Vec<RateRow> {
+    let secs = seconds.max(0.001);
+    let delta = |a: f64, b: f64| if a >= b { a - b } else { a };
+    let mut out: Vec<RateRow> = now
+        .rows
+        .iter()
+        .map(|r| {
+            let prev = before
+                .rows
+                .iter()
+                .find(|p| p.model == r.model && p.destination == r.destination)
+                .cloned()
+                .unwrap_or_default();
+            let classes: BTreeMap<String, f64> = r
+                .classes
+                .iter()
+                .map(|(k, v)| (k.clone(), delta(*v, prev.classes.get(k).copied().unwrap_or(0.0))))
+                .collect();
+            let d = bucket_delta(&r.duration_buckets, &prev.duration_buckets);
+            let t = bucket_delta(&r.ttft_buckets, &prev.ttft_buckets);
+            let tokens = delta(r.input_tokens + r.output_tokens, prev.input_tokens + prev.output_tokens);
+            RateRow {
+                model: r.model.clone(),
+                destination: r.destination.clone(),
+                requests_per_second: delta(r.requests, prev.requests) / secs,
+                share: None,
+                classes,
+                tokens_per_second: tokens / secs,
+                p50_ms: quantile(0.5, &d),
+                p99_ms: quantile(0.99, &d),
+                ttft_p50_ms: quantile(0.5, &t),
+                ttft_p99_ms: quantile(0.99, &t),
+                in_flight: r.in_flight,
+            }
+        })
+        .collect();
+    let mut per_model: BTreeMap<String, f64> = BTreeMap::new();
+    for r in &out {
+        *per_model.entry(r.model.clone()).or_default() += r.requests_per_second;
+    }
+    for r in &mut out {
+        let total = per_model.get(&r.model).copied().unwrap_or(0.0);
+        r.share = (total > 0.0).then(|| r.requests_per_second / total);
+    }
+    out
+}
+
+/// The `--watch` table.
+pub fn render_rates(rows: &[RateRow]) -> String {
+    let header = [
+        "MODEL",
+        "DESTINATION",
+        "SHARE",
+        "REQ/S",
+        "2XX",
+        "4XX",
+        "5XX",
+        "TOK/S",
+        "P50 MS",
+        "P99 MS",
+        "TTFT P50",
+        "TTFT P99",
+        "IN FLIGHT",
+    ];
+    let mut table: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
+    for r in rows {
+        let class = |c: &str| num(r.classes.get(c).copied().unwrap_or(0.0));
+        table.push(vec![
+            r.model.clone(),
+            r.destination.clone(),
+            r.share.map_or("-".into(), |s| format!("{:.1}%", 100.0 * s)),
+            format!("{:.1}", r.requests_per_second),
+            class("2xx"),
+            class("4xx"),
+            class("5xx"),
+            format!("{:.1}", r.tokens_per_second),
+            opt(r.p50_ms),
+            opt(r.p99_ms),
+            opt(r.ttft_p50_ms),
+            opt(r.ttft_p99_ms),
+            num(r.in_flight),
+        ]);
+    }
+    columns(&table)
+}
+
+fn columns(rows: &[Vec<String>]) -> String {
+    let n = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..n)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let cells: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i < 2 {
+                    format!("{c:<w$}", w = widths[i])
+                } else {
+                    format!("{c:>w$}", w = widths[i])
+                }
+            })
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
     out
 }
 
@@ -191,25 +342,7 @@ pub fn render(s: &Summary) -> String {
             num(r.in_flight),
         ]);
     }
-    let widths: Vec<usize> = (0..header.len())
-        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for r in &rows {
-        let cells: Vec<String> = r
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                if i < 2 {
-                    format!("{c:<w$}", w = widths[i])
-                } else {
-                    format!("{c:>w$}", w = widths[i])
-                }
-            })
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
+    let mut out = columns(&rows);
     if !s.rejected.is_empty() {
         let parts: Vec<String> = s.rejected.iter().map(|(k, v)| format!("{k}={}", num(*v))).collect();
         out.push_str(&format!("rejected: {}\n", parts.join(" ")));
@@ -266,5 +399,41 @@ envoy_cluster_upstream_rq{x="y"} 1
         assert!(t.lines().nth(1).unwrap().starts_with("m      d"), "{t}");
         assert!(t.contains("20.0%"), "{t}");
         assert!(t.contains("rejected: model_not_found=3"), "{t}");
+    }
+
+    #[test]
+    fn rates_shares_and_windowed_percentiles() {
+        let scrape = |v1: f64, v2: f64, slow: f64| {
+            parse(&format!(
+                "model_router_requests_total{{model=\"m\",destination=\"stable\",code_class=\"2xx\"}} {v1}\n\
+                 model_router_requests_total{{model=\"m\",destination=\"canary\",code_class=\"5xx\"}} {v2}\n\
+                 model_router_request_duration_milliseconds_bucket{{model=\"m\",destination=\"stable\",le=\"10\"}} {}\n\
+                 model_router_request_duration_milliseconds_bucket{{model=\"m\",destination=\"stable\",le=\"1000\"}} {v1}\n\
+                 model_router_request_duration_milliseconds_bucket{{model=\"m\",destination=\"stable\",le=\"+Inf\"}} {v1}\n",
+                v1 - slow
+            ))
+            .unwrap()
+        };
+        let a = summarize(&scrape(100.0, 10.0, 0.0));
+        let b = summarize(&scrape(190.0, 20.0, 90.0));
+        let r = rates(&b, &a, 10.0);
+        let stable = r.iter().find(|x| x.destination == "stable").unwrap();
+        let canary = r.iter().find(|x| x.destination == "canary").unwrap();
+        assert_eq!(stable.requests_per_second, 9.0);
+        assert_eq!(canary.classes.get("5xx"), Some(&10.0));
+        assert_eq!(stable.share, Some(0.9));
+        assert!(
+            stable.p50_ms.unwrap() > 10.0,
+            "the window's requests were all slow: {:?}",
+            stable.p50_ms
+        );
+        // A restarted Envoy (counters went down) counts from zero, never negative.
+        let c = summarize(&scrape(5.0, 0.0, 0.0));
+        assert!(rates(&c, &b, 1.0).iter().all(|x| x.requests_per_second >= 0.0));
+        let t = render_rates(&r);
+        assert!(
+            t.lines().next().unwrap().contains("SHARE") && t.contains("90.0%"),
+            "{t}"
+        );
     }
 }

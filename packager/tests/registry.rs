@@ -237,6 +237,33 @@ fn failures_are_one_clear_line_and_push_nothing() {
     assert_fails(&o, "--ca-file");
     assert!(stderr(&o).contains("not trusted"), "{}", stderr(&o));
     nothing_under(&reg, &reference);
+    // A name the certificate does not list (it names 127.0.0.1 only): --ca-file is no advice.
+    let by_name = reference.replacen("127.0.0.1", "localhost", 1);
+    let ca = reg.ca_file();
+    let o = wasmpack(
+        &[
+            "push",
+            file,
+            &by_name,
+            "-u",
+            USER,
+            "--password-stdin",
+            "--ca-file",
+            ca.to_str().unwrap(),
+        ],
+        PASSWORD,
+        &[("DOCKER_CONFIG", "/nonexistent")],
+    );
+    assert_fails(&o, "not valid for the name `localhost");
+    assert!(!stderr(&o).contains("pass --ca-file"), "{}", stderr(&o));
+    // TLS to a plain-HTTP registry.
+    let plain = Registry::plain();
+    let o = wasmpack(
+        &["push", file, &plain.reference("x/y:1")],
+        "",
+        &[("DOCKER_CONFIG", "/nonexistent")],
+    );
+    assert_fails(&o, "--plain-http");
 
     // Not Wasm: refused before any network I/O (the registry address is unreachable).
     let junk = tmp.path().join("junk.wasm");

@@ -251,7 +251,8 @@ pub async fn traffic(d: &Demo) -> Result<Traffic> {
 /// `wasmpack stats` against the demo's Envoy.
 pub fn stats(d: &Demo) -> Result<String> {
     let out = Command::new(wasmpack_bin())
-        .args(["stats", "--admin", &format!("http://{}", d.run.admin)])
+        // HOST:PORT, as `wasmpack run` prints it.
+        .args(["stats", "--admin", &d.run.admin.to_string()])
         .output()?;
     if !out.status.success() {
         bail!("wasmpack stats failed: {}", String::from_utf8_lossy(&out.stderr));

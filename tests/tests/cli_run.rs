@@ -48,6 +48,41 @@ async fn run_serves_traffic_and_stats_shows_the_table() {
     assert_eq!(emb[2], "6");
     assert_eq!(emb[9], "-", "no TTFT for JSON\n{table}");
     assert!(table.contains("rejected: model_not_found=1"), "{table}");
+    // --watch --output json: one object per scrape, rates from the second one on, while traffic
+    // flows; it keeps going until stopped.
+    let mut watch = Command::new(demo::wasmpack_bin())
+        .args([
+            "stats",
+            "--admin",
+            &d.run.admin.to_string(),
+            "--watch",
+            "1",
+            "--output",
+            "json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let again = demo::traffic(&d).await.unwrap();
+    assert_eq!(again.canary.values().sum::<u32>(), 60);
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let _ = watch.kill();
+    let out = watch.wait_with_output().unwrap();
+    let objects: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(objects.len() >= 3, "{objects:?}");
+    assert!(objects[0]["rates"].is_null(), "no rates from one scrape");
+    let busy = objects
+        .iter()
+        .filter_map(|o| o["rates"].as_array())
+        .flatten()
+        .filter(|r| r["model"] == "llama-3-8b")
+        .map(|r| r["requestsPerSecond"].as_f64().unwrap())
+        .fold(0.0, f64::max);
+    assert!(busy > 0.0, "{objects:?}");
     // The access log names model, destination and tokens.
     let log = std::fs::read_to_string(&d.run.log).unwrap_or_default();
     assert!(log.contains("model=gpt-4o destination=gpt-4o input_tokens="), "{log}");

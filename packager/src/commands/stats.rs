@@ -1,10 +1,10 @@
 //! `wasmpack stats`: the per-model table from Envoy's /stats/prometheus.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::cli::StatsArgs;
+use crate::cli::{Output, StatsArgs};
 use crate::{prom, stats};
 
 /// Fetches the exposition. Envoy merges histograms at a stats flush, which a scrape triggers
@@ -16,11 +16,16 @@ pub async fn scrape(admin: &str) -> Result<Vec<prom::Sample>> {
         .timeout(Duration::from_secs(10))
         .build()?;
     let get = || async {
-        let r = client
-            .get(&url)
-            .send()
-            .await
-            .with_context(|| format!("cannot reach Envoy's admin at {url}"))?;
+        let r = client.get(&url).send().await.map_err(|e| {
+            let why = if e.is_connect() {
+                "nothing answers there (is Envoy running? `wasmpack run` prints its admin address)"
+            } else if e.is_timeout() {
+                "it did not answer in time"
+            } else {
+                "the request failed"
+            };
+            anyhow::anyhow!("cannot reach Envoy's admin at {url}: {why}")
+        })?;
         if !r.status().is_success() {
             bail!("{url} answered {}", r.status());
         }
@@ -42,32 +47,72 @@ pub fn admin_url(admin: &str) -> String {
 }
 
 pub async fn run(args: &StatsArgs) -> Result<()> {
-    loop {
+    let json = args.json || args.output == Output::Json;
+    let Some(every) = args.watch else {
         let summary = stats::summarize(&scrape(&args.admin).await?);
-        if args.json || args.output == crate::cli::Output::Json {
-            let rows: Vec<serde_json::Value> = summary
-                .rows
-                .iter()
-                .map(|r| {
-                    serde_json::json!({"model": r.model, "destination": r.destination, "requests": r.requests, "errors": r.errors,
-                        "inputTokens": r.input_tokens, "outputTokens": r.output_tokens, "outputTokensPerSecond": r.tokens_per_second,
-                        "p50Ms": r.p50_ms, "p99Ms": r.p99_ms, "ttftP50Ms": r.ttft_p50_ms, "ttftP99Ms": r.ttft_p99_ms, "inFlight": r.in_flight})
-                })
-                .collect();
-            println!(
-                "{}",
-                serde_json::json!({"rows": rows, "rejected": summary.rejected, "holdReleased": summary.hold_released})
-            );
+        if json {
+            println!("{}", summary_json(&summary));
         } else {
-            if args.watch.is_some() {
-                print!("\x1b[2J\x1b[H");
-            }
             print!("{}", stats::render(&summary));
         }
-        let Some(every) = args.watch else { return Ok(()) };
+        return Ok(());
+    };
+    let every = every.max(1);
+    let mut previous: Option<(stats::Summary, Instant)> = None;
+    loop {
+        match scrape(&args.admin).await {
+            Ok(samples) => {
+                let now = (stats::summarize(&samples), Instant::now());
+                let rows = previous
+                    .as_ref()
+                    .map(|(before, at)| stats::rates(&now.0, before, now.1.duration_since(*at).as_secs_f64()));
+                let stamp = chrono::Utc::now().format("%H:%M:%S");
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"time": stamp.to_string(), "rates": rows, "totals": summary_json(&now.0)})
+                    );
+                } else {
+                    print!("\x1b[2J\x1b[H");
+                    println!(
+                        "{} every {every} s, {stamp} UTC (Ctrl-C stops)\n",
+                        admin_url(&args.admin)
+                    );
+                    match &rows {
+                        Some(r) => print!("{}", stats::render_rates(r)),
+                        None => println!("(rates from the next scrape on)"),
+                    }
+                    println!("\ntotals since Envoy started:");
+                    print!("{}", stats::render(&now.0));
+                }
+                previous = Some(now);
+            }
+            // Keep going: Envoy restarting or briefly unreachable is what watching is for.
+            Err(e) if json => println!("{}", serde_json::json!({"error": format!("{e:#}")})),
+            Err(e) => println!(
+                "[{} UTC] scrape failed: {e:#}; retrying every {every} s",
+                chrono::Utc::now().format("%H:%M:%S")
+            ),
+        }
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(every.max(1))) => {}
+            _ = tokio::time::sleep(Duration::from_secs(every)) => {}
             _ = tokio::signal::ctrl_c() => return Ok(()),
         }
     }
+}
+
+fn summary_json(summary: &stats::Summary) -> serde_json::Value {
+    let rows: Vec<serde_json::Value> = summary
+        .rows
+        .iter()
+        .map(|r| {
+            serde_json::json!({"model": r.model, "destination": r.destination, "requests": r.requests, "errors": r.errors,
+                "classes": r.classes, "inputTokens": r.input_tokens, "outputTokens": r.output_tokens,
+                "outputTokensPerSecond": r.tokens_per_second, "p50Ms": r.p50_ms, "p99Ms": r.p99_ms,
+                "ttftP50Ms": r.ttft_p50_ms, "ttftP99Ms": r.ttft_p99_ms, "inFlight": r.in_flight})
+        })
+        .collect();
+    serde_json::json!({"rows": rows, "rejected": summary.rejected, "holdReleased": summary.hold_released})
 }
