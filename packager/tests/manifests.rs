@@ -531,6 +531,14 @@ fn check_and_route() {
     let o = wasmpack(&["check", cfg], "", &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     insta::assert_snapshot!("check_output", stdout(&o).replace(cfg, "config.yaml"));
+    // For scripts: one JSON object, parsed.
+    let o = wasmpack(&["check", "--config", cfg, "--output", "json"], "", &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (v["valid"].as_bool(), v["models"].as_u64(), v["bodyRouting"].as_bool()),
+        (Some(true), Some(2), Some(true))
+    );
 
     let tmp = tempfile::tempdir().unwrap();
     let bad = tmp.path().join("bad.yaml");
@@ -541,6 +549,17 @@ fn check_and_route() {
     .unwrap();
     let o = wasmpack(&["check", bad.to_str().unwrap()], "", &[]);
     assert_eq!(o.status.code(), Some(1));
+    let o2 = wasmpack(&["check", bad.to_str().unwrap(), "--output", "json"], "", &[]);
+    assert_eq!(o2.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&o2.stdout).unwrap();
+    assert_eq!(v["valid"], false);
+    assert!(
+        v["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("models[0].destinations[0].weight"),
+        "{v}"
+    );
     let e = stderr(&o);
     assert!(
         e.contains(":5:") && e.contains("models[0].destinations[0].weight"),

@@ -176,6 +176,16 @@ fn tls_with_basic_auth_and_docker_config() {
     );
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(std::fs::read(&outf).unwrap(), wasm);
+    // `-o -`: the module on standard output, the report on standard error.
+    let o = wasmpack(
+        &["pull", &reference, "-o", "-", "--ca-file", ca.to_str().unwrap()],
+        "",
+        &[("DOCKER_CONFIG", cfg.to_str().unwrap())],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(o.stdout, wasm);
+    assert!(stderr(&o).contains("to standard output"), "{}", stderr(&o));
+    assert!(!tmp.path().join("-").exists() && !std::path::Path::new("-").exists());
 }
 
 /// A failure: exit 1, one line on stderr containing `needle`, and nothing under the tag.
