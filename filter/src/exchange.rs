@@ -507,13 +507,7 @@ impl Stream {
         if client == upstream || !(200..300).contains(&self.status.unwrap_or(0)) {
             return None;
         }
-        let mime = content_type
-            .unwrap_or("")
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
+        let mime = crate::header_map::mime_type(content_type);
         let sse = mime == "text/event-stream";
         (sse || mime == "application/json" || mime.ends_with("+json"))
             .then(|| ModelRestorer::new(upstream, client, sse))

@@ -1,5 +1,16 @@
 //! The proxy-wasm encoding of a header map, decoded without trusting the host's lengths.
 
+/// The media type of a `content-type` value, lowercase, without parameters (`""` when absent).
+pub fn mime_type(content_type: Option<&str>) -> String {
+    content_type
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
 /// Headers as the host serialises them: a count, (name length, value length) pairs, then each
 /// name and value followed by a NUL.
 #[derive(Debug, Default)]

@@ -158,9 +158,7 @@ fn has_inspectable_body(method: &str) -> bool {
 /// servers parse JSON whatever the label says, and `curl -d` labels JSON
 /// `application/x-www-form-urlencoded`. A label must not be a way around the filter.
 fn is_readable_content_type(ct: Option<&str>) -> bool {
-    let Some(ct) = ct else { return true };
-    let mime = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    !mime.starts_with("multipart/")
+    !crate::header_map::mime_type(ct).starts_with("multipart/")
 }
 
 /// OpenAI's chat and text completions take `stream_options` (other APIs reject it).

@@ -204,13 +204,7 @@ pub struct UsageErrors {
 impl ResponseUsage {
     /// Chooses how to read the body from its content type.
     pub fn for_content_type(content_type: Option<&str>) -> Self {
-        let ct = content_type
-            .unwrap_or("")
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
+        let ct = crate::header_map::mime_type(content_type);
         let mode = if ct == "text/event-stream" {
             Mode::Sse(SseParser::new())
         } else if ct == "application/json" || ct.ends_with("+json") {

@@ -201,17 +201,23 @@ pub fn docker_login(registry: &str) -> Result<Option<(String, String)>> {
     }
 }
 
+/// An error and its sources, outermost first, on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(x) = src {
+        s.push_str(": ");
+        s.push_str(&x.to_string());
+        src = x.source();
+    }
+    s
+}
+
 /// Turns a client error into one line that says what went wrong and what to do.
 pub fn explain(e: OciDistributionError, reference: &Reference) -> anyhow::Error {
     let registry = reference.resolve_registry().to_string();
     let chain = {
-        let mut s = e.to_string();
-        let mut src = std::error::Error::source(&e);
-        while let Some(x) = src {
-            s.push_str(": ");
-            s.push_str(&x.to_string());
-            src = x.source();
-        }
+        let s = error_chain(&e);
         // One line, and not a whole server error page.
         let mut one: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
         if one.len() > 300 {

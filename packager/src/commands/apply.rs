@@ -321,15 +321,6 @@ fn explain(e: kube::Error) -> anyhow::Error {
             s.message
         ),
         kube::Error::Api(s) => anyhow!("the API server answered {} {}: {}", s.code, s.reason, s.message),
-        other => {
-            let mut s = other.to_string();
-            let mut src = std::error::Error::source(&other);
-            while let Some(x) = src {
-                s.push_str(": ");
-                s.push_str(&x.to_string());
-                src = x.source();
-            }
-            anyhow!("{s}")
-        }
+        other => anyhow!("{}", crate::registry::error_chain(&other)),
     }
 }
