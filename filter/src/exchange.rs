@@ -247,10 +247,6 @@ impl Stream {
         &self.flow
     }
 
-    pub fn rate_info(&self) -> &RateInfo {
-        &self.rate_info
-    }
-
     pub fn on_request_headers<H: Host>(&mut self, vm: &Vm, host: &mut H, end_of_stream: bool) -> Action {
         let now = host.now_ns();
         self.meter = Meter::new(now);

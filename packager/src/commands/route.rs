@@ -81,11 +81,6 @@ pub fn decide_repeated(loaded: &plugin_config::Loaded, req: &RouteRequest, seed:
     last
 }
 
-/// The decision for one request.
-pub fn decide(loaded: &plugin_config::Loaded, req: &RouteRequest, seed: u64) -> Value {
-    decide_repeated(loaded, req, seed, 1)
-}
-
 fn decide_on(vm: &Vm, req: &RouteRequest, shared: SharedMem, id: u32) -> (Value, SharedMem) {
     let cfg = &vm.config;
     let body = req.body.unwrap_or_default();
