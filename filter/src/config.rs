@@ -24,6 +24,24 @@ pub enum ResponseHeaders {
     RouteAndModel,
 }
 
+/// What the filter puts in `X-Gateway-Model-Name`, the header by which the Gateway API Inference
+/// Extension routes to an `InferencePool` (the filter is then its body-based router).
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InferenceModelHeader {
+    /// Not set (and not touched).
+    #[default]
+    None,
+    /// The canonical model name.
+    Canonical,
+    /// The name the backend is sent (`upstreamModel`, else the canonical name).
+    Upstream,
+}
+
+/// The header of the Gateway API Inference Extension.
+pub const INFERENCE_MODEL_HEADER: &str = "x-gateway-model-name";
+
 /// What to do with a request in a given bad situation.
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -83,6 +101,9 @@ struct RawConfig {
     /// Put the client's model name back into responses when `upstreamModel` rewrote it.
     #[serde(default)]
     restore_model_name: bool,
+    /// Set `X-Gateway-Model-Name` (Gateway API Inference Extension) to the routed model.
+    #[serde(default)]
+    inference_model_header: InferenceModelHeader,
     /// Default allow list for models without their own.
     #[serde(default)]
     allow: Option<Vec<String>>,
@@ -305,6 +326,7 @@ pub struct Config {
     pub serve_model_list: bool,
     pub response_headers: ResponseHeaders,
     pub restore_model_name: bool,
+    pub inference_model_header: InferenceModelHeader,
     pub models: Vec<Model>,
     /// Canonical names and aliases to the index in `models`.
     index: HashMap<String, usize>,
@@ -548,6 +570,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         serve_model_list: raw.serve_model_list,
         response_headers: raw.response_headers,
         restore_model_name: raw.restore_model_name,
+        inference_model_header: raw.inference_model_header,
         models,
         index,
     })

@@ -8,7 +8,7 @@
 
 use std::cell::{Cell, RefCell};
 
-use crate::config::{Config, ResponseHeaders};
+use crate::config::{Config, InferenceModelHeader, ResponseHeaders, INFERENCE_MODEL_HEADER};
 use crate::header_map::HeaderMap;
 use crate::hold::{HoldNet, Permit, TICK_MS};
 use crate::models::{self, ModelsRequest};
@@ -187,9 +187,21 @@ impl Vm {
     }
 }
 
-/// The caller's SPIFFE identity: the mTLS peer's, else the trusted identity header's.
+/// Where Istio puts the caller's identity on a waypoint (and in its other HBONE listeners):
+/// there is no client certificate on the connection the waypoint's HTTP filters see.
+pub const PEER_PRINCIPAL_STATE: &str = "io.istio.peer_principal";
+
+/// The caller's SPIFFE identity, from whichever source the host provides: the mTLS peer's
+/// certificate (sidecars, gateways), Istio's peer-principal filter state (waypoints), else the
+/// trusted identity header.
 fn caller_identity<H: Host>(vm: &Vm, host: &mut H, h: &HeaderMap) -> Option<String> {
-    let peer = host.property(&["connection", "uri_san_peer_certificate"]);
+    let peer = host
+        .property(&["connection", "uri_san_peer_certificate"])
+        .filter(|p| !p.is_empty())
+        .or_else(|| {
+            host.property(&["filter_state", PEER_PRINCIPAL_STATE])
+                .map(policy::with_spiffe_scheme)
+        });
     let claimed = vm
         .config
         .identity_header
@@ -253,7 +265,11 @@ impl Stream {
         let cfg = &vm.config;
         let h = host.headers(Map::Request);
         // Only the filter sets the route and model headers: a client's are dropped first.
-        for name in [&cfg.route_header, &cfg.model_header] {
+        let inference = (cfg.inference_model_header != InferenceModelHeader::None).then_some(INFERENCE_MODEL_HEADER);
+        for name in [cfg.route_header.as_str(), cfg.model_header.as_str()]
+            .into_iter()
+            .chain(inference)
+        {
             if h.get(name).is_some() {
                 host.remove_header(Map::Request, name);
             }
@@ -292,13 +308,7 @@ impl Stream {
         };
         let action = self.flow.on_request_headers(cfg, &info, permit != Permit::No);
         if vm.policies && self.flow.counted() {
-            let peer = host.property(&["connection", "uri_san_peer_certificate"]);
-            let claimed = cfg
-                .identity_header
-                .as_deref()
-                .and_then(|n| h.get(n))
-                .map(<[u8]>::to_vec);
-            self.principal = policy::identity(peer.as_deref(), claimed.as_deref());
+            self.principal = caller_identity(vm, host, &h);
             self.limit_values = vm
                 .limit_headers
                 .iter()
@@ -1155,5 +1165,55 @@ mod tests {
             String::from_utf8_lossy(&seen),
             "data: {\"model\":\"gpt-3.5-turbo\",\"choices\":[]}\n\ndata: {\"model\":\"gpt-3.5-turbo\"}\n\ndata: [DONE]\n\n"
         );
+    }
+
+    #[test]
+    fn on_a_waypoint_the_identity_comes_from_istios_filter_state() {
+        let vm = vm("");
+        let body = br#"{"model":"private"}"#;
+        for (state, allowed) in [
+            (Some(&b"spiffe://td/ns/a/sa/web"[..]), true),
+            (Some(b"td/ns/a/sa/web"), true),
+            (Some(b"spiffe://td/ns/b/sa/x"), false),
+            (None, false),
+        ] {
+            let mut h = request("POST", "/v1/chat/completions", &[], body);
+            if let Some(v) = state {
+                h.properties
+                    .insert(format!("filter_state.{PEER_PRINCIPAL_STATE}"), v.to_vec());
+            }
+            assert_eq!(send(&vm, &mut h, &mut Stream::new(1)), allowed, "{state:?}");
+        }
+        // The certificate, when there is one, wins.
+        let mut h = request("POST", "/v1/chat/completions", &[], body);
+        h.properties.insert(
+            "connection.uri_san_peer_certificate".into(),
+            b"spiffe://td/ns/b/sa/x".to_vec(),
+        );
+        h.properties.insert(
+            format!("filter_state.{PEER_PRINCIPAL_STATE}"),
+            b"spiffe://td/ns/a/sa/web".to_vec(),
+        );
+        assert!(!send(&vm, &mut h, &mut Stream::new(1)));
+    }
+
+    #[test]
+    fn the_inference_pool_header_is_the_filters_only() {
+        for (mode, want) in [("canonical", Some("llama-3-8b")), ("none", None)] {
+            let vm = vm(&format!(r#""inferenceModelHeader": "{mode}","#));
+            let mut h = request(
+                "POST",
+                "/v1/chat/completions",
+                &[("x-gateway-model-name", "spoofed")],
+                br#"{"model":"gpt-3.5-turbo"}"#,
+            );
+            assert!(send(&vm, &mut h, &mut Stream::new(1)));
+            let got = h.header(Map::Request, "x-gateway-model-name");
+            match want {
+                Some(w) => assert_eq!(got, Some(w)),
+                // Off: the filter neither sets nor touches it.
+                None => assert_eq!(got, Some("spoofed")),
+            }
+        }
     }
 }

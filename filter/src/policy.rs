@@ -30,6 +30,17 @@ pub fn identity(peer_uri_san: Option<&[u8]>, header: Option<&[u8]>) -> Option<St
     }
 }
 
+/// An identity as Istio may store it (`cluster.local/ns/a/sa/b`), as a SPIFFE ID.
+pub fn with_spiffe_scheme(v: Vec<u8>) -> Vec<u8> {
+    let trimmed = v.trim_ascii();
+    if trimmed.is_empty() || trimmed.starts_with(b"spiffe://") {
+        return v;
+    }
+    let mut out = b"spiffe://".to_vec();
+    out.extend_from_slice(trimmed);
+    out
+}
+
 /// Shared storage with compare-and-swap (proxy-wasm shared data in the filter, a map in tests),
 /// with proxy-wasm's semantics: `cas` 0 writes unconditionally; a key that exists is written only
 /// if its CAS token still equals `cas`; a key that does not exist is created whatever `cas` is.

@@ -504,13 +504,23 @@ impl RequestFlow {
     }
 
     fn route_headers(&self, cfg: &Config) -> Vec<(String, String)> {
-        match self.routed(cfg) {
-            Some((m, d)) => vec![
-                (cfg.route_header.clone(), d.name.clone()),
-                (cfg.model_header.clone(), m.name.clone()),
-            ],
-            None => Vec::new(),
+        use crate::config::{InferenceModelHeader, INFERENCE_MODEL_HEADER};
+        let Some((m, d)) = self.routed(cfg) else {
+            return Vec::new();
+        };
+        let mut set = vec![
+            (cfg.route_header.clone(), d.name.clone()),
+            (cfg.model_header.clone(), m.name.clone()),
+        ];
+        let inference = match cfg.inference_model_header {
+            InferenceModelHeader::None => None,
+            InferenceModelHeader::Canonical => Some(&m.name),
+            InferenceModelHeader::Upstream => Some(m.upstream_model.as_ref().unwrap_or(&m.name)),
+        };
+        if let Some(v) = inference {
+            set.push((INFERENCE_MODEL_HEADER.to_string(), v.clone()));
         }
+        set
     }
 
     fn missing(&mut self, cfg: &Config) -> BodyAction {
@@ -739,6 +749,25 @@ mod tests {
             ]
         );
         assert!(!f.held());
+    }
+
+    #[test]
+    fn the_inference_pool_header_names_the_canonical_or_the_upstream_model() {
+        let body = br#"{"model":"gpt-3.5-turbo"}"#;
+        for (mode, want) in [
+            ("canonical", "llama-3-8b"),
+            ("upstream", "meta-llama/Meta-Llama-3-8B-Instruct"),
+        ] {
+            let cfg = cfg_with(&format!(r#""inferenceModelHeader":"{mode}","#));
+            let (_, _, b) = run(&cfg, &post("/v1/chat/completions", body.len()), body, true);
+            let Some(BodyAction::Continue { set, .. }) = b else {
+                panic!()
+            };
+            assert!(
+                set.contains(&("x-gateway-model-name".to_string(), want.to_string())),
+                "{set:?}"
+            );
+        }
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub struct Spec {
     pub stats_flush_on_admin: bool,
     /// The listener's transport socket (e.g. TLS requiring client certificates).
     pub transport_socket: Option<Value>,
+    /// HTTP filters before the Wasm filter (e.g. `set_filter_state`, as an Istio waypoint has).
+    pub pre_filters: Vec<Value>,
 }
 
 /// Model, destination and token counts from the filter's filter state, then status and timing.
@@ -120,10 +122,10 @@ pub fn render(spec: &Spec) -> Value {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "ingress",
         "route_config": {"name": "local", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}]},
-        "http_filters": [
+        "http_filters": spec.pre_filters.iter().cloned().chain([
             spec.filter_entry.clone().unwrap_or_else(|| wasm_filter(spec)),
-            {"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
-        ]
+            json!({"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}})
+        ]).collect::<Vec<_>>()
     });
     if let Some(path) = &spec.access_log {
         hcm["access_log"] = json!([{
@@ -188,6 +190,7 @@ mod tests {
             filter_entry: None,
             stats_flush_on_admin: false,
             transport_socket: None,
+            pre_filters: Vec::new(),
         };
         let b = render(&spec);
         let routes = &b["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]

@@ -60,6 +60,8 @@ pub struct Options {
     pub filter_entry: Option<Value>,
     /// Serve TLS and require client certificates from this PKI (mTLS, SPIFFE identities).
     pub tls: Option<std::sync::Arc<pki::Pki>>,
+    /// HTTP filters before the Wasm filter.
+    pub pre_filters: Vec<Value>,
 }
 
 impl Default for Options {
@@ -69,6 +71,7 @@ impl Default for Options {
             concurrency: 1,
             filter_entry: None,
             tls: None,
+            pre_filters: Vec::new(),
         }
     }
 }
@@ -117,6 +120,7 @@ impl Scenario {
             filter_entry: opts.filter_entry,
             stats_flush_on_admin: true,
             transport_socket: opts.tls.as_ref().map(|p| p.transport_socket()),
+            pre_filters: opts.pre_filters,
         });
         let tls = opts.tls.is_some();
         let envoy = match tokio::task::block_in_place(|| Envoy::start(&boot, opts.concurrency)) {

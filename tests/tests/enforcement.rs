@@ -306,3 +306,56 @@ print(r.usage.prompt_tokens, r.usage.completion_tokens)
     );
     assert_eq!(reached(&s), 2);
 }
+
+/// On an Istio waypoint the caller's identity is not a client certificate but the filter state
+/// `io.istio.peer_principal`, which Istio sets with Envoy's `set_filter_state` ahead of the other
+/// HTTP filters. The same here (from a test header standing in for the HBONE peer), in real Envoy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_waypoint_identity_source_is_honoured() {
+    let set_state = json!({
+        "name": "envoy.filters.http.set_filter_state",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.set_filter_state.v3.Config",
+            "on_request_headers": [{
+                "object_key": "io.istio.peer_principal",
+                "factory_key": "envoy.string",
+                "format_string": {"text_format_source": {"inline_string": "%REQ(x-test-hbone-peer)%"}}
+            }]
+        }
+    });
+    let s = Scenario::start_with(
+        json!({
+            "inferenceModelHeader": "upstream",
+            "models": [{"name": "private", "upstreamModel": "org/private-7b", "allow": ["spiffe://cluster.local/ns/team-a/*"],
+                        "destinations": [{"name": "private"}]}]
+        }),
+        e2e::Options {
+            pre_filters: vec![set_state],
+            ..Default::default()
+        },
+    )
+    .await;
+    for (peer, status) in [
+        ("spiffe://cluster.local/ns/team-a/sa/notebook", 200),
+        // Istio's own form, without the scheme.
+        ("cluster.local/ns/team-a/sa/notebook", 200),
+        ("spiffe://cluster.local/ns/team-b/sa/web", 403),
+    ] {
+        let r = s
+            .post(
+                "/v1/chat/completions",
+                chat("private"),
+                &[("x-test-hbone-peer", peer), ("x-gateway-model-name", "spoofed")],
+            )
+            .await;
+        assert_eq!(r.status, status, "{peer}: {}", r.text());
+    }
+    let r = s.post("/v1/chat/completions", chat("private"), &[]).await;
+    assert_eq!(r.status, 403, "no identity: {}", r.text());
+    // The InferencePool header names the upstream model, whatever the client sent.
+    let seen = s.backend("private").exchanges();
+    assert_eq!(seen.len(), 2);
+    assert!(seen
+        .iter()
+        .all(|e| e.header("x-gateway-model-name") == Some("org/private-7b")));
+}

@@ -106,6 +106,7 @@ pub async fn run(args: &RunArgs) -> Result<()> {
         filter_entry: None,
         stats_flush_on_admin: true,
         transport_socket: None,
+        pre_filters: Vec::new(),
     };
     let boot = bootstrap::render(&spec);
     if args.print_config {
