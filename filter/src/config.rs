@@ -184,6 +184,10 @@ struct RawDestination {
     #[serde(default)]
     /// The Service port.
     port: Option<u16>,
+    #[serde(default)]
+    /// An InferencePool (Gateway API Inference Extension) serving it instead of a Service:
+    /// gateway routes send there (for `wasmpack manifests`; the filter ignores it).
+    inference_pool: Option<String>,
 }
 
 fn default_route_header() -> String {
@@ -253,6 +257,8 @@ pub struct Destination {
     pub host: Option<String>,
     pub subset: Option<String>,
     pub port: Option<u16>,
+    /// An InferencePool instead of a Service (wasmpack only).
+    pub inference_pool: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -526,6 +532,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 host: d.host,
                 subset: d.subset,
                 port: d.port,
+                inference_pool: d.inference_pool,
             });
         }
         if total_weight == 0 {

@@ -139,6 +139,8 @@ struct Dest {
 pub struct Plan {
     pub hosts: Vec<Host>,
     dests: Vec<Dest>,
+    /// (destination, InferencePool) for destinations served by an inference pool.
+    pools: Vec<(String, String)>,
 }
 
 /// RFC 1123 label: lowercase letters, digits and `-`, starting and ending alphanumeric, ≤ 63.
@@ -235,10 +237,31 @@ pub fn plan(config: &Config, o: &Options) -> Result<Plan, Vec<Problem>> {
     let mut problems = Vec::new();
     let mut hosts: Vec<Host> = Vec::new();
     let mut dests: Vec<Dest> = Vec::new();
+    let mut pools: Vec<(String, String)> = Vec::new();
     let gateway = matches!(o.target, Target::Gateway { .. });
     for (i, m) in config.models.iter().enumerate() {
         for (j, d) in m.destinations.iter().enumerate() {
             let at = format!("models[{i}].destinations[{j}]");
+            if let Some(pool) = &d.inference_pool {
+                if !gateway {
+                    problems.push(problem(
+                        format!("{at}.inferencePool"),
+                        "an InferencePool is a Gateway API backend: it needs a --gateway install",
+                    ));
+                } else if d.host.is_some() || d.subset.is_some() {
+                    problems.push(problem(
+                        format!("{at}.inferencePool"),
+                        "a destination is served by a Service (`host`) or by an InferencePool, not both",
+                    ));
+                } else if !is_dns_label(pool) {
+                    problems.push(problem(
+                        format!("{at}.inferencePool"),
+                        format!("`{pool}` is not an object name"),
+                    ));
+                } else if !pools.iter().any(|(n, _)| n == &d.name) {
+                    pools.push((d.name.clone(), pool.clone()));
+                }
+            }
             let host = match &d.host {
                 None => None,
                 Some(host) => match service_of(host, &o.namespace) {
@@ -388,7 +411,7 @@ pub fn plan(config: &Config, o: &Options) -> Result<Plan, Vec<Problem>> {
     }
     problems.dedup();
     if problems.is_empty() {
-        Ok(Plan { hosts, dests })
+        Ok(Plan { hosts, dests, pools })
     } else {
         Err(problems)
     }
@@ -422,14 +445,22 @@ pub fn render(config_json: &Value, config: &Config, o: &Options, plan: &Plan) ->
         }
         Target::Gateway { name, hostnames } => {
             if o.wants(Part::HttpRoute) {
-                // One route per namespace of model Services, next to them (Gateway API's
-                // cross-namespace attachment: no ReferenceGrant needed).
-                let mut namespaces: Vec<&str> = hs.iter().map(|h| h.namespace.as_str()).collect();
-                namespaces.sort_unstable();
-                namespaces.dedup();
-                for ns in namespaces {
-                    let here: Vec<&Host> = hs.iter().filter(|h| h.namespace == ns).collect();
-                    docs.push(http_route(config, &here, o, name, hostnames, ns));
+                // One route per namespace of backends, next to them (Gateway API's cross-namespace
+                // attachment: no ReferenceGrant needed); inference pools in the install namespace.
+                let mut by_ns: BTreeMap<&str, Vec<(&str, Value)>> = BTreeMap::new();
+                for h in hs {
+                    for (d, _) in &h.routes {
+                        let backend = json!({"name": h.service, "port": h.port.unwrap_or(80)});
+                        by_ns.entry(h.namespace.as_str()).or_default().push((d, backend));
+                    }
+                }
+                for (d, pool) in &plan.pools {
+                    let backend =
+                        json!({"group": "inference.networking.k8s.io", "kind": "InferencePool", "name": pool});
+                    by_ns.entry(o.namespace.as_str()).or_default().push((d, backend));
+                }
+                for (ns, rules) in by_ns {
+                    docs.push(http_route(config, &rules, o, name, hostnames, ns));
                 }
             }
         }
@@ -654,16 +685,21 @@ fn virtual_service(config: &Config, h: &Host, o: &Options) -> Doc {
     }
 }
 
-fn http_route(config: &Config, hs: &[&Host], o: &Options, gateway: &str, hostnames: &[String], ns: &str) -> Doc {
+fn http_route(
+    config: &Config,
+    backends: &[(&str, Value)],
+    o: &Options,
+    gateway: &str,
+    hostnames: &[String],
+    ns: &str,
+) -> Doc {
     let header = &config.route_header;
-    let rules: Vec<Value> = hs
+    let rules: Vec<Value> = backends
         .iter()
-        .flat_map(|h| {
-            h.routes.iter().map(move |(d, _)| {
-                json!({
-                    "matches": [{"headers": [{"type": "Exact", "name": header, "value": d}]}],
-                    "backendRefs": [{"name": h.service, "port": h.port.unwrap_or(80)}]
-                })
+        .map(|(d, backend)| {
+            json!({
+                "matches": [{"headers": [{"type": "Exact", "name": header, "value": d}]}],
+                "backendRefs": [backend]
             })
         })
         .collect();

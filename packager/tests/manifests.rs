@@ -773,3 +773,75 @@ fn gateway_installs_get_client_facing_defaults() {
         );
     }
 }
+
+/// A destination served by an InferencePool: the gateway's HTTPRoute sends there (Gateway API
+/// Inference Extension), next to Service destinations, and the filter names the model in
+/// `X-Gateway-Model-Name`; validated against the real schemas.
+#[test]
+fn inference_pools_as_gateway_backends() {
+    let tmp = tempfile::tempdir().unwrap();
+    let image =
+        "registry.example.com/ai/model-router@sha256:0000000000000000000000000000000000000000000000000000000000000001";
+    let cfg = tmp.path().join("pool.yaml");
+    std::fs::write(
+        &cfg,
+        "inferenceModelHeader: upstream\nmodels:\n- name: llama\n  upstreamModel: meta-llama/Llama-3.1-8B-Instruct\n  destinations:\n  - {name: llama-pool, inferencePool: vllm-llama3-8b}\n- name: bge\n  destinations: [{name: bge, host: bge.ai, port: 8000}]\n",
+    )
+    .unwrap();
+    let out = tmp.path().join("install.yaml");
+    let o = wasmpack(
+        &[
+            "manifests",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--image",
+            image,
+            "--offline",
+            "--gateway",
+            "g",
+            "--hostname",
+            "llm.example.com",
+            "--namespace",
+            "ai",
+        ],
+        "",
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::write(&out, stdout(&o)).unwrap();
+    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&stdout(&o))
+        .map(|d| serde_yaml::Value::deserialize(d).unwrap())
+        .collect();
+    let routes: Vec<&serde_yaml::Value> = docs.iter().filter(|d| d["kind"] == "HTTPRoute").collect();
+    assert_eq!(routes.len(), 1, "both in `ai`");
+    let refs: Vec<String> = routes[0]["spec"]["rules"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|r| r["backendRefs"][0]["kind"].as_str().unwrap_or("Service").to_string())
+        .collect();
+    assert_eq!(refs, ["Service", "InferencePool"]);
+    let report = validate(&[out]);
+    assert!(report.contains(" 0 invalid"), "{report}");
+    // Only at a gateway, and never with a host too.
+    let o = wasmpack(
+        &[
+            "manifests",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--image",
+            image,
+            "--offline",
+            "--selector",
+            "app=c",
+        ],
+        "",
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("models[0].destinations[0].inferencePool: an InferencePool is a Gateway API backend"),
+        "{}",
+        stderr(&o)
+    );
+}
