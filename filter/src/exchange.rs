@@ -380,19 +380,13 @@ impl Stream {
     }
 
     pub fn on_response_headers<H: Host>(&mut self, vm: &Vm, host: &mut H, end_of_stream: bool) -> Action {
-        match vm.config.response_headers {
-            ResponseHeaders::None => {
-                // The decision stays inside the mesh; nothing a backend echoes gives it away.
-                host.remove_header(Map::Response, ROUTE_RESPONSE_HEADER);
-                host.remove_header(Map::Response, MODEL_RESPONSE_HEADER);
+        let mode = vm.config.response_headers;
+        if mode != ResponseHeaders::None {
+            if let Some((_, d)) = self.flow.routed(&vm.config) {
+                host.set_header(Map::Response, ROUTE_RESPONSE_HEADER, &d.name);
             }
-            mode => {
-                if let Some((_, d)) = self.flow.routed(&vm.config) {
-                    host.set_header(Map::Response, ROUTE_RESPONSE_HEADER, &d.name);
-                }
-                if let (ResponseHeaders::RouteAndModel, Some((m, _))) = (mode, self.flow.matched(&vm.config)) {
-                    host.set_header(Map::Response, MODEL_RESPONSE_HEADER, &m.name);
-                }
+            if let (ResponseHeaders::RouteAndModel, Some((m, _))) = (mode, self.flow.matched(&vm.config)) {
+                host.set_header(Map::Response, MODEL_RESPONSE_HEADER, &m.name);
             }
         }
         for (k, v) in self.rate_info.headers() {
@@ -400,6 +394,15 @@ impl Stream {
         }
         if self.flow.counted() {
             let h = host.headers(Map::Response);
+            if mode == ResponseHeaders::None {
+                // The decision stays inside the mesh; nothing a backend echoes gives it away.
+                // (Only requests the filter decided about have a decision to give away.)
+                for name in [ROUTE_RESPONSE_HEADER, MODEL_RESPONSE_HEADER] {
+                    if h.get(name).is_some() {
+                        host.remove_header(Map::Response, name);
+                    }
+                }
+            }
             let number = |name| h.get_str(name).and_then(|v| v.trim().parse::<u64>().ok());
             self.status = number(":status").and_then(|s| u32::try_from(s).ok());
             let encoded = h
