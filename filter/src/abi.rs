@@ -11,7 +11,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use crate::exchange::Action;
-use crate::glue::{Http, Root};
+use crate::glue::{self, Http, Root};
 use crate::host;
 
 thread_local! {
@@ -68,7 +68,7 @@ pub extern "C" fn proxy_on_memory_allocate(size: usize) -> *mut u8 {
 #[no_mangle]
 pub extern "C" fn proxy_on_context_create(context_id: u32, root_context_id: u32) {
     if root_context_id == 0 {
-        ROOTS.with(|r| r.borrow_mut().insert(context_id, Root::default()));
+        ROOTS.with(|r| r.borrow_mut().insert(context_id, Root::new(context_id)));
         return;
     }
     let shared = ROOTS.with(|r| r.borrow().get(&root_context_id).and_then(|root| root.shared()));
@@ -89,9 +89,46 @@ pub extern "C" fn proxy_on_configure(root_id: u32, size: usize) -> u32 {
 pub extern "C" fn proxy_on_tick(root_id: u32) {
     // The tick may resume held streams, whose callbacks re-enter the module: run it with no
     // map borrowed.
-    if let Some(shared) = ROOTS.with(|r| r.borrow().get(&root_id).and_then(|root| root.shared())) {
-        Root::on_tick(&shared);
+    let Some(shared) = ROOTS.with(|r| r.borrow().get(&root_id).and_then(|root| root.shared())) else {
+        return;
+    };
+    for id in Root::on_tick(&shared) {
+        // A request whose rate limit answer never came: it decides in its own context.
+        if host::set_effective_context(id).is_ok() {
+            with_stream(id, |h| h.on_callout_expired());
+        }
     }
+}
+
+/// A gRPC answer: for the request that made the call, or for the root (a `Report`). Envoy
+/// delivers every answer to the root context, whichever context made the call: the request is
+/// found by the call's token, and made the effective context so it can reply or resume.
+fn grpc_result(context_id: u32, token: u32, result: Result<&[u8], u32>) {
+    if let Some(stream) = glue::take_callout(token) {
+        if host::set_effective_context(stream).is_ok() {
+            with_stream(stream, |h| h.on_grpc(token, result));
+        }
+        return;
+    }
+    if let Some(shared) = ROOTS.with(|r| r.borrow().get(&context_id).and_then(|root| root.shared())) {
+        Root::on_grpc(&shared, result);
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_grpc_receive(context_id: u32, token: u32, response_size: usize) {
+    let message = host::buffer(host::BUF_GRPC_RECEIVE, 0, response_size)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    grpc_result(context_id, token, Ok(&message));
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_grpc_close(context_id: u32, token: u32, status_code: u32) {
+    // A unary call that succeeded was answered in `proxy_on_grpc_receive`; a close is a failure
+    // (status 0 here would mean an answer without a message: not one the service sends).
+    grpc_result(context_id, token, Err(if status_code == 0 { 2 } else { status_code }));
 }
 
 #[no_mangle]
@@ -133,6 +170,7 @@ pub extern "C" fn proxy_on_done(_id: u32) -> u32 {
 
 #[no_mangle]
 pub extern "C" fn proxy_on_delete(id: u32) {
+    glue::forget_callouts(id);
     if STREAMS.with(|s| s.borrow_mut().remove(&id)).is_none() {
         ROOTS.with(|r| r.borrow_mut().remove(&id));
     }

@@ -113,6 +113,10 @@ struct RawConfig {
     /// A request header carrying the caller's SPIFFE ID, trusted when there is no mTLS peer.
     #[serde(default)]
     identity_header: Option<String>,
+    /// The rate limit service that counts `mode: global` limits for every proxy (Envoy's RLS
+    /// protocol; Limitador for token limits).
+    #[serde(default)]
+    rate_limit_service: Option<RawRateLimitService>,
     /// The models the filter knows.
     models: Vec<RawModel>,
 }
@@ -142,6 +146,30 @@ struct RawLimits {
     #[serde(default)]
     /// `principal` (default), `global`, or `header:NAME`.
     by: Option<String>,
+    #[serde(default)]
+    /// `local` (default): counted in each proxy; `global`: counted by `rateLimitService`, shared by every proxy.
+    mode: Option<String>,
+}
+
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawRateLimitService {
+    /// The Envoy cluster of the service, as Envoy names it (Istio: `outbound|8081||limitador.NS.svc.cluster.local`).
+    cluster: String,
+    #[serde(default = "default_rls_domain")]
+    /// The RLS domain (Limitador's namespace) of the limits (default `model-router`).
+    domain: String,
+    #[serde(default)]
+    /// How long a request waits for an answer: `200ms` (default), `1s`; at most `10s`.
+    timeout: Option<String>,
+    #[serde(default)]
+    /// When the service cannot answer in time: `allow` (default) or `deny` (503).
+    failure_mode: Option<String>,
+}
+
+fn default_rls_domain() -> String {
+    "model-router".into()
 }
 
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -311,6 +339,25 @@ pub struct Limits {
     pub requests_per_minute: Option<u64>,
     pub tokens_per_minute: Option<u64>,
     pub by: LimitKey,
+    /// Counted by the rate limit service (shared by every proxy), not in this proxy.
+    pub global: bool,
+}
+
+/// The default time a request waits for the rate limit service.
+pub const DEFAULT_RLS_TIMEOUT_MS: u32 = 200;
+/// The longest wait that may be configured.
+pub const MAX_RLS_TIMEOUT_MS: u32 = 10_000;
+
+/// The external rate limit service of `mode: global` limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitService {
+    /// The Envoy cluster name.
+    pub cluster: String,
+    /// RLS domain / Limitador namespace.
+    pub domain: String,
+    pub timeout_ms: u32,
+    /// Refuse (503) rather than admit when the service does not answer.
+    pub deny_on_failure: bool,
 }
 
 /// The validated plugin configuration.
@@ -333,6 +380,7 @@ pub struct Config {
     pub response_headers: ResponseHeaders,
     pub restore_model_name: bool,
     pub inference_model_header: InferenceModelHeader,
+    pub rate_limit_service: Option<RateLimitService>,
     pub models: Vec<Model>,
     /// Canonical names and aliases to the index in `models`.
     index: HashMap<String, usize>,
@@ -491,6 +539,10 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     if raw.estimated_output_tokens == 0 {
         return Err(ConfigError::new("estimatedOutputTokens", "must be greater than 0"));
     }
+    let rate_limit_service = match &raw.rate_limit_service {
+        Some(r) => Some(rate_limit_service(r)?),
+        None => None,
+    };
 
     let mut index: HashMap<String, usize> = HashMap::new();
     let mut models = Vec::with_capacity(raw.models.len());
@@ -545,10 +597,16 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             Some(list) => Some(allow_rules(&format!("{at}.allow"), list)?),
             None => default_allow.clone(),
         };
-        let model_limits = match &m.limits {
-            Some(l) => Some(limits(&format!("{at}.limits"), l)?),
-            None => default_limits.clone(),
+        let (model_limits, limits_at) = match &m.limits {
+            Some(l) => (Some(limits(&format!("{at}.limits"), l)?), format!("{at}.limits")),
+            None => (default_limits.clone(), "limits".to_string()),
         };
+        if model_limits.as_ref().is_some_and(|l| l.global) && rate_limit_service.is_none() {
+            return Err(ConfigError::new(
+                format!("{limits_at}.mode"),
+                "`global` limits are counted by a rate limit service: set rateLimitService.cluster",
+            ));
+        }
         models.push(Model {
             name: m.name,
             aliases: m.aliases,
@@ -578,6 +636,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         response_headers: raw.response_headers,
         restore_model_name: raw.restore_model_name,
         inference_model_header: raw.inference_model_header,
+        rate_limit_service,
         models,
         index,
     })
@@ -690,11 +749,107 @@ fn limits(path: &str, l: &RawLimits) -> Result<Limits, ConfigError> {
             }
         },
     };
+    let global = match l.mode.as_deref() {
+        None | Some("local") => false,
+        Some("global") => true,
+        Some(other) => {
+            return Err(ConfigError::new(
+                format!("{path}.mode"),
+                format!("`{other}`: expected `local` or `global`"),
+            ))
+        }
+    };
+    if global && l.tokens_per_minute.is_some_and(|t| t > u64::from(u32::MAX)) {
+        return Err(ConfigError::new(
+            format!("{path}.tokensPerMinute"),
+            format!(
+                "a global limit is at most {} (the rate limit protocol counts in 32 bits)",
+                u32::MAX
+            ),
+        ));
+    }
     Ok(Limits {
         requests_per_minute: l.requests_per_minute,
         tokens_per_minute: l.tokens_per_minute,
         by,
+        global,
     })
+}
+
+fn rate_limit_service(r: &RawRateLimitService) -> Result<RateLimitService, ConfigError> {
+    let cluster = r.cluster.trim();
+    if cluster.is_empty() || cluster.len() > 512 || cluster.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(ConfigError::new(
+            "rateLimitService.cluster",
+            "an Envoy cluster name, e.g. `outbound|8081||limitador.kuadrant-system.svc.cluster.local`",
+        ));
+    }
+    let domain = r.domain.trim();
+    if domain.is_empty() || domain.len() > 253 || domain.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(ConfigError::new(
+            "rateLimitService.domain",
+            "a non-empty name without spaces (the RLS domain, Limitador's namespace)",
+        ));
+    }
+    let timeout_ms = match r.timeout.as_deref() {
+        None => DEFAULT_RLS_TIMEOUT_MS,
+        Some(t) => match parse_duration_ms(t) {
+            Some(ms) if (1..=MAX_RLS_TIMEOUT_MS).contains(&ms) => ms,
+            Some(_) => {
+                return Err(ConfigError::new(
+                    "rateLimitService.timeout",
+                    format!("`{t}`: between 1ms and {}s", MAX_RLS_TIMEOUT_MS / 1000),
+                ))
+            }
+            None => {
+                return Err(ConfigError::new(
+                    "rateLimitService.timeout",
+                    format!("`{t}`: a duration like `200ms` or `1s`"),
+                ))
+            }
+        },
+    };
+    let deny_on_failure = match r.failure_mode.as_deref() {
+        None | Some("allow") => false,
+        Some("deny") => true,
+        Some(other) => {
+            return Err(ConfigError::new(
+                "rateLimitService.failureMode",
+                format!("`{other}`: expected `allow` or `deny`"),
+            ))
+        }
+    };
+    Ok(RateLimitService {
+        cluster: cluster.to_string(),
+        domain: domain.to_string(),
+        timeout_ms,
+        deny_on_failure,
+    })
+}
+
+/// `250ms`, `1s`, `1.5s` → milliseconds (by hand: float parsing would add kilobytes to the module).
+fn parse_duration_ms(t: &str) -> Option<u32> {
+    let t = t.trim();
+    let (number, scale) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 1u64)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1000u64)
+    } else {
+        return None;
+    };
+    let (whole, frac) = number.trim().split_once('.').unwrap_or((number.trim(), ""));
+    if whole.is_empty() || !whole.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let whole: u64 = whole.parse().ok()?;
+    let mut ms = whole.checked_mul(scale)?;
+    // Fractions count down to the millisecond.
+    let mut unit = scale;
+    for d in frac.bytes() {
+        unit /= 10;
+        ms = ms.checked_add(u64::from(d - b'0') * unit)?;
+    }
+    u32::try_from(ms).ok()
 }
 
 fn claim(index: &mut HashMap<String, usize>, name: &str, model: usize, path: &str) -> Result<(), ConfigError> {
@@ -911,7 +1066,8 @@ mod tests {
             Some(Limits {
                 requests_per_minute: None,
                 tokens_per_minute: Some(5),
-                by: LimitKey::Header("x-api-key".into())
+                by: LimitKey::Header("x-api-key".into()),
+                global: false,
             })
         );
         assert_eq!(c.identity_header.as_deref(), Some("x-client-id"));
@@ -998,5 +1154,79 @@ mod tests {
         let v: serde_json::Value = serde_json::json!({"models": [{"name": "a", "destinations": [{"name": 3}]}]});
         let e = Config::from_deserializer(v).unwrap_err();
         assert_eq!(e.path, "models[0].destinations[0].name");
+    }
+
+    #[test]
+    fn global_limits_need_a_rate_limit_service_and_say_so() {
+        let ok = Config::from_json(
+            br#"{"rateLimitService":{"cluster":"outbound|8081||limitador.rl.svc.cluster.local","timeout":"1.5s"},
+                "limits":{"requestsPerMinute":20,"mode":"global"},
+                "models":[{"name":"m","destinations":[{"name":"d"}]}]}"#,
+        )
+        .unwrap();
+        let r = ok.rate_limit_service.as_ref().unwrap();
+        assert_eq!(
+            (r.domain.as_str(), r.timeout_ms, r.deny_on_failure),
+            ("model-router", 1500, false)
+        );
+        assert!(ok.models[0].limits.as_ref().unwrap().global);
+        for (json, path, words) in [
+            (
+                r#"{"models":[{"name":"m","limits":{"requestsPerMinute":1,"mode":"global"},"destinations":[{"name":"d"}]}]}"#,
+                "models[0].limits.mode",
+                "rateLimitService.cluster",
+            ),
+            (
+                r#"{"limits":{"requestsPerMinute":1,"mode":"shared"},"models":[]}"#,
+                "limits.mode",
+                "expected `local` or `global`",
+            ),
+            (
+                r#"{"rateLimitService":{"cluster":"a b"},"models":[]}"#,
+                "rateLimitService.cluster",
+                "Envoy cluster",
+            ),
+            (
+                r#"{"rateLimitService":{"cluster":"c","timeout":"20"},"models":[]}"#,
+                "rateLimitService.timeout",
+                "like `200ms`",
+            ),
+            (
+                r#"{"rateLimitService":{"cluster":"c","timeout":"0ms"},"models":[]}"#,
+                "rateLimitService.timeout",
+                "between",
+            ),
+            (
+                r#"{"rateLimitService":{"cluster":"c","timeout":"11s"},"models":[]}"#,
+                "rateLimitService.timeout",
+                "between",
+            ),
+            (
+                r#"{"rateLimitService":{"cluster":"c","failureMode":"open"},"models":[]}"#,
+                "rateLimitService.failureMode",
+                "`allow` or `deny`",
+            ),
+            (
+                r#"{"rateLimitService":{"cluster":"c","domain":""},"models":[]}"#,
+                "rateLimitService.domain",
+                "non-empty",
+            ),
+            (
+                r#"{"rateLimitService":{"domain":"x"},"models":[]}"#,
+                "rateLimitService",
+                "cluster",
+            ),
+        ] {
+            let e = Config::from_json(json.as_bytes()).unwrap_err();
+            assert_eq!(e.path, path, "{json}");
+            assert!(e.to_string().contains(words), "{json}: {e}");
+        }
+        assert_eq!(parse_duration_ms("250ms"), Some(250));
+        assert_eq!(parse_duration_ms("0.25s"), Some(250));
+        assert_eq!(parse_duration_ms("2s"), Some(2000));
+        assert_eq!(parse_duration_ms("1.2345s"), Some(1234));
+        assert_eq!(parse_duration_ms("-1s"), None);
+        assert_eq!(parse_duration_ms(".5s"), None);
+        assert_eq!(parse_duration_ms("99999999999s"), None);
     }
 }

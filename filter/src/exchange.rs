@@ -16,6 +16,7 @@ use crate::policy::{self, Caller, Charge, RateInfo, Store};
 use crate::reply::{Reject, RejectReason};
 use crate::request::{apply_edits, BodyAction, HeadersAction, Outcome, RequestFlow, RequestInfo, CONTENT_LENGTH};
 use crate::restore::ModelRestorer;
+use crate::rls::{self, Call};
 use crate::telemetry::{self, Meter, MetricOp};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +64,22 @@ pub trait Host: Store {
     fn resume(&mut self, context_id: u32) -> bool;
     /// A local reply to another context's request (from the root's tick).
     fn reply_to(&mut self, context_id: u32, status: u32, details: &str, headers: &[(&str, &str)], body: &[u8]) -> bool;
+    /// Starts a unary gRPC call (`service`: a serialized Envoy `GrpcService`); the token its
+    /// answer will carry, or `None` if the host refused (e.g. no such cluster). `detached`: the
+    /// call belongs to the VM's root context, so it outlives the current request (a `Report`
+    /// made as the request ends); else the answer comes back to this request.
+    fn grpc_call(&mut self, call: &GrpcCall<'_>) -> Option<u32>;
+}
+
+/// A unary gRPC call for `Host::grpc_call`.
+#[derive(Debug, Clone, Copy)]
+pub struct GrpcCall<'a> {
+    pub service: &'a [u8],
+    pub service_name: &'a str,
+    pub method: &'a str,
+    pub message: &'a [u8],
+    pub timeout_ms: u32,
+    pub detached: bool,
 }
 
 /// What a stream callback tells the host.
@@ -99,7 +116,15 @@ pub struct Vm {
     policies: bool,
     /// When the configuration was loaded, seconds since the epoch (the models list's `created`).
     loaded_s: u64,
+    /// Requests waiting for the rate limit service, and when the tick gives up on it for them
+    /// (a backstop: the host's own gRPC timeout answers first).
+    callouts: RefCell<Vec<(u32, u64)>>,
+    /// The serialized `GrpcService` of the rate limit service.
+    rls_service: Vec<u8>,
 }
+
+/// How long past its timeout the tick waits for a rate limit answer the host never delivered.
+pub const CALLOUT_GRACE_NS: u64 = 1_000_000_000;
 
 impl Vm {
     /// `now_ns`: the host's clock at load time (also the weighted choice's seed).
@@ -107,16 +132,65 @@ impl Vm {
         let seed = now_ns;
         let limit_headers = policy::limit_headers(&config);
         let policies = config.models.iter().any(|m| m.allow.is_some() || m.limits.is_some());
+        let rls_service = config
+            .rate_limit_service
+            .as_ref()
+            .map(|r| rls::grpc_service(&r.cluster))
+            .unwrap_or_default();
         Vm {
             config,
             hold: RefCell::new(HoldNet::default()),
             rng: Cell::new(crate::routing::mix(seed ^ 0x9e37_79b9_7f4a_7c15) | 1),
             ticking: Cell::new(false),
             logged_release: Cell::new(false),
+            rls_service,
             limit_headers,
             policies,
             loaded_s: now_ns / 1_000_000_000,
+            callouts: RefCell::new(Vec::new()),
         }
+    }
+
+    /// A call to the rate limit service, for `Host::grpc_call`.
+    fn rls_call<'a>(&'a self, call: Call, message: &'a [u8]) -> Option<GrpcCall<'a>> {
+        let r = self.config.rate_limit_service.as_ref()?;
+        Some(GrpcCall {
+            service: &self.rls_service,
+            service_name: call.service(),
+            method: call.method(),
+            message,
+            timeout_ms: r.timeout_ms,
+            detached: call == Call::Report,
+        })
+    }
+
+    fn watch_callout<H: Host>(&self, host: &mut H, id: u32, now: u64) {
+        let timeout_ns = self
+            .config
+            .rate_limit_service
+            .as_ref()
+            .map_or(0, |r| u64::from(r.timeout_ms) * 1_000_000);
+        let deadline = now.saturating_add(timeout_ns).saturating_add(CALLOUT_GRACE_NS);
+        self.callouts.borrow_mut().push((id, deadline));
+        if !self.ticking.replace(true) {
+            host.set_tick_ms(TICK_MS);
+        }
+    }
+
+    fn callout_done(&self, id: u32) {
+        self.callouts.borrow_mut().retain(|(i, _)| *i != id);
+    }
+
+    /// An answer to a call the root made (a `Report`): only failures are worth a count.
+    pub fn on_root_grpc<H: Host>(&self, host: &mut H, result: Result<&[u8], u32>) {
+        let reason = match result {
+            Ok(bytes) => match rls::answer(bytes) {
+                Some(a) if a.code != rls::Code::Unknown => return,
+                _ => "invalid_response",
+            },
+            Err(status) => rls::failure_reason(status),
+        };
+        host.metric(&telemetry::rate_limit_service_failure(Call::Report.label(), reason));
     }
 
     pub fn hold_state(&self) -> crate::hold::State {
@@ -133,17 +207,29 @@ impl Vm {
         x.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
-    /// The root context's timer: lets go of held requests whose body never came.
-    pub fn on_tick<H: Host>(&self, host: &mut H) {
+    /// The root context's timer: lets go of held requests whose body never came. Returns the
+    /// requests whose rate limit answer is overdue: the caller runs `Stream::on_callout_expired`
+    /// on each (in its context).
+    pub fn on_tick<H: Host>(&self, host: &mut H) -> Vec<u32> {
         let now = host.now_ns();
         let tick = self.hold.borrow_mut().tick(now);
-        if tick.stop {
+        let expired: Vec<u32> = {
+            let mut callouts = self.callouts.borrow_mut();
+            let expired = callouts.iter().filter(|(_, d)| *d <= now).map(|(id, _)| *id).collect();
+            callouts.retain(|(_, d)| *d > now);
+            expired
+        };
+        if tick.stop && self.callouts.borrow().is_empty() {
             host.set_tick_ms(0);
             self.ticking.set(false);
         }
-        if tick.release.is_empty() {
-            return;
+        if !tick.release.is_empty() {
+            self.release_held(host, tick);
         }
+        expired
+    }
+
+    fn release_held<H: Host>(&self, host: &mut H, tick: crate::hold::Tick) {
         if !self.logged_release.replace(true) {
             host.log(
                 LogLevel::Warn,
@@ -236,6 +322,19 @@ pub struct Stream {
     admitted: bool,
     /// Puts the client's model name back into the response (`restoreModelName`).
     restorer: Option<ModelRestorer>,
+    /// Calls to the rate limit service this request waits for before it goes on: (token, call).
+    waiting: Vec<(u32, Call)>,
+    /// What the answers so far refuse the request with (over a limit, or the service failed
+    /// with `failureMode: deny`).
+    refusal: Option<Reject>,
+}
+
+/// What admission decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admission {
+    Admitted,
+    /// Waiting for the rate limit service: the request stays stopped until it answers.
+    Waiting,
 }
 
 impl Stream {
@@ -252,6 +351,8 @@ impl Stream {
             status: None,
             admitted: false,
             restorer: None,
+            waiting: Vec::new(),
+            refusal: None,
         }
     }
 
@@ -321,15 +422,15 @@ impl Stream {
         }
         match action {
             HeadersAction::Continue { set, remove } => {
-                if let Err(r) = self.admit(vm, host, now) {
-                    return self.reject(host, &r);
-                }
+                let admission = match self.admit(vm, host, now) {
+                    Ok(a) => a,
+                    Err(r) => return self.reject(host, &r),
+                };
                 for name in remove {
                     host.remove_header(Map::Request, name);
                 }
                 self.set_request_headers(host, &set);
-                self.note_matched(vm, host);
-                Action::Continue
+                self.go_on(vm, host, admission)
             }
             HeadersAction::Hold => {
                 vm.watch_held(host, self.id, now);
@@ -342,6 +443,10 @@ impl Stream {
     pub fn on_request_body<H: Host>(&mut self, vm: &Vm, host: &mut H, body_size: usize, end_of_stream: bool) -> Action {
         if self.take_released(vm) {
             return Action::Continue;
+        }
+        if !self.waiting.is_empty() {
+            // Still waiting for the rate limit service: going on now would let the headers go too.
+            return Action::Pause;
         }
         if self.flow.held() {
             // A body callback while the headers are held: this host holds headers.
@@ -360,9 +465,10 @@ impl Stream {
             BodyAction::NeedMore => Action::Pause,
             BodyAction::Continue { mut set, edits } => {
                 let now = host.now_ns();
-                if let Err(r) = self.admit(vm, host, now) {
-                    return self.reject(host, &r);
-                }
+                let admission = match self.admit(vm, host, now) {
+                    Ok(a) => a,
+                    Err(r) => return self.reject(host, &r),
+                };
                 if !edits.is_empty() {
                     let body = host.body(Buffer::Request, 0, body_size);
                     if !host.replace_body(Buffer::Request, &apply_edits(&body, &edits)) {
@@ -372,8 +478,7 @@ impl Stream {
                     }
                 }
                 self.set_request_headers(host, &set);
-                self.note_matched(vm, host);
-                Action::Continue
+                self.go_on(vm, host, admission)
             }
             BodyAction::Reject(r) => self.reject(host, &r),
         }
@@ -444,6 +549,11 @@ impl Stream {
     pub fn on_log<H: Host>(&mut self, vm: &Vm, host: &mut H) {
         self.take_released(vm);
         vm.hold.borrow_mut().forget(self.id);
+        if !self.waiting.is_empty() {
+            // Ended (the client went away) before the rate limit service answered.
+            self.waiting.clear();
+            vm.callout_done(self.id);
+        }
         let cfg = &vm.config;
         // The status seen in the response headers, else (local replies, resets) Envoy's own.
         let status = self.status.unwrap_or_else(|| {
@@ -499,8 +609,28 @@ impl Stream {
             } else {
                 self.flow.max_tokens().unwrap_or(vm.config.estimated_output_tokens)
             };
-            let now = host.now_ns();
-            policy::charge(host, charge, input.saturating_add(output), now);
+            let tokens = input.saturating_add(output);
+            if charge.limits().global {
+                // Limitador counts `hits_addend` 0 as 1: nothing used, nothing reported.
+                if tokens > 0 {
+                    let hits = u32::try_from(tokens).unwrap_or(u32::MAX);
+                    let name = vm.config.models.get(self.flow.model_index().unwrap_or(usize::MAX));
+                    if let (Some(m), Some(r)) = (name, vm.config.rate_limit_service.as_ref()) {
+                        let msg = rls::request(Call::Report, &r.domain, &m.name, charge.caller(), hits);
+                        if let Some(call) = vm.rls_call(Call::Report, &msg) {
+                            if host.grpc_call(&call).is_none() {
+                                ops.push(telemetry::rate_limit_service_failure(
+                                    Call::Report.label(),
+                                    "unreachable",
+                                ));
+                            }
+                        }
+                    }
+                }
+            } else {
+                let now = host.now_ns();
+                policy::charge(host, charge, tokens, now);
+            }
         }
         ops
     }
@@ -613,9 +743,10 @@ impl Stream {
     }
 
     /// Access control and rate limits for a matched request (no-op for models without them).
-    fn admit<H: Host>(&mut self, vm: &Vm, host: &mut H, now: u64) -> Result<(), Reject> {
+    /// Global limits ask the rate limit service: the request then waits for its answers.
+    fn admit<H: Host>(&mut self, vm: &Vm, host: &mut H, now: u64) -> Result<Admission, Reject> {
         let Outcome::Matched { model, .. } = *self.flow.outcome() else {
-            return Ok(());
+            return Ok(Admission::Admitted);
         };
         let cfg = &vm.config;
         if cfg
@@ -624,7 +755,7 @@ impl Stream {
             .is_none_or(|m| m.allow.is_none() && m.limits.is_none())
         {
             self.admitted = true;
-            return Ok(());
+            return Ok(Admission::Admitted);
         }
         let caller = Caller {
             principal: self.principal.as_deref(),
@@ -632,15 +763,167 @@ impl Stream {
         };
         match policy::admit(host, cfg, model, &caller, now) {
             Ok((charge, info)) => {
-                self.charge = charge;
                 self.rate_info = info;
+                let global = charge.as_ref().is_some_and(|c| c.limits().global);
+                self.charge = charge;
+                if global {
+                    self.ask_service(vm, host, model, now);
+                    if let Some(r) = self.refusal.take() {
+                        self.waiting.clear();
+                        vm.callout_done(self.id);
+                        self.flow.deny(r.reason);
+                        return Err(r);
+                    }
+                    if !self.waiting.is_empty() {
+                        return Ok(Admission::Waiting);
+                    }
+                }
                 self.admitted = true;
-                Ok(())
+                Ok(Admission::Admitted)
             }
             Err(r) => {
                 self.flow.deny(r.reason);
                 Err(r)
             }
+        }
+    }
+
+    /// Starts the calls a global limit needs: `ShouldRateLimit` for requests, `CheckRateLimit`
+    /// for tokens, at once (the request waits for the slower one, not for their sum).
+    fn ask_service<H: Host>(&mut self, vm: &Vm, host: &mut H, model: usize, now: u64) {
+        let (Some(charge), Some(m), Some(r)) = (
+            self.charge.as_ref(),
+            vm.config.models.get(model),
+            vm.config.rate_limit_service.as_ref(),
+        ) else {
+            return;
+        };
+        let limits = charge.limits();
+        let calls = [
+            (Call::Requests, limits.requests_per_minute.is_some()),
+            (Call::Tokens, limits.tokens_per_minute.is_some()),
+        ];
+        let caller = charge.caller().map(str::to_string);
+        for (call, needed) in calls {
+            if !needed {
+                continue;
+            }
+            let msg = rls::request(call, &r.domain, &m.name, caller.as_deref(), 1);
+            match vm.rls_call(call, &msg).and_then(|c| host.grpc_call(&c)) {
+                Some(token) => self.waiting.push((token, call)),
+                None => self.service_failed(vm, host, call, "unreachable"),
+            }
+        }
+        if !self.waiting.is_empty() {
+            vm.watch_callout(host, self.id, now);
+        }
+    }
+
+    /// The rate limit service could not say: counted, then `failureMode` decides.
+    fn service_failed<H: Host>(&mut self, vm: &Vm, host: &mut H, call: Call, reason: &str) {
+        host.metric(&telemetry::rate_limit_service_failure(call.label(), reason));
+        let deny = vm.config.rate_limit_service.as_ref().is_some_and(|r| r.deny_on_failure);
+        if deny && self.refusal.is_none() {
+            let mut r = Reject::new(
+                RejectReason::RateLimitUnavailable,
+                "The rate limit service did not answer in time, and this model's limits must be checked; retry.",
+            );
+            r.headers.push(("retry-after".into(), "1".into()));
+            self.refusal = Some(r);
+        }
+    }
+
+    /// The answer to a call this request made (`result`: the response message, or the gRPC
+    /// status it failed with).
+    pub fn on_grpc_answer<H: Host>(&mut self, vm: &Vm, host: &mut H, token: u32, result: Result<&[u8], u32>) {
+        let Some(pos) = self.waiting.iter().position(|(t, _)| *t == token) else {
+            return;
+        };
+        let (_, call) = self.waiting.remove(pos);
+        match result.map(rls::answer) {
+            Ok(Some(a)) if a.code != rls::Code::Unknown => self.answered(vm, call, a),
+            Ok(_) => self.service_failed(vm, host, call, "invalid_response"),
+            Err(status) => self.service_failed(vm, host, call, rls::failure_reason(status)),
+        }
+        if self.waiting.is_empty() {
+            self.decided(vm, host);
+        }
+    }
+
+    /// The host never answered in time (the tick's backstop): every call still out failed.
+    pub fn on_callout_expired<H: Host>(&mut self, vm: &Vm, host: &mut H) {
+        if self.waiting.is_empty() {
+            return;
+        }
+        for (_, call) in std::mem::take(&mut self.waiting) {
+            self.service_failed(vm, host, call, "timeout");
+        }
+        self.decided(vm, host);
+    }
+
+    fn answered(&mut self, vm: &Vm, call: Call, a: rls::Answer) {
+        let Some(limits) = self.charge.as_ref().map(|c| c.limits().clone()) else {
+            return;
+        };
+        let (kind, limit) = match call {
+            Call::Requests => ("requests", limits.requests_per_minute),
+            _ => ("tokens", limits.tokens_per_minute),
+        };
+        let limit = limit.unwrap_or(0);
+        if let Some(remaining) = a.remaining {
+            let v = Some((limit, remaining, a.reset_s));
+            match call {
+                Call::Requests => self.rate_info.requests = v,
+                _ => self.rate_info.tokens = v,
+            }
+        }
+        if a.code == rls::Code::OverLimit
+            && self
+                .refusal
+                .as_ref()
+                .is_none_or(|r| r.reason != RejectReason::RateLimitExceeded)
+        {
+            let model = self
+                .flow
+                .model_index()
+                .and_then(|i| vm.config.models.get(i))
+                .map_or("", |m| m.name.as_str());
+            // Limitador's windows are fixed: a minute at most when it does not say.
+            let retry = a.reset_s.unwrap_or(60).max(1);
+            self.refusal = Some(policy::limited_message(
+                model,
+                kind,
+                limit,
+                " (counted across all proxies)",
+                retry,
+                &self.rate_info,
+            ));
+        }
+    }
+
+    /// Every answer is in: refuse, or let the stopped request go on.
+    fn decided<H: Host>(&mut self, vm: &Vm, host: &mut H) {
+        vm.callout_done(self.id);
+        if let Some(r) = self.refusal.take() {
+            self.flow.deny(r.reason);
+            if self.reject(host, &r) == Action::Continue {
+                host.resume(self.id);
+            }
+            return;
+        }
+        self.admitted = true;
+        self.note_matched(vm, host);
+        host.resume(self.id);
+    }
+
+    /// After admission: a request admitted now goes on; one waiting for the service stays stopped.
+    fn go_on<H: Host>(&mut self, vm: &Vm, host: &mut H, admission: Admission) -> Action {
+        match admission {
+            Admission::Admitted => {
+                self.note_matched(vm, host);
+                Action::Continue
+            }
+            Admission::Waiting => Action::Pause,
         }
     }
 
@@ -1218,5 +1501,254 @@ mod tests {
                 None => assert_eq!(got, Some("spoofed")),
             }
         }
+    }
+
+    /// A configuration with global limits on `team-model` (requests and tokens, per caller).
+    fn global_vm(failure_mode: &str) -> Vm {
+        let json = format!(
+            r#"{{"rateLimitService": {{"cluster": "outbound|8081||limitador.rl.svc.cluster.local",
+                 "timeout": "150ms", "failureMode": "{failure_mode}"}},
+                "models": [{{"name": "team-model", "aliases": ["tm"],
+                 "limits": {{"requestsPerMinute": 20, "tokensPerMinute": 1000, "mode": "global"}},
+                 "destinations": [{{"name": "tm"}}]}}]}}"#
+        );
+        Vm::new(Config::from_json(json.as_bytes()).unwrap(), 42)
+    }
+
+    fn rls_answer(code: u64) -> Vec<u8> {
+        let mut m = Vec::new();
+        crate::proto::put_uint(&mut m, 1, code);
+        m
+    }
+
+    fn descriptor(msg: &[u8]) -> Vec<(String, String)> {
+        use crate::proto::{fields, Value};
+        let mut out = Vec::new();
+        for (f, v) in fields(msg).unwrap() {
+            if let (2, Value::Bytes(d)) = (f, v) {
+                for (_, e) in fields(d).unwrap() {
+                    let Value::Bytes(e) = e else { continue };
+                    let kv: Vec<String> = fields(e)
+                        .unwrap()
+                        .into_iter()
+                        .map(|(_, v)| match v {
+                            Value::Bytes(b) => String::from_utf8(b.to_vec()).unwrap(),
+                            _ => String::new(),
+                        })
+                        .collect();
+                    out.push((kv[0].clone(), kv[1].clone()));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_global_limit_asks_the_service_and_waits_for_both_answers() {
+        let vm = global_vm("allow");
+        let body = br#"{"model":"tm","messages":[]}"#;
+        let mut h = request("POST", "/v1/chat/completions", &[], body);
+        h.properties.insert(
+            "connection.uri_san_peer_certificate".into(),
+            b"spiffe://td/ns/a/sa/team-a".to_vec(),
+        );
+        let mut s = Stream::new(7);
+        assert_eq!(s.on_request_headers(&vm, &mut h, false), Action::Pause);
+        // Body routing: the decision is made at the end of the body, which then waits.
+        assert_eq!(s.on_request_body(&vm, &mut h, body.len(), true), Action::Pause);
+        assert_eq!(h.grpc_calls.len(), 2, "ShouldRateLimit and CheckRateLimit, at once");
+        let (t1, req) = h.grpc_calls[0].clone();
+        let (t2, tok) = h.grpc_calls[1].clone();
+        assert_eq!(
+            (req.service_name.as_str(), req.method.as_str()),
+            (rls::RLS_SERVICE, "ShouldRateLimit")
+        );
+        assert_eq!(
+            (tok.service_name.as_str(), tok.method.as_str()),
+            (rls::KUADRANT_SERVICE, "CheckRateLimit")
+        );
+        assert_eq!(req.timeout_ms, 150);
+        assert!(!req.detached);
+        assert_eq!(
+            descriptor(&req.message),
+            vec![
+                ("model".to_string(), "team-model".to_string()),
+                ("kind".to_string(), "requests".to_string()),
+                ("caller".to_string(), "spiffe://td/ns/a/sa/team-a".to_string()),
+            ]
+        );
+        assert_eq!(h.tick_ms, TICK_MS, "the tick backstops the host's timeout");
+        // The route is already set; nothing is counted in flight until admitted.
+        assert_eq!(h.header(Map::Request, "x-ai-route"), Some("tm"));
+        assert!(h.metrics.keys().all(|k| !k.contains("in_flight")));
+        s.on_grpc_answer(&vm, &mut h, t1, Ok(&rls_answer(1)));
+        assert!(h.resumed.is_empty(), "one answer is not enough");
+        // A body chunk while waiting would let the headers go: held.
+        assert_eq!(s.on_request_body(&vm, &mut h, body.len(), true), Action::Pause);
+        s.on_grpc_answer(&vm, &mut h, t2, Ok(&rls_answer(1)));
+        assert_eq!(h.resumed, vec![7]);
+        assert!(h.reply.is_none());
+        // The answer is the backend's; its usage is reported to the service, detached.
+        respond(
+            &vm,
+            &mut h,
+            &mut s,
+            &ok_json(),
+            &[br#"{"usage":{"prompt_tokens":30,"completion_tokens":12}}"#],
+            true,
+        );
+        let (_, report) = h.grpc_calls.last().unwrap().clone();
+        assert_eq!(report.method, "Report");
+        assert!(report.detached, "a Report outlives the request");
+        let hits = crate::proto::fields(&report.message)
+            .unwrap()
+            .into_iter()
+            .find_map(|(f, v)| match (f, v) {
+                (3, crate::proto::Value::Varint(n)) => Some(n),
+                _ => None,
+            });
+        assert_eq!(hits, Some(42));
+        assert_eq!(descriptor(&report.message)[1].1, "tokens");
+        assert!(vm.callouts.borrow().is_empty());
+    }
+
+    #[test]
+    fn over_a_global_limit_is_a_429_and_failures_follow_the_failure_mode() {
+        // Over the limit: 429 with retry-after from the service's reset, else a minute.
+        let vm = global_vm("allow");
+        let body = br#"{"model":"team-model"}"#;
+        let mut h = request("POST", "/v1/chat/completions", &[], body);
+        let mut s = Stream::new(1);
+        s.on_request_headers(&vm, &mut h, false);
+        s.on_request_body(&vm, &mut h, body.len(), true);
+        assert_eq!(descriptor(&h.grpc_calls[0].1.message)[2].1, "anonymous");
+        let (t1, t2) = (h.grpc_calls[0].0, h.grpc_calls[1].0);
+        s.on_grpc_answer(&vm, &mut h, t2, Ok(&rls_answer(1)));
+        s.on_grpc_answer(&vm, &mut h, t1, Ok(&rls_answer(2)));
+        let reply = h.reply.clone().expect("a 429");
+        assert_eq!(reply.status, 429);
+        assert!(reply.headers.contains(&("retry-after".into(), "60".into())));
+        let text = String::from_utf8_lossy(&reply.body).to_string();
+        assert!(
+            text.contains("20 requests per minute (counted across all proxies)"),
+            "{text}"
+        );
+        assert!(h.resumed.is_empty());
+        s.on_log(&vm, &mut h);
+        assert_eq!(h.grpc_calls.len(), 2, "nothing reported for a refused request");
+
+        // The service fails (unavailable, timeout): allow lets it through, counted.
+        let mut h = request("POST", "/v1/chat/completions", &[], body);
+        let mut s = Stream::new(2);
+        s.on_request_headers(&vm, &mut h, false);
+        s.on_request_body(&vm, &mut h, body.len(), true);
+        let (t1, t2) = (h.grpc_calls[0].0, h.grpc_calls[1].0);
+        s.on_grpc_answer(&vm, &mut h, t1, Err(rls::GRPC_UNAVAILABLE));
+        s.on_grpc_answer(&vm, &mut h, t2, Err(rls::GRPC_DEADLINE_EXCEEDED));
+        assert!(h.reply.is_none());
+        assert_eq!(h.resumed, vec![2]);
+        let failures = telemetry::RATE_LIMIT_SERVICE_FAILURES_TOTAL;
+        assert_eq!(
+            h.metric(failures, &[("call", "requests"), ("reason", "unavailable")]),
+            1
+        );
+        assert_eq!(h.metric(failures, &[("call", "tokens"), ("reason", "timeout")]), 1);
+
+        // deny: the same failure is a 503, retryable.
+        let vm = global_vm("deny");
+        let mut h = request("POST", "/v1/chat/completions", &[], body);
+        let mut s = Stream::new(3);
+        s.on_request_headers(&vm, &mut h, false);
+        s.on_request_body(&vm, &mut h, body.len(), true);
+        let (t1, t2) = (h.grpc_calls[0].0, h.grpc_calls[1].0);
+        s.on_grpc_answer(&vm, &mut h, t1, Ok(&rls_answer(1)));
+        s.on_grpc_answer(&vm, &mut h, t2, Ok(b"\x12\x05"));
+        let reply = h.reply.clone().expect("a 503");
+        assert_eq!(reply.status, 503);
+        assert!(String::from_utf8_lossy(&reply.body).contains("rate_limit_unavailable"));
+        assert_eq!(
+            h.metric(failures, &[("call", "tokens"), ("reason", "invalid_response")]),
+            1
+        );
+
+        // A cluster the host does not know: decided at once, nothing waits.
+        let mut h = request("POST", "/v1/chat/completions", &[], body);
+        h.refuse_grpc = true;
+        assert!(!send(&vm, &mut h, &mut Stream::new(4)));
+        assert_eq!(h.reply.as_ref().map(|r| r.status), Some(503));
+        assert_eq!(
+            h.metric(failures, &[("call", "requests"), ("reason", "unreachable")]),
+            1
+        );
+        assert!(vm.callouts.borrow().is_empty());
+        let vm = global_vm("allow");
+        let mut h = request("POST", "/v1/chat/completions", &[], body);
+        h.refuse_grpc = true;
+        assert!(send(&vm, &mut h, &mut Stream::new(5)));
+    }
+
+    #[test]
+    fn no_request_waits_past_the_timeout_even_if_the_host_never_answers() {
+        let vm = global_vm("deny");
+        let body = br#"{"model":"team-model"}"#;
+        let mut h = request("POST", "/v1/chat/completions", &[], body);
+        let mut s = Stream::new(9);
+        s.on_request_headers(&vm, &mut h, false);
+        assert_eq!(s.on_request_body(&vm, &mut h, body.len(), true), Action::Pause);
+        h.now_ns += 150_000_000 + CALLOUT_GRACE_NS - 1;
+        assert!(vm.on_tick(&mut h).is_empty());
+        h.now_ns += 1;
+        assert_eq!(vm.on_tick(&mut h), vec![9]);
+        s.on_callout_expired(&vm, &mut h);
+        assert_eq!(h.reply.as_ref().map(|r| r.status), Some(503));
+        assert_eq!(
+            h.metric(
+                telemetry::RATE_LIMIT_SERVICE_FAILURES_TOTAL,
+                &[("call", "tokens"), ("reason", "timeout")]
+            ),
+            1
+        );
+        // A late answer changes nothing; the tick stops once nothing waits.
+        let late = h.grpc_calls[0].0;
+        s.on_grpc_answer(&vm, &mut h, late, Ok(&rls_answer(1)));
+        assert!(h.resumed.is_empty());
+        h.now_ns += 1_000_000_000;
+        vm.on_tick(&mut h);
+        assert_eq!(h.tick_ms, 0);
+    }
+
+    #[test]
+    fn a_disconnect_while_waiting_or_streaming_is_handled() {
+        let vm = global_vm("allow");
+        let body = br#"{"model":"team-model","stream":true,"max_tokens":50}"#;
+        // The client leaves while the service thinks: nothing charged, nothing left waiting.
+        let mut h = request("POST", "/v1/chat/completions", &[], body);
+        let mut s = Stream::new(1);
+        s.on_request_headers(&vm, &mut h, false);
+        s.on_request_body(&vm, &mut h, body.len(), true);
+        s.on_log(&vm, &mut h);
+        assert!(vm.callouts.borrow().is_empty());
+        assert_eq!(h.grpc_calls.len(), 2);
+        // Admitted, then the client leaves mid-stream: the estimate is reported.
+        let mut h = request("POST", "/v1/chat/completions", &[], body);
+        let mut s = Stream::new(2);
+        s.on_request_headers(&vm, &mut h, false);
+        s.on_request_body(&vm, &mut h, body.len(), true);
+        for (t, _) in h.grpc_calls.clone() {
+            s.on_grpc_answer(&vm, &mut h, t, Ok(&rls_answer(1)));
+        }
+        let sse = [(":status", "200"), ("content-type", "text/event-stream")];
+        respond(&vm, &mut h, &mut s, &sse, &[b"data: {\"choices\":[]}\n\n"], false);
+        let (_, report) = h.grpc_calls.last().unwrap().clone();
+        assert_eq!(report.method, "Report");
+        let hits = crate::proto::fields(&report.message)
+            .unwrap()
+            .into_iter()
+            .find_map(|(f, v)| match (f, v) {
+                (3, crate::proto::Value::Varint(n)) => Some(n),
+                _ => None,
+            });
+        let input = (body.len() as u64).div_ceil(4);
+        assert_eq!(hits, Some(input + 50));
     }
 }

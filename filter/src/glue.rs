@@ -6,16 +6,35 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use crate::config::Config;
-use crate::exchange::{Action, Buffer, Host, LogLevel, Map, Stream, Vm};
+use crate::exchange::{Action, Buffer, GrpcCall, Host, LogLevel, Map, Stream, Vm};
 use crate::header_map::HeaderMap;
 use crate::host;
 use crate::policy::Store;
 use crate::telemetry::{Kind, MetricOp};
 
+thread_local! {
+    /// Calls a request made, by token: the host answers them on the root context.
+    static CALLOUTS: RefCell<HashMap<u32, u32>> = RefCell::new(HashMap::new());
+}
+
+/// The request that made the call `token` (forgotten as it is answered).
+pub fn take_callout(token: u32) -> Option<u32> {
+    CALLOUTS.with(|c| c.borrow_mut().remove(&token))
+}
+
+/// A request went away: its calls were cancelled with it.
+pub fn forget_callouts(stream: u32) {
+    CALLOUTS.with(|c| c.borrow_mut().retain(|_, s| *s != stream));
+}
+
 /// The proxy-wasm host, as the core sees it. Metric ids are defined once per stat name (the
 /// cache is the VM's; borrowed only for a lookup, so re-entrant calls are fine).
 pub struct ProxyHost<'a> {
     metrics: &'a RefCell<HashMap<String, u32>>,
+    /// The VM's root context (detached calls are made for it).
+    root_id: u32,
+    /// The context whose callback runs (the root's own id in root callbacks).
+    current_id: u32,
 }
 
 fn map_id(map: Map) -> u32 {
@@ -120,28 +139,66 @@ impl Host for ProxyHost<'_> {
     fn reply_to(&mut self, context_id: u32, status: u32, details: &str, headers: &[(&str, &str)], body: &[u8]) -> bool {
         host::set_effective_context(context_id).is_ok() && self.send_reply(status, details, headers, body)
     }
+    fn grpc_call(&mut self, call: &GrpcCall<'_>) -> Option<u32> {
+        let switch = call.detached && self.current_id != self.root_id;
+        if switch && host::set_effective_context(self.root_id).is_err() {
+            return None;
+        }
+        let token = host::grpc_call(
+            call.service,
+            call.service_name,
+            call.method,
+            call.message,
+            call.timeout_ms,
+        )
+        .ok();
+        if switch {
+            let _ = host::set_effective_context(self.current_id);
+        }
+        if let (Some(t), false) = (token, call.detached) {
+            CALLOUTS.with(|c| c.borrow_mut().insert(t, self.current_id));
+        }
+        token
+    }
 }
 
 /// What one VM shares between its root and HTTP contexts.
 pub struct Shared {
     vm: Vm,
     metrics: RefCell<HashMap<String, u32>>,
+    root_id: u32,
 }
 
 impl Shared {
-    fn with<R>(&self, f: impl FnOnce(&Vm, &mut ProxyHost) -> R) -> R {
-        f(&self.vm, &mut ProxyHost { metrics: &self.metrics })
+    fn with<R>(&self, current_id: u32, f: impl FnOnce(&Vm, &mut ProxyHost) -> R) -> R {
+        f(
+            &self.vm,
+            &mut ProxyHost {
+                metrics: &self.metrics,
+                root_id: self.root_id,
+                current_id,
+            },
+        )
     }
 }
 
-#[derive(Default)]
 pub struct Root {
+    id: u32,
     shared: Option<Rc<Shared>>,
 }
 
 impl Root {
+    pub fn new(id: u32) -> Root {
+        Root { id, shared: None }
+    }
+
     pub fn shared(&self) -> Option<Rc<Shared>> {
         self.shared.clone()
+    }
+
+    /// The answer to a call the root made (a `Report`).
+    pub fn on_grpc(shared: &Shared, result: Result<&[u8], u32>) {
+        shared.with(shared.root_id, |vm, h| vm.on_root_grpc(h, result));
     }
 
     pub fn on_configure(&mut self, size: usize) -> bool {
@@ -155,6 +212,7 @@ impl Root {
                 self.shared = Some(Rc::new(Shared {
                     vm,
                     metrics: RefCell::new(HashMap::new()),
+                    root_id: self.id,
                 }));
                 host::log(host::LOG_INFO, "model-router: configuration loaded");
                 true
@@ -166,12 +224,14 @@ impl Root {
         }
     }
 
-    pub fn on_tick(shared: &Shared) {
-        shared.with(|vm, h| vm.on_tick(h));
+    /// Returns the requests whose rate limit answer is overdue (see `Vm::on_tick`).
+    pub fn on_tick(shared: &Shared) -> Vec<u32> {
+        shared.with(shared.root_id, |vm, h| vm.on_tick(h))
     }
 }
 
 pub struct Http {
+    id: u32,
     shared: Option<Rc<Shared>>,
     stream: Stream,
 }
@@ -179,6 +239,7 @@ pub struct Http {
 impl Http {
     pub fn new(id: u32, shared: Option<Rc<Shared>>) -> Http {
         Http {
+            id,
             shared,
             stream: Stream::new(id),
         }
@@ -186,9 +247,23 @@ impl Http {
 
     fn run(&mut self, f: impl FnOnce(&mut Stream, &Vm, &mut ProxyHost) -> Action) -> Action {
         match self.shared.clone() {
-            Some(s) => s.with(|vm, h| f(&mut self.stream, vm, h)),
+            Some(s) => s.with(self.id, |vm, h| f(&mut self.stream, vm, h)),
             None => Action::Continue,
         }
+    }
+
+    pub fn on_grpc(&mut self, token: u32, result: Result<&[u8], u32>) {
+        self.run(|s, vm, h| {
+            s.on_grpc_answer(vm, h, token, result);
+            Action::Continue
+        });
+    }
+
+    pub fn on_callout_expired(&mut self) {
+        self.run(|s, vm, h| {
+            s.on_callout_expired(vm, h);
+            Action::Continue
+        });
     }
 
     pub fn on_request_headers(&mut self, end_of_stream: bool) -> Action {

@@ -15,6 +15,7 @@ pub const MAP_REQUEST_HEADERS: u32 = 0;
 pub const MAP_RESPONSE_HEADERS: u32 = 2;
 pub const BUF_REQUEST_BODY: u32 = 0;
 pub const BUF_RESPONSE_BODY: u32 = 1;
+pub const BUF_GRPC_RECEIVE: u32 = 5;
 pub const BUF_PLUGIN_CONFIGURATION: u32 = 7;
 pub const STREAM_REQUEST: u32 = 0;
 pub const METRIC_COUNTER: u32 = 0;
@@ -71,6 +72,20 @@ extern "C" {
         cas: *mut u32,
     ) -> u32;
     fn proxy_set_shared_data(key: *const u8, key_size: usize, v: *const u8, v_size: usize, cas: u32) -> u32;
+    fn proxy_grpc_call(
+        service: *const u8,
+        service_size: usize,
+        service_name: *const u8,
+        service_name_size: usize,
+        method: *const u8,
+        method_size: usize,
+        metadata: *const u8,
+        metadata_size: usize,
+        message: *const u8,
+        message_size: usize,
+        timeout_ms: u32,
+        token: *mut u32,
+    ) -> u32;
 }
 
 pub type HostResult<T> = Result<T, u32>;
@@ -255,4 +270,27 @@ pub fn shared_data(key: &str) -> HostResult<(Option<Vec<u8>>, u32)> {
 /// Sets shared data if its CAS token is still `cas` (0: unconditionally); `Err(CAS_MISMATCH)` otherwise.
 pub fn set_shared_data(key: &str, value: &[u8], cas: u32) -> HostResult<()> {
     status(unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas) })
+}
+
+/// Starts a unary gRPC call; its token.
+pub fn grpc_call(service: &[u8], service_name: &str, method: &str, message: &[u8], timeout_ms: u32) -> HostResult<u32> {
+    let metadata = serialize_map(&[]);
+    let mut token = 0u32;
+    status(unsafe {
+        proxy_grpc_call(
+            service.as_ptr(),
+            service.len(),
+            service_name.as_ptr(),
+            service_name.len(),
+            method.as_ptr(),
+            method.len(),
+            metadata.as_ptr(),
+            metadata.len(),
+            message.as_ptr(),
+            message.len(),
+            timeout_ms,
+            &mut token,
+        )
+    })?;
+    Ok(token)
 }

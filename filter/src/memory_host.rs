@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::exchange::{Buffer, Host, LogLevel, Map};
+use crate::exchange::{Buffer, GrpcCall, Host, LogLevel, Map};
 use crate::header_map::HeaderMap;
 use crate::policy::Store;
 use crate::telemetry::MetricOp;
@@ -91,6 +91,21 @@ pub struct MemoryHost {
     pub crossings: u64,
     /// Every header the filter set or removed, in order: (map, name, `Some(value)` or `None`).
     pub header_edits: Vec<(Map, String, Option<String>)>,
+    /// gRPC calls started: (token, call).
+    pub grpc_calls: Vec<(u32, SentCall)>,
+    /// Refuse gRPC calls (as Envoy does for a cluster it does not know).
+    pub refuse_grpc: bool,
+}
+
+/// A gRPC call the filter started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentCall {
+    pub service: Vec<u8>,
+    pub service_name: String,
+    pub method: String,
+    pub message: Vec<u8>,
+    pub timeout_ms: u32,
+    pub detached: bool,
 }
 
 fn header_map(pairs: &[(String, String)]) -> HeaderMap {
@@ -243,5 +258,26 @@ impl Host for MemoryHost {
         body: &[u8],
     ) -> bool {
         self.send_reply(status, details, headers, body)
+    }
+    fn grpc_call(&mut self, call: &GrpcCall<'_>) -> Option<u32> {
+        self.crossings += 1;
+        if self.refuse_grpc {
+            return None;
+        }
+        let token = u32::try_from(self.grpc_calls.len())
+            .unwrap_or(u32::MAX)
+            .saturating_add(1);
+        self.grpc_calls.push((
+            token,
+            SentCall {
+                service: call.service.to_vec(),
+                service_name: call.service_name.to_string(),
+                method: call.method.to_string(),
+                message: call.message.to_vec(),
+                timeout_ms: call.timeout_ms,
+                detached: call.detached,
+            },
+        ));
+        Some(token)
     }
 }

@@ -93,10 +93,10 @@ impl Bucket {
 /// The rate-limit state a response reports (OpenAI's `x-ratelimit-*` headers).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RateInfo {
-    /// (limit, remaining, seconds until full) for requests, when limited by requests.
-    pub requests: Option<(u64, u64, u64)>,
+    /// (limit, remaining, seconds until full when known) for requests, when limited by requests.
+    pub requests: Option<(u64, u64, Option<u64>)>,
     /// The same for tokens.
-    pub tokens: Option<(u64, u64, u64)>,
+    pub tokens: Option<(u64, u64, Option<u64>)>,
 }
 
 impl RateInfo {
@@ -106,7 +106,9 @@ impl RateInfo {
             if let Some((limit, remaining, reset)) = v {
                 h.push((format!("x-ratelimit-limit-{kind}"), limit.to_string()));
                 h.push((format!("x-ratelimit-remaining-{kind}"), remaining.to_string()));
-                h.push((format!("x-ratelimit-reset-{kind}"), format!("{reset}s")));
+                if let Some(reset) = reset {
+                    h.push((format!("x-ratelimit-reset-{kind}"), format!("{reset}s")));
+                }
             }
         }
         h
@@ -118,6 +120,8 @@ impl RateInfo {
 pub struct Charge {
     key: String,
     limits: Limits,
+    /// For a global limit: the `caller` descriptor value (`None` for `by: global`).
+    caller: Option<String>,
 }
 
 impl Charge {
@@ -125,7 +129,19 @@ impl Charge {
     pub fn counts_tokens(&self) -> bool {
         self.limits.tokens_per_minute.is_some()
     }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The `caller` descriptor of a global limit.
+    pub fn caller(&self) -> Option<&str> {
+        self.caller.as_deref()
+    }
 }
+
+/// Who a caller without identity (or without the `by: header:NAME` header) is counted as.
+pub const ANONYMOUS: &str = "anonymous";
 
 /// What the admission needs to know about the request.
 #[derive(Debug, Clone, Default)]
@@ -226,6 +242,30 @@ pub fn admit<S: Store>(
         return Ok((None, RateInfo::default()));
     };
     let key = bucket_key(m, limits, caller);
+    if limits.global {
+        // Counted by the rate limit service: the exchange asks it.
+        let who = match &limits.by {
+            LimitKey::Global => None,
+            LimitKey::Principal => Some(caller.principal.unwrap_or(ANONYMOUS).to_string()),
+            LimitKey::Header(h) => Some(
+                caller
+                    .headers
+                    .iter()
+                    .find(|(k, _)| k == h)
+                    .map(|(_, v)| crate::rls::caller_value(v))
+                    .filter(|v| !v.is_empty())
+                    .unwrap_or_else(|| ANONYMOUS.to_string()),
+            ),
+        };
+        return Ok((
+            Some(Charge {
+                key,
+                limits: limits.clone(),
+                caller: who,
+            }),
+            RateInfo::default(),
+        ));
+    }
     let mut info = RateInfo::default();
     if let Some(tpm) = limits.tokens_per_minute {
         let level = update(store, &format!("{key}/t"), |b| {
@@ -233,7 +273,7 @@ pub fn admit<S: Store>(
             (b, b.level)
         });
         if let Some(level) = level {
-            info.tokens = Some((tpm, level.max(0.0) as u64, secs_until(tpm as f64 - level, tpm)));
+            info.tokens = Some((tpm, level.max(0.0) as u64, Some(secs_until(tpm as f64 - level, tpm))));
             if level <= 0.0 {
                 let retry = secs_until(1.0 - level, tpm).max(1);
                 return Err(limited(m, "tokens", tpm, retry, &info));
@@ -256,9 +296,9 @@ pub fn admit<S: Store>(
             }
         });
         match taken {
-            Some(Ok(left)) => info.requests = Some((rpm, left as u64, secs_until(rpm as f64 - left, rpm))),
+            Some(Ok(left)) => info.requests = Some((rpm, left as u64, Some(secs_until(rpm as f64 - left, rpm)))),
             Some(Err(level)) => {
-                info.requests = Some((rpm, 0, secs_until(rpm as f64 - level, rpm)));
+                info.requests = Some((rpm, 0, Some(secs_until(rpm as f64 - level, rpm))));
                 let retry = secs_until(1.0 - level, rpm).max(1);
                 return Err(limited(m, "requests", rpm, retry, &info));
             }
@@ -269,17 +309,22 @@ pub fn admit<S: Store>(
         Some(Charge {
             key,
             limits: limits.clone(),
+            caller: None,
         }),
         info,
     ))
 }
 
 fn limited(m: &Model, kind: &str, limit: u64, retry_after: u64, info: &RateInfo) -> Reject {
+    limited_message(&m.name, kind, limit, "", retry_after, info)
+}
+
+/// The 429 of a limit (`shared`: how it is counted, for global limits).
+pub fn limited_message(model: &str, kind: &str, limit: u64, shared: &str, retry_after: u64, info: &RateInfo) -> Reject {
     let mut r = Reject::new(
         RejectReason::RateLimitExceeded,
         format!(
-            "Rate limit reached for model `{}`: {limit} {kind} per minute. Retry after {retry_after} s.",
-            m.name
+            "Rate limit reached for model `{model}`: {limit} {kind} per minute{shared}. Retry after {retry_after} s."
         ),
     );
     r.error_type = kind.to_string();
@@ -294,7 +339,7 @@ pub fn charge<S: Store>(store: &mut S, charge: &Charge, tokens: u64, now_ns: u64
     let Some(tpm) = charge.limits.tokens_per_minute else {
         return;
     };
-    if tokens == 0 {
+    if tokens == 0 || charge.limits.global {
         return;
     }
     let _ = update(store, &format!("{}/t", charge.key), |b| {

@@ -13,10 +13,13 @@ pub enum RejectReason {
     /// Held headers whose body never came (a host that cannot hold, or a client that stalls),
     /// where letting the request through unchecked would skip access control or limits.
     BodyNotReceived,
+    /// A global limit could not be checked (the rate limit service did not answer in time) and
+    /// `rateLimitService.failureMode` is `deny`.
+    RateLimitUnavailable,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 8] = [
+    pub const ALL: [RejectReason; 9] = [
         RejectReason::ModelNotFound,
         RejectReason::InvalidJson,
         RejectReason::ModelRequired,
@@ -25,6 +28,7 @@ impl RejectReason {
         RejectReason::RateLimitExceeded,
         RejectReason::DuplicateModel,
         RejectReason::BodyNotReceived,
+        RejectReason::RateLimitUnavailable,
     ];
 
     pub fn code(self) -> &'static str {
@@ -37,6 +41,7 @@ impl RejectReason {
             RejectReason::RateLimitExceeded => "rate_limit_exceeded",
             RejectReason::DuplicateModel => "duplicate_model",
             RejectReason::BodyNotReceived => "body_not_received",
+            RejectReason::RateLimitUnavailable => "rate_limit_unavailable",
         }
     }
 
@@ -47,7 +52,7 @@ impl RejectReason {
             RejectReason::BodyTooLarge => 413,
             RejectReason::ModelAccessDenied => 403,
             RejectReason::RateLimitExceeded => 429,
-            RejectReason::BodyNotReceived => 503,
+            RejectReason::BodyNotReceived | RejectReason::RateLimitUnavailable => 503,
         }
     }
 }
@@ -110,6 +115,6 @@ mod tests {
         assert_eq!(v["error"]["message"], "The model `x\"y` does not exist.");
         assert_eq!(r.status(), 404);
         let statuses: Vec<u32> = RejectReason::ALL.iter().map(|r| r.status()).collect();
-        assert_eq!(statuses, [404, 400, 400, 413, 403, 429, 400, 503]);
+        assert_eq!(statuses, [404, 400, 400, 413, 403, 429, 400, 503, 503]);
     }
 }

@@ -357,6 +357,14 @@ impl RequestFlow {
     }
 
     /// The matched request was refused after all (access control, rate limit).
+    /// The matched model's index in the configuration.
+    pub fn model_index(&self) -> Option<usize> {
+        match self.outcome {
+            Outcome::Matched { model, .. } => Some(model),
+            _ => None,
+        }
+    }
+
     pub fn deny(&mut self, reason: RejectReason) {
         self.outcome = Outcome::Rejected(reason);
         self.held = false;

@@ -22,6 +22,9 @@ pub const USAGE_ERRORS_TOTAL: &str = "model_router_usage_errors_total";
 pub const HOLD_RELEASED_TOTAL: &str = "model_router_hold_released_total";
 /// Times a VM tried holding headers again after header-only routing.
 pub const HOLD_PROBES_TOTAL: &str = "model_router_hold_probes_total";
+/// Calls to the rate limit service that got no usable answer (the failure mode then decided),
+/// by call (`requests`, `tokens`, `report`) and reason.
+pub const RATE_LIMIT_SERVICE_FAILURES_TOTAL: &str = "model_router_rate_limit_service_failures_total";
 
 /// The destination label of a request whose model is known but whose route the filter did not
 /// choose (`bodyRouting: false`, or a host that cannot hold headers).
@@ -37,11 +40,12 @@ pub const COUNTERS_AND_GAUGES: &[&str] = &[
     USAGE_ERRORS_TOTAL,
     HOLD_RELEASED_TOTAL,
     HOLD_PROBES_TOTAL,
+    RATE_LIMIT_SERVICE_FAILURES_TOTAL,
 ];
 pub const HISTOGRAMS: &[&str] = &[DURATION_MS, TTFT_MS];
 
 /// Every label key the filter encodes; the `stats_tags` to render, one regex each.
-pub const LABEL_KEYS: &[&str] = &["model", "destination", "code_class", "type", "reason"];
+pub const LABEL_KEYS: &[&str] = &["model", "destination", "code_class", "type", "reason", "call"];
 
 /// Label value for anything not in the configuration: keeps cardinality bounded.
 pub const OTHER: &str = "other";
@@ -150,6 +154,15 @@ pub fn usage_errors(model: &str, destination: &str, e: &UsageErrors) -> Vec<Metr
         }
     }
     ops
+}
+
+/// A call to the rate limit service without a usable answer.
+pub fn rate_limit_service_failure(call: &str, reason: &str) -> MetricOp {
+    MetricOp::Add {
+        kind: Kind::Counter,
+        name: stat_name(RATE_LIMIT_SERVICE_FAILURES_TOTAL, &[("call", call), ("reason", reason)]),
+        delta: 1,
+    }
 }
 
 pub fn hold_probe() -> MetricOp {

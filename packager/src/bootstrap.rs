@@ -42,6 +42,9 @@ pub struct Spec {
     pub transport_socket: Option<Value>,
     /// HTTP filters before the Wasm filter (e.g. `set_filter_state`, as an Istio waypoint has).
     pub pre_filters: Vec<Value>,
+    /// gRPC (HTTP/2) clusters the filter calls, e.g. the rate limit service (named as the
+    /// configuration's `rateLimitService.cluster`).
+    pub grpc_clusters: Vec<Upstream>,
 }
 
 /// Model, destination and token counts from the filter's filter state, then status and timing.
@@ -70,6 +73,18 @@ pub fn wasm_filter(spec: &Spec) -> Value {
 
 fn address(host: &str, port: u16) -> Value {
     json!({"socket_address": {"address": host, "port_value": port}})
+}
+
+fn grpc_cluster(u: &Upstream) -> Value {
+    let mut c = cluster(u);
+    c["typed_extension_protocol_options"] = json!({
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}}
+        }
+    });
+    c["connect_timeout"] = json!("1s");
+    c
 }
 
 fn cluster(u: &Upstream) -> Value {
@@ -148,7 +163,7 @@ pub fn render(spec: &Spec) -> Value {
                 "address": address(&spec.listen.0, spec.listen.1),
                 "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}]
             }],
-            "clusters": spec.upstreams.iter().map(cluster).collect::<Vec<_>>()
+            "clusters": spec.upstreams.iter().map(cluster).chain(spec.grpc_clusters.iter().map(grpc_cluster)).collect::<Vec<_>>()
         }
     });
     if let Some(ts) = &spec.transport_socket {
@@ -191,6 +206,7 @@ mod tests {
             stats_flush_on_admin: false,
             transport_socket: None,
             pre_filters: Vec::new(),
+            grpc_clusters: Vec::new(),
         };
         let b = render(&spec);
         let routes = &b["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]

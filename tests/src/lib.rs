@@ -62,6 +62,8 @@ pub struct Options {
     pub tls: Option<std::sync::Arc<pki::Pki>>,
     /// HTTP filters before the Wasm filter.
     pub pre_filters: Vec<Value>,
+    /// gRPC clusters (the rate limit service).
+    pub grpc_clusters: Vec<Upstream>,
 }
 
 impl Default for Options {
@@ -72,6 +74,7 @@ impl Default for Options {
             filter_entry: None,
             tls: None,
             pre_filters: Vec::new(),
+            grpc_clusters: Vec::new(),
         }
     }
 }
@@ -121,6 +124,7 @@ impl Scenario {
             stats_flush_on_admin: true,
             transport_socket: opts.tls.as_ref().map(|p| p.transport_socket()),
             pre_filters: opts.pre_filters,
+            grpc_clusters: opts.grpc_clusters,
         });
         let tls = opts.tls.is_some();
         let envoy = match tokio::task::block_in_place(|| Envoy::start(&boot, opts.concurrency)) {

@@ -107,6 +107,7 @@ pub async fn run(args: &RunArgs) -> Result<()> {
         stats_flush_on_admin: true,
         transport_socket: None,
         pre_filters: Vec::new(),
+        grpc_clusters: Vec::new(),
     };
     let boot = bootstrap::render(&spec);
     if args.print_config {
