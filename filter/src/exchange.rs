@@ -327,6 +327,9 @@ pub struct Stream {
     /// What the answers so far refuse the request with (over a limit, or the service failed
     /// with `failureMode: deny`).
     refusal: Option<Reject>,
+    /// When the calls were made (a failure that took the whole timeout is a timeout, whatever
+    /// status the host reports: Envoy turns its own deadline into UNAVAILABLE).
+    asked_ns: u64,
 }
 
 /// What admission decided.
@@ -353,6 +356,7 @@ impl Stream {
             restorer: None,
             waiting: Vec::new(),
             refusal: None,
+            asked_ns: 0,
         }
     }
 
@@ -815,6 +819,7 @@ impl Stream {
             }
         }
         if !self.waiting.is_empty() {
+            self.asked_ns = now;
             vm.watch_callout(host, self.id, now);
         }
     }
@@ -843,7 +848,20 @@ impl Stream {
         match result.map(rls::answer) {
             Ok(Some(a)) if a.code != rls::Code::Unknown => self.answered(vm, call, a),
             Ok(_) => self.service_failed(vm, host, call, "invalid_response"),
-            Err(status) => self.service_failed(vm, host, call, rls::failure_reason(status)),
+            Err(status) => {
+                let timeout_ns = vm
+                    .config
+                    .rate_limit_service
+                    .as_ref()
+                    .map_or(u64::MAX, |r| u64::from(r.timeout_ms) * 1_000_000);
+                let waited = host.now_ns().saturating_sub(self.asked_ns);
+                let reason = if waited >= timeout_ns - timeout_ns / 10 {
+                    "timeout"
+                } else {
+                    rls::failure_reason(status)
+                };
+                self.service_failed(vm, host, call, reason);
+            }
         }
         if self.waiting.is_empty() {
             self.decided(vm, host);
@@ -1685,6 +1703,28 @@ mod tests {
         let mut h = request("POST", "/v1/chat/completions", &[], body);
         h.refuse_grpc = true;
         assert!(send(&vm, &mut h, &mut Stream::new(5)));
+    }
+
+    #[test]
+    fn a_failure_after_the_whole_timeout_is_a_timeout_whatever_the_status() {
+        // Envoy reports its own deadline as UNAVAILABLE; a refused connection comes at once.
+        let vm = global_vm("allow");
+        let body = br#"{"model":"team-model"}"#;
+        let mut h = request("POST", "/v1/chat/completions", &[], body);
+        let mut s = Stream::new(1);
+        s.on_request_headers(&vm, &mut h, false);
+        s.on_request_body(&vm, &mut h, body.len(), true);
+        let (t1, t2) = (h.grpc_calls[0].0, h.grpc_calls[1].0);
+        h.now_ns += 1_000_000;
+        s.on_grpc_answer(&vm, &mut h, t1, Err(rls::GRPC_UNAVAILABLE));
+        h.now_ns += 150_000_000;
+        s.on_grpc_answer(&vm, &mut h, t2, Err(rls::GRPC_UNAVAILABLE));
+        let failures = telemetry::RATE_LIMIT_SERVICE_FAILURES_TOTAL;
+        assert_eq!(
+            h.metric(failures, &[("call", "requests"), ("reason", "unavailable")]),
+            1
+        );
+        assert_eq!(h.metric(failures, &[("call", "tokens"), ("reason", "timeout")]), 1);
     }
 
     #[test]

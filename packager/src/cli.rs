@@ -97,6 +97,10 @@ pub struct RunArgs {
     /// Envoy log level
     #[arg(long, default_value = "warning")]
     pub log_level: String,
+    /// The rate limit service (gRPC) of `mode: global` limits, e.g. a local limitador-server's
+    /// --rls-port; the bootstrap names its cluster as rateLimitService.cluster says
+    #[arg(long, value_name = "HOST:PORT")]
+    pub rate_limit_service: Option<String>,
     /// Print the Envoy bootstrap (YAML) and exit
     #[arg(long)]
     pub print_config: bool,
@@ -322,6 +326,9 @@ pub enum PartArg {
     NetworkPolicy,
     #[value(name = "authorizationpolicy")]
     AuthorizationPolicy,
+    /// Limitador's limits ConfigMap (+ ServiceEntry) for global limits
+    #[value(name = "rate-limits")]
+    RateLimits,
 }
 
 #[derive(Debug, Args)]

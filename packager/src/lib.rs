@@ -5,6 +5,7 @@ pub mod bootstrap;
 pub mod cli;
 pub mod commands;
 pub mod image;
+pub mod limitador;
 pub mod module;
 pub mod plugin_config;
 pub mod prom;

@@ -201,6 +201,49 @@ const NOT_STICKY: &[&str] = &[
 ];
 
 /// Settings that are valid but risky: (field path, message).
+/// What global limits send, and what they cost when the service fails.
+fn global_limit_warnings(config: &Config) -> Vec<(String, String)> {
+    let mut w = Vec::new();
+    let Some(r) = &config.rate_limit_service else {
+        return w;
+    };
+    let globals: Vec<(usize, &model_router::config::Limits)> = config
+        .models
+        .iter()
+        .enumerate()
+        .filter_map(|(i, m)| m.limits.as_ref().filter(|l| l.global).map(|l| (i, l)))
+        .collect();
+    if globals.is_empty() {
+        w.push((
+            "rateLimitService".into(),
+            "no limit has `mode: global`: the service is never called".into(),
+        ));
+    }
+    if let Some((i, l)) = globals
+        .iter()
+        .find(|(_, l)| matches!(l.by, model_router::config::LimitKey::Header(_)))
+    {
+        if let model_router::config::LimitKey::Header(h) = &l.by {
+            w.push((
+                format!("models[{i}].limits.by"),
+                format!(
+                    "a global limit by header `{h}` sends its value to the rate limit service (and its Redis) as \
+                     the `caller` descriptor: use a header that names the caller (a tenant or key id), not a secret"
+                ),
+            ));
+        }
+    }
+    if !r.deny_on_failure && !globals.is_empty() {
+        w.push((
+            "rateLimitService.failureMode".into(),
+            "is `allow`: while the service is down, global limits are not enforced (counted in \
+             model_router_rate_limit_service_failures_total); `deny` answers 503 instead"
+                .into(),
+        ));
+    }
+    w
+}
+
 pub fn warnings(config: &Config) -> Vec<(String, String)> {
     let mut w = Vec::new();
     if !config.body_routing {
@@ -214,6 +257,7 @@ pub fn warnings(config: &Config) -> Vec<(String, String)> {
         ));
     }
     w.extend(unenforceable_limits(config));
+    w.extend(global_limit_warnings(config));
     if let Some(h) = &config.sticky_header {
         if NOT_STICKY.contains(&h.as_str()) || h.starts_with("x-envoy-") || h.starts_with(':') {
             w.push((

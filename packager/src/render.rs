@@ -35,6 +35,8 @@ pub enum Part {
     AdapterRules,
     NetworkPolicy,
     AuthorizationPolicy,
+    /// Limitador's limits for `mode: global` limits (and a ServiceEntry for a service outside the mesh).
+    RateLimits,
 }
 
 /// Egress and ingress the model pods get besides what the installation needs.
@@ -141,6 +143,9 @@ pub struct Plan {
     dests: Vec<Dest>,
     /// (destination, InferencePool) for destinations served by an inference pool.
     pools: Vec<(String, String)>,
+    /// The rate limit service of global limits: its host, port, and the namespace of its
+    /// Service (`None`: outside the cluster, reached through a ServiceEntry).
+    rate_limit: Option<(String, u16, Option<String>)>,
 }
 
 /// RFC 1123 label: lowercase letters, digits and `-`, starting and ending alphanumeric, ≤ 63.
@@ -409,9 +414,37 @@ pub fn plan(config: &Config, o: &Options) -> Result<Plan, Vec<Problem>> {
             ));
         }
     }
+    let mut rate_limit = None;
+    if let Some(r) = &config.rate_limit_service {
+        match crate::limitador::istio_cluster(&r.cluster) {
+            Some((host, port)) => {
+                let ns = service_of(&host, &o.namespace).ok().map(|(_, ns)| ns);
+                rate_limit = Some((host, port, ns));
+            }
+            None => {
+                let hint = match r.cluster.rsplit_once(':') {
+                    Some((h, p)) if p.parse::<u16>().is_ok() => format!(" (for `{h}` port {p}: `outbound|{p}||{h}`)"),
+                    _ => String::new(),
+                };
+                problems.push(problem(
+                    "rateLimitService.cluster",
+                    format!(
+                        "`{}` is not a cluster Istio creates: Istio names the cluster of a host and port \
+                         `outbound|PORT||HOST`{hint}",
+                        r.cluster
+                    ),
+                ));
+            }
+        }
+    }
     problems.dedup();
     if problems.is_empty() {
-        Ok(Plan { hosts, dests, pools })
+        Ok(Plan {
+            hosts,
+            dests,
+            pools,
+            rate_limit,
+        })
     } else {
         Err(problems)
     }
@@ -482,6 +515,45 @@ pub fn render(config_json: &Value, config: &Config, o: &Options, plan: &Plan) ->
         if o.wants(Part::AuthorizationPolicy) {
             docs.push(authorization_policy(h, o));
         }
+    }
+    if let (true, Some(rl)) = (o.wants(Part::RateLimits), &plan.rate_limit) {
+        docs.extend(rate_limit_docs(config, o, rl));
+    }
+    docs
+}
+
+/// Limitador's limits file (a ConfigMap next to Limitador), and a ServiceEntry when the service
+/// is outside the cluster.
+fn rate_limit_docs(config: &Config, o: &Options, (host, port, ns): &(String, u16, Option<String>)) -> Vec<Doc> {
+    let mut docs = Vec::new();
+    let limits = crate::limitador::limits(config);
+    if !limits.is_empty() {
+        let ns = ns.clone().unwrap_or_else(|| o.namespace.clone());
+        let envoy = crate::limitador::envoy_ratelimit_yaml(config);
+        docs.push(Doc {
+            file: "limitador-limits".into(),
+            comment: format!(
+                "Limitador's limits for the filter's `mode: global` limits (namespace = rateLimitService.domain).\n\
+                 Mount it as Limitador's LIMITS_FILE (it reloads on change): limitador-server /etc/limitador/limits.yaml redis redis://...\n\
+                 The same request limits for envoyproxy/ratelimit (token limits need Limitador's CheckRateLimit/Report):\n{}",
+                envoy.lines().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n")
+            ),
+            value: json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": o.meta(&o.object_name("limitador-limits"), &ns),
+                "data": {"limits.yaml": crate::limitador::limits_yaml(config)}}),
+        });
+    }
+    if ns.is_none() {
+        docs.push(Doc {
+            file: "rate-limit-service-entry".into(),
+            comment: format!(
+                "The rate limit service is outside the mesh: this ServiceEntry gives the proxies the cluster\n\
+                 `outbound|{port}||{host}` that rateLimitService.cluster names (gRPC, so HTTP/2)."
+            ),
+            value: json!({"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+                "metadata": o.meta(&o.object_name("rate-limit-service"), &o.namespace),
+                "spec": {"hosts": [host], "location": "MESH_EXTERNAL", "resolution": "DNS",
+                         "ports": [{"number": port, "name": "grpc", "protocol": "GRPC"}]}}),
+        });
     }
     docs
 }

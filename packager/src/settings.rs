@@ -76,6 +76,7 @@ fn part(p: PartArg) -> Part {
         PartArg::AdapterRules => Part::AdapterRules,
         PartArg::NetworkPolicy => Part::NetworkPolicy,
         PartArg::AuthorizationPolicy => Part::AuthorizationPolicy,
+        PartArg::RateLimits => Part::RateLimits,
     }
 }
 

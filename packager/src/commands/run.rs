@@ -93,6 +93,26 @@ pub async fn run(args: &RunArgs) -> Result<()> {
         )
     })?;
     crate::commands::build::check_file(&wasm)?;
+    let mut grpc_clusters = Vec::new();
+    match (&loaded.config.rate_limit_service, &args.rate_limit_service) {
+        (Some(r), Some(addr)) => {
+            let (host, port) = host_port(addr, "--rate-limit-service")?;
+            grpc_clusters.push(Upstream {
+                name: r.cluster.clone(),
+                host,
+                port,
+            });
+        }
+        (Some(r), None) => bail!(
+            "the configuration's global limits need the rate limit service (cluster `{}`): pass \
+             --rate-limit-service HOST:PORT (e.g. a limitador-server's --rls-port)",
+            r.cluster
+        ),
+        (None, Some(_)) => {
+            bail!("--rate-limit-service: the configuration has no rateLimitService (see docs/global-limits.md)")
+        }
+        (None, None) => {}
+    }
     let spec = Spec {
         listen: host_port(&args.listen, "--listen")?,
         admin: host_port(&args.admin, "--admin")?,
@@ -107,7 +127,7 @@ pub async fn run(args: &RunArgs) -> Result<()> {
         stats_flush_on_admin: true,
         transport_socket: None,
         pre_filters: Vec::new(),
-        grpc_clusters: Vec::new(),
+        grpc_clusters,
     };
     let boot = bootstrap::render(&spec);
     if args.print_config {
@@ -160,6 +180,15 @@ pub async fn run(args: &RunArgs) -> Result<()> {
         "model-router: Envoy listening on http://{}, admin on http://{} (Ctrl-C stops)",
         args.listen, args.admin
     );
+    if let (Some(r), Some(addr)) = (&loaded.config.rate_limit_service, &args.rate_limit_service) {
+        eprintln!(
+            "model-router: global limits counted by the rate limit service at {addr} (domain `{}`, timeout {} ms, \
+             failure mode {})",
+            r.domain,
+            r.timeout_ms,
+            if r.deny_on_failure { "deny" } else { "allow" }
+        );
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let stopped = tokio::select! {
         status = child.wait() => {
