@@ -231,6 +231,36 @@ pub fn answer(bytes: &[u8]) -> Option<Answer> {
     })
 }
 
+/// The descriptor entries and hits of a serialized `RateLimitRequest` (for `wasmpack route`).
+pub fn describe(msg: &[u8]) -> Option<(Vec<(String, String)>, u64)> {
+    let mut entries = Vec::new();
+    let mut hits = 0;
+    for (f, v) in proto::fields(msg)? {
+        match (f, v) {
+            (2, Value::Bytes(d)) => {
+                for (_, e) in proto::fields(d)? {
+                    let Value::Bytes(e) = e else { continue };
+                    let mut kv = (String::new(), String::new());
+                    for (ef, ev) in proto::fields(e)? {
+                        if let Value::Bytes(b) = ev {
+                            let s = String::from_utf8_lossy(b).into_owned();
+                            if ef == 1 {
+                                kv.0 = s;
+                            } else {
+                                kv.1 = s;
+                            }
+                        }
+                    }
+                    entries.push(kv);
+                }
+            }
+            (3, Value::Varint(h)) => hits = h,
+            _ => {}
+        }
+    }
+    Some((entries, hits))
+}
+
 /// `12`, `12, 12;w=60` → 12.
 fn leading_number(v: &[u8]) -> Option<u64> {
     let digits: Vec<u8> = v.trim_ascii().iter().copied().take_while(u8::is_ascii_digit).collect();

@@ -204,9 +204,9 @@ const NOT_STICKY: &[&str] = &[
 /// What global limits send, and what they cost when the service fails.
 fn global_limit_warnings(config: &Config) -> Vec<(String, String)> {
     let mut w = Vec::new();
-    let Some(r) = &config.rate_limit_service else {
+    if config.rate_limit_service.is_none() {
         return w;
-    };
+    }
     let globals: Vec<(usize, &model_router::config::Limits)> = config
         .models
         .iter()
@@ -232,14 +232,6 @@ fn global_limit_warnings(config: &Config) -> Vec<(String, String)> {
                 ),
             ));
         }
-    }
-    if !r.deny_on_failure && !globals.is_empty() {
-        w.push((
-            "rateLimitService.failureMode".into(),
-            "is `allow`: while the service is down, global limits are not enforced (counted in \
-             model_router_rate_limit_service_failures_total); `deny` answers 503 instead"
-                .into(),
-        ));
     }
     w
 }

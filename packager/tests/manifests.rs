@@ -70,7 +70,8 @@ fn every_rendered_resource_validates() {
     let plain = tmp.path().join("plain.yaml");
     std::fs::write(
         &plain,
-        "bodyRouting: false\nmodels:\n- name: m\n  destinations:\n  - {name: m-v1, host: m-v1.team-a.svc.cluster.local, port: 8000}\n",
+        "bodyRouting: false\nrateLimitService: {cluster: 'outbound|8081||ratelimit.example.net'}\n\
+         models:\n- name: m\n  limits: {requestsPerMinute: 5, by: global, mode: global}\n  destinations:\n  - {name: m-v1, host: m-v1.team-a.svc.cluster.local, port: 8000}\n",
     )
     .unwrap();
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<String>>();

@@ -124,6 +124,24 @@ fn decide_on(vm: &Vm, req: &RouteRequest, shared: SharedMem, id: u32) -> (Value,
     if h.reply.is_none() && s.flow().reading_body() {
         went_on = s.on_request_body(vm, &mut h, body.len(), true) == Action::Continue;
     }
+    // Global limits: the calls the filter makes to the rate limit service; `route` does not call
+    // it, and shows what happens when it admits the request.
+    let calls: Vec<Value> = h
+        .grpc_calls
+        .iter()
+        .map(|(_, c)| {
+            let (entries, hits) = model_router::rls::describe(&c.message).unwrap_or_default();
+            let descriptor: BTreeMap<String, String> = entries.into_iter().collect();
+            json!({"method": format!("{}/{}", c.service_name, c.method), "descriptor": descriptor, "hits": hits})
+        })
+        .collect();
+    if !calls.is_empty() && h.reply.is_none() {
+        let ok = [0x08, 0x01];
+        for (token, _) in h.grpc_calls.clone() {
+            s.on_grpc_answer(vm, &mut h, token, Ok(&ok));
+        }
+        went_on = h.reply.is_none();
+    }
     let flow = s.flow();
     let matched = flow.matched(cfg);
     let mut out = json!({
@@ -135,6 +153,9 @@ fn decide_on(vm: &Vm, req: &RouteRequest, shared: SharedMem, id: u32) -> (Value,
     });
     if let Some(p) = req.peer_identity {
         out["peerIdentity"] = json!(p);
+    }
+    if !calls.is_empty() {
+        out["rateLimitService"] = json!({"calls": calls, "answer": "OK (assumed: route does not call the service)"});
     }
     if let Some(r) = h.reply.take() {
         let body: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
