@@ -3,6 +3,8 @@
 //!   b) floor: a Wasm filter that only buffers the request body and sets one header
 //!   c) model-router routing a 2 KB chat request (body routing)
 //!   d) model-router with full telemetry on a streaming (SSE) response
+//!   g) (c) with a global request limit: one ShouldRateLimit per request to a real
+//!      limitador-server (Redis storage); its CPU is Limitador's, not Envoy's, and is not counted
 //! Load: wrk on loopback. Upstream: Envoy direct_response (never the bottleneck), behind Envoy's
 //! native buffer filter in every variant (see `bootstrap`). Rounds are
 //! interleaved (a b c d, a b c d, …); per variant the median round is reported. CPU per request is
@@ -21,6 +23,14 @@ use serde_json::{json, Value};
 
 const MODEL_CONFIG: &str = r#"{"bodyRouting":true,"models":[
   {"name":"llama-3-8b","aliases":["gpt-3.5-turbo"],"destinations":[{"name":"llama-v1","weight":90},{"name":"llama-v2","weight":10}]},
+  {"name":"gpt-4o","destinations":[{"name":"openai"}]}]}"#;
+
+/// (c) with a global request limit on the model (high enough never to refuse).
+const GLOBAL_CONFIG: &str = r#"{"bodyRouting":true,
+  "rateLimitService":{"cluster":"outbound|8081||limitador.bench.svc.cluster.local","timeout":"1s"},
+  "models":[
+  {"name":"llama-3-8b","aliases":["gpt-3.5-turbo"],"limits":{"requestsPerMinute":1000000000,"by":"global","mode":"global"},
+   "destinations":[{"name":"llama-v1","weight":90},{"name":"llama-v2","weight":10}]},
   {"name":"gpt-4o","destinations":[{"name":"openai"}]}]}"#;
 
 fn chat_body(stream: bool) -> String {
@@ -58,6 +68,8 @@ struct Variant {
     what: &'static str,
     filter: Option<Value>,
     stream: bool,
+    /// The rate limit service's port (variant g).
+    rls_port: Option<u16>,
 }
 
 fn wasm_filter(name: &str, wasm: &Path, config: &str) -> Value {
@@ -93,6 +105,18 @@ fn bootstrap(v: &Variant) -> Value {
     filters.push(json!({"name": "envoy.filters.http.buffer", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer", "max_request_bytes": 1048576}}));
     filters.push(json!({"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}));
+    let clusters: Vec<Value> = v
+        .rls_port
+        .iter()
+        .map(|port| {
+            json!({"name": "outbound|8081||limitador.bench.svc.cluster.local", "type": "STATIC", "connect_timeout": "1s",
+               "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                   "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                   "explicit_http_config": {"http2_protocol_options": {}}}},
+               "load_assignment": {"cluster_name": "rls", "endpoints": [{"lb_endpoints": [{"endpoint": {"address":
+                   {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}})
+        })
+        .collect();
     json!({
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
         "stats_config": {"stats_tags": wasmpack::bootstrap::stats_tags(), "histogram_bucket_settings": wasmpack::bootstrap::histogram_buckets()},
@@ -100,7 +124,7 @@ fn bootstrap(v: &Variant) -> Value {
             "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
                 "stat_prefix": "bench", "route_config": {"name": "r", "virtual_hosts": [{"name": "v", "domains": ["*"], "routes": routes}]},
-                "http_filters": filters}}]}]}]}
+                "http_filters": filters}}]}]}], "clusters": clusters}
     })
 }
 
@@ -226,32 +250,52 @@ fn main() {
             what: "no Wasm filter",
             filter: None,
             stream: false,
+            rls_port: None,
         },
         Variant {
             name: "b",
             what: "floor filter (buffer body, set a header)",
             filter: Some(wasm_filter("floor", &floor, "")),
             stream: false,
+            rls_port: None,
         },
         Variant {
             name: "c",
             what: "model-router, 2 KB chat request, body routing",
             filter: Some(wasm_filter("model-router", &wasm, MODEL_CONFIG)),
             stream: false,
+            rls_port: None,
         },
         Variant {
             name: "d",
             what: "model-router, streaming response, full telemetry",
             filter: Some(wasm_filter("model-router", &wasm, MODEL_CONFIG)),
             stream: true,
+            rls_port: None,
+        },
+        Variant {
+            name: "g",
+            what: "(c) + a global request limit (Limitador, Redis)",
+            filter: Some(wasm_filter("model-router", &wasm, GLOBAL_CONFIG)),
+            stream: false,
+            rls_port: Some(0),
         },
     ];
     // --only c: just these variants (for profiling one; no ratios then).
     let only = arg(&args, "--only");
-    let variants: Vec<Variant> = variants
+    let mut variants: Vec<Variant> = variants
         .into_iter()
         .filter(|v| only.as_deref().is_none_or(|o| o.contains(v.name)))
         .collect();
+    // The real rate limit stack for (g), kept until the end.
+    let mut _stack = None;
+    if let Some(g) = variants.iter_mut().find(|v| v.rls_port.is_some()) {
+        let cfg = model_router::config::Config::from_json(GLOBAL_CONFIG.as_bytes()).unwrap();
+        let redis = e2e::rate_limit::Redis::start();
+        let lim = e2e::rate_limit::Limitador::start(&wasmpack::limitador::limits_yaml(&cfg), &redis);
+        g.rls_port = Some(lim.rls_port);
+        _stack = Some((redis, lim));
+    }
     let dir = tempfile::tempdir().unwrap();
     let mut envoys = Vec::new();
     for v in &variants {
@@ -312,6 +356,26 @@ fn main() {
             p50,
             p99,
             rss_kib(envoys[i].0.pid()) / 1024
+        );
+    }
+    if let (Some(c), Some(g)) = (
+        variants.iter().position(|v| v.name == "c"),
+        variants.iter().position(|v| v.name == "g"),
+    ) {
+        let p = |i: usize, f: fn(&Sample) -> f64| median(samples[i].iter().map(f).collect());
+        println!(
+            "\nglobal check, (g) vs (c): CPU per request {:+.1} µs ({:.3}x), p50 {:+.0} µs, p99 {:+.0} µs (Envoy's CPU only; Limitador and Redis run beside it)",
+            cpu[g] - cpu[c],
+            cpu[g] / cpu[c],
+            p(g, |x| x.p50_us) - p(c, |x| x.p50_us),
+            p(g, |x| x.p99_us) - p(c, |x| x.p99_us)
+        );
+        let stats = admin_get(envoys[g].0.admin_port, "/stats/prometheus").unwrap_or_default();
+        assert!(
+            !stats
+                .lines()
+                .any(|l| l.starts_with("model_router_rate_limit_service_failures_total") && !l.ends_with(" 0")),
+            "variant g: the rate limit service failed:\n{stats}"
         );
     }
     if variants.len() < 4 {
