@@ -19,3 +19,13 @@ $WASMPACK manifests --config manifests/ml-canary/config.yaml \
   --image registry.example.com/ml/model-router@$DIGEST --namespace ml --selector app=checkout --offline \
   --allow-principal spiffe://cluster.local/ns/ml/sa/checkout --dependency app=feature-store --max-in-flight 8 \
   > "$OUT/ml-canary/install.yaml"
+mkdir -p "$OUT/ambient-waypoint" "$OUT/envoy-gateway"
+$WASMPACK manifests --config manifests/ambient-waypoint/config.yaml \
+  --image registry.example.com/ai/model-router@$DIGEST --namespace ai --offline \
+  --waypoint waypoint --service llm.ai.svc.cluster.local:8000 --extension-api traffic-extension \
+  --workload resnet-v1=resnet-v1 --workload resnet-v2=resnet-v2 \
+  > "$OUT/ambient-waypoint/install.yaml"
+$WASMPACK manifests --config manifests/envoy-gateway/config.yaml \
+  --image registry.example.com/ml/model-router@$DIGEST --namespace ml --offline \
+  --envoy-gateway eg --hostname models.example.com --skip hpa,adapter-rules \
+  > "$OUT/envoy-gateway/install.yaml"

@@ -216,7 +216,7 @@ impl Phase {
 /// What to render (shared by manifests, apply and delete); resolved and checked by
 /// `settings::RenderSettings::resolve`.
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("target").required(true).args(["selector", "gateway"])))]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["selector", "gateway", "waypoint", "envoy_gateway"])))]
 pub struct RenderArgs {
     /// Plugin configuration, YAML or JSON
     #[arg(long, value_name = "FILE")]
@@ -239,6 +239,20 @@ pub struct RenderArgs {
     /// Host name clients use at the gateway; the HTTPRoute matches only these (repeatable; needed with --gateway)
     #[arg(long = "hostname", value_name = "HOST")]
     pub hostnames: Vec<String>,
+    /// Run the filter in this Istio ambient waypoint (a Gateway of class istio-waypoint in --namespace);
+    /// routing becomes a mesh HTTPRoute on --service
+    #[arg(long, value_name = "NAME")]
+    pub waypoint: Option<String>,
+    /// The Service clients call through the waypoint, HOST:PORT (svc.ns.svc.cluster.local:8000); needed with --waypoint
+    #[arg(long, value_name = "HOST:PORT")]
+    pub service: Option<String>,
+    /// Run the filter in this Envoy Gateway Gateway (an EnvoyExtensionPolicy; routing becomes an HTTPRoute)
+    #[arg(long, value_name = "NAME")]
+    pub envoy_gateway: Option<String>,
+    /// Istio's API for the filter when it is a plain Wasm filter: wasmplugin, or traffic-extension
+    /// (extensions.istio.io/v1alpha1 TrafficExtension, Istio 1.30+)
+    #[arg(long, value_enum, default_value_t = ExtensionApi::Wasmplugin)]
+    pub extension_api: ExtensionApi,
     /// Never contact the registry (the image must then be pinned with @sha256:)
     #[arg(long)]
     pub offline: bool,
@@ -307,6 +321,17 @@ pub struct RenderArgs {
 }
 
 /// Parts of the installation (`--only`, `--skip`).
+/// Istio's resource for a plain Wasm filter.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExtensionApi {
+    /// WasmPlugin (extensions.istio.io/v1alpha1)
+    #[default]
+    Wasmplugin,
+    /// TrafficExtension (extensions.istio.io/v1alpha1, Istio 1.30+: one API for Wasm and Lua)
+    #[value(name = "traffic-extension")]
+    TrafficExtension,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum PartArg {
     /// The WasmPlugin, or the EnvoyFilter pair with body routing

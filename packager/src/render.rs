@@ -21,6 +21,26 @@ pub enum Target {
     Selector(BTreeMap<String, String>),
     /// A Gateway API gateway (deployed by Istio) of this name, serving these host names.
     Gateway { name: String, hostnames: Vec<String> },
+    /// An Istio ambient waypoint (a Gateway of class istio-waypoint in the install namespace);
+    /// clients call `service:port`, which is enrolled to it.
+    Waypoint { name: String, service: String, port: u16 },
+    /// An Envoy Gateway Gateway of this name, serving these host names.
+    EnvoyGateway { name: String, hostnames: Vec<String> },
+}
+
+impl Target {
+    /// Routing is a Gateway API HTTPRoute to Services (not a VirtualService to subsets).
+    fn routes_to_services(&self) -> bool {
+        !matches!(self, Target::Selector(_))
+    }
+}
+
+/// Istio's resource for a plain Wasm filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FilterApi {
+    WasmPlugin,
+    /// `TrafficExtension` (extensions.istio.io/v1alpha1, Istio 1.30+).
+    TrafficExtension,
 }
 
 /// Kinds of resource `--only` / `--skip` choose among.
@@ -60,6 +80,8 @@ pub struct Options {
     /// the namespace of their host.
     pub namespace: String,
     pub target: Target,
+    /// WasmPlugin or TrafficExtension (plain Wasm installs on Istio).
+    pub extension_api: FilterApi,
     /// `registry/repository` of the image.
     pub repository: String,
     /// `sha256:<hex>` of the image manifest.
@@ -243,15 +265,16 @@ pub fn plan(config: &Config, o: &Options) -> Result<Plan, Vec<Problem>> {
     let mut hosts: Vec<Host> = Vec::new();
     let mut dests: Vec<Dest> = Vec::new();
     let mut pools: Vec<(String, String)> = Vec::new();
-    let gateway = matches!(o.target, Target::Gateway { .. });
+    let gateway = o.target.routes_to_services();
+    let pools_ok = matches!(o.target, Target::Gateway { .. } | Target::EnvoyGateway { .. });
     for (i, m) in config.models.iter().enumerate() {
         for (j, d) in m.destinations.iter().enumerate() {
             let at = format!("models[{i}].destinations[{j}]");
             if let Some(pool) = &d.inference_pool {
-                if !gateway {
+                if !pools_ok {
                     problems.push(problem(
                         format!("{at}.inferencePool"),
-                        "an InferencePool is a Gateway API backend: it needs a --gateway install",
+                        "an InferencePool is a Gateway API backend: it needs a --gateway or --envoy-gateway install",
                     ));
                 } else if d.host.is_some() || d.subset.is_some() {
                     problems.push(problem(
@@ -304,14 +327,14 @@ pub fn plan(config: &Config, o: &Options) -> Result<Plan, Vec<Problem>> {
             if gateway && d.subset.is_some() {
                 problems.push(problem(
                     format!("{at}.subset"),
-                    "a gateway routes with a Gateway API HTTPRoute, which sends to Services, not DestinationRule \
-                     subsets: give each destination its own Service (host) instead",
+                    "a gateway or waypoint routes with a Gateway API HTTPRoute, which sends to Services, not \
+                     DestinationRule subsets: give each destination its own Service (host) instead",
                 ));
             }
             if gateway && d.host.is_some() && d.port.is_none() {
                 problems.push(problem(
                     format!("{at}.port"),
-                    "a gateway's HTTPRoute needs the Service port of each destination",
+                    "an HTTPRoute (gateway, waypoint) needs the Service port of each destination",
                 ));
             }
             match dests.iter_mut().find(|x| x.name == d.name) {
@@ -414,6 +437,23 @@ pub fn plan(config: &Config, o: &Options) -> Result<Plan, Vec<Problem>> {
             ));
         }
     }
+    if let Target::Waypoint { service, .. } = &o.target {
+        match service_of(service, &o.namespace) {
+            Err(e) => problems.push(problem("--service", e)),
+            Ok((_, ns)) => {
+                for h in hosts.iter().filter(|h| h.namespace != ns) {
+                    problems.push(problem(
+                        "--service",
+                        format!(
+                            "`{}` is in namespace `{}`, not `{ns}` where the mesh route of `{service}` lives: a \
+                             waypoint route sends to Services of its own namespace (else a ReferenceGrant is needed)",
+                            h.host, h.namespace
+                        ),
+                    ));
+                }
+            }
+        }
+    }
     let mut rate_limit = None;
     if let Some(r) = &config.rate_limit_service {
         match crate::limitador::istio_cluster(&r.cluster) {
@@ -460,10 +500,12 @@ pub fn render(config_json: &Value, config: &Config, o: &Options, plan: &Plan) ->
     let url = format!("oci://{}@{}", o.repository, o.digest);
     let ports = model_ports(config);
     if o.wants(Part::Filter) {
-        if config.body_routing {
-            docs.extend(envoy_filters(config_json, o, &url, &ports));
-        } else {
-            docs.push(wasm_plugin(config_json, o, &url, &ports));
+        match &o.target {
+            Target::EnvoyGateway { name, .. } => docs.push(envoy_extension_policy(config_json, o, name)),
+            Target::Selector(_) | Target::Gateway { .. } if config.body_routing => {
+                docs.extend(envoy_filters(config_json, o, &url, &ports));
+            }
+            _ => docs.push(wasm_plugin(config_json, o, &url, &ports)),
         }
     }
     let hs = &plan.hosts;
@@ -476,7 +518,12 @@ pub fn render(config_json: &Value, config: &Config, o: &Options, plan: &Plan) ->
                 docs.extend(hs.iter().map(|h| virtual_service(config, h, o)));
             }
         }
-        Target::Gateway { name, hostnames } => {
+        Target::Waypoint { service, port, name } => {
+            if o.wants(Part::HttpRoute) {
+                docs.push(mesh_route(config, hs, o, name, service, *port));
+            }
+        }
+        Target::Gateway { name, hostnames } | Target::EnvoyGateway { name, hostnames } => {
             if o.wants(Part::HttpRoute) {
                 // One route per namespace of backends, next to them (Gateway API's cross-namespace
                 // attachment: no ReferenceGrant needed); inference pools in the install namespace.
@@ -492,7 +539,16 @@ pub fn render(config_json: &Value, config: &Config, o: &Options, plan: &Plan) ->
                         json!({"group": "inference.networking.k8s.io", "kind": "InferencePool", "name": pool});
                     by_ns.entry(o.namespace.as_str()).or_default().push((d, backend));
                 }
-                for (ns, rules) in by_ns {
+                let catch_all = matches!(o.target, Target::EnvoyGateway { .. });
+                let mut first = true;
+                for (ns, mut rules) in by_ns {
+                    if catch_all && first {
+                        // Envoy Gateway runs the filter only on a route that matched: one must match first.
+                        if let Some((_, b)) = rules.first().cloned() {
+                            rules.push(("", b));
+                        }
+                        first = false;
+                    }
                     docs.push(http_route(config, &rules, o, name, hostnames, ns));
                 }
             }
@@ -508,11 +564,13 @@ pub fn render(config_json: &Value, config: &Config, o: &Options, plan: &Plan) ->
     if o.wants(Part::AdapterRules) {
         docs.push(adapter_rules(o));
     }
+    // Envoy Gateway's proxies have no mesh identity: an AuthorizationPolicy would lock them out.
+    let meshed = !matches!(o.target, Target::EnvoyGateway { .. });
     for h in hs {
         if o.wants(Part::NetworkPolicy) {
             docs.push(network_policy(h, o));
         }
-        if o.wants(Part::AuthorizationPolicy) {
+        if o.wants(Part::AuthorizationPolicy) && meshed {
             docs.push(authorization_policy(h, o));
         }
     }
@@ -598,7 +656,7 @@ fn wasm_plugin(config_json: &Value, o: &Options, url: &str, ports: &[u16]) -> Do
                 json!([{"mode": "CLIENT", "ports": ports}])
             };
         }
-        Target::Gateway { name, .. } => {
+        Target::Gateway { name, .. } | Target::Waypoint { name, .. } | Target::EnvoyGateway { name, .. } => {
             spec["targetRefs"] = json!([gateway_ref(name)]);
         }
     }
@@ -607,6 +665,9 @@ fn wasm_plugin(config_json: &Value, o: &Options, url: &str, ports: &[u16]) -> Do
     }
     if let Some(s) = &o.pull_secret {
         spec["imagePullSecret"] = json!(s);
+    }
+    if o.extension_api == FilterApi::TrafficExtension {
+        return traffic_extension(spec, o);
     }
     Doc {
         file: "wasmplugin".into(),
@@ -647,7 +708,9 @@ fn envoy_filters(config_json: &Value, o: &Options, url: &str, ports: &[u16]) -> 
     let name = ext["name"].clone();
     let (context, scope) = match &o.target {
         Target::Selector(sel) => ("SIDECAR_OUTBOUND", json!({"workloadSelector": {"labels": sel}})),
-        Target::Gateway { name, .. } => ("GATEWAY", json!({"targetRefs": [gateway_ref(name)]})),
+        Target::Gateway { name, .. } | Target::Waypoint { name, .. } | Target::EnvoyGateway { name, .. } => {
+            ("GATEWAY", json!({"targetRefs": [gateway_ref(name)]}))
+        }
     };
     let mut ext_spec = scope.clone();
     ext_spec["configPatches"] = json!([{"applyTo": "EXTENSION_CONFIG", "patch": {"operation": "ADD", "value": ext}}]);
@@ -697,6 +760,96 @@ fn envoy_filters(config_json: &Value, o: &Options, url: &str, ports: &[u16]) -> 
                 "metadata": o.meta(&o.object_name(""), &o.namespace), "spec": filter_spec}),
         },
     ]
+}
+
+/// The filter as an Istio `TrafficExtension` (extensions.istio.io/v1alpha1, Istio 1.30+): the
+/// same module, config and attachment as the WasmPlugin, in the API Istio converts WasmPlugins to.
+fn traffic_extension(wasm_plugin_spec: Value, o: &Options) -> Doc {
+    let w = &wasm_plugin_spec;
+    let mut wasm = json!({"url": w["url"], "sha256": w["sha256"], "imagePullPolicy": w["imagePullPolicy"],
+        "failStrategy": w["failStrategy"], "pluginConfig": w["pluginConfig"], "type": "HTTP"});
+    if let Some(secret) = w.get("imagePullSecret") {
+        wasm["imagePullSecret"] = secret.clone();
+    }
+    // TrafficExtension's phase enum spells the default `UNSPECIFIED`.
+    let phase = match w["phase"].as_str() {
+        Some("UNSPECIFIED_PHASE") | None => "UNSPECIFIED",
+        Some(p) => p,
+    };
+    let mut spec = json!({"phase": phase, "wasm": wasm});
+    for key in ["selector", "targetRefs", "match", "priority"] {
+        if let Some(v) = w.get(key) {
+            spec[key] = v.clone();
+        }
+    }
+    Doc {
+        file: "trafficextension".into(),
+        comment: format!(
+            "The filter as a TrafficExtension (Istio 1.30+), pinned to the image manifest digest {}.",
+            o.digest
+        ),
+        value: json!({"apiVersion": "extensions.istio.io/v1alpha1", "kind": "TrafficExtension",
+            "metadata": o.meta(&o.object_name(""), &o.namespace), "spec": spec}),
+    }
+}
+
+/// The filter for Envoy Gateway: an `EnvoyExtensionPolicy` on the Gateway, the module from the
+/// OCI image pinned by its manifest digest, the configuration inline.
+fn envoy_extension_policy(config_json: &Value, o: &Options, gateway: &str) -> Doc {
+    let image = json!({"url": format!("{}@{}", o.repository, o.digest), "sha256": hex(&o.digest)});
+    let mut wasm = json!({"name": FILTER_NAME, "rootID": FILTER_NAME, "failOpen": o.fail_open,
+        "code": {"type": "Image", "image": image}, "config": config_json});
+    if let Some(secret) = &o.pull_secret {
+        wasm["code"]["image"]["pullSecretRef"] = json!({"name": secret});
+    }
+    Doc {
+        file: "envoyextensionpolicy".into(),
+        comment: format!(
+            "The filter on Envoy Gateway `{gateway}`, pinned to the image manifest digest {}. Envoy Gateway\n\
+             enables it per route (internal/xds/translator/wasm.go): it runs on requests that matched a\n\
+             route of this gateway, so the HTTPRoute below ends with a catch-all rule. It cannot hold\n\
+             request headers (no allow_on_headers_stop_iteration), so bodyRouting is off.",
+            o.digest
+        ),
+        value: json!({"apiVersion": "gateway.envoyproxy.io/v1alpha1", "kind": "EnvoyExtensionPolicy",
+            "metadata": o.meta(&o.object_name(""), &o.namespace),
+            "spec": {"targetRefs": [gateway_ref(gateway)], "wasm": [wasm]}}),
+    }
+}
+
+/// A mesh (GAMMA) HTTPRoute on the Service clients call through a waypoint: by the filter's
+/// header to each destination's Service, anything else to the Service itself.
+fn mesh_route(config: &Config, hosts: &[Host], o: &Options, waypoint: &str, service: &str, port: u16) -> Doc {
+    let header = &config.route_header;
+    let (svc, ns) = service_of(service, &o.namespace).unwrap_or_else(|_| (service.to_string(), o.namespace.clone()));
+    let mut rules: Vec<Value> = Vec::new();
+    for h in hosts {
+        for (d, _) in &h.routes {
+            rules.push(json!({
+                "matches": [{"headers": [{"type": "Exact", "name": header, "value": d}]}],
+                "backendRefs": [{"name": h.service, "port": h.port.unwrap_or(80)}]
+            }));
+        }
+    }
+    rules.push(json!({"backendRefs": [{"name": svc, "port": port}]}));
+    Doc {
+        file: format!("httproute-{ns}-{svc}"),
+        comment: format!(
+            "Mesh route (Gateway API GAMMA) of `{service}` at waypoint `{waypoint}`: by the `{header}` header\n\
+             the filter sets to each destination's Service; what it did not route goes to `{svc}` itself.\n\
+             Enrol the Service (or its namespace) to the waypoint, in an ambient namespace:\n\
+             \x20 kubectl label namespace {ns} istio.io/dataplane-mode=ambient\n\
+             \x20 kubectl label service {svc} -n {ns} istio.io/use-waypoint={waypoint}{}",
+            if ns == o.namespace {
+                String::new()
+            } else {
+                format!(" istio.io/use-waypoint-namespace={}", o.namespace)
+            }
+        ),
+        value: json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": o.meta(&o.object_name(&format!("{svc}-routes")), &ns),
+            "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": svc, "port": port}], "rules": rules}}),
+    }
 }
 
 fn subset_key(h: &Host, o: &Options) -> String {
@@ -769,12 +922,17 @@ fn http_route(
     let rules: Vec<Value> = backends
         .iter()
         .map(|(d, backend)| {
+            if d.is_empty() {
+                // The catch-all rule (Envoy Gateway): every request of these hosts matches a route.
+                return json!({"backendRefs": [backend]});
+            }
             json!({
                 "matches": [{"headers": [{"type": "Exact", "name": header, "value": d}]}],
                 "backendRefs": [backend]
             })
         })
         .collect();
+    let catch_all = backends.iter().any(|(d, _)| d.is_empty());
     let mut parent = gateway_ref(gateway);
     let mut cross = String::new();
     if ns != o.namespace {
@@ -788,10 +946,15 @@ fn http_route(
     Doc {
         file: format!("httproute-{ns}"),
         comment: format!(
-            "Routes requests for {} at gateway `{gateway}` by the `{header}` header the filter sets.\n\
-             There is no catch-all: a request the filter did not route matches no rule of this route\n\
-             (the gateway answers 404), and other traffic of a shared gateway is left to its own routes.{cross}",
-            hostnames.join(", ")
+            "Routes requests for {} at gateway `{gateway}` by the `{header}` header the filter sets.\n{}{cross}",
+            hostnames.join(", "),
+            if catch_all {
+                "The last rule catches the rest (Envoy Gateway runs the filter only on a matched route): what\n\
+                 the filter did not route goes to the first destination's backend."
+            } else {
+                "There is no catch-all: a request the filter did not route matches no rule of this route\n\
+                 (the gateway answers 404), and other traffic of a shared gateway is left to its own routes."
+            }
         ),
         value: json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
             "metadata": o.meta(&o.object_name("routes"), ns),
@@ -855,8 +1018,14 @@ const METRICS_PORTS: [u16; 2] = [15020, 15090];
 
 fn network_policy(h: &Host, o: &Options) -> Doc {
     let mut from = vec![match &o.target {
-        Target::Gateway { name, .. } => json!({"namespaceSelector": in_namespace(&o.namespace),
-            "podSelector": {"matchLabels": {"gateway.networking.k8s.io/gateway-name": name}}}),
+        Target::Gateway { name, .. } | Target::Waypoint { name, .. } => {
+            json!({"namespaceSelector": in_namespace(&o.namespace),
+            "podSelector": {"matchLabels": {"gateway.networking.k8s.io/gateway-name": name}}})
+        }
+        // Envoy Gateway's proxies run where its controller puts them (envoy-gateway-system by default).
+        Target::EnvoyGateway { name, .. } => json!({"namespaceSelector": {},
+            "podSelector": {"matchLabels": {"gateway.envoyproxy.io/owning-gateway-name": name,
+                                            "gateway.envoyproxy.io/owning-gateway-namespace": o.namespace}}}),
         Target::Selector(sel) => {
             json!({"namespaceSelector": in_namespace(&o.namespace), "podSelector": {"matchLabels": sel}})
         }
@@ -900,7 +1069,8 @@ fn network_policy(h: &Host, o: &Options) -> Doc {
              sidecar's ports {} and {}; the pods reach DNS, istiod and what --dependency, --egress-cidr,\n\
              --egress-namespace and --egress-port allow (model weights from a hub or S3 need one of those).",
             match &o.target {
-                Target::Gateway { name, .. } => format!("gateway `{name}`"),
+                Target::Gateway { name, .. } | Target::EnvoyGateway { name, .. } => format!("gateway `{name}`"),
+                Target::Waypoint { name, .. } => format!("waypoint `{name}` (HBONE, port 15008)"),
                 Target::Selector(_) => "selected callers".to_string(),
             },
             h.service,
@@ -917,7 +1087,11 @@ fn network_policy(h: &Host, o: &Options) -> Doc {
 fn authorization_policy(h: &Host, o: &Options) -> Doc {
     let principals = if o.principals.is_empty() {
         match &o.target {
-            Target::Gateway { name, .. } => vec![format!("cluster.local/ns/{}/sa/{name}-istio", o.namespace)],
+            Target::Gateway { name, .. } | Target::EnvoyGateway { name, .. } => {
+                vec![format!("cluster.local/ns/{}/sa/{name}-istio", o.namespace)]
+            }
+            // A waypoint's service account is its own name (Istio's deployment controller, no suffix).
+            Target::Waypoint { name, .. } => vec![format!("cluster.local/ns/{}/sa/{name}", o.namespace)],
             Target::Selector(_) => vec![format!("cluster.local/ns/{}/sa/*", o.namespace)],
         }
     } else {
@@ -989,7 +1163,7 @@ pub fn stats_component(o: &Options) -> Value {
             json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "any"},
                    "spec": {"template": {"metadata": {"annotations": annotations}}}}),
         ),
-        Target::Gateway { name, .. } => (
+        Target::Gateway { name, .. } | Target::Waypoint { name, .. } | Target::EnvoyGateway { name, .. } => (
             json!({"kind": "Gateway", "name": name}),
             json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "metadata": {"name": name},
                    "spec": {"infrastructure": {"annotations": annotations}}}),

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use crate::cli::{parse_label, PartArg, RenderArgs};
 use crate::plugin_config::{self, Loaded};
 use crate::registry::RegistryOpts;
-use crate::render::{self, is_dns_label, Network, Options, Part, Target};
+use crate::render::{self, is_dns_label, FilterApi, Network, Options, Part, Target};
 
 pub struct RenderSettings {
     pub config_path: PathBuf,
@@ -44,6 +44,16 @@ pub fn principal(p: &str) -> Result<String> {
         );
     }
     Ok(bare.to_string())
+}
+
+/// The configuration with `bodyRouting: false` (for hosts that cannot hold headers).
+fn without_body_routing(mut loaded: Loaded) -> Result<Loaded> {
+    if let Some(obj) = loaded.json.as_object_mut() {
+        obj.insert("bodyRouting".to_string(), json!(false));
+    }
+    loaded.config = model_router::config::Config::from_json(loaded.json.to_string().as_bytes())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(loaded)
 }
 
 /// What a gateway serves external clients, unless the configuration says otherwise: the model
@@ -85,8 +95,27 @@ impl RenderSettings {
     /// creates itself (apply --pull-secret-from-docker-config).
     pub fn resolve(args: &RenderArgs, pull_secret: Option<String>) -> Result<RenderSettings> {
         let mut loaded = plugin_config::load(&args.config)?;
-        if args.gateway.is_some() {
+        if args.gateway.is_some() || args.envoy_gateway.is_some() {
             loaded = gateway_defaults(loaded)?;
+        }
+        let cannot_hold = match (&args.waypoint, &args.envoy_gateway) {
+            (Some(w), _) => Some(format!(
+                "--waypoint {w}: a waypoint cannot let the filter hold request headers (EnvoyFilter is not \
+                 supported on waypoints, and a WasmPlugin cannot set allow_on_headers_stop_iteration)"
+            )),
+            (_, Some(g)) => Some(format!(
+                "--envoy-gateway {g}: Envoy Gateway cannot let the filter hold request headers (its Wasm filter \
+                 config has no allow_on_headers_stop_iteration)"
+            )),
+            _ => None,
+        };
+        if let (Some(why), true) = (&cannot_hold, loaded.config.body_routing) {
+            eprintln!(
+                "warning: {why}: installing with bodyRouting false. Models in the path are routed; models in the \
+                 JSON body are admitted, limited, counted and rewritten, but go where the route sends them \
+                 (reported as `unrouted`). See docs/reach.md."
+            );
+            loaded = without_body_routing(loaded)?;
         }
         let body_routing = loaded.config.body_routing;
         if !is_dns_label(&args.name) || args.name.len() > 40 {
@@ -99,33 +128,88 @@ impl RenderSettings {
         if !is_dns_label(&args.namespace) {
             bail!("--namespace {}: not a Kubernetes namespace name", args.namespace);
         }
-        let target = match (&args.gateway, args.selector.is_empty()) {
-            (Some(g), true) => {
-                if args.hostnames.is_empty() {
-                    bail!(
-                        "--gateway {g} needs --hostname (the host names clients use): the HTTPRoute matches only \
-                         those, so it never takes over other traffic of a shared gateway"
-                    );
-                }
-                for h in &args.hostnames {
-                    let name = h.strip_prefix("*.").unwrap_or(h);
-                    if name.split('.').any(|l| !is_dns_label(l)) {
-                        bail!("--hostname {h}: not a host name (lowercase DNS labels, optionally *.domain)");
-                    }
-                }
-                Target::Gateway {
-                    name: g.clone(),
-                    hostnames: args.hostnames.clone(),
+        let targets = [
+            !args.selector.is_empty(),
+            args.gateway.is_some(),
+            args.waypoint.is_some(),
+            args.envoy_gateway.is_some(),
+        ];
+        if targets.iter().filter(|t| **t).count() != 1 {
+            bail!("give one of --selector, --gateway, --waypoint or --envoy-gateway");
+        }
+        let gateway_like = args.gateway.as_ref().or(args.envoy_gateway.as_ref());
+        if let Some(g) = gateway_like {
+            if args.hostnames.is_empty() {
+                bail!(
+                    "--gateway/--envoy-gateway {g} needs --hostname (the host names clients use): the HTTPRoute \
+                     matches only those, so it never takes over other traffic of a shared gateway"
+                );
+            }
+            for h in &args.hostnames {
+                let name = h.strip_prefix("*.").unwrap_or(h);
+                if name.split('.').any(|l| !is_dns_label(l)) {
+                    bail!("--hostname {h}: not a host name (lowercase DNS labels, optionally *.domain)");
                 }
             }
-            (None, false) => {
-                if !args.hostnames.is_empty() {
-                    bail!("--hostname applies to --gateway installs only (sidecar routing follows the Service hosts)");
-                }
-                Target::Selector(args.selector.iter().cloned().collect())
+        } else if !args.hostnames.is_empty() {
+            bail!("--hostname applies to --gateway and --envoy-gateway installs only (in the mesh, routing follows the Service hosts)");
+        }
+        if args.service.is_some() && args.waypoint.is_none() {
+            bail!("--service applies to --waypoint installs only (the Service clients call through the waypoint)");
+        }
+        for name in [&args.gateway, &args.waypoint, &args.envoy_gateway]
+            .into_iter()
+            .flatten()
+        {
+            if !is_dns_label(name) {
+                bail!("{name}: not a Gateway name (a DNS label)");
             }
-            _ => bail!("give either --selector or --gateway"),
+        }
+        let target = if let Some(g) = &args.gateway {
+            Target::Gateway {
+                name: g.clone(),
+                hostnames: args.hostnames.clone(),
+            }
+        } else if let Some(g) = &args.envoy_gateway {
+            Target::EnvoyGateway {
+                name: g.clone(),
+                hostnames: args.hostnames.clone(),
+            }
+        } else if let Some(w) = &args.waypoint {
+            let Some(service) = &args.service else {
+                bail!(
+                    "--waypoint {w} needs --service HOST:PORT: the Service clients call, enrolled to the waypoint \
+                     (istio.io/use-waypoint: {w}); its mesh HTTPRoute routes by the filter's header"
+                );
+            };
+            let (host, port) = service
+                .rsplit_once(':')
+                .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok().filter(|p| *p > 0)?)))
+                .ok_or_else(|| {
+                    anyhow::anyhow!("--service {service}: expected HOST:PORT, e.g. llm.ai.svc.cluster.local:8000")
+                })?;
+            Target::Waypoint {
+                name: w.clone(),
+                service: host,
+                port,
+            }
+        } else {
+            Target::Selector(args.selector.iter().cloned().collect())
         };
+        let extension_api = match args.extension_api {
+            crate::cli::ExtensionApi::Wasmplugin => FilterApi::WasmPlugin,
+            crate::cli::ExtensionApi::TrafficExtension => FilterApi::TrafficExtension,
+        };
+        if matches!(target, Target::EnvoyGateway { .. }) && extension_api == FilterApi::TrafficExtension {
+            bail!("--extension-api is Istio's; Envoy Gateway's filter is an EnvoyExtensionPolicy");
+        }
+        if loaded.config.body_routing && extension_api == FilterApi::TrafficExtension {
+            bail!(
+                "--extension-api traffic-extension: a TrafficExtension, like a WasmPlugin, cannot let the filter hold \
+                 request headers, and bodyRouting is on (it is installed as an EnvoyFilter pair); set \
+                 `bodyRouting: false` to use a TrafficExtension"
+            );
+        }
         if args.min_replicas > args.max_replicas {
             bail!(
                 "--min-replicas {} is more than --max-replicas {}",
@@ -146,8 +230,8 @@ impl RenderSettings {
                 );
             }
         }
-        if matches!(target, Target::Gateway { .. }) && !args.subset_labels.is_empty() {
-            bail!("--subset-label applies to sidecar installs only: a gateway's HTTPRoute routes to Services, not subsets");
+        if !matches!(target, Target::Selector(_)) && !args.subset_labels.is_empty() {
+            bail!("--subset-label applies to sidecar installs only: an HTTPRoute routes to Services, not subsets");
         }
         let principals = args
             .principals
@@ -197,6 +281,7 @@ impl RenderSettings {
             name: args.name.clone(),
             namespace: args.namespace.clone(),
             target,
+            extension_api,
             repository: String::new(),
             digest: String::new(),
             fail_open: args.fail_open,

@@ -50,7 +50,7 @@ fn examples_are_what_wasmpack_renders() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    for ex in ["llm-gateway", "ml-canary"] {
+    for ex in ["llm-gateway", "ml-canary", "ambient-waypoint", "envoy-gateway"] {
         let fresh = std::fs::read_to_string(tmp.path().join(ex).join("install.yaml")).unwrap();
         let committed = std::fs::read_to_string(root().join("manifests").join(ex).join("install.yaml")).unwrap();
         assert!(
@@ -135,10 +135,36 @@ fn every_rendered_resource_validates() {
                 "*.example.com",
             ]),
         ),
+        // An ambient waypoint, the filter as a WasmPlugin (the example uses a TrafficExtension).
+        (
+            "e",
+            s(&[
+                "--config",
+                plain.to_str().unwrap(),
+                "--waypoint",
+                "waypoint",
+                "--service",
+                "llm.team-a.svc.cluster.local:8000",
+            ]),
+        ),
+        // Envoy Gateway, from a configuration with body routing on (turned off for it).
+        (
+            "f",
+            s(&[
+                "--config",
+                llm.to_str().unwrap(),
+                "--envoy-gateway",
+                "eg",
+                "--hostname",
+                "llm.example.com",
+            ]),
+        ),
     ];
     let mut files = vec![
         root().join("manifests/llm-gateway/install.yaml"),
         root().join("manifests/ml-canary/install.yaml"),
+        root().join("manifests/ambient-waypoint/install.yaml"),
+        root().join("manifests/envoy-gateway/install.yaml"),
     ];
     for (name, mut args) in variants {
         let dir = tmp.path().join(name);
@@ -181,6 +207,9 @@ fn every_rendered_resource_validates() {
         "HTTPRoute",
         "VirtualService",
         "DestinationRule",
+        "TrafficExtension",
+        "EnvoyExtensionPolicy",
+        "ServiceEntry",
     ] {
         assert!(report.contains(kind), "{kind} not validated: {report}");
     }
@@ -321,20 +350,38 @@ fn installations_that_cannot_work_are_refused() {
         (
             "models:\n- name: a\n  destinations: [{name: v1, host: l.ai, subset: v1, port: 80}, {name: v2, host: l.ai, subset: v2, port: 80}]\n",
             &["--gateway", "g", "--hostname", "llm.example.com", "--namespace", "ai"],
-            "models[0].destinations[0].subset: a gateway routes with a Gateway API HTTPRoute",
+            "models[0].destinations[0].subset: a gateway or waypoint routes with a Gateway API HTTPRoute",
         ),
         (
             "models:\n- name: a\n  destinations: [{name: v1, host: l.ai}]\n",
             &["--gateway", "g", "--hostname", "llm.example.com", "--namespace", "ai"],
-            "models[0].destinations[0].port: a gateway's HTTPRoute needs the Service port",
+            "models[0].destinations[0].port: an HTTPRoute (gateway, waypoint) needs the Service port",
         ),
-        ("models: []\n", &["--gateway", "g"], "--gateway g needs --hostname"),
+        ("models: []\n", &["--gateway", "g"], "--gateway/--envoy-gateway g needs --hostname"),
+        ("models: []\n", &["--waypoint", "w"], "--waypoint w needs --service HOST:PORT"),
+        ("models: []\n", &["--selector", "a=b", "--service", "llm.ai:80"], "--service applies to --waypoint installs only"),
+        ("models: []\n", &["--waypoint", "w", "--service", "llm.ai"], "--service llm.ai: expected HOST:PORT"),
+        (
+            "models:\n- name: a\n  destinations: [{name: v1, host: l.other, port: 80}]\n",
+            &["--waypoint", "w", "--service", "llm.ai:80", "--namespace", "ai"],
+            "`l.other` is in namespace `other`, not `ai`",
+        ),
+        (
+            "models: []\n",
+            &["--selector", "a=b", "--extension-api", "traffic-extension"],
+            "a TrafficExtension, like a WasmPlugin, cannot let the filter hold",
+        ),
+        (
+            "models:\n- name: a\n  destinations: [{name: d, inferencePool: pool}]\n",
+            &["--waypoint", "w", "--service", "llm.ai:80"],
+            "an InferencePool is a Gateway API backend",
+        ),
         ("models: []\n", &["--selector", "a=b", "--min-replicas", "5", "--max-replicas", "2"], "--min-replicas 5 is more than --max-replicas 2"),
         ("models: []\n", &["--selector", "a=b", "--allow-principal", "team-a"], "--allow-principal team-a: expected TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT"),
         ("models: []\n", &["--selector", "a=b", "--pull-secret", "regcred"], "an image pull secret applies to WasmPlugin installs only"),
         ("models: []\n", &["--selector", "a=b", "--phase", "AUTHZ"], "--phase applies to WasmPlugin installs only"),
         ("models: []\n", &["--selector", "a=b", "--name", "Model_Router"], "--name Model_Router: an installation name is a DNS label"),
-        ("models: []\n", &["--selector", "a=b", "--hostname", "x.example.com"], "--hostname applies to --gateway installs only"),
+        ("models: []\n", &["--selector", "a=b", "--hostname", "x.example.com"], "--hostname applies to --gateway and --envoy-gateway installs only"),
     ];
     for (i, (config, flags, want)) in cases.iter().enumerate() {
         let cfg = tmp.path().join(format!("c{i}.yaml"));

@@ -13,6 +13,7 @@ fn standalone() -> Options {
         name: render::FILTER_NAME.into(),
         namespace: "default".into(),
         target: Target::Selector(Default::default()),
+        extension_api: render::FilterApi::WasmPlugin,
         repository: String::new(),
         digest: String::new(),
         fail_open: false,

@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::cli::ManifestsArgs;
 use crate::plugin_config;
 use crate::registry::{parse_reference, Registry};
-use crate::render::{self, Doc, Options};
+use crate::render::{self, Doc, Options, Target};
 use crate::settings::RenderSettings;
 
 /// The first line of every file `--out` writes: how stale files are told from the user's own.
@@ -74,8 +74,12 @@ fn header(settings: &RenderSettings, opts: &Options) -> String {
 pub async fn run(args: &ManifestsArgs) -> Result<()> {
     let settings = RenderSettings::resolve(&args.render, None)?;
     let (opts, docs) = prepare(&settings).await?;
+    // Where the host cannot hold headers, bodyRouting was turned off (and said so) on purpose.
+    let forced = matches!(opts.target, Target::Waypoint { .. } | Target::EnvoyGateway { .. });
     for (path, message) in plugin_config::warnings(&settings.loaded.config) {
-        eprintln!("warning: {path}: {message}");
+        if !(forced && path == "bodyRouting") {
+            eprintln!("warning: {path}: {message}");
+        }
     }
     let header = header(&settings, &opts);
     match &args.out {
