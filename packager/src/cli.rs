@@ -354,6 +354,8 @@ pub enum PartArg {
     /// Limitador's limits ConfigMap (+ ServiceEntry) for global limits
     #[value(name = "rate-limits")]
     RateLimits,
+    /// ServiceEntry + TLS DestinationRule of each external provider (api.openai.com, ...)
+    External,
 }
 
 #[derive(Debug, Args)]

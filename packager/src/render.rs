@@ -57,6 +57,8 @@ pub enum Part {
     AuthorizationPolicy,
     /// Limitador's limits for `mode: global` limits (and a ServiceEntry for a service outside the mesh).
     RateLimits,
+    /// ServiceEntry + TLS-originating DestinationRule of each external provider.
+    External,
 }
 
 /// Egress and ingress the model pods get besides what the installation needs.
@@ -148,6 +150,22 @@ pub struct Host {
     pub port: Option<u16>,
     /// (destination, subset) in config order.
     pub routes: Vec<(String, Option<String>)>,
+    /// An external provider (`api.openai.com`): a ServiceEntry, TLS originated by the proxy.
+    pub external: bool,
+}
+
+/// The plain-HTTP port the mesh calls an external provider on; the proxy originates TLS to the
+/// provider's port (Istio's egress TLS origination: ServiceEntry port 80 → targetPort 443).
+pub const EXTERNAL_HTTP_PORT: u16 = 80;
+
+/// A public DNS name outside the cluster (`api.openai.com`): three or more labels, not a
+/// `*.svc` / `*.svc.cluster.local` Service host.
+fn external_host(host: &str) -> bool {
+    let labels: Vec<&str> = host.split('.').collect();
+    labels.len() >= 3
+        && labels.iter().all(|l| is_dns_label(l))
+        && !labels.contains(&"svc")
+        && !host.ends_with(".cluster.local")
 }
 
 /// One destination, once (a destination name used by several models is one workload).
@@ -202,6 +220,11 @@ pub fn dns_label(s: &str) -> Option<String> {
 
 /// Service and namespace of a host: `svc`, `svc.ns`, `svc.ns.svc`, `svc.ns.svc.cluster.local`.
 fn service_of(host: &str, default_ns: &str) -> Result<(String, String), String> {
+    if external_host(host) {
+        return Err(format!(
+            "`{host}` is outside the cluster, not a Kubernetes Service host"
+        ));
+    }
     let labels: Vec<&str> = host.split('.').collect();
     if labels.iter().any(|l| !is_dns_label(l)) {
         return Err(format!(
@@ -214,7 +237,7 @@ fn service_of(host: &str, default_ns: &str) -> Result<(String, String), String> 
         _ => {
             return Err(format!(
                 "`{host}` is not a Kubernetes Service host (svc, svc.ns, svc.ns.svc or svc.ns.svc.cluster.local); \
-                 an external host needs a ServiceEntry, which wasmpack does not render yet"
+                 an external provider is a public name such as api.openai.com"
             ))
         }
     };
@@ -290,14 +313,40 @@ pub fn plan(config: &Config, o: &Options) -> Result<Plan, Vec<Problem>> {
                     pools.push((d.name.clone(), pool.clone()));
                 }
             }
-            let host = match &d.host {
-                None => None,
-                Some(host) => match service_of(host, &o.namespace) {
+            let located = d.host.as_ref().map(|host| {
+                if external_host(host) {
+                    dns_label(host)
+                        .map(|svc| (svc, o.namespace.clone(), true))
+                        .ok_or_else(|| format!("`{host}`: no object name can be made from it"))
+                } else {
+                    service_of(host, &o.namespace).map(|(svc, ns)| (svc, ns, false))
+                }
+            });
+            if let (Some(Ok((_, _, true))), Some(host)) = (&located, &d.host) {
+                if d.subset.is_some() {
+                    problems.push(problem(
+                        format!("{at}.subset"),
+                        format!("`{host}` is an external provider: it has no subsets"),
+                    ));
+                }
+                if matches!(o.target, Target::EnvoyGateway { .. }) {
+                    problems.push(problem(
+                        format!("{at}.host"),
+                        format!(
+                            "`{host}` is an external provider: on Envoy Gateway it needs a Backend resource, which \
+                             wasmpack does not render"
+                        ),
+                    ));
+                }
+            }
+            let host = match (&d.host, located) {
+                (None, _) | (_, None) => None,
+                (Some(host), Some(located)) => match located {
                     Err(e) => {
                         problems.push(problem(format!("{at}.host"), e));
                         None
                     }
-                    Ok((service, namespace)) => {
+                    Ok((service, namespace, external)) => {
                         let idx = match hosts.iter().position(|h| &h.host == host) {
                             Some(k) => k,
                             None => {
@@ -307,6 +356,7 @@ pub fn plan(config: &Config, o: &Options) -> Result<Plan, Vec<Problem>> {
                                     namespace,
                                     port: None,
                                     routes: Vec::new(),
+                                    external,
                                 });
                                 hosts.len() - 1
                             }
@@ -331,7 +381,8 @@ pub fn plan(config: &Config, o: &Options) -> Result<Plan, Vec<Problem>> {
                      DestinationRule subsets: give each destination its own Service (host) instead",
                 ));
             }
-            if gateway && d.host.is_some() && d.port.is_none() {
+            let is_external = host.and_then(|k| hosts.get(k)).is_some_and(|h| h.external);
+            if gateway && d.host.is_some() && d.port.is_none() && !is_external {
                 problems.push(problem(
                     format!("{at}.port"),
                     "an HTTPRoute (gateway, waypoint) needs the Service port of each destination",
@@ -441,7 +492,7 @@ pub fn plan(config: &Config, o: &Options) -> Result<Plan, Vec<Problem>> {
         match service_of(service, &o.namespace) {
             Err(e) => problems.push(problem("--service", e)),
             Ok((_, ns)) => {
-                for h in hosts.iter().filter(|h| h.namespace != ns) {
+                for h in hosts.iter().filter(|h| h.namespace != ns && !h.external) {
                     problems.push(problem(
                         "--service",
                         format!(
@@ -512,10 +563,10 @@ pub fn render(config_json: &Value, config: &Config, o: &Options, plan: &Plan) ->
     match &o.target {
         Target::Selector(_) => {
             if o.wants(Part::DestinationRule) {
-                docs.extend(hs.iter().map(|h| destination_rule(h, o)));
+                docs.extend(hs.iter().filter(|h| !h.external).map(|h| destination_rule(h, o)));
             }
             if o.wants(Part::VirtualService) {
-                docs.extend(hs.iter().map(|h| virtual_service(config, h, o)));
+                docs.extend(hs.iter().map(|h| virtual_service(config, h, hs, o)));
             }
         }
         Target::Waypoint { service, port, name } => {
@@ -530,8 +581,7 @@ pub fn render(config_json: &Value, config: &Config, o: &Options, plan: &Plan) ->
                 let mut by_ns: BTreeMap<&str, Vec<(&str, Value)>> = BTreeMap::new();
                 for h in hs {
                     for (d, _) in &h.routes {
-                        let backend = json!({"name": h.service, "port": h.port.unwrap_or(80)});
-                        by_ns.entry(h.namespace.as_str()).or_default().push((d, backend));
+                        by_ns.entry(h.namespace.as_str()).or_default().push((d, backend_ref(h)));
                     }
                 }
                 for (d, pool) in &plan.pools {
@@ -556,7 +606,7 @@ pub fn render(config_json: &Value, config: &Config, o: &Options, plan: &Plan) ->
     }
     if o.wants(Part::Hpa) {
         for d in plan.dests.iter() {
-            if let Some(h) = d.host.and_then(|k| hs.get(k)) {
+            if let Some(h) = d.host.and_then(|k| hs.get(k)).filter(|h| !h.external) {
                 docs.push(hpa(d, h, o));
             }
         }
@@ -566,12 +616,17 @@ pub fn render(config_json: &Value, config: &Config, o: &Options, plan: &Plan) ->
     }
     // Envoy Gateway's proxies have no mesh identity: an AuthorizationPolicy would lock them out.
     let meshed = !matches!(o.target, Target::EnvoyGateway { .. });
-    for h in hs {
+    for h in hs.iter().filter(|h| !h.external) {
         if o.wants(Part::NetworkPolicy) {
             docs.push(network_policy(h, o));
         }
         if o.wants(Part::AuthorizationPolicy) && meshed {
             docs.push(authorization_policy(h, o));
+        }
+    }
+    if o.wants(Part::External) {
+        for h in hs.iter().filter(|h| h.external) {
+            docs.extend(external_provider(h, o));
         }
     }
     if let (true, Some(rl)) = (o.wants(Part::RateLimits), &plan.rate_limit) {
@@ -622,7 +677,12 @@ fn rate_limit_docs(config: &Config, o: &Options, (host, port, ns): &(String, u16
 fn model_ports(config: &Config) -> Vec<u16> {
     let mut ports = Vec::new();
     for d in config.models.iter().flat_map(|m| &m.destinations) {
-        match d.port {
+        // An external provider is called on the mesh's plain-HTTP port, not its TLS port.
+        let port = match &d.host {
+            Some(h) if external_host(h) => Some(EXTERNAL_HTTP_PORT),
+            _ => d.port,
+        };
+        match port {
             Some(p) if !ports.contains(&p) => ports.push(p),
             Some(_) => {}
             None => return Vec::new(),
@@ -825,10 +885,14 @@ fn mesh_route(config: &Config, hosts: &[Host], o: &Options, waypoint: &str, serv
     let mut rules: Vec<Value> = Vec::new();
     for h in hosts {
         for (d, _) in &h.routes {
-            rules.push(json!({
+            let mut rule = json!({
                 "matches": [{"headers": [{"type": "Exact", "name": header, "value": d}]}],
-                "backendRefs": [{"name": h.service, "port": h.port.unwrap_or(80)}]
-            }));
+                "backendRefs": [backend_ref(h)]
+            });
+            if h.external {
+                rule["filters"] = json!([{"type": "URLRewrite", "urlRewrite": {"hostname": h.host}}]);
+            }
+            rules.push(rule);
         }
     }
     rules.push(json!({"backendRefs": [{"name": svc, "port": port}]}));
@@ -883,31 +947,94 @@ fn route_destination(h: &Host, subset: Option<&String>) -> Value {
     if let Some(s) = subset {
         d["subset"] = json!(s);
     }
-    if let Some(p) = h.port {
+    if h.external {
+        d["port"] = json!({"number": EXTERNAL_HTTP_PORT});
+    } else if let Some(p) = h.port {
         d["port"] = json!({"number": p});
     }
     d
 }
 
-fn virtual_service(config: &Config, h: &Host, o: &Options) -> Doc {
+/// A Gateway API backendRef: the Service, or an external provider's ServiceEntry host
+/// (`networking.istio.io` `Hostname`, istio/istio pilot/pkg/config/kube/gateway/conversion.go).
+fn backend_ref(h: &Host) -> Value {
+    if h.external {
+        json!({"group": "networking.istio.io", "kind": "Hostname", "name": h.host, "port": EXTERNAL_HTTP_PORT})
+    } else {
+        json!({"name": h.service, "port": h.port.unwrap_or(80)})
+    }
+}
+
+fn virtual_service(config: &Config, h: &Host, hosts: &[Host], o: &Options) -> Doc {
     let header = &config.route_header;
-    let mut http: Vec<Value> = h
-        .routes
-        .iter()
-        .map(|(d, s)| json!({"name": d, "match": [{"headers": {header.as_str(): {"exact": d}}}], "route": [{"destination": route_destination(h, s.as_ref())}]}))
-        .collect();
+    // Every destination of every model this host serves: the filter may pick one on another host.
+    let mut http: Vec<Value> = Vec::new();
+    let mut seen: Vec<&str> = Vec::new();
+    for m in config.models.iter().filter(|m| {
+        m.destinations
+            .iter()
+            .any(|d| d.host.as_deref() == Some(h.host.as_str()))
+    }) {
+        for d in &m.destinations {
+            let Some(target) = d.host.as_ref().and_then(|x| hosts.iter().find(|y| &y.host == x)) else {
+                continue;
+            };
+            if seen.contains(&d.name.as_str()) {
+                continue;
+            }
+            seen.push(&d.name);
+            let mut rule = json!({"name": d.name, "match": [{"headers": {header.as_str(): {"exact": d.name}}}],
+                                  "route": [{"destination": route_destination(target, d.subset.as_ref())}]});
+            if target.external && target.host != h.host {
+                rule["rewrite"] = json!({"authority": target.host});
+            }
+            http.push(rule);
+        }
+    }
     // The caller asked for this host; what the filter did not route still goes to it.
     http.push(json!({"name": "unrouted", "route": [{"destination": route_destination(h, None)}]}));
     Doc {
         file: format!("virtualservice-{}-{}", h.namespace, h.service),
         comment: format!(
             "Routes calls to {} by the `{header}` header the filter sets (the weighted, sticky split is\n\
-             the filter's); calls it did not route go to the Service as a whole.",
-            h.host
+             the filter's, to any destination of the models this host serves); calls it did not route go to\n\
+             {} as a whole.",
+            h.host, h.host
         ),
         value: json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
             "metadata": o.meta(&o.object_name(&h.service), &h.namespace), "spec": {"hosts": [h.host], "http": http}}),
     }
+}
+
+/// An external provider: a ServiceEntry (the mesh calls it on plain-HTTP port 80, sent to its TLS
+/// port) and a DestinationRule originating TLS with the provider's name as SNI (Istio's egress TLS
+/// origination). Credentials are not the filter's: callers send their key, or a credential
+/// injector adds it (docs/reach.md).
+fn external_provider(h: &Host, o: &Options) -> Vec<Doc> {
+    let tls_port = h.port.unwrap_or(443);
+    vec![
+        Doc {
+            file: format!("serviceentry-{}", h.service),
+            comment: format!(
+                "External provider {}: called in the mesh on port {EXTERNAL_HTTP_PORT} (plain HTTP, so the filter and the\n\
+                 proxy see the requests), sent to port {tls_port} over TLS (DestinationRule below).",
+                h.host
+            ),
+            value: json!({"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+                "metadata": o.meta(&o.object_name(&h.service), &o.namespace),
+                "spec": {"hosts": [h.host], "location": "MESH_EXTERNAL", "resolution": "DNS",
+                         "ports": [{"number": EXTERNAL_HTTP_PORT, "name": "http", "protocol": "HTTP", "targetPort": tls_port},
+                                   {"number": tls_port, "name": "https", "protocol": "HTTPS"}]}}),
+        },
+        Doc {
+            file: format!("destinationrule-tls-{}", h.service),
+            comment: format!("TLS origination to {} (SNI {}).", h.host, h.host),
+            value: json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+                "metadata": o.meta(&o.object_name(&format!("{}-tls", h.service)), &o.namespace),
+                "spec": {"host": h.host, "trafficPolicy": {"portLevelSettings": [
+                    {"port": {"number": EXTERNAL_HTTP_PORT}, "tls": {"mode": "SIMPLE", "sni": h.host}}]}}}),
+        },
+    ]
 }
 
 fn http_route(
@@ -926,10 +1053,15 @@ fn http_route(
                 // The catch-all rule (Envoy Gateway): every request of these hosts matches a route.
                 return json!({"backendRefs": [backend]});
             }
-            json!({
+            let mut rule = json!({
                 "matches": [{"headers": [{"type": "Exact", "name": header, "value": d}]}],
                 "backendRefs": [backend]
-            })
+            });
+            if backend["kind"] == "Hostname" {
+                // A provider answers for its own host name only.
+                rule["filters"] = json!([{"type": "URLRewrite", "urlRewrite": {"hostname": backend["name"]}}]);
+            }
+            rule
         })
         .collect();
     let catch_all = backends.iter().any(|(d, _)| d.is_empty());
@@ -1179,6 +1311,94 @@ pub fn stats_component(o: &Options) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sidecar_options() -> Options {
+        Options {
+            name: "mr".into(),
+            namespace: "ai".into(),
+            target: Target::Selector(BTreeMap::from([("app".into(), "chat".into())])),
+            extension_api: FilterApi::WasmPlugin,
+            repository: "r.example.com/mr".into(),
+            digest: format!("sha256:{}", "a".repeat(64)),
+            fail_open: false,
+            phase: "UNSPECIFIED_PHASE".into(),
+            priority: None,
+            pull_secret: None,
+            workloads: BTreeMap::new(),
+            max_in_flight: 4,
+            min_replicas: 1,
+            max_replicas: 2,
+            principals: Vec::new(),
+            network: Network::default(),
+            pod_selectors: BTreeMap::new(),
+            subset_labels: BTreeMap::new(),
+            only: Vec::new(),
+            skip: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_caller_of_one_host_reaches_every_destination_of_its_models_and_providers_get_tls() {
+        let json: Value = serde_json::from_str(
+            r#"{"bodyRouting": false, "models": [{"name": "m", "destinations": [
+                {"name": "a", "host": "a.ai.svc.cluster.local", "port": 8000},
+                {"name": "b", "host": "b.ai.svc.cluster.local", "port": 8000},
+                {"name": "openai", "host": "api.openai.com", "port": 443}]}]}"#,
+        )
+        .unwrap();
+        let config = Config::from_json(json.to_string().as_bytes()).unwrap();
+        let o = sidecar_options();
+        let plan = plan(&config, &o).unwrap();
+        let docs = render(&json, &config, &o, &plan);
+        let vs: Vec<&Value> = docs
+            .iter()
+            .map(|d| &d.value)
+            .filter(|v| v["kind"] == "VirtualService")
+            .collect();
+        assert_eq!(vs.len(), 3);
+        let a = vs
+            .iter()
+            .find(|v| v["spec"]["hosts"][0] == "a.ai.svc.cluster.local")
+            .unwrap();
+        let names: Vec<&str> = a["spec"]["http"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            ["a", "b", "openai", "unrouted"],
+            "a caller of `a` can be sent to `b` or the provider"
+        );
+        assert_eq!(
+            a["spec"]["http"][1]["route"][0]["destination"]["host"],
+            "b.ai.svc.cluster.local"
+        );
+        assert_eq!(a["spec"]["http"][2]["rewrite"]["authority"], "api.openai.com");
+        assert_eq!(a["spec"]["http"][2]["route"][0]["destination"]["port"]["number"], 80);
+        let kinds: Vec<&str> = docs.iter().map(|d| d.value["kind"].as_str().unwrap()).collect();
+        assert!(kinds.contains(&"ServiceEntry"), "{kinds:?}");
+        let dr: Vec<&Value> = docs
+            .iter()
+            .map(|d| &d.value)
+            .filter(|v| v["kind"] == "DestinationRule")
+            .collect();
+        assert!(dr
+            .iter()
+            .any(|d| d["spec"]["trafficPolicy"]["portLevelSettings"][0]["tls"]["sni"] == "api.openai.com"));
+        // Nothing of ours runs at the provider: no HPA, NetworkPolicy or AuthorizationPolicy for it.
+        assert!(!docs.iter().any(|d| d.file.contains("api-openai-com")
+            && d.value["kind"] != "ServiceEntry"
+            && d.value["kind"] != "DestinationRule"
+            && d.value["kind"] != "VirtualService"));
+        // The sidecar's filter runs on the port the mesh calls the provider on.
+        let wp = docs.iter().find(|d| d.value["kind"] == "WasmPlugin").unwrap();
+        assert_eq!(
+            wp.value["spec"]["match"][0]["ports"],
+            json!([{"number": 80}, {"number": 8000}])
+        );
+    }
 
     #[test]
     fn dns_names() {

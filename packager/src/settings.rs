@@ -87,6 +87,7 @@ fn part(p: PartArg) -> Part {
         PartArg::NetworkPolicy => Part::NetworkPolicy,
         PartArg::AuthorizationPolicy => Part::AuthorizationPolicy,
         PartArg::RateLimits => Part::RateLimits,
+        PartArg::External => Part::External,
     }
 }
 

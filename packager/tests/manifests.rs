@@ -74,6 +74,16 @@ fn every_rendered_resource_validates() {
          models:\n- name: m\n  limits: {requestsPerMinute: 5, by: global, mode: global}\n  destinations:\n  - {name: m-v1, host: m-v1.team-a.svc.cluster.local, port: 8000}\n",
     )
     .unwrap();
+    let eg = tmp.path().join("eg.yaml");
+    std::fs::write(
+        &eg,
+        concat!(
+            "models:\n- name: m\n  destinations:\n",
+            "  - {name: m-v1, host: m-v1.team-a.svc.cluster.local, port: 8000}\n",
+            "  - {name: m-v2, host: m-v2.team-a.svc.cluster.local, port: 8000}\n",
+        ),
+    )
+    .unwrap();
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<String>>();
     // Every branch: body routing or not, gateway or selector, with options.
     let variants: Vec<(&str, Vec<String>)> = vec![
@@ -152,7 +162,7 @@ fn every_rendered_resource_validates() {
             "f",
             s(&[
                 "--config",
-                llm.to_str().unwrap(),
+                eg.to_str().unwrap(),
                 "--envoy-gateway",
                 "eg",
                 "--hostname",
