@@ -595,7 +595,7 @@ fn check_and_route() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(
         (v["valid"].as_bool(), v["models"].as_u64(), v["bodyRouting"].as_bool()),
-        (Some(true), Some(2), Some(true))
+        (Some(true), Some(3), Some(true))
     );
 
     let tmp = tempfile::tempdir().unwrap();
