@@ -6,6 +6,9 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 echo "== building model_router.wasm (release, wasm32-wasip1)"
 cargo build -p model-router --release --target wasm32-wasip1
+echo "== building the browser playground (its browser test loads it)"
+bash scripts/build-playground.sh
+cargo clippy -p playground --target wasm32-unknown-unknown --release -q -- -D warnings
 echo "== building wasmpack (the end-to-end tests drive the binary)"
 cargo build -p wasmpack
 echo "== clippy (no unwrap/expect/panic outside tests)"

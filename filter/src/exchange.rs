@@ -69,6 +69,8 @@ pub trait Host: Store {
     /// call belongs to the VM's root context, so it outlives the current request (a `Report`
     /// made as the request ends); else the answer comes back to this request.
     fn grpc_call(&mut self, call: &GrpcCall<'_>) -> Option<u32>;
+    /// The VM's linear memory, in bytes (0 where unknown).
+    fn memory_bytes(&mut self) -> u64;
 }
 
 /// A unary gRPC call for `Host::grpc_call`.
@@ -121,6 +123,8 @@ pub struct Vm {
     callouts: RefCell<Vec<(u32, u64)>>,
     /// The serialized `GrpcService` of the rate limit service.
     rls_service: Vec<u8>,
+    /// The linear memory this VM last added to `model_router_vm_memory_bytes`.
+    memory_reported: Cell<u64>,
 }
 
 /// How long past its timeout the tick waits for a rate limit answer the host never delivered.
@@ -148,6 +152,18 @@ impl Vm {
             policies,
             loaded_s: now_ns / 1_000_000_000,
             callouts: RefCell::new(Vec::new()),
+            memory_reported: Cell::new(0),
+        }
+    }
+
+    /// Keeps `model_router_vm_memory_bytes` (the sum over the VMs that share the stat) current
+    /// with this VM's linear memory; it only ever changes when the memory grows.
+    fn report_memory<H: Host>(&self, host: &mut H) {
+        let now = host.memory_bytes();
+        let before = self.memory_reported.replace(now);
+        if now != before {
+            let delta = i64::try_from(now).unwrap_or(i64::MAX) - i64::try_from(before).unwrap_or(i64::MAX);
+            host.metric(&telemetry::vm_memory(delta));
         }
     }
 
@@ -576,6 +592,7 @@ impl Stream {
         for op in &ops {
             host.metric(op);
         }
+        vm.report_memory(host);
     }
 
     /// Tokens of a finished exchange: charged to its limits (what was reported, else a bounded
@@ -1703,6 +1720,22 @@ mod tests {
         let mut h = request("POST", "/v1/chat/completions", &[], body);
         h.refuse_grpc = true;
         assert!(send(&vm, &mut h, &mut Stream::new(5)));
+    }
+
+    #[test]
+    fn the_vm_reports_its_memory_as_it_grows() {
+        let vm = vm_plain();
+        let mut total = 0i64;
+        for (i, memory) in [1 << 20, 1 << 20, 3 << 20].into_iter().enumerate() {
+            let mut h = request("POST", "/v1/chat/completions", &[], br#"{"model":"qwen"}"#);
+            h.memory = memory;
+            let mut s = Stream::new(i as u32 + 1);
+            send(&vm, &mut h, &mut s);
+            respond(&vm, &mut h, &mut s, &ok_json(), &[b"{}"], true);
+            // Each host starts from zero; add up what this VM reported through it.
+            total += h.metric(telemetry::VM_MEMORY_BYTES, &[]);
+            assert_eq!(total, memory as i64, "after request {i}");
+        }
     }
 
     #[test]

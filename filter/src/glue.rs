@@ -139,6 +139,10 @@ impl Host for ProxyHost<'_> {
     fn reply_to(&mut self, context_id: u32, status: u32, details: &str, headers: &[(&str, &str)], body: &[u8]) -> bool {
         host::set_effective_context(context_id).is_ok() && self.send_reply(status, details, headers, body)
     }
+    fn memory_bytes(&mut self) -> u64 {
+        // Pages of 64 KiB; reading the size is an instruction, not a host call.
+        (core::arch::wasm32::memory_size(0) as u64) * 65_536
+    }
     fn grpc_call(&mut self, call: &GrpcCall<'_>) -> Option<u32> {
         let switch = call.detached && self.current_id != self.root_id;
         if switch && host::set_effective_context(self.root_id).is_err() {

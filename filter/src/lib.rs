@@ -6,6 +6,7 @@
 //! `memory_host` implements it in memory for tests, benches and `wasmpack route`.
 
 pub mod config;
+pub mod decide;
 pub mod exchange;
 pub mod header_map;
 pub mod hold;
@@ -24,9 +25,11 @@ pub mod sse;
 pub mod telemetry;
 pub mod usage;
 
-#[cfg(target_arch = "wasm32")]
+// The proxy-wasm module (wasm32-wasip1); other wasm32 builds (the browser playground) use the
+// core only.
+#[cfg(all(target_arch = "wasm32", target_os = "wasi"))]
 mod abi;
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", target_os = "wasi"))]
 mod glue;
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", target_os = "wasi"))]
 mod host;

@@ -95,6 +95,8 @@ pub struct MemoryHost {
     pub grpc_calls: Vec<(u32, SentCall)>,
     /// Refuse gRPC calls (as Envoy does for a cluster it does not know).
     pub refuse_grpc: bool,
+    /// What `memory_bytes` answers.
+    pub memory: u64,
 }
 
 /// A gRPC call the filter started.
@@ -258,6 +260,9 @@ impl Host for MemoryHost {
         body: &[u8],
     ) -> bool {
         self.send_reply(status, details, headers, body)
+    }
+    fn memory_bytes(&mut self) -> u64 {
+        self.memory
     }
     fn grpc_call(&mut self, call: &GrpcCall<'_>) -> Option<u32> {
         self.crossings += 1;

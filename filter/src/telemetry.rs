@@ -25,6 +25,8 @@ pub const HOLD_PROBES_TOTAL: &str = "model_router_hold_probes_total";
 /// Calls to the rate limit service that got no usable answer (the failure mode then decided),
 /// by call (`requests`, `tokens`, `report`) and reason.
 pub const RATE_LIMIT_SERVICE_FAILURES_TOTAL: &str = "model_router_rate_limit_service_failures_total";
+/// The filter's Wasm linear memory, summed over the worker VMs of a proxy.
+pub const VM_MEMORY_BYTES: &str = "model_router_vm_memory_bytes";
 
 /// The destination label of a request whose model is known but whose route the filter did not
 /// choose (`bodyRouting: false`, or a host that cannot hold headers).
@@ -41,6 +43,7 @@ pub const COUNTERS_AND_GAUGES: &[&str] = &[
     HOLD_RELEASED_TOTAL,
     HOLD_PROBES_TOTAL,
     RATE_LIMIT_SERVICE_FAILURES_TOTAL,
+    VM_MEMORY_BYTES,
 ];
 pub const HISTOGRAMS: &[&str] = &[DURATION_MS, TTFT_MS];
 
@@ -154,6 +157,15 @@ pub fn usage_errors(model: &str, destination: &str, e: &UsageErrors) -> Vec<Metr
         }
     }
     ops
+}
+
+/// A change of a VM's linear memory.
+pub fn vm_memory(delta: i64) -> MetricOp {
+    MetricOp::Add {
+        kind: Kind::Gauge,
+        name: VM_MEMORY_BYTES.to_string(),
+        delta,
+    }
 }
 
 /// A call to the rate limit service without a usable answer.

@@ -52,10 +52,25 @@ pub enum Command {
     Run(RunArgs),
     /// Per-model table from a running Envoy's /stats/prometheus
     Stats(StatsArgs),
+    /// Serve the browser playground (the filter's core in WebAssembly), a configuration preloaded
+    Playground(PlaygroundArgs),
     /// Print the JSON Schema of the plugin configuration (for editors and YAML language servers)
     Schema,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions(CompletionsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PlaygroundArgs {
+    /// Plugin configuration to preload (YAML or JSON; the page's example otherwise)
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to serve on
+    #[arg(long, default_value = "127.0.0.1:8808")]
+    pub listen: String,
+    /// The built page (default: playground/dist of this checkout; scripts/build-playground.sh makes it)
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

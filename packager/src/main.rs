@@ -51,6 +51,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Delete(a) => commands::apply::run_delete(&a).await,
         Command::Run(a) => commands::run::run(&a).await,
         Command::Stats(a) => commands::stats::run(&a).await,
+        Command::Playground(a) => commands::playground::run(&a).await,
         Command::Schema => {
             println!("{}", wasmpack::schema::schema_json());
             Ok(())

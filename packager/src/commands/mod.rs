@@ -5,6 +5,7 @@ pub mod build;
 pub mod check;
 pub mod inspect;
 pub mod manifests;
+pub mod playground;
 pub mod pull;
 pub mod push;
 pub mod route;

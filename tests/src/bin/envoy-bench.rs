@@ -3,6 +3,9 @@
 //!   b) floor: a Wasm filter that only buffers the request body and sets one header
 //!   c) model-router routing a 2 KB chat request (body routing)
 //!   d) model-router with full telemetry on a streaming (SSE) response
+//!   f) stock Envoy doing the basic job natively: json_to_metadata takes the body's `model`, the
+//!      route is selected by that metadata and sets a header from it (no aliases, weights, policy
+//!      or metrics)
 //!   g) (c) with a global request limit: one ShouldRateLimit per request to a real
 //!      limitador-server (Redis storage); its CPU is Limitador's, not Envoy's, and is not counted
 //! Load: wrk on loopback. Upstream: Envoy direct_response (never the bottleneck), behind Envoy's
@@ -70,6 +73,16 @@ struct Variant {
     stream: bool,
     /// The rate limit service's port (variant g).
     rls_port: Option<u16>,
+    /// Route by `json_to_metadata`'s metadata instead of the filter's header (variant f).
+    native: bool,
+}
+
+/// Variant (f)'s filter: Envoy's own JSON body → dynamic metadata.
+fn json_to_metadata() -> Value {
+    json!({"name": "envoy.filters.http.json_to_metadata", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.json_to_metadata.v3.JsonToMetadata",
+        "request_rules": {"rules": [{"selectors": [{"key": "model"}],
+            "on_present": {"metadata_namespace": "model_router", "key": "model", "type": "STRING"}}]}}})
 }
 
 fn wasm_filter(name: &str, wasm: &Path, config: &str) -> Value {
@@ -89,13 +102,26 @@ fn bootstrap(v: &Variant) -> Value {
     let direct = json!({"status": 200, "body": {"inline_string": body}});
     let headers =
         json!([{"header": {"key": "content-type", "value": ct}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]);
-    let mut routes: Vec<Value> = ["llama-v1", "llama-v2", "openai"]
-        .iter()
-        .map(|d| {
-            json!({"match": {"prefix": "/", "headers": [{"name": "x-ai-route", "string_match": {"exact": d}}]},
-                         "direct_response": direct, "response_headers_to_add": headers})
-        })
-        .collect();
+    let mut routes: Vec<Value> = if v.native {
+        // The model's route, chosen by the metadata; the model named to the backend in a header.
+        ["llama-3-8b", "gpt-4o"]
+            .iter()
+            .map(|m| {
+                json!({"match": {"prefix": "/", "dynamic_metadata": [{"filter": "model_router", "path": [{"key": "model"}],
+                                                                    "value": {"string_match": {"exact": m}}}]},
+                       "request_headers_to_add": [{"header": {"key": "x-ai-model", "value": "%DYNAMIC_METADATA(model_router:model)%"}}],
+                       "direct_response": direct, "response_headers_to_add": headers})
+            })
+            .collect()
+    } else {
+        ["llama-v1", "llama-v2", "openai"]
+            .iter()
+            .map(|d| {
+                json!({"match": {"prefix": "/", "headers": [{"name": "x-ai-route", "string_match": {"exact": d}}]},
+                             "direct_response": direct, "response_headers_to_add": headers})
+            })
+            .collect()
+    };
     routes.push(json!({"match": {"prefix": "/"}, "direct_response": direct, "response_headers_to_add": headers}));
     // Every variant reads the whole request (Envoy's native buffer filter) before the router's
     // direct response; otherwise a response sent before the body is read makes Envoy close the
@@ -174,9 +200,20 @@ fn dur_us(s: &str) -> f64 {
 }
 
 fn wrk(url: &str, script: &Path, seconds: u64, pid: u32) -> Sample {
+    wrk_with(url, script, seconds, pid, 8)
+}
+
+fn wrk_with(url: &str, script: &Path, seconds: u64, pid: u32, connections: u32) -> Sample {
     let before = cpu_us(pid);
     let out = Command::new("wrk")
-        .args(["-t1", "-c8", "--latency", "-d", &format!("{seconds}s"), "-s"])
+        .args([
+            "-t1",
+            &format!("-c{connections}"),
+            "--latency",
+            "-d",
+            &format!("{seconds}s"),
+            "-s",
+        ])
         .arg(script)
         .arg(url)
         .output()
@@ -251,6 +288,7 @@ fn main() {
             filter: None,
             stream: false,
             rls_port: None,
+            native: false,
         },
         Variant {
             name: "b",
@@ -258,6 +296,7 @@ fn main() {
             filter: Some(wasm_filter("floor", &floor, "")),
             stream: false,
             rls_port: None,
+            native: false,
         },
         Variant {
             name: "c",
@@ -265,6 +304,7 @@ fn main() {
             filter: Some(wasm_filter("model-router", &wasm, MODEL_CONFIG)),
             stream: false,
             rls_port: None,
+            native: false,
         },
         Variant {
             name: "d",
@@ -272,6 +312,7 @@ fn main() {
             filter: Some(wasm_filter("model-router", &wasm, MODEL_CONFIG)),
             stream: true,
             rls_port: None,
+            native: false,
         },
         Variant {
             name: "g",
@@ -279,6 +320,15 @@ fn main() {
             filter: Some(wasm_filter("model-router", &wasm, GLOBAL_CONFIG)),
             stream: false,
             rls_port: Some(0),
+            native: false,
+        },
+        Variant {
+            name: "f",
+            what: "stock Envoy: json_to_metadata, route by metadata, header from it",
+            filter: Some(json_to_metadata()),
+            stream: false,
+            rls_port: None,
+            native: true,
         },
     ];
     // --only c: just these variants (for profiling one; no ratios then).
@@ -376,6 +426,49 @@ fn main() {
                 .lines()
                 .any(|l| l.starts_with("model_router_rate_limit_service_failures_total") && !l.ends_with(" 0")),
             "variant g: the rate limit service failed:\n{stats}"
+        );
+    }
+    // Low load: one client, one request at a time; the latency the filter adds, not its throughput.
+    if let (Some(b), Some(c)) = (
+        variants.iter().position(|v| v.name == "b"),
+        variants.iter().position(|v| v.name == "c"),
+    ) {
+        let one = |i: usize| {
+            let (e, script) = &envoys[i];
+            wrk_with(&e.url("/v1/chat/completions"), script, seconds, e.pid(), 1)
+        };
+        let (sb, sc) = (one(b), one(c));
+        println!(
+            "\nlow load (wrk -c1): (c) minus (b) p50 {:+.0} µs, p99 {:+.0} µs ((b) p50 {:.0} µs, p99 {:.0} µs)",
+            sc.p50_us - sb.p50_us,
+            sc.p99_us - sb.p99_us,
+            sb.p50_us,
+            sb.p99_us
+        );
+    }
+    // The filter's own memory after everything it served (variant d: streams, all telemetry).
+    if let Some(d) = variants.iter().position(|v| v.name == "d") {
+        let stats = admin_get(envoys[d].0.admin_port, "/stats/prometheus").unwrap_or_default();
+        let bytes: f64 = stats
+            .lines()
+            .find(|l| l.starts_with("model_router_vm_memory_bytes"))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        println!(
+            "model_router_vm_memory_bytes after the run (variant d, 1 worker VM): {:.2} MiB",
+            bytes / 1048576.0
+        );
+    }
+    if let (Some(b), Some(c), Some(f)) = (
+        variants.iter().position(|v| v.name == "b"),
+        variants.iter().position(|v| v.name == "c"),
+        variants.iter().position(|v| v.name == "f"),
+    ) {
+        println!(
+            "\nstock Envoy (f) vs the Wasm floor (b): {:.3}; model-router (c) vs stock Envoy (f): {:.3} CPU per request",
+            cpu[f] / cpu[b],
+            cpu[c] / cpu[f]
         );
     }
     if variants.len() < 4 {

@@ -1,0 +1,213 @@
+//! The decision the filter would make for one request, as JSON: computed by the filter's own
+//! exchange (`exchange::Stream`) on the in-memory host — the same code, in the same order, as in
+//! Envoy. `wasmpack route` prints it and the browser playground shows it (documented in
+//! docs/configuration.md, "wasmpack route").
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+
+use crate::config::Config;
+use crate::exchange::{Action, Map, Stream, Vm};
+use crate::memory_host::{MemoryHost, SharedMem};
+use crate::request::{Outcome, Unread};
+
+/// One request to decide.
+pub struct RouteRequest<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    /// Lowercase names.
+    pub headers: &'a [(String, String)],
+    pub body: Option<&'a [u8]>,
+    /// The mTLS peer's URI SAN.
+    pub peer_identity: Option<&'a str>,
+}
+
+/// `decide` `repeat` times through one filter instance (its limits shared; all at the same
+/// instant, as a burst), with a summary of the statuses.
+pub fn decide_repeated(config: &Config, req: &RouteRequest, seed: u64, repeat: u32) -> Value {
+    let vm = Vm::new(config.clone(), seed);
+    let mut shared = SharedMem::default();
+    let mut statuses: BTreeMap<String, u32> = BTreeMap::new();
+    let mut last = Value::Null;
+    for i in 0..repeat.max(1) {
+        let (v, s) = decide_on(&vm, req, shared, i + 1);
+        shared = s;
+        let status = v["reject"]["status"].as_u64().unwrap_or(200);
+        *statuses.entry(status.to_string()).or_default() += 1;
+        last = v;
+    }
+    if repeat > 1 {
+        last["repeat"] = json!({"requests": repeat, "statuses": statuses});
+    }
+    last
+}
+
+fn decide_on(vm: &Vm, req: &RouteRequest, shared: SharedMem, id: u32) -> (Value, SharedMem) {
+    let cfg = &vm.config;
+    let body = req.body.unwrap_or_default();
+    let mut h = MemoryHost::new();
+    h.shared = shared;
+    h.now_ns = 1_700_000_000_000_000_000;
+    let authority = req
+        .headers
+        .iter()
+        .find(|(k, _)| k == "host" || k == ":authority")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| "localhost".into());
+    h.request_headers = vec![
+        (":method".into(), req.method.to_string()),
+        (":path".into(), req.path.to_string()),
+        (":authority".into(), authority),
+    ];
+    if req.body.is_some() && !req.headers.iter().any(|(k, _)| k == "content-type") {
+        h.request_headers
+            .push(("content-type".into(), "application/json".into()));
+    }
+    if req.body.is_some() {
+        h.request_headers
+            .push(("content-length".into(), body.len().to_string()));
+    }
+    h.request_headers.extend(
+        req.headers
+            .iter()
+            .filter(|(k, _)| k != "host" && k != ":authority" && k != "content-length")
+            .cloned(),
+    );
+    if let Some(p) = req.peer_identity {
+        h.properties
+            .insert("connection.uri_san_peer_certificate".into(), p.as_bytes().to_vec());
+    }
+    h.request_body = body.to_vec();
+
+    let mut s = Stream::new(id);
+    let eos = body.is_empty();
+    let mut went_on = s.on_request_headers(vm, &mut h, eos) == Action::Continue;
+    if h.reply.is_none() && s.flow().reading_body() {
+        went_on = s.on_request_body(vm, &mut h, body.len(), true) == Action::Continue;
+    }
+    // Global limits: the calls the filter makes to the rate limit service; `route` does not call
+    // it, and shows what happens when it admits the request.
+    let calls: Vec<Value> = h
+        .grpc_calls
+        .iter()
+        .map(|(_, c)| {
+            let (entries, hits) = crate::rls::describe(&c.message).unwrap_or_default();
+            let descriptor: BTreeMap<String, String> = entries.into_iter().collect();
+            json!({"method": format!("{}/{}", c.service_name, c.method), "descriptor": descriptor, "hits": hits})
+        })
+        .collect();
+    if !calls.is_empty() && h.reply.is_none() {
+        let ok = [0x08, 0x01];
+        for (token, _) in h.grpc_calls.clone() {
+            s.on_grpc_answer(vm, &mut h, token, Ok(&ok));
+        }
+        went_on = h.reply.is_none();
+    }
+    let flow = s.flow();
+    let matched = flow.matched(cfg);
+    let mut out = json!({
+        "model": flow.requested_model(),
+        "canonicalModel": matched.map(|(m, _)| m.name.clone()),
+        "destination": null,
+        "routedBy": null,
+        "outcome": outcome_name(flow.outcome()),
+    });
+    if let Some(p) = req.peer_identity {
+        out["peerIdentity"] = json!(p);
+    }
+    if !calls.is_empty() {
+        out["rateLimitService"] = json!({"calls": calls, "answer": "OK (assumed: route does not call the service)"});
+    }
+    if let Some(r) = h.reply.take() {
+        let body: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+        let headers: BTreeMap<String, String> = r.headers.into_iter().filter(|(k, _)| k != "content-type").collect();
+        out["reject"] = json!({
+            "status": r.status,
+            "code": body["error"]["code"],
+            "headers": headers,
+            "body": body,
+        });
+        s.on_log(vm, &mut h);
+        return (out, h.shared);
+    }
+    if let Some((_, d)) = flow.routed(cfg) {
+        out["destination"] = json!(d.name);
+        out["routedBy"] = json!(if flow.model_from_body() { "body" } else { "path" });
+    } else if let Some(note) = note(cfg.body_routing, flow.outcome()) {
+        out["note"] = json!(note);
+    }
+    let mut set: BTreeMap<String, String> = BTreeMap::new();
+    let mut removed: Vec<String> = Vec::new();
+    for (map, name, value) in &h.header_edits {
+        if *map != Map::Request {
+            continue;
+        }
+        match value {
+            Some(v) => {
+                set.insert(name.clone(), v.clone());
+            }
+            None if !removed.contains(name) => removed.push(name.clone()),
+            None => {}
+        }
+    }
+    out["setHeaders"] = json!(set);
+    if !removed.is_empty() {
+        out["removeHeaders"] = json!(removed);
+    }
+    if h.request_body != body {
+        out["rewrittenBody"] = json!(String::from_utf8_lossy(&h.request_body));
+    }
+    if went_on {
+        // What the client would see on a 200 from the backend.
+        h.response_headers = vec![
+            (":status".into(), "200".into()),
+            ("content-type".into(), "application/json".into()),
+        ];
+        s.on_response_headers(vm, &mut h, true);
+        let resp: BTreeMap<String, String> = h
+            .response_headers
+            .iter()
+            .filter(|(k, _)| !k.starts_with(':') && k != "content-type")
+            .cloned()
+            .collect();
+        if !resp.is_empty() {
+            out["responseHeaders"] = json!(resp);
+        }
+    }
+    s.on_log(vm, &mut h);
+    (out, h.shared)
+}
+
+/// The outcome as a stable name (documented).
+pub fn outcome_name(o: &Outcome) -> &'static str {
+    match o {
+        Outcome::Pending => "pending",
+        Outcome::OutOfScope => "out_of_scope",
+        Outcome::NoModel => "no_model",
+        Outcome::Matched {
+            destination: Some(_), ..
+        } => "routed",
+        Outcome::Matched { destination: None, .. } => "unrouted",
+        Outcome::Unknown(_) => "unknown_model",
+        Outcome::Unread(Unread::InvalidJson) => "unread_invalid_json",
+        Outcome::Unread(Unread::TooLarge) => "unread_too_large",
+        Outcome::Unread(Unread::HoldReleased) => "unread_hold_released",
+        Outcome::Rejected(_) => "rejected",
+    }
+}
+
+fn note(body_routing: bool, o: &Outcome) -> Option<&'static str> {
+    match o {
+        Outcome::Matched { destination: None, .. } if !body_routing => Some(
+            "bodyRouting is off: the route was chosen from the headers before the body was read, so the \
+             filter does not route this request (destination `unrouted`); the model still drives access \
+             rules, limits, rewriting and telemetry",
+        ),
+        Outcome::OutOfScope => Some("outside the configured scope: the filter leaves this request alone"),
+        Outcome::NoModel => Some("no model in the path or body: the request goes on unrouted"),
+        Outcome::Unknown(_) => Some("unknown model let through (onUnknownModel: passthrough), unrouted"),
+        Outcome::Unread(_) => Some("the body could not be read and was let through unrouted"),
+        _ => None,
+    }
+}

@@ -1,0 +1,203 @@
+//! The browser playground's engine: the filter's own core compiled to `wasm32-unknown-unknown`
+//! with wasm-bindgen. Every function takes and returns JSON text, so the page stays plain
+//! JavaScript and the same functions are tested natively (`cargo test -p playground`).
+//!
+//! - `check(config)`: the configuration (YAML or JSON) through the filter's parser → errors with
+//!   field paths, or a summary of models, aliases, weights, access rules and limits.
+//! - `route(config, request)`: the decision for one request, the JSON `wasmpack route` prints
+//!   (`model_router::decide`, the same code).
+//! - `simulate(config, model, users)`: the weighted (and sticky) split over `users` callers.
+
+use std::collections::BTreeMap;
+
+use model_router::config::{Config, LimitKey};
+use model_router::decide::{decide_repeated, RouteRequest};
+use serde_json::{json, Value};
+use wasm_bindgen::prelude::wasm_bindgen;
+
+/// The seed of the weighted choice: fixed, so the page, its tests and `wasmpack route --seed 42`
+/// agree on every decision.
+pub const SEED: u64 = 42;
+
+fn parse(config: &str) -> Result<Config, Value> {
+    let de = serde_yaml::Deserializer::from_str(config);
+    Config::from_deserializer(de).map_err(|e| {
+        // serde_yaml puts the position in its message ("at line 3 column 5").
+        let line = e
+            .message
+            .split("at line ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse::<u64>().ok());
+        json!({"path": e.path, "message": e.message, "line": line})
+    })
+}
+
+/// `{"valid": true, "models": [...]}` or `{"valid": false, "errors": [{path, message, line}]}`.
+#[wasm_bindgen]
+pub fn check(config: &str) -> String {
+    let c = match parse(config) {
+        Ok(c) => c,
+        Err(e) => return json!({"valid": false, "errors": [e]}).to_string(),
+    };
+    let models: Vec<Value> = c
+        .models
+        .iter()
+        .map(|m| {
+            let total = m.total_weight.max(1);
+            let destinations: Vec<Value> = m
+                .destinations
+                .iter()
+                .map(|d| {
+                    json!({"name": d.name, "weight": d.weight,
+                           "share": (u64::from(d.weight) * 1000 / total) as f64 / 10.0})
+                })
+                .collect();
+            let limits = m.limits.as_ref().map(|l| {
+                json!({"requestsPerMinute": l.requests_per_minute, "tokensPerMinute": l.tokens_per_minute,
+                       "by": match &l.by { LimitKey::Principal => "principal".to_string(),
+                                           LimitKey::Global => "global".to_string(),
+                                           LimitKey::Header(h) => format!("header:{h}") },
+                       "mode": if l.global { "global" } else { "local" }})
+            });
+            json!({"name": m.name, "aliases": m.aliases, "upstreamModel": m.upstream_model,
+                   "destinations": destinations, "restricted": m.allow.is_some(), "limits": limits})
+        })
+        .collect();
+    json!({"valid": true, "bodyRouting": c.body_routing, "stickyHeader": c.sticky_header,
+           "routeHeader": c.route_header, "models": models})
+    .to_string()
+}
+
+/// One request from the page, owned (a `RouteRequest` borrows from it).
+struct Parts {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Option<Vec<u8>>,
+    peer: Option<String>,
+}
+
+/// One request from the page: `{method, path, headers: {name: value}, body, peerIdentity}`.
+fn request_parts(request: &Value) -> Parts {
+    let s = |k: &str| request[k].as_str().map(str::to_string);
+    let mut headers: Vec<(String, String)> = Vec::new();
+    if let Some(h) = request["headers"].as_object() {
+        for (k, v) in h {
+            headers.push((
+                k.trim().to_ascii_lowercase(),
+                v.as_str().unwrap_or_default().trim().to_string(),
+            ));
+        }
+    }
+    let body = request["body"]
+        .as_str()
+        .filter(|b| !b.is_empty())
+        .map(|b| b.as_bytes().to_vec());
+    Parts {
+        method: s("method").unwrap_or_else(|| "POST".into()),
+        path: s("path").unwrap_or_else(|| "/v1/chat/completions".into()),
+        headers,
+        body,
+        peer: s("peerIdentity").filter(|p| !p.trim().is_empty()),
+    }
+}
+
+/// The decision as `wasmpack route` prints it, or `{"configError": ...}`.
+#[wasm_bindgen]
+pub fn route(config: &str, request: &str) -> String {
+    let c = match parse(config) {
+        Ok(c) => c,
+        Err(e) => return json!({"configError": e}).to_string(),
+    };
+    let request: Value = match serde_json::from_str(request) {
+        Ok(v) => v,
+        Err(e) => return json!({"requestError": e.to_string()}).to_string(),
+    };
+    let p = request_parts(&request);
+    let repeat = request["repeat"].as_u64().map_or(1, |n| n.clamp(1, 10_000) as u32);
+    let req = RouteRequest {
+        method: &p.method,
+        path: &p.path,
+        headers: &p.headers,
+        body: p.body.as_deref(),
+        peer_identity: p.peer.as_deref(),
+    };
+    decide_repeated(&c, &req, SEED, repeat).to_string()
+}
+
+/// Where `users` callers (each its own sticky value, if the configuration has a sticky header)
+/// asking for `model` are sent: `{"users": n, "sticky": bool, "destinations": {name: count}}`.
+#[wasm_bindgen]
+pub fn simulate(config: &str, model: &str, users: u32) -> String {
+    let c = match parse(config) {
+        Ok(c) => c,
+        Err(e) => return json!({"configError": e}).to_string(),
+    };
+    let users = users.clamp(1, 20_000);
+    let body = json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}).to_string();
+    let mut counts: BTreeMap<String, u32> = BTreeMap::new();
+    for u in 0..users {
+        let mut headers = Vec::new();
+        if let Some(h) = &c.sticky_header {
+            headers.push((h.clone(), format!("user-{u}")));
+        }
+        let req = RouteRequest {
+            method: "POST",
+            path: "/v1/chat/completions",
+            headers: &headers,
+            body: Some(body.as_bytes()),
+            peer_identity: None,
+        };
+        // A fresh VM per caller (seeded per caller): the split a fleet of proxies produces.
+        let d = decide_repeated(&c, &req, SEED.wrapping_add(u64::from(u)), 1);
+        let key = match (d["destination"].as_str(), d["reject"]["code"].as_str()) {
+            (Some(dest), _) => dest.to_string(),
+            (None, Some(code)) => format!("({code})"),
+            (None, None) => "(unrouted)".to_string(),
+        };
+        *counts.entry(key).or_default() += 1;
+    }
+    json!({"users": users, "sticky": c.sticky_header.is_some(), "destinations": counts}).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const CONFIG: &str = "stickyHeader: x-user-id\nmodels:\n- name: llama-3-8b\n  aliases: [gpt-3.5-turbo]\n  destinations:\n  - {name: v1, weight: 90}\n  - {name: v2, weight: 10}\n";
+
+    #[test]
+    fn check_names_the_field_and_summarises_a_good_config() {
+        let bad: Value = serde_json::from_str(&check(
+            "models:\n- name: m\n  destinations:\n  - {name: d, weight: x}\n",
+        ))
+        .unwrap();
+        assert_eq!(bad["valid"], false);
+        assert_eq!(bad["errors"][0]["path"], "models[0].destinations[0].weight");
+        let good: Value = serde_json::from_str(&check(CONFIG)).unwrap();
+        assert_eq!(good["models"][0]["destinations"][0]["share"], 90.0);
+        assert_eq!(good["models"][0]["aliases"][0], "gpt-3.5-turbo");
+    }
+
+    #[test]
+    fn route_is_the_cli_decision_and_attacks_are_refused() {
+        let req = json!({"method": "POST", "path": "/v1/chat/completions", "headers": {"x-user-id": "alice"},
+                         "body": r#"{"model":"gpt-3.5-turbo","messages":[]}"#});
+        let d: Value = serde_json::from_str(&route(CONFIG, &req.to_string())).unwrap();
+        assert_eq!(d["canonicalModel"], "llama-3-8b");
+        assert_eq!(d["outcome"], "routed");
+        let dup = json!({"body": r#"{"model":"gpt-3.5-turbo","model":"other"}"#});
+        let d: Value = serde_json::from_str(&route(CONFIG, &dup.to_string())).unwrap();
+        assert_eq!(d["reject"]["code"], "duplicate_model");
+    }
+
+    #[test]
+    fn the_split_follows_the_weights_and_stickiness() {
+        let s: Value = serde_json::from_str(&simulate(CONFIG, "llama-3-8b", 2000)).unwrap();
+        let v1 = s["destinations"]["v1"].as_u64().unwrap();
+        assert!((1700..=1900).contains(&v1), "{s}");
+        assert_eq!(s["sticky"], true);
+    }
+}
