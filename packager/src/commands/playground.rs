@@ -66,11 +66,12 @@ pub async fn run(args: &PlaygroundArgs) -> Result<()> {
     let dir = page_dir(args.dir.as_deref())?;
     let config = match &args.config {
         Some(p) => {
-            // Checked first, so a broken file is said here too (the page shows it as well).
+            let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+            // A broken file is said here too (the page shows it, with its field path, as well).
             if let Err(e) = plugin_config::load(p) {
                 eprintln!("warning: {e:#} (the playground shows the errors)");
             }
-            Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?)
+            Some(bytes)
         }
         None => None,
     };
