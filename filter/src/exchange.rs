@@ -848,8 +848,11 @@ impl Stream {
         if deny && self.refusal.is_none() {
             let mut r = Reject::new(
                 RejectReason::RateLimitUnavailable,
-                "The rate limit service did not answer in time, and this model's limits must be checked; retry.",
+                "The rate limit service could not be reached or did not answer in time, and this model's \
+                 limits must be checked before it is used; retry.",
             );
+            // A server-side condition, not a fault of the request (OpenAI's type for those).
+            r.error_type = "server_error".into();
             r.headers.push(("retry-after".into(), "1".into()));
             self.refusal = Some(r);
         }

@@ -86,7 +86,9 @@ impl Reject {
     /// (rate limits: OpenAI's `"type":"requests"|"tokens","param":null`).
     pub fn body(&self) -> Vec<u8> {
         let param = match self.reason {
-            RejectReason::RateLimitExceeded | RejectReason::BodyNotReceived => serde_json::Value::Null,
+            RejectReason::RateLimitExceeded | RejectReason::BodyNotReceived | RejectReason::RateLimitUnavailable => {
+                serde_json::Value::Null
+            }
             _ => "model".into(),
         };
         let v = serde_json::json!({
