@@ -180,13 +180,18 @@ impl Vm {
         })
     }
 
-    fn watch_callout<H: Host>(&self, host: &mut H, id: u32, now: u64) {
-        let timeout_ns = self
-            .config
+    /// The rate limit service's timeout (requests only wait on it when there is one).
+    fn rls_timeout_ns(&self) -> u64 {
+        self.config
             .rate_limit_service
             .as_ref()
-            .map_or(0, |r| u64::from(r.timeout_ms) * 1_000_000);
-        let deadline = now.saturating_add(timeout_ns).saturating_add(CALLOUT_GRACE_NS);
+            .map_or(0, |r| u64::from(r.timeout_ms) * 1_000_000)
+    }
+
+    fn watch_callout<H: Host>(&self, host: &mut H, id: u32, now: u64) {
+        let deadline = now
+            .saturating_add(self.rls_timeout_ns())
+            .saturating_add(CALLOUT_GRACE_NS);
         self.callouts.borrow_mut().push((id, deadline));
         if !self.ticking.replace(true) {
             host.set_tick_ms(TICK_MS);
@@ -635,8 +640,8 @@ impl Stream {
                 // Limitador counts `hits_addend` 0 as 1: nothing used, nothing reported.
                 if tokens > 0 {
                     let hits = u32::try_from(tokens).unwrap_or(u32::MAX);
-                    let name = vm.config.models.get(self.flow.model_index().unwrap_or(usize::MAX));
-                    if let (Some(m), Some(r)) = (name, vm.config.rate_limit_service.as_ref()) {
+                    let matched = self.flow.model_index().and_then(|i| vm.config.models.get(i));
+                    if let (Some(m), Some(r)) = (matched, vm.config.rate_limit_service.as_ref()) {
                         let msg = rls::request(Call::Report, &r.domain, &m.name, charge.caller(), hits);
                         if let Some(call) = vm.rls_call(Call::Report, &msg) {
                             if host.grpc_call(&call).is_none() {
@@ -869,11 +874,7 @@ impl Stream {
             Ok(Some(a)) if a.code != rls::Code::Unknown => self.answered(vm, call, a),
             Ok(_) => self.service_failed(vm, host, call, "invalid_response"),
             Err(status) => {
-                let timeout_ns = vm
-                    .config
-                    .rate_limit_service
-                    .as_ref()
-                    .map_or(u64::MAX, |r| u64::from(r.timeout_ms) * 1_000_000);
+                let timeout_ns = vm.rls_timeout_ns();
                 let waited = host.now_ns().saturating_sub(self.asked_ns);
                 let reason = if waited >= timeout_ns - timeout_ns / 10 {
                     "timeout"
@@ -900,7 +901,7 @@ impl Stream {
     }
 
     fn answered(&mut self, vm: &Vm, call: Call, a: rls::Answer) {
-        let Some(limits) = self.charge.as_ref().map(|c| c.limits().clone()) else {
+        let Some(limits) = self.charge.as_ref().map(Charge::limits) else {
             return;
         };
         let (kind, limit) = match call {
@@ -1559,26 +1560,13 @@ mod tests {
         m
     }
 
+    /// The descriptor entries and hits of a call the filter made.
+    fn described(msg: &[u8]) -> (Vec<(String, String)>, u64) {
+        rls::describe(msg).unwrap()
+    }
+
     fn descriptor(msg: &[u8]) -> Vec<(String, String)> {
-        use crate::proto::{fields, Value};
-        let mut out = Vec::new();
-        for (f, v) in fields(msg).unwrap() {
-            if let (2, Value::Bytes(d)) = (f, v) {
-                for (_, e) in fields(d).unwrap() {
-                    let Value::Bytes(e) = e else { continue };
-                    let kv: Vec<String> = fields(e)
-                        .unwrap()
-                        .into_iter()
-                        .map(|(_, v)| match v {
-                            Value::Bytes(b) => String::from_utf8(b.to_vec()).unwrap(),
-                            _ => String::new(),
-                        })
-                        .collect();
-                    out.push((kv[0].clone(), kv[1].clone()));
-                }
-            }
-        }
-        out
+        described(msg).0
     }
 
     #[test]
@@ -1638,13 +1626,7 @@ mod tests {
         let (_, report) = h.grpc_calls.last().unwrap().clone();
         assert_eq!(report.method, "Report");
         assert!(report.detached, "a Report outlives the request");
-        let hits = crate::proto::fields(&report.message)
-            .unwrap()
-            .into_iter()
-            .find_map(|(f, v)| match (f, v) {
-                (3, crate::proto::Value::Varint(n)) => Some(n),
-                _ => None,
-            });
+        let hits = Some(described(&report.message).1);
         assert_eq!(hits, Some(42));
         assert_eq!(descriptor(&report.message)[1].1, "tokens");
         assert!(vm.callouts.borrow().is_empty());
@@ -1817,13 +1799,7 @@ mod tests {
         respond(&vm, &mut h, &mut s, &sse, &[b"data: {\"choices\":[]}\n\n"], false);
         let (_, report) = h.grpc_calls.last().unwrap().clone();
         assert_eq!(report.method, "Report");
-        let hits = crate::proto::fields(&report.message)
-            .unwrap()
-            .into_iter()
-            .find_map(|(f, v)| match (f, v) {
-                (3, crate::proto::Value::Varint(n)) => Some(n),
-                _ => None,
-            });
+        let hits = Some(described(&report.message).1);
         let input = (body.len() as u64).div_ceil(4);
         assert_eq!(hits, Some(input + 50));
     }

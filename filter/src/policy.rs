@@ -241,7 +241,6 @@ pub fn admit<S: Store>(
     let Some(limits) = &m.limits else {
         return Ok((None, RateInfo::default()));
     };
-    let key = bucket_key(m, limits, caller);
     if limits.global {
         // Counted by the rate limit service: the exchange asks it.
         let who = match &limits.by {
@@ -259,13 +258,15 @@ pub fn admit<S: Store>(
         };
         return Ok((
             Some(Charge {
-                key,
+                // No bucket here: the service counts.
+                key: String::new(),
                 limits: limits.clone(),
                 caller: who,
             }),
             RateInfo::default(),
         ));
     }
+    let key = bucket_key(m, limits, caller);
     let mut info = RateInfo::default();
     if let Some(tpm) = limits.tokens_per_minute {
         let level = update(store, &format!("{key}/t"), |b| {

@@ -117,7 +117,8 @@ pub fn grpc_service(cluster: &str) -> Vec<u8> {
 
 /// The `:authority` for a cluster whose name is not a valid one; `None` if it is.
 fn authority_for(cluster: &str) -> Option<String> {
-    let valid = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._:".contains(&b));
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || b"-._:".contains(&b);
+    let valid = |s: &str| !s.is_empty() && s.bytes().all(allowed);
     if valid(cluster) {
         return None;
     }
@@ -131,13 +132,7 @@ fn authority_for(cluster: &str) -> Option<String> {
     Some(
         cluster
             .bytes()
-            .map(|b| {
-                if valid(&(b as char).to_string()) {
-                    b as char
-                } else {
-                    '-'
-                }
-            })
+            .map(|b| if allowed(b) { b as char } else { '-' })
             .collect(),
     )
 }
@@ -285,28 +280,20 @@ mod tests {
     use super::*;
 
     fn entries(msg: &[u8]) -> (String, Vec<(String, String)>, u64) {
-        let mut domain = String::new();
-        let mut out = Vec::new();
-        let mut hits = 0;
-        for (f, v) in proto::fields(msg).unwrap() {
-            match (f, v) {
-                (1, Value::Bytes(d)) => domain = String::from_utf8(d.to_vec()).unwrap(),
-                (2, Value::Bytes(desc)) => {
-                    for (_, e) in proto::fields(desc).unwrap() {
-                        let Value::Bytes(e) = e else { panic!() };
-                        let kv = proto::fields(e).unwrap();
-                        let s = |i: usize| match kv[i].1 {
-                            Value::Bytes(b) => String::from_utf8(b.to_vec()).unwrap(),
-                            _ => panic!(),
-                        };
-                        out.push((s(0), s(1)));
-                    }
-                }
-                (3, Value::Varint(h)) => hits = h,
-                _ => panic!("unexpected field {f}"),
-            }
-        }
-        (domain, out, hits)
+        let fields = proto::fields(msg).unwrap();
+        assert!(
+            fields.iter().all(|(f, _)| (1..=3).contains(f)),
+            "unexpected fields: {fields:?}"
+        );
+        let domain = fields
+            .iter()
+            .find_map(|(f, v)| match (f, v) {
+                (1, Value::Bytes(d)) => Some(String::from_utf8(d.to_vec()).unwrap()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        let (entries, hits) = describe(msg).unwrap();
+        (domain, entries, hits)
     }
 
     #[test]

@@ -589,16 +589,16 @@ pub fn render(config_json: &Value, config: &Config, o: &Options, plan: &Plan) ->
                         json!({"group": "inference.networking.k8s.io", "kind": "InferencePool", "name": pool});
                     by_ns.entry(o.namespace.as_str()).or_default().push((d, backend));
                 }
-                let catch_all = matches!(o.target, Target::EnvoyGateway { .. });
-                let mut first = true;
-                for (ns, mut rules) in by_ns {
-                    if catch_all && first {
-                        // Envoy Gateway runs the filter only on a route that matched: one must match first.
+                if matches!(o.target, Target::EnvoyGateway { .. }) {
+                    // Envoy Gateway runs the filter only on a route that matched: one must match
+                    // first (the first route's first backend, with an empty destination).
+                    if let Some(rules) = by_ns.values_mut().next() {
                         if let Some((_, b)) = rules.first().cloned() {
                             rules.push(("", b));
                         }
-                        first = false;
                     }
+                }
+                for (ns, rules) in by_ns {
                     docs.push(http_route(config, &rules, o, name, hostnames, ns));
                 }
             }

@@ -46,26 +46,16 @@ pub fn principal(p: &str) -> Result<String> {
     Ok(bare.to_string())
 }
 
-/// The configuration with `bodyRouting: false` (for hosts that cannot hold headers).
-fn without_body_routing(mut loaded: Loaded) -> Result<Loaded> {
-    if let Some(obj) = loaded.json.as_object_mut() {
-        obj.insert("bodyRouting".to_string(), json!(false));
-    }
-    loaded.config = model_router::config::Config::from_json(loaded.json.to_string().as_bytes())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(loaded)
-}
-
-/// What a gateway serves external clients, unless the configuration says otherwise: the model
-/// list, and no decision headers (docs/configuration.md, "OpenAI-compatible clients").
-fn gateway_defaults(mut loaded: Loaded) -> Result<Loaded> {
+/// The configuration with these fields set (`overwrite`: also where the file sets them), parsed
+/// again by the filter's parser.
+fn with_fields(mut loaded: Loaded, fields: &[(&str, Value)], overwrite: bool) -> Result<Loaded> {
     let Some(obj) = loaded.json.as_object_mut() else {
         return Ok(loaded);
     };
     let mut changed = false;
-    for (key, value) in [("serveModelList", json!(true)), ("responseHeaders", json!("none"))] {
-        if !obj.contains_key(key) {
-            obj.insert(key.to_string(), value);
+    for (key, value) in fields {
+        if overwrite || !obj.contains_key(*key) {
+            obj.insert((*key).to_string(), value.clone());
             changed = true;
         }
     }
@@ -74,6 +64,21 @@ fn gateway_defaults(mut loaded: Loaded) -> Result<Loaded> {
             .map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     Ok(loaded)
+}
+
+/// The configuration with `bodyRouting: false` (for hosts that cannot hold headers).
+fn without_body_routing(loaded: Loaded) -> Result<Loaded> {
+    with_fields(loaded, &[("bodyRouting", json!(false))], true)
+}
+
+/// What a gateway serves external clients, unless the configuration says otherwise: the model
+/// list, and no decision headers (docs/configuration.md, "OpenAI-compatible clients").
+fn gateway_defaults(loaded: Loaded) -> Result<Loaded> {
+    with_fields(
+        loaded,
+        &[("serveModelList", json!(true)), ("responseHeaders", json!("none"))],
+        false,
+    )
 }
 
 fn part(p: PartArg) -> Part {
