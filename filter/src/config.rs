@@ -5,7 +5,9 @@
 
 use std::collections::HashMap;
 
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
+
+use crate::json::{self, Json};
 
 /// Which of the filter's decision headers leave the proxy on the response.
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -393,26 +395,20 @@ pub const MAX_NAME_LEN: usize = 256;
 impl Config {
     /// Parses and validates a JSON plugin configuration (what Envoy hands to `on_configure`).
     pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
-        let mut de = serde_json::Deserializer::from_slice(bytes);
-        let config = Config::from_deserializer(&mut de)?;
-        de.end()
-            .map_err(|e| ConfigError::new(".", format!("trailing data after the configuration: {e}")))?;
-        Ok(config)
+        let doc = json::parse(bytes).map_err(|e| {
+            let message = if e.message == "trailing characters" {
+                format!("trailing data after the configuration: {e}")
+            } else {
+                e.to_string()
+            };
+            ConfigError::new(".", message)
+        })?;
+        Config::from_document(&doc)
     }
 
-    /// Parses and validates from any serde deserializer (the CLI passes YAML), keeping field paths.
-    pub fn from_deserializer<'de, D: Deserializer<'de>>(de: D) -> Result<Config, ConfigError>
-    where
-        D::Error: std::fmt::Display,
-    {
-        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            ConfigError::new(
-                if path.is_empty() { ".".to_string() } else { path },
-                e.into_inner().to_string(),
-            )
-        })?;
-        validate(raw)
+    /// Reads and validates a parsed document (the CLI reads YAML into one), keeping field paths.
+    pub fn from_document(doc: &Json) -> Result<Config, ConfigError> {
+        validate(read::config(doc)?)
     }
 
     /// Looks up a model by canonical name or alias (exact, case-sensitive: model ids are).
@@ -914,6 +910,305 @@ fn header_name(path: &str, name: &str) -> Result<String, ConfigError> {
     Ok(lower)
 }
 
+/// The configuration document read into the `Raw*` types, with serde's rules (unknown and
+/// repeated fields refused, `null` is "not set" only for optional fields) and serde's wording, so
+/// `wasmpack check` words them alike. Field lists are the serde declarations' (a test compares).
+mod read {
+    use super::*;
+
+    type R<T> = Result<T, ConfigError>;
+
+    fn join(path: &str, key: &str) -> String {
+        if path == "." {
+            key.to_string()
+        } else {
+            format!("{path}.{key}")
+        }
+    }
+
+    fn invalid(v: &Json, path: &str, expected: &str) -> ConfigError {
+        ConfigError::new(path, format!("invalid type: {}, expected {expected}", v.describe()))
+    }
+
+    /// `expected `a``, `expected `a` or `b``, `expected one of `a`, `b`, `c`` (serde's phrasing).
+    fn one_of(names: &[&str]) -> String {
+        match names {
+            [] => "there are none".into(),
+            [a] => format!("expected `{a}`"),
+            [a, b] => format!("expected `{a}` or `{b}`"),
+            _ => format!("expected one of `{}`", names.join("`, `")),
+        }
+    }
+
+    /// An object's members, checked against the field names of `what`.
+    struct Fields<'a> {
+        path: String,
+        members: &'a [(String, Json)],
+    }
+
+    fn fields<'a>(v: &'a Json, path: &str, what: &str, known: &[&str]) -> R<Fields<'a>> {
+        let Json::Obj(members) = v else {
+            return Err(invalid(v, path, &format!("struct {what}")));
+        };
+        for (i, (k, _)) in members.iter().enumerate() {
+            if !known.contains(&k.as_str()) {
+                return Err(ConfigError::new(
+                    join(path, k),
+                    format!("unknown field `{k}`, {}", one_of(known)),
+                ));
+            }
+            if members[..i].iter().any(|(p, _)| p == k) {
+                return Err(ConfigError::new(path, format!("duplicate field `{k}`")));
+            }
+        }
+        Ok(Fields {
+            path: path.to_string(),
+            members,
+        })
+    }
+
+    impl Fields<'_> {
+        fn get(&self, key: &str) -> Option<(&Json, String)> {
+            self.members
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| (v, join(&self.path, key)))
+        }
+
+        /// Absent or `null`: `None`.
+        fn opt<T>(&self, key: &str, read: impl Fn(&Json, &str) -> R<T>) -> R<Option<T>> {
+            match self.get(key) {
+                None | Some((Json::Null, _)) => Ok(None),
+                Some((v, p)) => read(v, &p).map(Some),
+            }
+        }
+
+        /// Absent: `default`; `null` is a wrong type here.
+        fn or<T>(&self, key: &str, read: impl Fn(&Json, &str) -> R<T>, default: T) -> R<T> {
+            match self.get(key) {
+                None => Ok(default),
+                Some((v, p)) => read(v, &p),
+            }
+        }
+
+        fn req<T>(&self, key: &str, read: impl Fn(&Json, &str) -> R<T>) -> R<T> {
+            match self.get(key) {
+                None => Err(ConfigError::new(self.path.clone(), format!("missing field `{key}`"))),
+                Some((v, p)) => read(v, &p),
+            }
+        }
+    }
+
+    fn string(v: &Json, path: &str) -> R<String> {
+        match v {
+            Json::Str(s) => Ok(s.clone()),
+            _ => Err(invalid(v, path, "a string")),
+        }
+    }
+
+    fn boolean(v: &Json, path: &str) -> R<bool> {
+        match v {
+            Json::Bool(b) => Ok(*b),
+            _ => Err(invalid(v, path, "a boolean")),
+        }
+    }
+
+    fn whole(v: &Json, path: &str, max: u64, name: &str) -> R<u64> {
+        match v {
+            Json::Num(n) if json::is_integer(n) => match n.parse::<u64>() {
+                Ok(x) if x <= max => Ok(x),
+                _ => Err(ConfigError::new(
+                    path,
+                    format!("invalid value: integer `{n}`, expected {name}"),
+                )),
+            },
+            _ => Err(invalid(v, path, name)),
+        }
+    }
+
+    fn u64_(v: &Json, path: &str) -> R<u64> {
+        whole(v, path, u64::MAX, "u64")
+    }
+
+    fn u32_(v: &Json, path: &str) -> R<u32> {
+        whole(v, path, u64::from(u32::MAX), "u32").map(|x| x as u32)
+    }
+
+    fn u16_(v: &Json, path: &str) -> R<u16> {
+        whole(v, path, u64::from(u16::MAX), "u16").map(|x| x as u16)
+    }
+
+    fn list<T>(read: impl Fn(&Json, &str) -> R<T>) -> impl Fn(&Json, &str) -> R<Vec<T>> {
+        move |v, path| match v {
+            Json::Arr(items) => items
+                .iter()
+                .enumerate()
+                .map(|(i, x)| read(x, &format!("{path}[{i}]")))
+                .collect(),
+            _ => Err(invalid(v, path, "a sequence")),
+        }
+    }
+
+    fn variant<T: Copy>(choices: &'static [(&'static str, T)]) -> impl Fn(&Json, &str) -> R<T> {
+        move |v, path| {
+            let names: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
+            match v {
+                Json::Str(s) => choices
+                    .iter()
+                    .find(|(n, _)| n == s)
+                    .map(|(_, x)| *x)
+                    .ok_or_else(|| ConfigError::new(path, format!("unknown variant `{s}`, {}", one_of(&names)))),
+                _ => Err(invalid(v, path, "a string")),
+            }
+        }
+    }
+
+    const POLICY: &[(&str, Policy)] = &[("reject", Policy::Reject), ("passthrough", Policy::Passthrough)];
+
+    pub(super) fn config(v: &Json) -> R<RawConfig> {
+        let f = fields(
+            v,
+            ".",
+            "RawConfig",
+            &[
+                "routeHeader",
+                "modelHeader",
+                "maxBodyBytes",
+                "onUnknownModel",
+                "onMissingModel",
+                "onInvalidBody",
+                "onOversize",
+                "stickyHeader",
+                "bodyRouting",
+                "injectStreamUsage",
+                "scope",
+                "estimatedOutputTokens",
+                "serveModelList",
+                "responseHeaders",
+                "restoreModelName",
+                "inferenceModelHeader",
+                "allow",
+                "limits",
+                "identityHeader",
+                "rateLimitService",
+                "models",
+            ],
+        )?;
+        let policy = variant(POLICY);
+        Ok(RawConfig {
+            route_header: f.or("routeHeader", string, default_route_header())?,
+            model_header: f.or("modelHeader", string, default_model_header())?,
+            max_body_bytes: f.or("maxBodyBytes", u64_, default_max_body_bytes())?,
+            on_unknown_model: f.or("onUnknownModel", &policy, reject())?,
+            on_missing_model: f.or("onMissingModel", &policy, passthrough())?,
+            on_invalid_body: f.or("onInvalidBody", &policy, reject())?,
+            on_oversize: f.or("onOversize", &policy, passthrough())?,
+            sticky_header: f.opt("stickyHeader", string)?,
+            body_routing: f.or("bodyRouting", boolean, yes())?,
+            inject_stream_usage: f.or("injectStreamUsage", boolean, false)?,
+            scope: f.opt("scope", scope)?,
+            estimated_output_tokens: f.or("estimatedOutputTokens", u64_, default_estimated_output_tokens())?,
+            serve_model_list: f.or("serveModelList", boolean, false)?,
+            response_headers: f.or(
+                "responseHeaders",
+                variant(&[
+                    ("none", ResponseHeaders::None),
+                    ("route", ResponseHeaders::Route),
+                    ("route+model", ResponseHeaders::RouteAndModel),
+                ]),
+                ResponseHeaders::default(),
+            )?,
+            restore_model_name: f.or("restoreModelName", boolean, false)?,
+            inference_model_header: f.or(
+                "inferenceModelHeader",
+                variant(&[
+                    ("none", InferenceModelHeader::None),
+                    ("canonical", InferenceModelHeader::Canonical),
+                    ("upstream", InferenceModelHeader::Upstream),
+                ]),
+                InferenceModelHeader::default(),
+            )?,
+            allow: f.opt("allow", list(string))?,
+            limits: f.opt("limits", limits)?,
+            identity_header: f.opt("identityHeader", string)?,
+            rate_limit_service: f.opt("rateLimitService", rate_limit_service)?,
+            models: f.req("models", list(model))?,
+        })
+    }
+
+    fn scope(v: &Json, path: &str) -> R<RawScope> {
+        let f = fields(v, path, "RawScope", &["hosts", "paths"])?;
+        Ok(RawScope {
+            hosts: f.opt("hosts", list(string))?,
+            paths: f.opt("paths", list(string))?,
+        })
+    }
+
+    fn limits(v: &Json, path: &str) -> R<RawLimits> {
+        let f = fields(
+            v,
+            path,
+            "RawLimits",
+            &["requestsPerMinute", "tokensPerMinute", "by", "mode"],
+        )?;
+        Ok(RawLimits {
+            requests_per_minute: f.opt("requestsPerMinute", u64_)?,
+            tokens_per_minute: f.opt("tokensPerMinute", u64_)?,
+            by: f.opt("by", string)?,
+            mode: f.opt("mode", string)?,
+        })
+    }
+
+    fn rate_limit_service(v: &Json, path: &str) -> R<RawRateLimitService> {
+        let f = fields(
+            v,
+            path,
+            "RawRateLimitService",
+            &["cluster", "domain", "timeout", "failureMode"],
+        )?;
+        Ok(RawRateLimitService {
+            cluster: f.req("cluster", string)?,
+            domain: f.or("domain", string, default_rls_domain())?,
+            timeout: f.opt("timeout", string)?,
+            failure_mode: f.opt("failureMode", string)?,
+        })
+    }
+
+    fn model(v: &Json, path: &str) -> R<RawModel> {
+        let f = fields(
+            v,
+            path,
+            "RawModel",
+            &["name", "aliases", "upstreamModel", "allow", "limits", "destinations"],
+        )?;
+        Ok(RawModel {
+            name: f.req("name", string)?,
+            aliases: f.or("aliases", list(string), Vec::new())?,
+            upstream_model: f.opt("upstreamModel", string)?,
+            allow: f.opt("allow", list(string))?,
+            limits: f.opt("limits", limits)?,
+            destinations: f.req("destinations", list(destination))?,
+        })
+    }
+
+    fn destination(v: &Json, path: &str) -> R<RawDestination> {
+        let f = fields(
+            v,
+            path,
+            "RawDestination",
+            &["name", "weight", "host", "subset", "port", "inferencePool"],
+        )?;
+        Ok(RawDestination {
+            name: f.req("name", string)?,
+            weight: f.or("weight", u32_, default_weight())?,
+            host: f.opt("host", string)?,
+            subset: f.opt("subset", string)?,
+            port: f.opt("port", u16_)?,
+            inference_pool: f.opt("inferencePool", string)?,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1152,8 +1447,71 @@ mod tests {
     #[test]
     fn yaml_style_deserializer_keeps_paths() {
         let v: serde_json::Value = serde_json::json!({"models": [{"name": "a", "destinations": [{"name": 3}]}]});
-        let e = Config::from_deserializer(v).unwrap_err();
+        let doc: Json = serde_json::from_value(v).unwrap();
+        let e = Config::from_document(&doc).unwrap_err();
         assert_eq!(e.path, "models[0].destinations[0].name");
+        assert_eq!(e.message, "invalid type: integer `3`, expected a string");
+    }
+
+    /// The reader and the serde declarations (which the JSON Schema is generated from) agree:
+    /// same fields at every level, same defaults, same values.
+    #[test]
+    fn reader_agrees_with_the_serde_declarations() {
+        let full = r#"{"routeHeader":"x-r","modelHeader":"x-m","maxBodyBytes":10,"onUnknownModel":"passthrough",
+            "onMissingModel":"reject","onInvalidBody":"passthrough","onOversize":"reject","stickyHeader":"x-u",
+            "bodyRouting":false,"injectStreamUsage":true,"scope":{"hosts":["a"],"paths":["/v1"]},
+            "estimatedOutputTokens":7,"serveModelList":true,"responseHeaders":"route+model","restoreModelName":true,
+            "inferenceModelHeader":"upstream","allow":["*"],"limits":{"requestsPerMinute":1,"tokensPerMinute":2,
+            "by":"global","mode":"global"},"identityHeader":"x-id","rateLimitService":{"cluster":"c","domain":"d",
+            "timeout":"1s","failureMode":"deny"},
+            "models":[{"name":"m","aliases":["a"],"upstreamModel":"u","allow":null,"limits":{"requestsPerMinute":3},
+              "destinations":[{"name":"d","weight":2,"host":"h","subset":"s","port":80,"inferencePool":"p"},{"name":"e"}]}]}"#;
+        let ours = |t: &str| read::config(&json::parse(t.as_bytes()).unwrap());
+        let serde = |t: &str| serde_json::from_str::<RawConfig>(t);
+        for t in [
+            full,
+            r#"{"models":[]}"#,
+            r#"{"models":[{"name":"m","destinations":[{"name":"d"}]}]}"#,
+        ] {
+            assert_eq!(
+                format!("{:?}", ours(t).unwrap()),
+                format!("{:?}", serde(t).unwrap()),
+                "{t}"
+            );
+        }
+        // An unknown field at each level lists the known ones: serde's list, in its order.
+        let bogus = [
+            r#"{"models":[],"bogus":1}"#,
+            r#"{"models":[],"scope":{"bogus":1}}"#,
+            r#"{"models":[],"limits":{"bogus":1}}"#,
+            r#"{"models":[],"rateLimitService":{"cluster":"c","bogus":1}}"#,
+            r#"{"models":[{"name":"m","destinations":[],"bogus":1}]}"#,
+            r#"{"models":[{"name":"m","destinations":[{"name":"d","bogus":1}]}]}"#,
+            r#"{"models":[],"onOversize":"drop"}"#,
+            r#"{"models":[],"responseHeaders":"all"}"#,
+            r#"{"models":[],"inferenceModelHeader":"x"}"#,
+            r#"{"models":[{"name":"m","destinations":[{"name":"d","weight":1.5}]}]}"#,
+            r#"{"models":[{"name":"m","destinations":[{"name":"d","port":70000}]}]}"#,
+            r#"{"models":[{"name":"m","destinations":[{"name":"d","weight":-1}]}]}"#,
+            r#"{"models":[{"name":"m","aliases":null,"destinations":[]}]}"#,
+            r#"{"models":[{"name":"m","destinations":"x"}]}"#,
+            r#"{"models":[{"destinations":[]}]}"#,
+            r#"{"models":[],"bodyRouting":"yes"}"#,
+            r#"{"models":[],"scope":"all"}"#,
+            r#"{"models":[],"maxBodyBytes":1,"maxBodyBytes":2}"#,
+        ];
+        for t in bogus {
+            let theirs = serde_path_to_error::deserialize::<_, RawConfig>(&mut serde_json::Deserializer::from_str(t))
+                .unwrap_err();
+            let mine = ours(t).unwrap_err();
+            let inner = theirs.inner().to_string();
+            assert_eq!(mine.path, theirs.path().to_string().replace("?", ""), "{t}");
+            assert_eq!(
+                mine.message,
+                inner[..inner.find(" at line").unwrap_or(inner.len())],
+                "{t}"
+            );
+        }
     }
 
     #[test]

@@ -526,7 +526,7 @@ impl TopLevelScanner {
             quoted.push(b'"');
             quoted.extend_from_slice(raw);
             quoted.push(b'"');
-            decoded = serde_json::from_slice::<String>(&quoted).ok()?;
+            decoded = crate::json::unescape(&quoted).ok()?;
             decoded.as_bytes()
         } else {
             raw

@@ -10,6 +10,7 @@ pub mod decide;
 pub mod exchange;
 pub mod header_map;
 pub mod hold;
+pub mod json;
 pub mod json_scan;
 pub mod memory_host;
 pub mod models;

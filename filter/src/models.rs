@@ -51,8 +51,13 @@ fn visible<'c>(cfg: &'c Config, principal: Option<&str>) -> Vec<(&'c str, &'c st
     out
 }
 
-fn entry(id: &str, created: u64) -> serde_json::Value {
-    serde_json::json!({"id": id, "object": "model", "created": created, "owned_by": "model-router"})
+/// OpenAI's model object, in OpenAI's key order.
+fn entry(out: &mut String, id: &str, created: u64) {
+    out.push_str("{\"id\":");
+    crate::json::write_str(out, id);
+    out.push_str(",\"object\":\"model\",\"created\":");
+    out.push_str(&created.to_string());
+    out.push_str(",\"owned_by\":\"model-router\"}");
 }
 
 /// The reply: `Ok(body)` for a 200, or the OpenAI-style 404 for a model the caller may not see.
@@ -61,13 +66,22 @@ pub fn answer(cfg: &Config, req: &ModelsRequest, principal: Option<&str>, create
     let names = visible(cfg, principal);
     match req {
         ModelsRequest::List => {
-            let data: Vec<serde_json::Value> = names.iter().map(|(id, _)| entry(id, created)).collect();
-            Ok(serde_json::json!({"object": "list", "data": data})
-                .to_string()
-                .into_bytes())
+            let mut out = String::from("{\"object\":\"list\",\"data\":[");
+            for (i, (id, _)) in names.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                entry(&mut out, id, created);
+            }
+            out.push_str("]}");
+            Ok(out.into_bytes())
         }
         ModelsRequest::Get(id) => match names.iter().find(|(n, _)| n == id) {
-            Some((n, _)) => Ok(entry(n, created).to_string().into_bytes()),
+            Some((n, _)) => {
+                let mut out = String::new();
+                entry(&mut out, n, created);
+                Ok(out.into_bytes())
+            }
             // Not found and not allowed look the same: the list must not leak what exists.
             None => Err(Reject::new(
                 RejectReason::ModelNotFound,

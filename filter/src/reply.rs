@@ -87,19 +87,20 @@ impl Reject {
     pub fn body(&self) -> Vec<u8> {
         let param = match self.reason {
             RejectReason::RateLimitExceeded | RejectReason::BodyNotReceived | RejectReason::RateLimitUnavailable => {
-                serde_json::Value::Null
+                "null"
             }
-            _ => "model".into(),
+            _ => "\"model\"",
         };
-        let v = serde_json::json!({
-            "error": {
-                "message": self.message,
-                "type": self.error_type,
-                "param": param,
-                "code": self.reason.code(),
-            }
-        });
-        v.to_string().into_bytes()
+        let mut out = String::from("{\"error\":{\"message\":");
+        crate::json::write_str(&mut out, &self.message);
+        out.push_str(",\"type\":");
+        crate::json::write_str(&mut out, &self.error_type);
+        out.push_str(",\"param\":");
+        out.push_str(param);
+        out.push_str(",\"code\":");
+        crate::json::write_str(&mut out, self.reason.code());
+        out.push_str("}}");
+        out.into_bytes()
     }
 }
 

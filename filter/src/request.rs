@@ -2,6 +2,7 @@
 //! it the headers and body chunks and carries out the decisions it returns.
 
 use crate::config::{Config, Model, Policy};
+use crate::json::Json;
 use crate::json_scan::{Found, TopLevelScanner};
 use crate::path_model::model_from_path;
 use crate::reply::{Reject, RejectReason};
@@ -175,21 +176,16 @@ fn truthy(raw: &[u8]) -> bool {
             inner.to_ascii_lowercase().as_slice(),
             b"1" | b"on" | b"t" | b"true" | b"y" | b"yes"
         ),
-        _ => std::str::from_utf8(raw)
-            .ok()
-            .and_then(|s| s.parse::<f64>().ok())
-            .is_some_and(|f| f == 1.0),
+        _ => std::str::from_utf8(raw).is_ok_and(crate::json::is_one),
     }
 }
 
 /// A token count the client asked for (`max_tokens: 256`), if it is a sane number.
 fn token_count(f: &Found) -> Option<u64> {
     let s = std::str::from_utf8(&f.raw).ok()?;
-    if let Ok(n) = s.parse::<u64>() {
-        return Some(n);
-    }
-    let x = s.parse::<f64>().ok()?;
-    (x.is_finite() && x >= 0.0).then(|| x.min(u64::MAX as f64) as u64)
+    crate::json::whole_count(s)
+        .filter(|(_, overflow)| !overflow)
+        .map(|(n, _)| n)
 }
 
 impl RequestFlow {
@@ -398,7 +394,7 @@ impl RequestFlow {
         let name = match scanner.get(K_MODEL) {
             None => None,
             Some(f) if f.truncated => Some(String::from_utf8_lossy(&f.raw).into_owned()),
-            Some(f) if f.raw.first() == Some(&b'"') => match serde_json::from_slice::<String>(&f.raw) {
+            Some(f) if f.raw.first() == Some(&b'"') => match crate::json::unescape(&f.raw) {
                 Ok(s) => Some(s),
                 Err(e) => {
                     return self.invalid(cfg, format!("The `model` field is not a valid JSON string: {e}."));
@@ -421,7 +417,7 @@ impl RequestFlow {
         let mut edits = Vec::new();
         if let Some((model, _)) = self.matched(cfg) {
             if let (Some(up), Some(f)) = (&model.upstream_model, scanner.get(K_MODEL)) {
-                let bytes = serde_json::Value::String(up.clone()).to_string().into_bytes();
+                let bytes = crate::json::quote(up).into_bytes();
                 edits.push(Edit {
                     start: f.start as usize,
                     len: (f.end - f.start) as usize,
@@ -470,18 +466,21 @@ impl RequestFlow {
                 bytes: br#""stream_options":{"include_usage":true},"#.to_vec(),
             }));
         };
-        let mut options = match serde_json::from_slice::<serde_json::Value>(&f.raw) {
-            Ok(serde_json::Value::Object(o)) if !f.truncated => o,
-            _ => serde_json::Map::new(),
+        let mut members = match crate::json::parse(&f.raw) {
+            Ok(Json::Obj(m)) if !f.truncated => m,
+            _ => Vec::new(),
         };
-        if options.get("include_usage") == Some(&serde_json::Value::Bool(true)) {
+        // A repeated key counts as its last value, as Python's and most parsers read it.
+        let last = members.iter().rev().find(|(k, _)| k == "include_usage");
+        if last.is_some_and(|(_, v)| *v == Json::Bool(true)) {
             return Ok(None);
         }
-        options.insert("include_usage".into(), serde_json::Value::Bool(true));
+        members.retain(|(k, _)| k != "include_usage");
+        members.push(("include_usage".into(), Json::Bool(true)));
         Ok(Some(Edit {
             start: f.start as usize,
             len: (f.end - f.start) as usize,
-            bytes: serde_json::Value::Object(options).to_string().into_bytes(),
+            bytes: Json::Obj(members).to_string().into_bytes(),
         }))
     }
 

@@ -189,7 +189,7 @@ impl ModelRestorer {
     /// `upstream`: the name the backend was sent; `client`: the name the client asked for.
     /// `sse`: the response is an event stream (else one JSON document).
     pub fn new(upstream: &str, client: &str, sse: bool) -> ModelRestorer {
-        let enc = |s: &str| serde_json::Value::String(s.to_string()).to_string().into_bytes();
+        let enc = |s: &str| crate::json::quote(s).into_bytes();
         ModelRestorer {
             names: Names {
                 from: enc(upstream),

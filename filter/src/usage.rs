@@ -3,8 +3,8 @@
 //! events). An absent or null count is unknown, not zero.
 
 use memchr::memmem;
-use serde::Deserialize;
 
+use crate::json::{self, Json};
 use crate::json_scan::TopLevelScanner;
 use crate::sse::{Event, SseParser};
 
@@ -47,35 +47,57 @@ struct Count {
     overflow: bool,
 }
 
-impl<'de> Deserialize<'de> for Count {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let n = serde_json::Number::deserialize(d)?;
-        if let Some(value) = n.as_u64() {
-            return Ok(Count { value, overflow: false });
-        }
-        match n.as_f64() {
-            Some(f) if f.is_finite() && f >= 0.0 => {
-                let overflow = f >= u64::MAX as f64;
-                Ok(Count {
-                    value: if overflow { u64::MAX } else { f as u64 },
-                    overflow,
-                })
-            }
-            _ => Err(serde::de::Error::custom(
-                "a token count must be a number of zero or more",
-            )),
+impl Count {
+    /// Any JSON number of zero or more (`12`, `12.0`, `1.2e3`: its whole part).
+    fn read(v: &Json) -> Option<Count> {
+        match v {
+            Json::Num(n) => json::whole_count(n).map(|(value, overflow)| Count { value, overflow }),
+            _ => None,
         }
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// The members `names` of an object, each at most once; `None` when `v` is no object or repeats
+/// one of them (unknown members are ignored).
+fn members<'a, const N: usize>(v: &'a Json, names: [&str; N]) -> Option<[Option<&'a Json>; N]> {
+    let Json::Obj(m) = v else { return None };
+    let mut out = [None; N];
+    for (k, x) in m {
+        if let Some(i) = names.iter().position(|n| n == k) {
+            if out[i].replace(x).is_some() {
+                return None;
+            }
+        }
+    }
+    Some(out)
+}
+
+/// An optional member: absent or `null` is `Some(None)`; a value `read` refuses is `None`.
+fn opt<T>(v: Option<&Json>, read: impl Fn(&Json) -> Option<T>) -> Option<Option<T>> {
+    match v {
+        None | Some(Json::Null) => Some(None),
+        Some(v) => read(v).map(Some),
+    }
+}
+
+#[derive(Debug, Default)]
 struct Details {
     cached_tokens: Option<Count>,
     reasoning_tokens: Option<Count>,
 }
 
+impl Details {
+    fn read(v: &Json) -> Option<Details> {
+        let [c, r] = members(v, ["cached_tokens", "reasoning_tokens"])?;
+        Some(Details {
+            cached_tokens: opt(c, Count::read)?,
+            reasoning_tokens: opt(r, Count::read)?,
+        })
+    }
+}
+
 /// The union of OpenAI (chat, completions, embeddings, responses) and Anthropic usage objects.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default)]
 struct RawUsage {
     prompt_tokens: Option<Count>,
     completion_tokens: Option<Count>,
@@ -87,6 +109,40 @@ struct RawUsage {
     output_tokens_details: Option<Details>,
     cache_read_input_tokens: Option<Count>,
     cache_creation_input_tokens: Option<Count>,
+}
+
+impl RawUsage {
+    /// A usage object; `None` when it is not one (a count that is no number of zero or more, a
+    /// repeated field): the report is unreadable, never guessed at.
+    fn read(v: &Json) -> Option<RawUsage> {
+        let [pt, ct, it, ot, ptd, ctd, itd, otd, cr, cc] = members(
+            v,
+            [
+                "prompt_tokens",
+                "completion_tokens",
+                "input_tokens",
+                "output_tokens",
+                "prompt_tokens_details",
+                "completion_tokens_details",
+                "input_tokens_details",
+                "output_tokens_details",
+                "cache_read_input_tokens",
+                "cache_creation_input_tokens",
+            ],
+        )?;
+        Some(RawUsage {
+            prompt_tokens: opt(pt, Count::read)?,
+            completion_tokens: opt(ct, Count::read)?,
+            input_tokens: opt(it, Count::read)?,
+            output_tokens: opt(ot, Count::read)?,
+            prompt_tokens_details: opt(ptd, Details::read)?,
+            completion_tokens_details: opt(ctd, Details::read)?,
+            input_tokens_details: opt(itd, Details::read)?,
+            output_tokens_details: opt(otd, Details::read)?,
+            cache_read_input_tokens: opt(cr, Count::read)?,
+            cache_creation_input_tokens: opt(cc, Count::read)?,
+        })
+    }
 }
 
 /// Raw counts as last reported: later reports replace earlier ones field by field, since every
@@ -151,19 +207,28 @@ impl Counts {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
-struct Wrapped {
-    usage: Option<RawUsage>,
-}
-
-/// The fields of a stream event that can carry usage.
-#[derive(Debug, Default, Deserialize)]
+/// The usages a stream event carries: its own `usage`, Anthropic `message_start`'s
+/// `message.usage`, the Responses API's terminal `response.usage`.
+#[derive(Debug, Default)]
 struct StreamEvent {
     usage: Option<RawUsage>,
-    /// Anthropic `message_start`.
-    message: Option<Wrapped>,
-    /// Responses API `response.completed` / `.incomplete` / `.failed`.
-    response: Option<Wrapped>,
+    message: Option<RawUsage>,
+    response: Option<RawUsage>,
+}
+
+impl StreamEvent {
+    fn read(v: &Json) -> Option<StreamEvent> {
+        let wrapped = |v: &Json| {
+            let [u] = members(v, ["usage"])?;
+            opt(u, RawUsage::read)
+        };
+        let [u, m, r] = members(v, ["usage", "message", "response"])?;
+        Some(StreamEvent {
+            usage: opt(u, RawUsage::read)?,
+            message: opt(m, wrapped)?.flatten(),
+            response: opt(r, wrapped)?.flatten(),
+        })
+    }
 }
 
 /// Bytes of a `usage` object kept from a JSON body; real ones are a few hundred bytes.
@@ -272,8 +337,8 @@ impl ResponseUsage {
             Mode::Json(s) => {
                 match s.get(0) {
                     Some(f) if f.raw == b"null" => {}
-                    Some(f) => match serde_json::from_slice::<RawUsage>(&f.raw) {
-                        Ok(u) if !f.truncated => {
+                    Some(f) => match json::parse(&f.raw).ok().and_then(|v| RawUsage::read(&v)) {
+                        Some(u) if !f.truncated => {
                             self.counts.merge(&u);
                             self.complete = true;
                         }
@@ -319,19 +384,19 @@ fn on_event(counts: &mut Counts, bad: &mut u64, complete: &mut bool, e: &Event) 
     if !mentions_usage(e.data.as_bytes()) {
         return;
     }
-    match serde_json::from_str::<StreamEvent>(&e.data) {
-        Ok(ev) => {
+    match json::parse(e.data.as_bytes()).ok().and_then(|v| StreamEvent::read(&v)) {
+        Some(ev) => {
             // Anthropic's `message_start` counts are the opening ones; the rest are final (or,
             // with vLLM's continuous usage, cumulative so far).
-            if let Some(u) = ev.message.and_then(|m| m.usage) {
+            if let Some(u) = ev.message {
                 counts.merge(&u);
             }
-            for u in [ev.usage, ev.response.and_then(|r| r.usage)].into_iter().flatten() {
+            for u in [ev.usage, ev.response].into_iter().flatten() {
                 counts.merge(&u);
                 *complete = true;
             }
         }
-        Err(_) => *bad += 1,
+        None => *bad += 1,
     }
 }
 

@@ -251,6 +251,23 @@ proptest! {
     fn config_parser_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..200), v in json_value()) {
         let _ = Config::from_json(&bytes);
         let _ = Config::from_json(&serde_json::to_vec(&v).unwrap());
-        let _ = Config::from_deserializer(v);
+        let doc: model_router::json::Json = serde_json::from_value(v).unwrap();
+        let _ = Config::from_document(&doc);
+    }
+
+    /// The filter's own JSON reader accepts what serde_json accepts, refuses what it refuses, and
+    /// reads the same value (written back, it parses to the same thing).
+    #[test]
+    fn json_reader_agrees_with_serde_json(bytes in prop::collection::vec(any::<u8>(), 0..64), v in json_value()) {
+        let text = serde_json::to_vec(&v).unwrap();
+        for input in [&bytes, &text] {
+            let ours = model_router::json::parse(input);
+            let theirs = serde_json::from_slice::<Value>(input);
+            prop_assert_eq!(ours.is_ok(), theirs.is_ok(), "{:?}", String::from_utf8_lossy(input));
+            if let (Ok(o), Ok(t)) = (ours, theirs) {
+                let back: Value = serde_json::from_str(&o.to_string()).unwrap();
+                prop_assert_eq!(back, t);
+            }
+        }
     }
 }

@@ -4,6 +4,7 @@ use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
 use model_router::config::Config;
+use model_router::json::Json;
 use serde_json::Value;
 
 pub struct Loaded {
@@ -17,42 +18,94 @@ pub fn load(path: &Path) -> Result<Loaded> {
     parse(&text).map_err(|e| {
         let mut h = human(&e);
         if h.starts_with(": ") {
-            if let Some(line) = locate(&text, &e.path) {
-                h = format!(":{line}{h}");
+            if let Some(at) = locate(&text, &e) {
+                h = format!("{at}{h}");
             }
         }
         anyhow!("{}{h}", path.display())
     })
 }
 
-/// The line of the field a path ends in, when that key appears exactly once in the text.
-fn locate(text: &str, path: &str) -> Option<usize> {
-    let key = path.rsplit('.').next()?.split('[').next()?;
-    if key.is_empty() {
+/// `:LINE:COLUMN` of the field an error names (the key for an unknown or repeated field, the
+/// value for a wrong one), or `:LINE` for other errors; when the key appears exactly once in
+/// the text, in block (`key: v`) or flow (`{key: v}`) style.
+fn locate(text: &str, e: &model_router::config::ConfigError) -> Option<String> {
+    let key = e.path.rsplit('.').next()?.split('[').next()?;
+    if key.is_empty() || e.path == "." {
         return None;
     }
-    let hits: Vec<usize> = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| {
-            let t = l.trim_start().trim_start_matches("- ").trim_start();
-            t.strip_prefix(key)
-                .or_else(|| t.strip_prefix(&format!("\"{key}\"")))
-                .is_some_and(|r| r.trim_start().starts_with(':'))
-        })
-        .map(|(i, _)| i + 1)
-        .collect();
-    (hits.len() == 1).then(|| hits[0])
+    let mut hits = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let mut from = 0;
+        while let Some(i) = line[from..].find(key).map(|i| i + from) {
+            from = i + key.len();
+            let quoted = i > 0 && line[..i].ends_with(['"', '\'']);
+            let before = line[..i - usize::from(quoted)].trim_end_matches(' ');
+            let starts = before.is_empty() || before.ends_with(['{', ',', '-']);
+            let rest = line[from..]
+                .strip_prefix(['"', '\''])
+                .filter(|_| quoted)
+                .unwrap_or(&line[from..]);
+            let Some(value) = rest.trim_start().strip_prefix(':') else {
+                continue;
+            };
+            if starts {
+                let key_col = line[..i - usize::from(quoted)].chars().count() + 1;
+                let value_col = line.chars().count() - value.trim_start().chars().count() + 1;
+                hits.push((n + 1, key_col, value_col));
+            }
+        }
+    }
+    let m = e.message.as_str();
+    if hits.len() > 1 {
+        // The same key in several places: the one holding the value the error quotes.
+        let found = m
+            .split_once("`")
+            .and_then(|(_, r)| r.split_once('`'))
+            .map(|(v, _)| v.to_string())
+            .or_else(|| {
+                m.split_once("string \"")
+                    .and_then(|(_, r)| r.split_once('"'))
+                    .map(|(v, _)| v.to_string())
+            });
+        if let Some(v) = found.filter(|_| m.starts_with("invalid")) {
+            hits.retain(|&(n, _, col)| {
+                let line: String = text.lines().nth(n - 1).unwrap_or("").chars().skip(col - 1).collect();
+                let line = line.trim_start_matches(['"', '\'']);
+                line.starts_with(&v) && !line[v.len()..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '.')
+            });
+        }
+    }
+    let [(line, key_col, value_col)] = hits[..] else {
+        return None;
+    };
+    let col = if m.starts_with("unknown field") {
+        Some(key_col)
+    } else if !e.path.ends_with(']')
+        && ["invalid type", "invalid value", "unknown variant"]
+            .iter()
+            .any(|p| m.starts_with(p))
+    {
+        Some(value_col)
+    } else {
+        None
+    };
+    Some(match col {
+        Some(c) => format!(":{line}:{c}"),
+        None => format!(":{line}"),
+    })
 }
 
 /// YAML is a superset of JSON, so one parser takes both. Errors name the field path, and the
 /// line when the YAML itself is at fault.
 pub fn parse(text: &str) -> Result<Loaded, model_router::config::ConfigError> {
-    let config = Config::from_deserializer(serde_yaml::Deserializer::from_str(text))?;
-    let json: Value = serde_yaml::from_str(text).map_err(|e| model_router::config::ConfigError {
+    let syntax = |e: serde_yaml::Error| model_router::config::ConfigError {
         path: ".".into(),
         message: e.to_string(),
-    })?;
+    };
+    let doc: Json = serde_yaml::from_str(text).map_err(syntax)?;
+    let config = Config::from_document(&doc)?;
+    let json: Value = serde_yaml::from_str(text).map_err(syntax)?;
     Ok(Loaded { config, json })
 }
 
@@ -334,13 +387,29 @@ mod tests {
 
     #[test]
     fn yaml_errors_name_field_and_line() {
-        let e = parse("models:\n  - name: a\n    destinations:\n      - name: x\n        weight: lots\n")
-            .err()
-            .unwrap();
+        let text = "models:\n  - name: a\n    destinations:\n      - name: x\n        weight: lots\n";
+        let e = parse(text).err().unwrap();
         assert_eq!(e.path, "models[0].destinations[0].weight");
-        assert!(e.message.contains("line 5"), "{e}");
-        let e = parse("models: []\nbogus: 1\n").err().unwrap();
+        assert_eq!(locate(text, &e).as_deref(), Some(":5:17"), "the value's column");
+        let text = "models: []\nbogus: 1\n";
+        let e = parse(text).err().unwrap();
         assert_eq!(e.path, "bogus");
+        assert_eq!(locate(text, &e).as_deref(), Some(":2:1"), "the key's column");
+        let text = "models:\n- {name: a, destinations: [{\"name\": x, \"weight\": -3}]}\n";
+        let e = parse(text).err().unwrap();
+        assert_eq!(locate(text, &e).as_deref(), Some(":2:50"), "flow style, quoted key");
+        let text = "models:\n- name: a\n  destinations:\n  - {name: x, weight: 90.5}\n  - name: y\n    weight: 10\n";
+        let e = parse(text).err().unwrap();
+        assert_eq!(
+            locate(text, &e).as_deref(),
+            Some(":4:23"),
+            "the key twice: the one with the value"
+        );
+        let e = parse("models: [}").err().unwrap();
+        assert!(
+            e.message.contains("line 1 column"),
+            "syntax errors: YAML's own position: {e}"
+        );
         let ok = parse("{\"models\": []}").unwrap();
         assert_eq!(ok.json["models"], serde_json::json!([]));
     }

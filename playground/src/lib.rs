@@ -20,8 +20,11 @@ use wasm_bindgen::prelude::wasm_bindgen;
 pub const SEED: u64 = 42;
 
 fn parse(config: &str) -> Result<Config, Value> {
-    let de = serde_yaml::Deserializer::from_str(config);
-    Config::from_deserializer(de).map_err(|e| {
+    let doc = serde_yaml::from_str::<model_router::json::Json>(config).map_err(|e| model_router::config::ConfigError {
+        path: ".".into(),
+        message: e.to_string(),
+    });
+    doc.and_then(|d| Config::from_document(&d)).map_err(|e| {
         // serde_yaml puts the position in its message ("at line 3 column 5").
         let line = e
             .message
