@@ -119,6 +119,11 @@ struct RawConfig {
     /// protocol; Limitador for token limits).
     #[serde(default)]
     rate_limit_service: Option<RawRateLimitService>,
+    /// Store model, destination and token counts as filter state for access logs
+    /// (`%FILTER_STATE(wasm.model_router.model:PLAIN)%` …); off by default: four writes into the
+    /// proxy per request that only an access log reads.
+    #[serde(default)]
+    filter_state: bool,
     /// The models the filter knows.
     models: Vec<RawModel>,
 }
@@ -383,6 +388,8 @@ pub struct Config {
     pub restore_model_name: bool,
     pub inference_model_header: InferenceModelHeader,
     pub rate_limit_service: Option<RateLimitService>,
+    /// Write the access-log filter state (`wasm.model_router.*`).
+    pub filter_state: bool,
     pub models: Vec<Model>,
     /// Canonical names and aliases to the index in `models`.
     index: HashMap<String, usize>,
@@ -633,6 +640,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         restore_model_name: raw.restore_model_name,
         inference_model_header: raw.inference_model_header,
         rate_limit_service,
+        filter_state: raw.filter_state,
         models,
         index,
     })
@@ -1091,6 +1099,7 @@ mod read {
                 "limits",
                 "identityHeader",
                 "rateLimitService",
+                "filterState",
                 "models",
             ],
         )?;
@@ -1132,6 +1141,7 @@ mod read {
             limits: f.opt("limits", limits)?,
             identity_header: f.opt("identityHeader", string)?,
             rate_limit_service: f.opt("rateLimitService", rate_limit_service)?,
+            filter_state: f.or("filterState", boolean, false)?,
             models: f.req("models", list(model))?,
         })
     }
@@ -1463,7 +1473,7 @@ mod tests {
             "estimatedOutputTokens":7,"serveModelList":true,"responseHeaders":"route+model","restoreModelName":true,
             "inferenceModelHeader":"upstream","allow":["*"],"limits":{"requestsPerMinute":1,"tokensPerMinute":2,
             "by":"global","mode":"global"},"identityHeader":"x-id","rateLimitService":{"cluster":"c","domain":"d",
-            "timeout":"1s","failureMode":"deny"},
+            "timeout":"1s","failureMode":"deny"},"filterState":true,
             "models":[{"name":"m","aliases":["a"],"upstreamModel":"u","allow":null,"limits":{"requestsPerMinute":3},
               "destinations":[{"name":"d","weight":2,"host":"h","subset":"s","port":80,"inferencePool":"p"},{"name":"e"}]}]}"#;
         let ours = |t: &str| read::config(&json::parse(t.as_bytes()).unwrap());

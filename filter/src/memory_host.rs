@@ -89,6 +89,8 @@ pub struct MemoryHost {
     pub refuse_body_rewrite: bool,
     /// Host calls made (each one is a crossing in a real proxy).
     pub crossings: u64,
+    /// The same, by host call.
+    pub crossings_by_call: BTreeMap<&'static str, u64>,
     /// Every header the filter set or removed, in order: (map, name, `Some(value)` or `None`).
     pub header_edits: Vec<(Map, String, Option<String>)>,
     /// gRPC calls started: (token, call).
@@ -117,6 +119,11 @@ fn header_map(pairs: &[(String, String)]) -> HeaderMap {
 impl MemoryHost {
     pub fn new() -> Self {
         MemoryHost::default()
+    }
+
+    fn cross(&mut self, call: &'static str) {
+        self.crossings += 1;
+        *self.crossings_by_call.entry(call).or_default() += 1;
     }
 
     fn map(&mut self, map: Map) -> &mut Vec<(String, String)> {
@@ -149,29 +156,29 @@ impl Store for MemoryHost {
         self.shared.get(key)
     }
     fn set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<(), bool> {
-        self.crossings += 1;
+        self.cross("shared_set");
         self.shared.set(key, value, cas)
     }
 }
 
 impl Host for MemoryHost {
     fn now_ns(&mut self) -> u64 {
-        self.crossings += 1;
+        self.cross("now_ns");
         self.now_ns
     }
 
     fn log(&mut self, level: LogLevel, message: &str) {
-        self.crossings += 1;
+        self.cross("log");
         self.logs.push((level, message.to_string()));
     }
 
     fn headers(&mut self, map: Map) -> HeaderMap {
-        self.crossings += 1;
+        self.cross("headers");
         header_map(self.map(map))
     }
 
     fn set_header(&mut self, map: Map, name: &str, value: &str) {
-        self.crossings += 1;
+        self.cross("set_header");
         self.header_edits.push((map, name.to_string(), Some(value.to_string())));
         let pairs = self.map(map);
         pairs.retain(|(k, _)| k != name);
@@ -179,13 +186,13 @@ impl Host for MemoryHost {
     }
 
     fn remove_header(&mut self, map: Map, name: &str) {
-        self.crossings += 1;
+        self.cross("remove_header");
         self.header_edits.push((map, name.to_string(), None));
         self.map(map).retain(|(k, _)| k != name);
     }
 
     fn body(&mut self, which: Buffer, start: usize, len: usize) -> Vec<u8> {
-        self.crossings += 1;
+        self.cross("body");
         let b = match which {
             Buffer::Request => &self.request_body,
             Buffer::Response => &self.response_body,
@@ -195,7 +202,7 @@ impl Host for MemoryHost {
     }
 
     fn replace_body(&mut self, which: Buffer, bytes: &[u8]) -> bool {
-        self.crossings += 1;
+        self.cross("replace_body");
         if self.refuse_body_rewrite {
             return false;
         }
@@ -207,17 +214,17 @@ impl Host for MemoryHost {
     }
 
     fn property(&mut self, path: &[&str]) -> Option<Vec<u8>> {
-        self.crossings += 1;
+        self.cross("property");
         self.properties.get(&path.join(".")).cloned()
     }
 
     fn set_filter_state(&mut self, key: &str, value: &[u8]) {
-        self.crossings += 1;
+        self.cross("set_filter_state");
         self.filter_state.insert(key.to_string(), value.to_vec());
     }
 
     fn send_reply(&mut self, status: u32, details: &str, headers: &[(&str, &str)], body: &[u8]) -> bool {
-        self.crossings += 1;
+        self.cross("send_reply");
         self.reply = Some(LocalReply {
             status,
             details: details.to_string(),
@@ -228,12 +235,12 @@ impl Host for MemoryHost {
     }
 
     fn clear_route_cache(&mut self) {
-        self.crossings += 1;
+        self.cross("clear_route_cache");
         self.route_cache_cleared += 1;
     }
 
     fn metric(&mut self, op: &MetricOp) {
-        self.crossings += 1;
+        self.cross("metric");
         match op {
             MetricOp::Add { name, delta, .. } => *self.metrics.entry(name.clone()).or_insert(0) += delta,
             MetricOp::Record { name, value } => self.histograms.entry(name.clone()).or_default().push(*value),
@@ -241,12 +248,12 @@ impl Host for MemoryHost {
     }
 
     fn set_tick_ms(&mut self, ms: u32) {
-        self.crossings += 1;
+        self.cross("set_tick_ms");
         self.tick_ms = ms;
     }
 
     fn resume(&mut self, context_id: u32) -> bool {
-        self.crossings += 1;
+        self.cross("resume");
         self.resumed.push(context_id);
         true
     }
@@ -265,7 +272,7 @@ impl Host for MemoryHost {
         self.memory
     }
     fn grpc_call(&mut self, call: &GrpcCall<'_>) -> Option<u32> {
-        self.crossings += 1;
+        self.cross("grpc_call");
         if self.refuse_grpc {
             return None;
         }

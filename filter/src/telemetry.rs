@@ -200,7 +200,8 @@ pub struct Meter {
     start_ns: u64,
     /// (model, destination) labels while the request is counted in flight.
     in_flight: Option<(String, String)>,
-    first_byte_ns: Option<u64>,
+    /// Response bytes arrived (TTFT is taken once).
+    first_byte_seen: bool,
     response: Option<ResponseUsage>,
     usage: Usage,
     /// The response body arrived to its end.
@@ -215,7 +216,7 @@ impl Meter {
         Meter {
             start_ns,
             in_flight: None,
-            first_byte_ns: None,
+            first_byte_seen: false,
             response: None,
             usage: Usage::default(),
             ended: false,
@@ -273,13 +274,14 @@ impl Meter {
     }
 
     /// A response body chunk passed. Returns the TTFT sample on the first byte of a stream.
-    pub fn response_body(&mut self, chunk: &[u8], end_of_stream: bool, now_ns: u64) -> Option<u64> {
+    /// `now_ns` is asked only for the first bytes (the clock is a crossing into the proxy).
+    pub fn response_body(&mut self, chunk: &[u8], end_of_stream: bool, now_ns: impl FnOnce() -> u64) -> Option<u64> {
         let r = self.response.as_mut()?;
         let mut ttft = None;
-        if !chunk.is_empty() && self.first_byte_ns.is_none() {
-            self.first_byte_ns = Some(now_ns);
+        if !chunk.is_empty() && !self.first_byte_seen {
+            self.first_byte_seen = true;
             if r.is_stream() {
-                ttft = Some(ms(now_ns.saturating_sub(self.start_ns)));
+                ttft = Some(ms(now_ns().saturating_sub(self.start_ns)));
             }
         }
         r.feed(chunk);
@@ -389,20 +391,20 @@ mod tests {
         assert_eq!(ops, vec![in_flight_op("m", "d", 1)]);
         assert!(x.routed("m", "d").is_empty(), "counted once");
         x.response_headers(Some("text/event-stream"), false, None, None);
-        assert_eq!(x.response_body(b"", false, 5 * ms_), None);
+        assert_eq!(x.response_body(b"", false, || 5 * ms_), None);
         assert_eq!(
-            x.response_body(b"data: {\"choices\":[]}\n\n", false, 42 * ms_),
+            x.response_body(b"data: {\"choices\":[]}\n\n", false, || 42 * ms_),
             Some(42)
         );
         assert_eq!(
             x.response_body(
                 b"data: {\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}\n\n",
                 false,
-                50 * ms_
+                || 50 * ms_
             ),
             None
         );
-        x.response_body(b"data: [DONE]\n\n", true, 60 * ms_);
+        x.response_body(b"data: [DONE]\n\n", true, || 60 * ms_);
         let ops = x.finish(true, ("m", "d"), 200, 70 * ms_);
         assert_eq!(
             ops,
@@ -446,13 +448,13 @@ mod tests {
         let mut x = Meter::new(0);
         x.routed("m", "d");
         x.response_headers(Some("application/json"), false, None, None);
-        assert_eq!(x.response_body(b"{\"usage\":{\"prompt_tokens\":1}}", true, 1), None);
+        assert_eq!(x.response_body(b"{\"usage\":{\"prompt_tokens\":1}}", true, || 1), None);
         assert_eq!(x.usage().input, Some(1));
 
         let mut y = Meter::new(0);
         y.routed("m", "d");
         y.response_headers(Some("text/event-stream"), false, None, None);
-        y.response_body(b"data: {\"x\":1}\n\n", false, 10);
+        y.response_body(b"data: {\"x\":1}\n\n", false, || 10);
         let ops = y.finish(true, ("m", "d"), 200, 20);
         assert_eq!(ops[0], in_flight_op("m", "d", -1));
         assert!(ops
