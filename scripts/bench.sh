@@ -10,7 +10,7 @@ SMOKE=""
 bash scripts/setup.sh >/dev/null
 FLAGS="--strip-debug --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int --enable-mutable-globals"
 cargo build -q -p model-router -p floor-filter --release --target wasm32-wasip1
-R=target/wasm32-wasip1/release
+R=${CARGO_TARGET_DIR:-target}/wasm32-wasip1/release
 wasm-opt -O3 $FLAGS $R/model_router.wasm -o $R/model_router.opt.wasm
 wasm-opt -O3 $FLAGS $R/floor_filter.wasm -o $R/floor_filter.opt.wasm
 echo "== module size"

@@ -18,7 +18,7 @@ cargo build -q -p playground --release --target wasm32-unknown-unknown
 OUT=playground/dist
 rm -rf "$OUT"
 mkdir -p "$OUT/pkg"
-wasm-bindgen --target web --no-typescript --out-dir "$OUT/pkg" target/wasm32-unknown-unknown/release/playground.wasm
+wasm-bindgen --target web --no-typescript --out-dir "$OUT/pkg" "${CARGO_TARGET_DIR:-target}/wasm32-unknown-unknown/release/playground.wasm"
 # No wasm-opt pass: it breaks wasm-bindgen's externref table (the page fails to start).
 cp playground/web/index.html playground/web/app.js playground/web/style.css "$OUT/"
 echo "playground: $OUT ($(du -sh "$OUT" | cut -f1); module $(stat -c%s "$OUT/pkg/playground_bg.wasm") bytes)"

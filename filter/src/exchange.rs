@@ -1840,7 +1840,8 @@ mod crossings {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-        h.request_headers.push(("content-length".into(), body.len().to_string()));
+        h.request_headers
+            .push(("content-length".into(), body.len().to_string()));
         h.request_body = body.into_bytes();
         let mut s = Stream::new(1);
         s.on_request_headers(&vm, &mut h, false);
@@ -1848,9 +1849,15 @@ mod crossings {
         s.on_request_body(&vm, &mut h, n, true);
         let (ct, chunks): (&str, Vec<Vec<u8>>) = if stream {
             let mut c: Vec<Vec<u8>> = (0..8)
-                .map(|i| format!("data: {{\"choices\":[{{\"delta\":{{\"content\":\"t{i}\"}}}}],\"usage\":null}}\n\n").into_bytes())
+                .map(|i| {
+                    format!("data: {{\"choices\":[{{\"delta\":{{\"content\":\"t{i}\"}}}}],\"usage\":null}}\n\n")
+                        .into_bytes()
+                })
                 .collect();
-            c.push(b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":19,\"completion_tokens\":8}}\n\ndata: [DONE]\n\n".to_vec());
+            c.push(
+                b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":19,\"completion_tokens\":8}}\n\ndata: [DONE]\n\n"
+                    .to_vec(),
+            );
             ("text/event-stream", c)
         } else {
             (

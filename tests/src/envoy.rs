@@ -37,12 +37,17 @@ pub fn envoy_bin() -> PathBuf {
     }
 }
 
-/// The filter built by `cargo build -p model-router --release --target wasm32-wasip1`.
-pub fn wasm_path() -> PathBuf {
+/// Where `cargo build --release --target wasm32-wasip1` puts modules (`$CARGO_TARGET_DIR` honoured).
+pub fn wasm_release_dir() -> PathBuf {
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| repo_root().join("target"));
-    let p = target.join("wasm32-wasip1/release/model_router.wasm");
+    target.join("wasm32-wasip1/release")
+}
+
+/// The filter built by `cargo build -p model-router --release --target wasm32-wasip1`.
+pub fn wasm_path() -> PathBuf {
+    let p = wasm_release_dir().join("model_router.wasm");
     assert!(
         p.exists(),
         "{} is missing: build it with `cargo build -p model-router --release --target wasm32-wasip1` \

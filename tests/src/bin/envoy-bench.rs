@@ -266,8 +266,7 @@ fn main() {
     let seconds: u64 = arg(&args, "--seconds")
         .and_then(|v| v.parse().ok())
         .unwrap_or(if smoke { 1 } else { 6 });
-    let root = e2e::envoy::repo_root();
-    let release = root.join("target/wasm32-wasip1/release");
+    let release = e2e::envoy::wasm_release_dir();
     let wasm = arg(&args, "--wasm")
         .map(PathBuf::from)
         .unwrap_or(release.join("model_router.opt.wasm"));
