@@ -1574,6 +1574,17 @@ mod tests {
         described(msg).0
     }
 
+    const TEAM_MODEL: &[u8] = br#"{"model":"team-model"}"#;
+
+    /// A `team-model` request (stream `id`) sent whole: it has asked the rate limit service.
+    fn sent_to_the_service(vm: &Vm, id: u32) -> (MemoryHost, Stream) {
+        let mut h = request("POST", "/v1/chat/completions", &[], TEAM_MODEL);
+        let mut s = Stream::new(id);
+        s.on_request_headers(vm, &mut h, false);
+        s.on_request_body(vm, &mut h, TEAM_MODEL.len(), true);
+        (h, s)
+    }
+
     #[test]
     fn a_global_limit_asks_the_service_and_waits_for_both_answers() {
         let vm = global_vm("allow");
@@ -1641,11 +1652,7 @@ mod tests {
     fn over_a_global_limit_is_a_429_and_failures_follow_the_failure_mode() {
         // Over the limit: 429 with retry-after from the service's reset, else a minute.
         let vm = global_vm("allow");
-        let body = br#"{"model":"team-model"}"#;
-        let mut h = request("POST", "/v1/chat/completions", &[], body);
-        let mut s = Stream::new(1);
-        s.on_request_headers(&vm, &mut h, false);
-        s.on_request_body(&vm, &mut h, body.len(), true);
+        let (mut h, mut s) = sent_to_the_service(&vm, 1);
         assert_eq!(descriptor(&h.grpc_calls[0].1.message)[2].1, "anonymous");
         let (t1, t2) = (h.grpc_calls[0].0, h.grpc_calls[1].0);
         s.on_grpc_answer(&vm, &mut h, t2, Ok(&rls_answer(1)));
@@ -1663,10 +1670,7 @@ mod tests {
         assert_eq!(h.grpc_calls.len(), 2, "nothing reported for a refused request");
 
         // The service fails (unavailable, timeout): allow lets it through, counted.
-        let mut h = request("POST", "/v1/chat/completions", &[], body);
-        let mut s = Stream::new(2);
-        s.on_request_headers(&vm, &mut h, false);
-        s.on_request_body(&vm, &mut h, body.len(), true);
+        let (mut h, mut s) = sent_to_the_service(&vm, 2);
         let (t1, t2) = (h.grpc_calls[0].0, h.grpc_calls[1].0);
         s.on_grpc_answer(&vm, &mut h, t1, Err(rls::GRPC_UNAVAILABLE));
         s.on_grpc_answer(&vm, &mut h, t2, Err(rls::GRPC_DEADLINE_EXCEEDED));
@@ -1681,10 +1685,7 @@ mod tests {
 
         // deny: the same failure is a 503, retryable.
         let vm = global_vm("deny");
-        let mut h = request("POST", "/v1/chat/completions", &[], body);
-        let mut s = Stream::new(3);
-        s.on_request_headers(&vm, &mut h, false);
-        s.on_request_body(&vm, &mut h, body.len(), true);
+        let (mut h, mut s) = sent_to_the_service(&vm, 3);
         let (t1, t2) = (h.grpc_calls[0].0, h.grpc_calls[1].0);
         s.on_grpc_answer(&vm, &mut h, t1, Ok(&rls_answer(1)));
         s.on_grpc_answer(&vm, &mut h, t2, Ok(b"\x12\x05"));
@@ -1697,7 +1698,7 @@ mod tests {
         );
 
         // A cluster the host does not know: decided at once, nothing waits.
-        let mut h = request("POST", "/v1/chat/completions", &[], body);
+        let mut h = request("POST", "/v1/chat/completions", &[], TEAM_MODEL);
         h.refuse_grpc = true;
         assert!(!send(&vm, &mut h, &mut Stream::new(4)));
         assert_eq!(h.reply.as_ref().map(|r| r.status), Some(503));
@@ -1707,7 +1708,7 @@ mod tests {
         );
         assert!(vm.callouts.borrow().is_empty());
         let vm = global_vm("allow");
-        let mut h = request("POST", "/v1/chat/completions", &[], body);
+        let mut h = request("POST", "/v1/chat/completions", &[], TEAM_MODEL);
         h.refuse_grpc = true;
         assert!(send(&vm, &mut h, &mut Stream::new(5)));
     }
@@ -1732,11 +1733,7 @@ mod tests {
     fn a_failure_after_the_whole_timeout_is_a_timeout_whatever_the_status() {
         // Envoy reports its own deadline as UNAVAILABLE; a refused connection comes at once.
         let vm = global_vm("allow");
-        let body = br#"{"model":"team-model"}"#;
-        let mut h = request("POST", "/v1/chat/completions", &[], body);
-        let mut s = Stream::new(1);
-        s.on_request_headers(&vm, &mut h, false);
-        s.on_request_body(&vm, &mut h, body.len(), true);
+        let (mut h, mut s) = sent_to_the_service(&vm, 1);
         let (t1, t2) = (h.grpc_calls[0].0, h.grpc_calls[1].0);
         h.now_ns += 1_000_000;
         s.on_grpc_answer(&vm, &mut h, t1, Err(rls::GRPC_UNAVAILABLE));
@@ -1753,11 +1750,10 @@ mod tests {
     #[test]
     fn no_request_waits_past_the_timeout_even_if_the_host_never_answers() {
         let vm = global_vm("deny");
-        let body = br#"{"model":"team-model"}"#;
-        let mut h = request("POST", "/v1/chat/completions", &[], body);
+        let mut h = request("POST", "/v1/chat/completions", &[], TEAM_MODEL);
         let mut s = Stream::new(9);
         s.on_request_headers(&vm, &mut h, false);
-        assert_eq!(s.on_request_body(&vm, &mut h, body.len(), true), Action::Pause);
+        assert_eq!(s.on_request_body(&vm, &mut h, TEAM_MODEL.len(), true), Action::Pause);
         h.now_ns += 150_000_000 + CALLOUT_GRACE_NS - 1;
         assert!(vm.on_tick(&mut h).is_empty());
         h.now_ns += 1;
@@ -1884,8 +1880,8 @@ mod crossings {
         // per SSE chunk, TTFT: a metric and the clock).
         for (stream, most) in [(false, 17), (true, 27)] {
             let h = run(stream, "");
-            eprintln!("stream={stream}: {} crossings {:?}", h.crossings, h.crossings_by_call);
-            assert!(h.crossings <= most, "stream={stream}: {} > {most}", h.crossings);
+            eprintln!("stream={stream}: {} crossings {:?}", h.crossings(), h.crossings_by_call);
+            assert!(h.crossings() <= most, "stream={stream}: {} > {most}", h.crossings());
             assert!(!h.crossings_by_call.contains_key("set_filter_state"), "off by default");
             // The clock: start, end, and (streams) the first bytes for TTFT; not per chunk.
             assert_eq!(h.crossings_by_call["now_ns"], 2 + u64::from(stream));

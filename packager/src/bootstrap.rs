@@ -64,11 +64,24 @@ pub fn wasm_filter(spec: &Spec) -> Value {
             "config": {
                 "name": "model-router",
                 "allow_on_headers_stop_iteration": spec.allow_hold,
-                "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": spec.config_json},
+                "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": filter_config(spec)},
                 "vm_config": {"vm_id": "model-router", "runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": spec.wasm}}}
             }
         }
     })
+}
+
+/// The plugin configuration as given, with `filterState` on when there is an access log (its
+/// format prints the filter state) and the configuration does not say otherwise.
+fn filter_config(spec: &Spec) -> String {
+    let mut config: Value = serde_json::from_str(&spec.config_json).unwrap_or(Value::Null);
+    match config.as_object_mut() {
+        Some(o) if spec.access_log.is_some() && !o.contains_key("filterState") => {
+            o.insert("filterState".into(), Value::Bool(true));
+            config.to_string()
+        }
+        _ => spec.config_json.clone(),
+    }
 }
 
 fn address(host: &str, port: u16) -> Value {

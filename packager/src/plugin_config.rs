@@ -99,13 +99,14 @@ fn locate(text: &str, e: &model_router::config::ConfigError) -> Option<String> {
 /// YAML is a superset of JSON, so one parser takes both. Errors name the field path, and the
 /// line when the YAML itself is at fault.
 pub fn parse(text: &str) -> Result<Loaded, model_router::config::ConfigError> {
-    let syntax = |e: serde_yaml::Error| model_router::config::ConfigError {
+    let whole = |e: &dyn std::fmt::Display| model_router::config::ConfigError {
         path: ".".into(),
         message: e.to_string(),
     };
-    let doc: Json = serde_yaml::from_str(text).map_err(syntax)?;
+    let doc: Json = serde_yaml::from_str(text).map_err(|e| whole(&e))?;
     let config = Config::from_document(&doc)?;
-    let json: Value = serde_yaml::from_str(text).map_err(syntax)?;
+    // The text the filter receives, read back as a value (the YAML is parsed once).
+    let json: Value = serde_json::from_str(&doc.to_string()).map_err(|e| whole(&e))?;
     Ok(Loaded { config, json })
 }
 

@@ -115,14 +115,7 @@ impl Scenario {
             listen: ("127.0.0.1".into(), 0),
             admin: ("127.0.0.1".into(), 0),
             wasm: envoy::wasm_path(),
-            // As `wasmpack run` does: the access log reads the filter state.
-            config_json: {
-                let mut c = config.clone();
-                if let Some(o) = c.as_object_mut() {
-                    o.entry("filterState").or_insert(Value::Bool(true));
-                }
-                c.to_string()
-            },
+            config_json: config.to_string(),
             route_header: config["routeHeader"].as_str().unwrap_or("x-ai-route").to_string(),
             upstreams,
             default_upstream: Some("default".into()),

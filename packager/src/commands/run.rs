@@ -113,17 +113,11 @@ pub async fn run(args: &RunArgs) -> Result<()> {
         }
         (None, None) => {}
     }
-    // Its access log prints model, destination and tokens from the filter state: on unless the
-    // configuration says otherwise (off by default in installs, where it costs four writes).
-    let mut config_json = loaded.json.clone();
-    if let Some(o) = config_json.as_object_mut() {
-        o.entry("filterState").or_insert(serde_json::Value::Bool(true));
-    }
     let spec = Spec {
         listen: host_port(&args.listen, "--listen")?,
         admin: host_port(&args.admin, "--admin")?,
         wasm,
-        config_json: config_json.to_string(),
+        config_json: loaded.json.to_string(),
         route_header: loaded.config.route_header.clone(),
         upstreams,
         default_upstream: args.default.clone(),
