@@ -8,15 +8,17 @@
 //! that re-enters the module (resuming a stream from the tick) never meets a borrowed map.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 
 use crate::exchange::Action;
+use crate::fast_hash::FastMap;
 use crate::glue::{self, Http, Root};
 use crate::host;
 
 thread_local! {
-    static ROOTS: RefCell<HashMap<u32, Root>> = RefCell::new(HashMap::new());
-    static STREAMS: RefCell<HashMap<u32, Http>> = RefCell::new(HashMap::new());
+    static ROOTS: RefCell<FastMap<u32, Root>> = RefCell::new(FastMap::default());
+    /// Boxed: a context is moved out of the map and back for every callback (see `with_stream`),
+    /// and a box moves as a pointer.
+    static STREAMS: RefCell<FastMap<u32, Box<Http>>> = RefCell::new(FastMap::default());
 }
 
 /// Runs `f` on the HTTP context `id` (taken out of the map meanwhile); `None` if unknown.
@@ -72,7 +74,10 @@ pub extern "C" fn proxy_on_context_create(context_id: u32, root_context_id: u32)
         return;
     }
     let shared = ROOTS.with(|r| r.borrow().get(&root_context_id).and_then(|root| root.shared()));
-    STREAMS.with(|s| s.borrow_mut().insert(context_id, Http::new(context_id, shared)));
+    STREAMS.with(|s| {
+        s.borrow_mut()
+            .insert(context_id, Box::new(Http::new(context_id, shared)))
+    });
 }
 
 #[no_mangle]

@@ -589,10 +589,10 @@ impl Stream {
         let (model, dest) = telemetry::labels(cfg, self.flow.outcome());
         let mut ops = Vec::new();
         if self.admitted && matches!(self.flow.outcome(), Outcome::Matched { .. }) {
-            ops.extend(self.account(vm, host, status, &model, &dest));
+            ops.extend(self.account(vm, host, status, model, dest));
         }
         let now = host.now_ns();
-        ops.extend(self.meter.finish(self.flow.counted(), (&model, &dest), status, now));
+        ops.extend(self.meter.finish(self.flow.counted(), (model, dest), status, now));
         for op in &ops {
             host.metric(op);
         }
@@ -699,7 +699,7 @@ impl Stream {
         }
         if let Some(ttft) = self.meter.response_body(&chunk, end_of_stream, || host.now_ns()) {
             let (m, d) = telemetry::labels(&vm.config, self.flow.outcome());
-            host.metric(&Meter::ttft_op(&m, &d, ttft));
+            host.metric(&Meter::ttft_op(m, d, ttft));
         }
         if end_of_stream && vm.config.filter_state {
             let u = self.meter.usage();
@@ -973,7 +973,7 @@ impl Stream {
             return;
         }
         let (m, d) = telemetry::labels(&vm.config, self.flow.outcome());
-        let ops = self.meter.routed(&m, &d);
+        let ops = self.meter.routed(m, d);
         if !ops.is_empty() {
             for op in &ops {
                 host.metric(op);

@@ -2,11 +2,11 @@
 //! contexts that hand each callback to the core. No decisions live here (see `exchange`).
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 
 use crate::config::Config;
 use crate::exchange::{Action, Buffer, GrpcCall, Host, LogLevel, Map, Stream, Vm};
+use crate::fast_hash::FastMap;
 use crate::header_map::HeaderMap;
 use crate::host;
 use crate::policy::Store;
@@ -14,7 +14,7 @@ use crate::telemetry::{Kind, MetricOp};
 
 thread_local! {
     /// Calls a request made, by token: the host answers them on the root context.
-    static CALLOUTS: RefCell<HashMap<u32, u32>> = RefCell::new(HashMap::new());
+    static CALLOUTS: RefCell<FastMap<u32, u32>> = RefCell::new(FastMap::default());
 }
 
 /// The request that made the call `token` (forgotten as it is answered).
@@ -30,7 +30,7 @@ pub fn forget_callouts(stream: u32) {
 /// The proxy-wasm host, as the core sees it. Metric ids are defined once per stat name (the
 /// cache is the VM's; borrowed only for a lookup, so re-entrant calls are fine).
 pub struct ProxyHost<'a> {
-    metrics: &'a RefCell<HashMap<String, u32>>,
+    metrics: &'a RefCell<FastMap<String, u32>>,
     /// The VM's root context (detached calls are made for it).
     root_id: u32,
     /// The context whose callback runs (the root's own id in root callbacks).
@@ -169,7 +169,7 @@ impl Host for ProxyHost<'_> {
 /// What one VM shares between its root and HTTP contexts.
 pub struct Shared {
     vm: Vm,
-    metrics: RefCell<HashMap<String, u32>>,
+    metrics: RefCell<FastMap<String, u32>>,
     root_id: u32,
 }
 
@@ -215,7 +215,7 @@ impl Root {
                 let vm = Vm::new(config, host::now_nanos());
                 self.shared = Some(Rc::new(Shared {
                     vm,
-                    metrics: RefCell::new(HashMap::new()),
+                    metrics: RefCell::new(FastMap::default()),
                     root_id: self.id,
                 }));
                 host::log(host::LOG_INFO, "model-router: configuration loaded");

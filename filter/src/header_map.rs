@@ -1,33 +1,60 @@
 //! The proxy-wasm encoding of a header map, decoded without trusting the host's lengths.
 
+use std::borrow::Cow;
+
 /// The media type of a `content-type` value, lowercase, without parameters (`""` when absent).
-pub fn mime_type(content_type: Option<&str>) -> String {
-    content_type
-        .unwrap_or("")
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase()
+pub fn mime_type(content_type: Option<&str>) -> Cow<'_, str> {
+    let t = content_type.unwrap_or("").split(';').next().unwrap_or("").trim();
+    if t.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(t.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(t)
+    }
 }
 
 /// Headers as the host serialises them: a count, (name length, value length) pairs, then each
-/// name and value followed by a NUL.
+/// name and value followed by a NUL. The bytes are kept as the host gave them, with an index of
+/// where each name and value lies: reading a map allocates twice, however many headers it has.
 #[derive(Debug, Default)]
 pub struct HeaderMap {
-    pairs: Vec<(String, Vec<u8>)>,
+    raw: Vec<u8>,
+    /// (name start, name end, value start, value end) in `raw`, in the host's order.
+    index: Vec<[usize; 4]>,
 }
 
 impl HeaderMap {
-    pub fn from_pairs(pairs: Vec<(String, Vec<u8>)>) -> HeaderMap {
-        HeaderMap { pairs }
+    /// The map of these pairs (encoded as the host would).
+    pub fn from_pairs<K: AsRef<[u8]>, V: AsRef<[u8]>>(pairs: &[(K, V)]) -> HeaderMap {
+        let size: usize = pairs
+            .iter()
+            .map(|(k, v)| 10 + k.as_ref().len() + v.as_ref().len())
+            .sum();
+        let mut raw = Vec::with_capacity(4 + size);
+        raw.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
+        for (k, v) in pairs {
+            raw.extend_from_slice(&(k.as_ref().len() as u32).to_le_bytes());
+            raw.extend_from_slice(&(v.as_ref().len() as u32).to_le_bytes());
+        }
+        for (k, v) in pairs {
+            raw.extend_from_slice(k.as_ref());
+            raw.push(0);
+            raw.extend_from_slice(v.as_ref());
+            raw.push(0);
+        }
+        HeaderMap::parse(raw)
     }
 
-    pub fn parse(b: &[u8]) -> HeaderMap {
+    /// Decodes the host's bytes (taken, not copied). Lengths are not trusted: decoding stops at
+    /// the first pair that does not fit.
+    pub fn parse(raw: Vec<u8>) -> HeaderMap {
+        let b = raw.as_slice();
         let word =
             |at: usize| -> Option<usize> { Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?) as usize) };
-        let mut pairs = Vec::new();
-        let Some(n) = word(0) else { return HeaderMap { pairs } };
+        let Some(n) = word(0) else {
+            return HeaderMap::default();
+        };
+        // Never more entries than the bytes could hold (a lying count allocates nothing).
+        let mut index = Vec::with_capacity(n.min(b.len() / 10));
         let mut data = n.checked_mul(8).and_then(|x| x.checked_add(4)).unwrap_or(usize::MAX);
         for i in 0..n {
             // Every offset is checked: the lengths come from the host (and usize is 32 bits).
@@ -40,22 +67,26 @@ impl HeaderMap {
             let (Some(key_end), Some(val_start), Some(val_end)) = (key_end, val_start, val_end) else {
                 break;
             };
-            let (Some(k), Some(v)) = (b.get(data..key_end), b.get(val_start..val_end)) else {
+            if val_end > b.len() {
                 break;
-            };
-            pairs.push((String::from_utf8_lossy(k).into_owned(), v.to_vec()));
+            }
+            index.push([data, key_end, val_start, val_end]);
             data = val_end.saturating_add(1);
         }
-        HeaderMap { pairs }
+        HeaderMap { raw, index }
     }
 
     /// The first value of `name` (names are lowercase in Envoy).
     pub fn get(&self, name: &str) -> Option<&[u8]> {
-        self.pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_slice())
+        self.index
+            .iter()
+            .find(|[ks, ke, _, _]| &self.raw[*ks..*ke] == name.as_bytes())
+            .map(|[_, _, vs, ve]| &self.raw[*vs..*ve])
     }
 
-    pub fn get_str(&self, name: &str) -> Option<String> {
-        self.get(name).map(|v| String::from_utf8_lossy(v).into_owned())
+    /// The first value of `name` as text (bytes that are not UTF-8 replaced).
+    pub fn get_str(&self, name: &str) -> Option<Cow<'_, str>> {
+        self.get(name).map(String::from_utf8_lossy)
     }
 }
 
@@ -79,23 +110,38 @@ mod tests {
     }
 
     #[test]
+    fn media_types() {
+        assert_eq!(mime_type(Some("Application/JSON; charset=utf-8")), "application/json");
+        assert_eq!(mime_type(Some(" text/event-stream ")), "text/event-stream");
+        assert_eq!(mime_type(None), "");
+    }
+
+    #[test]
     fn decodes_and_survives_truncation() {
-        let b = encode(&[
+        let pairs: [(&str, &[u8]); 3] = [
             (":method", b"POST"),
             (":path", b"/v1/chat/completions"),
             ("x-bin", b"\xff\x00z"),
-        ]);
-        let m = HeaderMap::parse(&b);
+        ];
+        let b = encode(&pairs);
+        assert_eq!(HeaderMap::from_pairs(&pairs).raw, b, "encoded as the host does");
+        let m = HeaderMap::parse(b.clone());
         assert_eq!(m.get_str(":method").as_deref(), Some("POST"));
         assert_eq!(m.get(":path"), Some(&b"/v1/chat/completions"[..]));
         assert_eq!(m.get("x-bin"), Some(&b"\xff\x00z"[..]));
         assert_eq!(m.get("absent"), None);
         for cut in 0..b.len() {
-            let _ = HeaderMap::parse(&b[..cut]);
+            // A cut map keeps the pairs that are whole, and nothing else.
+            let m = HeaderMap::parse(b[..cut].to_vec());
+            let whole = pairs.iter().filter(|(k, _)| m.get(k).is_some()).count();
+            assert_eq!(whole, m.index.len());
+            assert!(m.get_str(":path").is_none_or(|p| p == "/v1/chat/completions"));
         }
         // A count far larger than the data does not allocate or read past the end.
         let mut lying = b.clone();
         lying[..4].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(HeaderMap::parse(&lying).get(":method").is_none());
+        let m = HeaderMap::parse(lying);
+        assert!(m.get(":method").is_none());
+        assert!(m.index.capacity() <= b.len());
     }
 }

@@ -154,7 +154,7 @@ pub fn headers(map: u32) -> HeaderMap {
             _ => None,
         }
     };
-    HeaderMap::parse(&raw.unwrap_or_default())
+    HeaderMap::parse(raw.unwrap_or_default())
 }
 
 pub fn set_header(map: u32, name: &str, value: &str) -> HostResult<()> {

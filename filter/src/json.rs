@@ -428,6 +428,10 @@ fn decimal(n: &str) -> Option<(bool, Vec<u8>, i64)> {
 /// (`12`, `12.0`, `1.2e3`), saturated at `u64::MAX` with `overflow` set. `None` for negative
 /// numbers (other than zero) and non-numbers. Decimal arithmetic: no float parsing.
 pub fn whole_count(n: &str) -> Option<(u64, bool)> {
+    // The usual case, a plain integer that fits: no digit vector.
+    if (1..=19).contains(&n.len()) && n.bytes().all(|b| b.is_ascii_digit()) {
+        return n.parse().ok().map(|v| (v, false));
+    }
     let (neg, digits, point) = decimal(n)?;
     if digits.is_empty() {
         return Some((0, false));

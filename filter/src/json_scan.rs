@@ -147,18 +147,19 @@ impl TopLevelScanner {
             stop_early: false,
             capture_limit,
             lex: Lex::Value,
-            stack: Vec::new(),
+            // Sized for the usual depth of a request, so that it is allocated once.
+            stack: Vec::with_capacity(8),
             offset: 0,
             closed: false,
             top_open: None,
             top_not_object: false,
             in_key: false,
             in_top_key: false,
-            key_buf: Vec::new(),
+            key_buf: Vec::with_capacity(MAX_KEY),
             key_too_long: false,
             pending_key: None,
             capture: None,
-            found: Vec::new(),
+            found: Vec::with_capacity(wanted.len()),
             error: None,
             strict_utf8: false,
             utf8_carry: Vec::new(),
@@ -295,6 +296,9 @@ impl TopLevelScanner {
 
     /// Validates `chunk` as the continuation of UTF-8 text; `Err(offset)` of the first bad byte.
     fn check_utf8(&mut self, chunk: &[u8]) -> Result<(), u64> {
+        if self.utf8_carry.is_empty() && all_ascii(chunk) {
+            return Ok(());
+        }
         let mut rest = chunk;
         // Where the cut sequence began: an error in it is reported at its first byte, as it is
         // when the body comes in one piece.
@@ -439,24 +443,23 @@ impl TopLevelScanner {
     fn string(&mut self, chunk: &[u8], i: usize, s: StrState) -> Result<usize, &'static str> {
         match s {
             StrState::Plain => {
-                // Skip to the next quote or backslash in one go: this is where the time goes.
+                // Skip to the next quote, backslash or control character in one pass: this is
+                // where the time goes.
                 let rest = &chunk[i..];
-                let n = memchr2(b'"', b'\\', rest).unwrap_or(rest.len());
-                let plain = &rest[..n];
-                // RFC 8259: control characters must be escaped inside strings. The bytes before
-                // one are consumed first, so the error names its exact offset.
-                if let Some(k) = first_control(plain) {
-                    if k == 0 {
-                        return Err("unescaped control character in string");
-                    }
-                    self.string_bytes(&plain[..k]);
-                    return Ok(i + k);
-                }
-                self.string_bytes(plain);
+                let n = string_end(rest);
+                self.string_bytes(&rest[..n]);
                 if n == rest.len() {
                     return Ok(chunk.len());
                 }
                 let b = rest[n];
+                if b < 0x20 {
+                    // RFC 8259: control characters must be escaped inside strings. The bytes
+                    // before it were consumed, so the error names its exact offset.
+                    if n == 0 {
+                        return Err("unescaped control character in string");
+                    }
+                    return Ok(i + n);
+                }
                 self.string_bytes(&rest[n..n + 1]);
                 if b == b'\\' {
                     self.lex = Lex::Str(StrState::Escape);
@@ -550,7 +553,8 @@ impl TopLevelScanner {
                     key,
                     start: at,
                     end: at,
-                    raw: Vec::new(),
+                    // Most captured values (a model name, a flag, a number) fit at once.
+                    raw: Vec::with_capacity(self.capture_limit.min(48)),
                     truncated: false,
                 });
                 return true;
@@ -603,18 +607,40 @@ impl TopLevelScanner {
     }
 }
 
-/// Index of the first byte below 0x20. Blocks are checked without an early exit, so the common
-/// case (none) compiles to vector compares; only a block that has one is searched byte by byte.
-fn first_control(b: &[u8]) -> Option<usize> {
+/// Index of the first byte that ends a run of plain string content: `"`, `\\` or a control
+/// character (below 0x20); `b.len()` if there is none. `memchr2` finds the first two (SIMD in the
+/// Wasm module); the control check runs over blocks without an early exit, so it compiles to
+/// vector compares too, and only the block that has one is searched byte by byte.
+fn string_end(b: &[u8]) -> usize {
+    let n = memchr2(b'"', b'\\', b).unwrap_or(b.len());
     const BLOCK: usize = 32;
-    let mut blocks = b.chunks_exact(BLOCK);
+    let plain = &b[..n];
+    let mut blocks = plain.chunks_exact(BLOCK);
     for (i, block) in blocks.by_ref().enumerate() {
         if block.iter().fold(false, |acc, &x| acc | (x < 0x20)) {
-            return block.iter().position(|&x| x < 0x20).map(|k| i * BLOCK + k);
+            return i * BLOCK + block.iter().position(|&x| x < 0x20).unwrap_or(0);
         }
     }
-    let done = b.len() - blocks.remainder().len();
-    blocks.remainder().iter().position(|&x| x < 0x20).map(|k| done + k)
+    let done = n - blocks.remainder().len();
+    done + blocks
+        .remainder()
+        .iter()
+        .position(|&x| x < 0x20)
+        .unwrap_or(blocks.remainder().len())
+}
+
+/// True when every byte is ASCII (then the bytes are UTF-8): eight bytes at a time, as one
+/// 64-bit word (Wasm has 64-bit integers even where pointers are 32 bits).
+fn all_ascii(b: &[u8]) -> bool {
+    let mut words = b.chunks_exact(8);
+    let mut high = 0u64;
+    for w in words.by_ref() {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(w);
+        high |= u64::from_le_bytes(a);
+    }
+    let rest = words.remainder().iter().fold(0u8, |a, &x| a | x);
+    high & 0x8080_8080_8080_8080 == 0 && rest < 0x80
 }
 
 #[cfg(test)]
@@ -622,6 +648,27 @@ mod tests {
     use super::*;
 
     const KEYS: &[&str] = &["model", "stream"];
+
+    #[test]
+    fn block_searches_agree_with_byte_by_byte() {
+        // Every length around the block size, every interesting byte at every position.
+        for len in 0..50 {
+            for at in 0..=len {
+                for special in [b'"', b'\\', 0x00, 0x1f, 0x7f, 0x80, 0xff, b' '] {
+                    let mut b = vec![b'a'; len];
+                    if at < len {
+                        b[at] = special;
+                    }
+                    let naive = b
+                        .iter()
+                        .position(|&x| x == b'"' || x == b'\\' || x < 0x20)
+                        .unwrap_or(len);
+                    assert_eq!(string_end(&b), naive, "{b:?}");
+                    assert_eq!(all_ascii(&b), b.is_ascii(), "{b:?}");
+                }
+            }
+        }
+    }
 
     fn scan_whole(body: &[u8]) -> (TopLevelScanner, Result<(), JsonError>) {
         let mut s = TopLevelScanner::new(KEYS, 1024);

@@ -8,6 +8,7 @@
 pub mod config;
 pub mod decide;
 pub mod exchange;
+pub mod fast_hash;
 pub mod header_map;
 pub mod hold;
 pub mod json;

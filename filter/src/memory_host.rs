@@ -110,10 +110,6 @@ pub struct SentCall {
     pub detached: bool,
 }
 
-fn header_map(pairs: &[(String, String)]) -> HeaderMap {
-    HeaderMap::from_pairs(pairs.iter().map(|(k, v)| (k.clone(), v.as_bytes().to_vec())).collect())
-}
-
 impl MemoryHost {
     pub fn new() -> Self {
         MemoryHost::default()
@@ -176,7 +172,7 @@ impl Host for MemoryHost {
 
     fn headers(&mut self, map: Map) -> HeaderMap {
         self.cross("headers");
-        header_map(self.map(map))
+        HeaderMap::from_pairs(self.map(map))
     }
 
     fn set_header(&mut self, map: Map, name: &str, value: &str) {

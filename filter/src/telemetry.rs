@@ -81,7 +81,8 @@ pub enum MetricOp {
 
 /// `k=.=v;.;` for each label, then the metric name.
 pub fn stat_name(metric: &str, labels: &[(&str, &str)]) -> String {
-    let mut s = String::with_capacity(metric.len() + 48);
+    let size = labels.iter().map(|(k, v)| k.len() + v.len() + 6).sum::<usize>() + metric.len();
+    let mut s = String::with_capacity(size);
     for (k, v) in labels {
         s.push_str(k);
         s.push_str("=.=");
@@ -104,20 +105,20 @@ pub fn code_class(status: u32) -> &'static str {
 
 /// The model and destination labels of a request: configured names only, `other` otherwise;
 /// `unrouted` as the destination when the filter did not choose the route.
-pub fn labels(cfg: &Config, outcome: &Outcome) -> (String, String) {
+pub fn labels<'a>(cfg: &'a Config, outcome: &Outcome) -> (&'a str, &'a str) {
     match outcome {
         Outcome::Matched { model, destination } => {
             let Some(m) = cfg.models.get(*model) else {
-                return (OTHER.into(), OTHER.into());
+                return (OTHER, OTHER);
             };
             let d = match destination.map(|d| m.destinations.get(d)) {
                 None => UNROUTED,
                 Some(Some(d)) => d.name.as_str(),
                 Some(None) => OTHER,
             };
-            (m.name.clone(), d.to_string())
+            (m.name.as_str(), d)
         }
-        _ => (OTHER.into(), OTHER.into()),
+        _ => (OTHER, OTHER),
     }
 }
 
@@ -198,8 +199,8 @@ pub fn hold_released() -> MetricOp {
 #[derive(Debug)]
 pub struct Meter {
     start_ns: u64,
-    /// (model, destination) labels while the request is counted in flight.
-    in_flight: Option<(String, String)>,
+    /// The in-flight gauge's stat name while the request is counted in flight.
+    in_flight: Option<String>,
     /// Response bytes arrived (TTFT is taken once).
     first_byte_seen: bool,
     response: Option<ResponseUsage>,
@@ -249,8 +250,11 @@ impl Meter {
         if self.in_flight.is_some() || self.finished {
             return Vec::new();
         }
-        self.in_flight = Some((model.to_string(), destination.to_string()));
-        vec![in_flight_op(model, destination, 1)]
+        let op = in_flight_op(model, destination, 1);
+        if let MetricOp::Add { name, .. } = &op {
+            self.in_flight = Some(name.clone());
+        }
+        vec![op]
     }
 
     /// Response headers arrived. `encoded`: a `content-encoding` other than `identity`.
@@ -317,8 +321,12 @@ impl Meter {
         }
         self.finished = true;
         let mut ops = Vec::new();
-        if let Some((m, d)) = self.in_flight.take() {
-            ops.push(in_flight_op(&m, &d, -1));
+        if let Some(name) = self.in_flight.take() {
+            ops.push(MetricOp::Add {
+                kind: Kind::Gauge,
+                name,
+                delta: -1,
+            });
         }
         if !counted {
             return ops;

@@ -21,7 +21,7 @@ pub struct Usage {
 
 impl Usage {
     /// (type label, count) for every known count.
-    pub fn by_type(&self) -> Vec<(&'static str, u64)> {
+    pub fn by_type(&self) -> impl Iterator<Item = (&'static str, u64)> {
         [
             ("input", self.input),
             ("output", self.output),
@@ -31,11 +31,10 @@ impl Usage {
         ]
         .into_iter()
         .filter_map(|(k, v)| v.map(|v| (k, v)))
-        .collect()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_type().is_empty()
+        self.by_type().next().is_none()
     }
 }
 

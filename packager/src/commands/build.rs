@@ -8,10 +8,12 @@ use anyhow::{bail, Context, Result};
 use crate::cli::BuildArgs;
 use crate::module;
 
-/// wasm-opt flags for rustc's wasm32 output (its post-MVP features must be enabled explicitly).
+/// wasm-opt flags for rustc's wasm32 output (its post-MVP features must be enabled explicitly;
+/// SIMD because the filter is built with `+simd128`, see `.cargo/config.toml`).
 pub const WASM_OPT_FLAGS: &[&str] = &[
     "-O3",
     "--strip-debug",
+    "--enable-simd",
     "--enable-bulk-memory",
     "--enable-sign-ext",
     "--enable-nontrapping-float-to-int",
