@@ -1,7 +1,8 @@
-//! A fast hash for the VM's own maps (context ids, metric names). Their keys come from the proxy
-//! and the configuration, never from a client (an unknown model is counted as `other`), so
-//! SipHash's protection against chosen keys buys nothing there; in Wasm it was about 5 % of the
-//! filter's time per request. The mixing step is rustc's FxHash.
+//! A fast hash for the VM's own maps (metric ids by stat name, calls by token). Their keys come
+//! from the proxy and the configuration, never from a client (an unknown model is counted as
+//! `other`), so SipHash's protection against chosen keys buys nothing there; in Wasm SipHash was
+//! about 5 % of the filter's time per request. The mixing step is rustc's FxHash. (The context
+//! map in `abi` keeps std's hash: see the note there.)
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};

@@ -445,9 +445,10 @@ fn main() {
             sb.p99_us
         );
     }
-    // The filter's own memory after everything it served (variant d: streams, all telemetry).
-    if let Some(d) = variants.iter().position(|v| v.name == "d") {
-        let stats = admin_get(envoys[d].0.admin_port, "/stats/prometheus").unwrap_or_default();
+    // The filter's own memory after everything it served ((c): JSON answers, (d): streams and
+    // all telemetry).
+    for (i, v) in variants.iter().enumerate().filter(|(_, v)| matches!(v.name, "c" | "d")) {
+        let stats = admin_get(envoys[i].0.admin_port, "/stats/prometheus").unwrap_or_default();
         let bytes: f64 = stats
             .lines()
             .find(|l| l.starts_with("model_router_vm_memory_bytes"))
@@ -455,7 +456,8 @@ fn main() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0.0);
         println!(
-            "model_router_vm_memory_bytes after the run (variant d, 1 worker VM): {:.2} MiB",
+            "model_router_vm_memory_bytes after the run (variant {}, 1 worker VM): {:.2} MiB",
+            v.name,
             bytes / 1048576.0
         );
     }
