@@ -12,6 +12,27 @@ pub fn mime_type(content_type: Option<&str>) -> Cow<'_, str> {
     }
 }
 
+/// The proxy-wasm encoding of these pairs (for the host: local replies, gRPC metadata).
+pub fn encode<K: AsRef<[u8]>, V: AsRef<[u8]>>(pairs: &[(K, V)]) -> Vec<u8> {
+    let size: usize = pairs
+        .iter()
+        .map(|(k, v)| 10 + k.as_ref().len() + v.as_ref().len())
+        .sum();
+    let mut raw = Vec::with_capacity(4 + size);
+    raw.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
+    for (k, v) in pairs {
+        raw.extend_from_slice(&(k.as_ref().len() as u32).to_le_bytes());
+        raw.extend_from_slice(&(v.as_ref().len() as u32).to_le_bytes());
+    }
+    for (k, v) in pairs {
+        raw.extend_from_slice(k.as_ref());
+        raw.push(0);
+        raw.extend_from_slice(v.as_ref());
+        raw.push(0);
+    }
+    raw
+}
+
 /// Headers as the host serialises them: a count, (name length, value length) pairs, then each
 /// name and value followed by a NUL. The bytes are kept as the host gave them, with an index of
 /// where each name and value lies: reading a map allocates twice, however many headers it has.
@@ -25,23 +46,7 @@ pub struct HeaderMap {
 impl HeaderMap {
     /// The map of these pairs (encoded as the host would).
     pub fn from_pairs<K: AsRef<[u8]>, V: AsRef<[u8]>>(pairs: &[(K, V)]) -> HeaderMap {
-        let size: usize = pairs
-            .iter()
-            .map(|(k, v)| 10 + k.as_ref().len() + v.as_ref().len())
-            .sum();
-        let mut raw = Vec::with_capacity(4 + size);
-        raw.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
-        for (k, v) in pairs {
-            raw.extend_from_slice(&(k.as_ref().len() as u32).to_le_bytes());
-            raw.extend_from_slice(&(v.as_ref().len() as u32).to_le_bytes());
-        }
-        for (k, v) in pairs {
-            raw.extend_from_slice(k.as_ref());
-            raw.push(0);
-            raw.extend_from_slice(v.as_ref());
-            raw.push(0);
-        }
-        HeaderMap::parse(raw)
+        HeaderMap::parse(encode(pairs))
     }
 
     /// Decodes the host's bytes (taken, not copied). Lengths are not trusted: decoding stops at

@@ -9,7 +9,7 @@
 
 use std::ptr::{null, null_mut};
 
-use crate::header_map::HeaderMap;
+use crate::header_map::{self, HeaderMap};
 
 pub const MAP_REQUEST_HEADERS: u32 = 0;
 pub const MAP_RESPONSE_HEADERS: u32 = 2;
@@ -186,25 +186,8 @@ pub fn set_property(path: &[&str], value: &[u8]) -> HostResult<()> {
     status(unsafe { proxy_set_property(p.as_ptr(), p.len(), value.as_ptr(), value.len()) })
 }
 
-/// The proxy-wasm header map encoding: count, (key len, value len)*, then NUL-terminated bytes.
-fn serialize_map(map: &[(&str, &str)]) -> Vec<u8> {
-    let mut out = Vec::new();
-    out.extend_from_slice(&(map.len() as u32).to_le_bytes());
-    for (k, v) in map {
-        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
-        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
-    }
-    for (k, v) in map {
-        out.extend_from_slice(k.as_bytes());
-        out.push(0);
-        out.extend_from_slice(v.as_bytes());
-        out.push(0);
-    }
-    out
-}
-
 pub fn send_local_response(code: u32, details: &str, headers: &[(&str, &str)], body: &[u8]) -> HostResult<()> {
-    let h = serialize_map(headers);
+    let h = header_map::encode(headers);
     status(unsafe {
         proxy_send_local_response(
             code,
@@ -274,7 +257,7 @@ pub fn set_shared_data(key: &str, value: &[u8], cas: u32) -> HostResult<()> {
 
 /// Starts a unary gRPC call; its token.
 pub fn grpc_call(service: &[u8], service_name: &str, method: &str, message: &[u8], timeout_ms: u32) -> HostResult<u32> {
-    let metadata = serialize_map(&[]);
+    let metadata = header_map::encode::<&str, &str>(&[]);
     let mut token = 0u32;
     status(unsafe {
         proxy_grpc_call(

@@ -162,11 +162,7 @@ pub fn usage_errors(model: &str, destination: &str, e: &UsageErrors) -> Vec<Metr
 
 /// A change of a VM's linear memory.
 pub fn vm_memory(delta: i64) -> MetricOp {
-    MetricOp::Add {
-        kind: Kind::Gauge,
-        name: VM_MEMORY_BYTES.to_string(),
-        delta,
-    }
+    gauge(VM_MEMORY_BYTES.to_string(), delta)
 }
 
 /// A call to the rate limit service without a usable answer.
@@ -250,11 +246,9 @@ impl Meter {
         if self.in_flight.is_some() || self.finished {
             return Vec::new();
         }
-        let op = in_flight_op(model, destination, 1);
-        if let MetricOp::Add { name, .. } = &op {
-            self.in_flight = Some(name.clone());
-        }
-        vec![op]
+        let name = in_flight_name(model, destination);
+        self.in_flight = Some(name.clone());
+        vec![gauge(name, 1)]
     }
 
     /// Response headers arrived. `encoded`: a `content-encoding` other than `identity`.
@@ -322,11 +316,7 @@ impl Meter {
         self.finished = true;
         let mut ops = Vec::new();
         if let Some(name) = self.in_flight.take() {
-            ops.push(MetricOp::Add {
-                kind: Kind::Gauge,
-                name,
-                delta: -1,
-            });
+            ops.push(gauge(name, -1));
         }
         if !counted {
             return ops;
@@ -361,12 +351,21 @@ impl Meter {
     }
 }
 
-fn in_flight_op(model: &str, destination: &str, delta: i64) -> MetricOp {
+fn gauge(name: String, delta: i64) -> MetricOp {
     MetricOp::Add {
         kind: Kind::Gauge,
-        name: stat_name(IN_FLIGHT, &[("model", model), ("destination", destination)]),
+        name,
         delta,
     }
+}
+
+fn in_flight_name(model: &str, destination: &str) -> String {
+    stat_name(IN_FLIGHT, &[("model", model), ("destination", destination)])
+}
+
+#[cfg(test)]
+fn in_flight_op(model: &str, destination: &str, delta: i64) -> MetricOp {
+    gauge(in_flight_name(model, destination), delta)
 }
 
 fn ms(ns: u64) -> u64 {
