@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 SMOKE=""
 [ "${1:-}" = "--smoke" ] && SMOKE="--smoke"
 bash scripts/setup.sh >/dev/null
-FLAGS="--strip-debug --enable-simd --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int --enable-mutable-globals"
+# The flags `wasmpack build --opt` uses (packager/src/commands/build.rs; a test keeps them equal).
+FLAGS="--one-caller-inline-max-function-size 100 --strip-debug --enable-simd --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int --enable-mutable-globals"
 cargo build -q -p model-router -p floor-filter --release --target wasm32-wasip1
 R=${CARGO_TARGET_DIR:-target}/wasm32-wasip1/release
 wasm-opt -O3 $FLAGS $R/model_router.wasm -o $R/model_router.opt.wasm

@@ -507,6 +507,10 @@ fn strip_port(authority: &str) -> &str {
     }
 }
 
+// The configuration code runs once per VM but is compiled whole by V8 at start-up, and V8's
+// compile memory (kept by Envoy's allocator afterwards) grows with the size of each function:
+// the parsers here stay small, separate functions (`#[inline(never)]`; docs/performance.md).
+#[inline(never)]
 fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let route_header = header_name("routeHeader", &raw.route_header)?;
     let model_header = header_name("modelHeader", &raw.model_header)?;
@@ -550,75 +554,14 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let mut index: HashMap<String, usize> = HashMap::new();
     let mut models = Vec::with_capacity(raw.models.len());
     for (i, m) in raw.models.into_iter().enumerate() {
-        let at = format!("models[{i}]");
-        name_check(&format!("{at}.name"), &m.name)?;
-        claim(&mut index, &m.name, i, &format!("{at}.name"))?;
-        for (j, alias) in m.aliases.iter().enumerate() {
-            let path = format!("{at}.aliases[{j}]");
-            name_check(&path, alias)?;
-            claim(&mut index, alias, i, &path)?;
-        }
-        if let Some(up) = &m.upstream_model {
-            if up.is_empty() {
-                return Err(ConfigError::new(format!("{at}.upstreamModel"), "must not be empty"));
-            }
-        }
-        if m.destinations.is_empty() {
-            return Err(ConfigError::new(
-                format!("{at}.destinations"),
-                format!("model `{}` needs at least one destination", m.name),
-            ));
-        }
-        let mut destinations = Vec::with_capacity(m.destinations.len());
-        let mut total_weight: u64 = 0;
-        for (j, d) in m.destinations.into_iter().enumerate() {
-            let path = format!("{at}.destinations[{j}]");
-            name_check(&format!("{path}.name"), &d.name)?;
-            if destinations.iter().any(|x: &Destination| x.name == d.name) {
-                return Err(ConfigError::new(
-                    format!("{path}.name"),
-                    format!("duplicate destination `{}` in model `{}`", d.name, m.name),
-                ));
-            }
-            total_weight += u64::from(d.weight);
-            destinations.push(Destination {
-                name: d.name,
-                weight: d.weight,
-                host: d.host,
-                subset: d.subset,
-                port: d.port,
-                inference_pool: d.inference_pool,
-            });
-        }
-        if total_weight == 0 {
-            return Err(ConfigError::new(
-                format!("{at}.destinations"),
-                format!("all weights of model `{}` are 0: at least one must be positive", m.name),
-            ));
-        }
-        let allow = match &m.allow {
-            Some(list) => Some(allow_rules(&format!("{at}.allow"), list)?),
-            None => default_allow.clone(),
-        };
-        let (model_limits, limits_at) = match &m.limits {
-            Some(l) => (Some(limits(&format!("{at}.limits"), l)?), format!("{at}.limits")),
-            None => (default_limits.clone(), "limits".to_string()),
-        };
-        if model_limits.as_ref().is_some_and(|l| l.global) && rate_limit_service.is_none() {
-            return Err(ConfigError::new(
-                format!("{limits_at}.mode"),
-                "`global` limits are counted by a rate limit service: set rateLimitService.cluster",
-            ));
-        }
-        models.push(Model {
-            name: m.name,
-            aliases: m.aliases,
-            upstream_model: m.upstream_model,
-            destinations,
-            total_weight,
-            allow,
-            limits: model_limits,
-        });
+        models.push(model(
+            i,
+            m,
+            &mut index,
+            default_allow.as_ref(),
+            default_limits.as_ref(),
+            rate_limit_service.is_some(),
+        )?);
     }
 
     Ok(Config {
@@ -646,6 +589,88 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     })
 }
 
+/// One entry of `models`, checked; its names claimed in `index`.
+#[inline(never)]
+fn model(
+    i: usize,
+    m: RawModel,
+    index: &mut HashMap<String, usize>,
+    default_allow: Option<&Vec<AllowRule>>,
+    default_limits: Option<&Limits>,
+    has_rate_limit_service: bool,
+) -> Result<Model, ConfigError> {
+    let at = format!("models[{i}]");
+    name_check(&format!("{at}.name"), &m.name)?;
+    claim(index, &m.name, i, &format!("{at}.name"))?;
+    for (j, alias) in m.aliases.iter().enumerate() {
+        let path = format!("{at}.aliases[{j}]");
+        name_check(&path, alias)?;
+        claim(index, alias, i, &path)?;
+    }
+    if let Some(up) = &m.upstream_model {
+        if up.is_empty() {
+            return Err(ConfigError::new(format!("{at}.upstreamModel"), "must not be empty"));
+        }
+    }
+    if m.destinations.is_empty() {
+        return Err(ConfigError::new(
+            format!("{at}.destinations"),
+            format!("model `{}` needs at least one destination", m.name),
+        ));
+    }
+    let mut destinations = Vec::with_capacity(m.destinations.len());
+    let mut total_weight: u64 = 0;
+    for (j, d) in m.destinations.into_iter().enumerate() {
+        let path = format!("{at}.destinations[{j}]");
+        name_check(&format!("{path}.name"), &d.name)?;
+        if destinations.iter().any(|x: &Destination| x.name == d.name) {
+            return Err(ConfigError::new(
+                format!("{path}.name"),
+                format!("duplicate destination `{}` in model `{}`", d.name, m.name),
+            ));
+        }
+        total_weight += u64::from(d.weight);
+        destinations.push(Destination {
+            name: d.name,
+            weight: d.weight,
+            host: d.host,
+            subset: d.subset,
+            port: d.port,
+            inference_pool: d.inference_pool,
+        });
+    }
+    if total_weight == 0 {
+        return Err(ConfigError::new(
+            format!("{at}.destinations"),
+            format!("all weights of model `{}` are 0: at least one must be positive", m.name),
+        ));
+    }
+    let allow = match &m.allow {
+        Some(list) => Some(allow_rules(&format!("{at}.allow"), list)?),
+        None => default_allow.cloned(),
+    };
+    let (model_limits, limits_at) = match &m.limits {
+        Some(l) => (Some(limits(&format!("{at}.limits"), l)?), format!("{at}.limits")),
+        None => (default_limits.cloned(), "limits".to_string()),
+    };
+    if model_limits.as_ref().is_some_and(|l| l.global) && !has_rate_limit_service {
+        return Err(ConfigError::new(
+            format!("{limits_at}.mode"),
+            "`global` limits are counted by a rate limit service: set rateLimitService.cluster",
+        ));
+    }
+    Ok(Model {
+        name: m.name,
+        aliases: m.aliases,
+        upstream_model: m.upstream_model,
+        destinations,
+        total_weight,
+        allow,
+        limits: model_limits,
+    })
+}
+
+#[inline(never)]
 fn scope(raw: &RawScope) -> Result<Scope, ConfigError> {
     let hosts = match &raw.hosts {
         None => None,
@@ -699,6 +724,7 @@ fn scope(raw: &RawScope) -> Result<Scope, ConfigError> {
 }
 
 /// SPIFFE IDs, `*`, or a prefix ending in `*`.
+#[inline(never)]
 fn allow_rules(path: &str, list: &[String]) -> Result<Vec<AllowRule>, ConfigError> {
     list.iter()
         .enumerate()
@@ -725,6 +751,7 @@ fn allow_rules(path: &str, list: &[String]) -> Result<Vec<AllowRule>, ConfigErro
         .collect()
 }
 
+#[inline(never)]
 fn limits(path: &str, l: &RawLimits) -> Result<Limits, ConfigError> {
     if l.requests_per_minute.is_none() && l.tokens_per_minute.is_none() {
         return Err(ConfigError::new(
@@ -780,6 +807,7 @@ fn limits(path: &str, l: &RawLimits) -> Result<Limits, ConfigError> {
     })
 }
 
+#[inline(never)]
 fn rate_limit_service(r: &RawRateLimitService) -> Result<RateLimitService, ConfigError> {
     let cluster = r.cluster.trim();
     if cluster.is_empty() || cluster.len() > 512 || cluster.chars().any(|c| c.is_control() || c.is_whitespace()) {
@@ -1073,6 +1101,7 @@ mod read {
 
     const POLICY: &[(&str, Policy)] = &[("reject", Policy::Reject), ("passthrough", Policy::Passthrough)];
 
+    #[inline(never)]
     pub(super) fn config(v: &Json) -> R<RawConfig> {
         let f = fields(
             v,
@@ -1146,6 +1175,7 @@ mod read {
         })
     }
 
+    #[inline(never)]
     fn scope(v: &Json, path: &str) -> R<RawScope> {
         let f = fields(v, path, "RawScope", &["hosts", "paths"])?;
         Ok(RawScope {
@@ -1154,6 +1184,7 @@ mod read {
         })
     }
 
+    #[inline(never)]
     fn limits(v: &Json, path: &str) -> R<RawLimits> {
         let f = fields(
             v,
@@ -1169,6 +1200,7 @@ mod read {
         })
     }
 
+    #[inline(never)]
     fn rate_limit_service(v: &Json, path: &str) -> R<RawRateLimitService> {
         let f = fields(
             v,
@@ -1184,6 +1216,7 @@ mod read {
         })
     }
 
+    #[inline(never)]
     fn model(v: &Json, path: &str) -> R<RawModel> {
         let f = fields(
             v,
@@ -1201,6 +1234,7 @@ mod read {
         })
     }
 
+    #[inline(never)]
     fn destination(v: &Json, path: &str) -> R<RawDestination> {
         let f = fields(
             v,

@@ -9,9 +9,14 @@ use crate::cli::BuildArgs;
 use crate::module;
 
 /// wasm-opt flags for rustc's wasm32 output (its post-MVP features must be enabled explicitly;
-/// SIMD because the filter is built with `+simd128`, see `.cargo/config.toml`).
+/// SIMD because the filter is built with `+simd128`, see `.cargo/config.toml`). A function with
+/// one caller is inlined into it only when small: V8 compiles every function when Envoy loads
+/// the module, and that memory, which Envoy's allocator keeps, grows with function size
+/// (docs/packaging.md, "Small functions"). scripts/bench.sh uses the same flags.
 pub const WASM_OPT_FLAGS: &[&str] = &[
     "-O3",
+    "--one-caller-inline-max-function-size",
+    "100",
     "--strip-debug",
     "--enable-simd",
     "--enable-bulk-memory",
@@ -98,4 +103,21 @@ pub fn optimise(input: &Path, output: &Path) -> Result<()> {
         bail!("wasm-opt failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WASM_OPT_FLAGS;
+
+    /// The benchmark measures the module `wasmpack build --opt` ships.
+    #[test]
+    fn the_benchmark_optimises_with_the_same_flags() {
+        let script = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/bench.sh")).unwrap();
+        let flags = WASM_OPT_FLAGS[1..].join(" ");
+        assert!(
+            script.contains(&format!("FLAGS=\"{flags}\"")),
+            "scripts/bench.sh FLAGS differ from {flags}"
+        );
+        assert!(script.contains("wasm-opt -O3 $FLAGS"));
+    }
 }

@@ -13,7 +13,9 @@
 //! interleaved (a b c d, a b c d, …); per variant the median round is reported. CPU per request is
 //! the Envoy process's own user+system time from /proc, not wall time.
 //!
-//! usage: envoy-bench [--smoke] [--rounds N] [--seconds S] [--floor FILE] [--wasm FILE]
+//! Then Envoy's memory for (a), (b), (c) at --concurrency 1 and 4 (`--memory`: only that).
+//!
+//! usage: envoy-bench [--smoke] [--memory] [--only VARIANTS] [--rounds N] [--seconds S] [--floor FILE] [--wasm FILE]
 
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
@@ -336,6 +338,11 @@ fn main() {
         .into_iter()
         .filter(|v| only.as_deref().is_none_or(|o| o.contains(v.name)))
         .collect();
+    // --memory: Envoy's memory for (a), (b), (c) at --concurrency 1 and 4, idle and after load.
+    if args.iter().any(|a| a == "--memory") {
+        memory(&variants, seconds, 3);
+        return;
+    }
     // The real rate limit stack for (g), kept until the end.
     let mut _stack = None;
     if let Some(g) = variants.iter_mut().find(|v| v.rls_port.is_some()) {
@@ -481,4 +488,75 @@ fn main() {
         "(b)/(a) CPU per request: {:.3}   (the cost of any body-reading Wasm filter)",
         cpu[1] / cpu[0]
     );
+    // Memory last, with the Envoys above stopped.
+    drop(envoys);
+    memory(&variants, seconds, if smoke { 1 } else { 3 });
+}
+
+/// Envoy's allocator as its admin `/memory` reports it: (allocated, heap size) in KiB.
+fn allocator_kib(admin_port: u16) -> (u64, u64) {
+    let m: Value = admin_get(admin_port, "/memory")
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(Value::Null);
+    let n = |k: &str| {
+        m[k].as_str()
+            .and_then(|v| v.parse::<u64>().ok())
+            .or_else(|| m[k].as_u64())
+            .unwrap_or(0)
+            / 1024
+    };
+    (n("allocated"), n("heap_size"))
+}
+
+/// Envoy's memory for (a), (b) and (c) at --concurrency 1 and 4: RSS right after start (the
+/// module compiled, one VM per worker and one on the main thread) and after load, with the
+/// allocator's view (what is allocated, and the heap it keeps). Each variant is started `starts`
+/// times, interleaved; medians. Returns (concurrency, (c) − (b) idle, (c) − (b) after load) in MiB.
+fn memory(variants: &[Variant], seconds: u64, starts: usize) -> Vec<(u32, f64, f64)> {
+    let dir = tempfile::tempdir().unwrap();
+    let load = seconds.min(3);
+    let mut diffs = Vec::new();
+    println!("\nEnvoy memory: {starts} start(s) per variant (median), RSS right after start and after {load} s of (c)'s load\n");
+    println!("| concurrency | variant | RSS idle | RSS after load | allocated (tcmalloc) | heap (tcmalloc) |");
+    println!("|---:|---|---:|---:|---:|---:|");
+    let three: Vec<&Variant> = variants.iter().filter(|v| matches!(v.name, "a" | "b" | "c")).collect();
+    for conc in [1u32, 4] {
+        // Per variant: [idle, after load, allocated, heap] in MiB, one entry per start.
+        let mut runs: Vec<Vec<[f64; 4]>> = vec![Vec::new(); three.len()];
+        for _ in 0..starts {
+            for (k, v) in three.iter().enumerate() {
+                let e = Envoy::start(&bootstrap(v), conc).unwrap_or_else(|e| panic!("variant {}: {e:#}", v.name));
+                let script = dir.path().join(format!("{}.lua", v.name));
+                std::fs::write(&script, format!("wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.body = [==[{}]==]\n", chat_body(v.stream))).unwrap();
+                std::thread::sleep(Duration::from_millis(500));
+                let idle = rss_kib(e.pid());
+                wrk_with(&e.url("/v1/chat/completions"), &script, load, e.pid(), 8 * conc);
+                let (alloc, heap) = allocator_kib(e.admin_port);
+                let mib = |kib: u64| kib as f64 / 1024.0;
+                runs[k].push([mib(idle), mib(rss_kib(e.pid())), mib(alloc), mib(heap)]);
+            }
+        }
+        let med: Vec<[f64; 4]> = runs
+            .iter()
+            .map(|r| std::array::from_fn(|j| median(r.iter().map(|x| x[j]).collect())))
+            .collect();
+        for (k, v) in three.iter().enumerate() {
+            let m = med[k];
+            println!(
+                "| {conc} | ({}) | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} MiB |",
+                v.name, m[0], m[1], m[2], m[3]
+            );
+        }
+        let at = |n: &str| three.iter().position(|v| v.name == n);
+        if let (Some(b), Some(c)) = (at("b"), at("c")) {
+            diffs.push((conc, med[c][0] - med[b][0], med[c][1] - med[b][1]));
+        }
+    }
+    for (conc, idle, loaded) in &diffs {
+        println!(
+            "(c) - (b) Envoy RSS at --concurrency {conc}: {idle:+.1} MiB idle, {loaded:+.1} MiB after load   (target <= 5)"
+        );
+    }
+    diffs
 }
