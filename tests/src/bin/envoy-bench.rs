@@ -259,6 +259,20 @@ fn arg(args: &[String], name: &str) -> Option<String> {
         .and_then(|i| args.get(i + 1).cloned())
 }
 
+/// The wrk script that sends variant `v`'s request, written into `dir`.
+fn wrk_script(dir: &Path, v: &Variant) -> PathBuf {
+    let script = dir.join(format!("{}.lua", v.name));
+    let body = chat_body(v.stream);
+    std::fs::write(
+        &script,
+        format!(
+            "wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.body = [==[{body}]==]\n"
+        ),
+    )
+    .unwrap();
+    script
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let smoke = args.iter().any(|a| a == "--smoke");
@@ -357,9 +371,7 @@ fn main() {
     for v in &variants {
         let e = Envoy::start(&bootstrap(v), 1).unwrap_or_else(|e| panic!("variant {}: {e:#}", v.name));
         eprintln!("variant {}: envoy pid {}", v.name, e.pid());
-        let script = dir.path().join(format!("{}.lua", v.name));
-        let body = chat_body(v.stream);
-        std::fs::write(&script, format!("wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.body = [==[{body}]==]\n")).unwrap();
+        let script = wrk_script(dir.path(), v);
         envoys.push((e, script));
     }
     // Warm-up: JIT, connection pools, stats.
@@ -512,8 +524,8 @@ fn allocator_kib(admin_port: u16) -> (u64, u64) {
 /// Envoy's memory for (a), (b) and (c) at --concurrency 1 and 4: RSS right after start (the
 /// module compiled, one VM per worker and one on the main thread) and after load, with the
 /// allocator's view (what is allocated, and the heap it keeps). Each variant is started `starts`
-/// times, interleaved; medians. Returns (concurrency, (c) − (b) idle, (c) − (b) after load) in MiB.
-fn memory(variants: &[Variant], seconds: u64, starts: usize) -> Vec<(u32, f64, f64)> {
+/// times, interleaved; medians; then (c) − (b), idle and after load, against the target.
+fn memory(variants: &[Variant], seconds: u64, starts: usize) {
     let dir = tempfile::tempdir().unwrap();
     let load = seconds.min(3);
     let mut diffs = Vec::new();
@@ -521,17 +533,16 @@ fn memory(variants: &[Variant], seconds: u64, starts: usize) -> Vec<(u32, f64, f
     println!("| concurrency | variant | RSS idle | RSS after load | allocated (tcmalloc) | heap (tcmalloc) |");
     println!("|---:|---|---:|---:|---:|---:|");
     let three: Vec<&Variant> = variants.iter().filter(|v| matches!(v.name, "a" | "b" | "c")).collect();
+    let scripts: Vec<PathBuf> = three.iter().map(|v| wrk_script(dir.path(), v)).collect();
     for conc in [1u32, 4] {
         // Per variant: [idle, after load, allocated, heap] in MiB, one entry per start.
         let mut runs: Vec<Vec<[f64; 4]>> = vec![Vec::new(); three.len()];
         for _ in 0..starts {
             for (k, v) in three.iter().enumerate() {
                 let e = Envoy::start(&bootstrap(v), conc).unwrap_or_else(|e| panic!("variant {}: {e:#}", v.name));
-                let script = dir.path().join(format!("{}.lua", v.name));
-                std::fs::write(&script, format!("wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.body = [==[{}]==]\n", chat_body(v.stream))).unwrap();
                 std::thread::sleep(Duration::from_millis(500));
                 let idle = rss_kib(e.pid());
-                wrk_with(&e.url("/v1/chat/completions"), &script, load, e.pid(), 8 * conc);
+                wrk_with(&e.url("/v1/chat/completions"), &scripts[k], load, e.pid(), 8 * conc);
                 let (alloc, heap) = allocator_kib(e.admin_port);
                 let mib = |kib: u64| kib as f64 / 1024.0;
                 runs[k].push([mib(idle), mib(rss_kib(e.pid())), mib(alloc), mib(heap)]);
@@ -553,10 +564,9 @@ fn memory(variants: &[Variant], seconds: u64, starts: usize) -> Vec<(u32, f64, f
             diffs.push((conc, med[c][0] - med[b][0], med[c][1] - med[b][1]));
         }
     }
-    for (conc, idle, loaded) in &diffs {
+    for (conc, idle, loaded) in diffs {
         println!(
             "(c) - (b) Envoy RSS at --concurrency {conc}: {idle:+.1} MiB idle, {loaded:+.1} MiB after load   (target <= 5)"
         );
     }
-    diffs
 }
