@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmarks (docs/performance.md): the filter's cost in real Envoy (four variants side by side,
+# Benchmarks (docs/performance.md): the filter's cost in real Envoy (seven variants side by side,
 # wrk load, CPU per request from /proc), criterion microbenchmarks of the core, and the module
 # size before and after wasm-opt.   scripts/bench.sh [--smoke]   (--smoke: a short run that only
 # checks that everything executes; CI runs it)
@@ -18,7 +18,7 @@ echo "== module size"
 echo "model_router.wasm: $(stat -c%s $R/model_router.wasm) bytes; after wasm-opt -O3: $(stat -c%s $R/model_router.opt.wasm) bytes (target <= 250000)"
 echo "== machine"
 echo "$(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/{print $2}') GiB; $(date -u +%F)"
-echo "== Envoy: six variants side by side"
+echo "== Envoy: seven variants side by side"
 # The runner only orchestrates (wrk makes the load), so the debug build is fine.
 cargo run -q -p e2e --bin envoy-bench -- $SMOKE
 echo "== criterion: the core"

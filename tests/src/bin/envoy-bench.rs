@@ -1,4 +1,4 @@
-//! The filter's cost in real Envoy, four variants side by side in one run (see docs/performance.md):
+//! The filter's cost in real Envoy, the variants below side by side in one run (see docs/performance.md):
 //!   a) no Wasm filter
 //!   b) floor: a Wasm filter that only buffers the request body and sets one header
 //!   c) model-router routing a 2 KB chat request (body routing)
@@ -8,6 +8,8 @@
 //!      or metrics)
 //!   g) (c) with a global request limit: one ShouldRateLimit per request to a real
 //!      limitador-server (Redis storage); its CPU is Limitador's, not Envoy's, and is not counted
+//!   h) the crossings alone: the floor filter making every host call model-router makes for (c)
+//!      (headers, bodies, header writes, route cache, metrics, clock) and deciding nothing
 //! Load: wrk on loopback. Upstream: Envoy direct_response (never the bottleneck), behind Envoy's
 //! native buffer filter in every variant (see `bootstrap`). Rounds are
 //! interleaved (a b c d, a b c d, …); per variant the median round is reported. CPU per request is
@@ -16,6 +18,7 @@
 //! Then Envoy's memory for (a), (b), (c) at --concurrency 1 and 4 (`--memory`: only that).
 //!
 //! usage: envoy-bench [--smoke] [--memory] [--only VARIANTS] [--rounds N] [--seconds S] [--floor FILE] [--wasm FILE]
+//!                    [--crossings "-metrics -clock ..."]   ((h) with those calls left out)
 
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
@@ -296,6 +299,9 @@ fn main() {
             p.display()
         );
     }
+    // (h) with some of its calls left out, to measure them one at a time (words: see the floor
+    // filter, e.g. "-metrics -clock").
+    let crossings = arg(&args, "--crossings").unwrap_or_default();
     let variants = [
         Variant {
             name: "a",
@@ -335,6 +341,14 @@ fn main() {
             filter: Some(wasm_filter("model-router", &wasm, GLOBAL_CONFIG)),
             stream: false,
             rls_port: Some(0),
+            native: false,
+        },
+        Variant {
+            name: "h",
+            what: "the crossings alone: (b) + every host call (c) makes, no logic",
+            filter: Some(wasm_filter("floor", &floor, &format!("crossings {crossings}"))),
+            stream: false,
+            rls_port: None,
             native: false,
         },
         Variant {
@@ -394,13 +408,21 @@ fn main() {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    // The filter did its job: tokens were counted from the streams.
-    if let Some(i) = variants.iter().position(|v| v.name == "d") {
-        let stats = admin_get(envoys[i].0.admin_port, "/stats/prometheus").unwrap_or_default();
-        let counted = stats
-            .lines()
-            .any(|l| l.starts_with("model_router_tokens_total{model=\"llama-3-8b\"") && !l.ends_with(" 0"));
-        assert!(counted, "variant d counted no tokens:\n{stats}");
+    // The filters did their jobs: (d) counted tokens from the streams, (h) made its metric updates.
+    let moved = |name: &str, stat: &str| {
+        let Some(i) = variants.iter().position(|v| v.name == name) else {
+            return;
+        };
+        let stats = admin_get(envoys[i].0.admin_port, "/stats").unwrap_or_default();
+        let counted = stats.lines().any(|l| l.contains(stat) && !l.ends_with(": 0"));
+        assert!(counted, "variant {name}: no {stat} counted:\n{stats}");
+    };
+    moved(
+        "d",
+        "model=.=llama-3-8b;.;destination=.=llama-v1;.;type=.=output;.;model_router_tokens_total",
+    );
+    if !crossings.contains("-metrics") {
+        moved("h", "floor_requests_total");
     }
 
     let cpu: Vec<f64> = samples
@@ -415,10 +437,16 @@ fn main() {
         let rps = median(s.iter().map(|x| x.rps).collect());
         let p50 = median(s.iter().map(|x| x.p50_us).collect());
         let p99 = median(s.iter().map(|x| x.p99_us).collect());
+        let left_out = if v.name == "h" && !crossings.trim().is_empty() {
+            format!(" (left out: {})", crossings.trim())
+        } else {
+            String::new()
+        };
         println!(
-            "| ({}) | {} | {:.1} | {:.0} | {:.0} µs | {:.0} µs | {} MiB |",
+            "| ({}) | {}{} | {:.1} | {:.0} | {:.0} µs | {:.0} µs | {} MiB |",
             v.name,
             v.what,
+            left_out,
             cpu[i],
             rps,
             p50,
@@ -491,14 +519,25 @@ fn main() {
             cpu[c] / cpu[f]
         );
     }
-    if variants.len() < 4 {
-        return;
+    let at = |name: &str| variants.iter().position(|v| v.name == name);
+    if let (Some(b), Some(c), Some(h)) = (at("b"), at("c"), at("h")) {
+        println!(
+            "\nthe crossings alone (h) vs the floor (b): {:.3}; model-router (c) vs the crossings alone (h): {:.3} CPU per request\n  \
+             ((h) makes (c)'s host calls and decides nothing: (h) - (b) = {:.1} µs is the ABI's share, (c) - (h) = {:.1} µs model-router's own work)",
+            cpu[h] / cpu[b],
+            cpu[c] / cpu[h],
+            cpu[h] - cpu[b],
+            cpu[c] - cpu[h]
+        );
     }
-    println!("\n(c)/(b) CPU per request: {:.3}   (target <= 1.25)", cpu[2] / cpu[1]);
-    println!("(d)/(b) CPU per request: {:.3}   (target <= 1.40)", cpu[3] / cpu[1]);
+    let (Some(a), Some(b), Some(c), Some(d)) = (at("a"), at("b"), at("c"), at("d")) else {
+        return;
+    };
+    println!("\n(c)/(b) CPU per request: {:.3}   (target <= 1.25)", cpu[c] / cpu[b]);
+    println!("(d)/(b) CPU per request: {:.3}   (target <= 1.40)", cpu[d] / cpu[b]);
     println!(
         "(b)/(a) CPU per request: {:.3}   (the cost of any body-reading Wasm filter)",
-        cpu[1] / cpu[0]
+        cpu[b] / cpu[a]
     );
     // Memory last, with the Envoys above stopped.
     drop(envoys);
