@@ -99,7 +99,8 @@ impl HeaderMap {
 mod tests {
     use super::*;
 
-    fn encode(pairs: &[(&str, &[u8])]) -> Vec<u8> {
+    /// The host's encoding written out independently, to check `encode` against.
+    fn host_encoding(pairs: &[(&str, &[u8])]) -> Vec<u8> {
         let mut out = (pairs.len() as u32).to_le_bytes().to_vec();
         for (k, v) in pairs {
             out.extend((k.len() as u32).to_le_bytes());
@@ -128,7 +129,7 @@ mod tests {
             (":path", b"/v1/chat/completions"),
             ("x-bin", b"\xff\x00z"),
         ];
-        let b = encode(&pairs);
+        let b = host_encoding(&pairs);
         assert_eq!(HeaderMap::from_pairs(&pairs).raw, b, "encoded as the host does");
         let m = HeaderMap::parse(b.clone());
         assert_eq!(m.get_str(":method").as_deref(), Some("POST"));

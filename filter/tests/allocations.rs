@@ -93,9 +93,13 @@ fn body() -> String {
 
 const ANSWER: &[u8] = br#"{"id":"c1","object":"chat.completion","model":"llama-3-8b","choices":[{"index":0,"message":{"role":"assistant","content":"A short answer."},"finish_reason":"stop"}],"usage":{"prompt_tokens":512,"completion_tokens":12,"total_tokens":524}}"#;
 
+fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
 /// One request on `h`; the allocations of each callback.
 fn request(vm: &Vm, h: &mut MemoryHost, body: &str) -> [u64; 5] {
-    h.request_headers = [
+    h.request_headers = owned(&[
         (":authority", "127.0.0.1:10000"),
         (":path", "/v1/chat/completions"),
         (":method", "POST"),
@@ -105,21 +109,15 @@ fn request(vm: &Vm, h: &mut MemoryHost, body: &str) -> [u64; 5] {
         ("x-forwarded-proto", "http"),
         ("x-request-id", "a3d9c1e2-5b4f-4c3a-9e8d-7f6a5b4c3d2e"),
         ("content-length", &body.len().to_string()),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
+    ]);
     h.request_body = body.as_bytes().to_vec();
-    h.response_headers = [
+    h.response_headers = owned(&[
         (":status", "200"),
         ("content-type", "application/json"),
         ("content-length", &ANSWER.len().to_string()),
         ("date", "Sun, 22 Nov 2026 13:00:00 GMT"),
         ("server", "envoy"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
+    ]);
     h.response_body = ANSWER.to_vec();
     h.header_edits.clear();
     let mut s = Stream::new(1);

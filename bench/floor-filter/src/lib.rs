@@ -31,22 +31,20 @@ mod filter {
 
     /// Reads a header map as the host hands it over (one crossing, and the host's call back into
     /// the VM's allocator) and lets it go: no parsing, so (h) has no Wasm work of its own.
-    fn read_map(map: MapType) -> usize {
+    fn read_map(map: MapType) {
         let mut data: *mut u8 = std::ptr::null_mut();
         let mut size = 0usize;
         // SAFETY: the host writes a pointer it got from `proxy_on_memory_allocate` and its size.
         unsafe {
-            if proxy_get_header_map_pairs(map, &mut data, &mut size) != Status::Ok || data.is_null() {
-                return 0;
+            if proxy_get_header_map_pairs(map, &mut data, &mut size) == Status::Ok && !data.is_null() {
+                drop(Vec::from_raw_parts(data, size, size));
             }
-            drop(Vec::from_raw_parts(data, size, size));
         }
-        size
     }
 
     proxy_wasm::main! {{
         proxy_wasm::set_log_level(LogLevel::Warn);
-        proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { ids: Rc::new(Ids::default()) }) });
+        proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { setup: Rc::new(Setup::default()) }) });
     }}
 
     /// The six metric updates of (c) go to these five metrics (the in-flight gauge twice).
@@ -63,9 +61,29 @@ mod filter {
     const TOKENS_IN: usize = 3;
     const TOKENS_OUT: usize = 4;
 
+    /// The parts of (h) that `crossings -word` leaves out, one bit each.
+    const PARTS: [(&str, u32); 8] = [
+        ("-metrics", METRIC_UPDATES),
+        ("-clock", CLOCK),
+        ("-reqheaders", REQ_HEADERS),
+        ("-respheaders", RESP_HEADERS),
+        ("-reqbody", REQ_BODY),
+        ("-respbody", RESP_BODY),
+        ("-sets", SETS),
+        ("-routecache", ROUTE_CACHE),
+    ];
+    const METRIC_UPDATES: u32 = 1;
+    const CLOCK: u32 = 2;
+    const REQ_HEADERS: u32 = 4;
+    const RESP_HEADERS: u32 = 8;
+    const REQ_BODY: u32 = 16;
+    const RESP_BODY: u32 = 32;
+    const SETS: u32 = 64;
+    const ROUTE_CACHE: u32 = 128;
+
     /// What the root context configured, shared with the HTTP contexts.
     #[derive(Default)]
-    struct Ids {
+    struct Setup {
         crossings: Cell<bool>,
         /// Parts left out, for measuring one at a time (`crossings -metrics -clock ...`).
         skip: Cell<u32>,
@@ -74,7 +92,7 @@ mod filter {
     }
 
     struct Root {
-        ids: Rc<Ids>,
+        setup: Rc<Setup>,
     }
     impl Context for Root {}
     impl RootContext for Root {
@@ -83,44 +101,36 @@ mod filter {
             let config = String::from_utf8_lossy(&config);
             let mut words = config.split_whitespace();
             let crossings = words.next() == Some("crossings");
-            self.ids.crossings.set(crossings);
+            self.setup.crossings.set(crossings);
             let mut skip = 0;
             for w in words {
-                skip |= match w {
-                    "-metrics" => SKIP_METRICS,
-                    "-clock" => SKIP_CLOCK,
-                    "-reqheaders" => SKIP_REQ_HEADERS,
-                    "-reqbody" => SKIP_REQ_BODY,
-                    "-sets" => SKIP_SETS,
-                    "-routecache" => SKIP_ROUTE_CACHE,
-                    "-respheaders" => SKIP_RESP_HEADERS,
-                    "-respbody" => SKIP_RESP_BODY,
-                    _ => {
-                        let _ = hostcalls::log(
-                            LogLevel::Error,
-                            &format!(
-                                "floor filter: unknown word {w:?} after `crossings` (known: -metrics -clock \
-                                 -reqheaders -respheaders -reqbody -respbody -sets -routecache)"
-                            ),
-                        );
-                        return false;
-                    }
+                let Some((_, part)) = PARTS.iter().find(|(word, _)| *word == w) else {
+                    let known: Vec<&str> = PARTS.iter().map(|(word, _)| *word).collect();
+                    let _ = hostcalls::log(
+                        LogLevel::Error,
+                        &format!(
+                            "floor filter: unknown word {w:?} after `crossings` (known: {})",
+                            known.join(" ")
+                        ),
+                    );
+                    return false;
                 };
+                skip |= part;
             }
-            self.ids.skip.set(skip);
+            self.setup.skip.set(skip);
             if crossings {
                 // Names shaped like model-router's (labels in the name, extracted as tags).
                 let labels = "model=.=llama-3-8b;.;destination=.=llama-v1;.;";
-                for (id, (kind, name)) in self.ids.metrics.iter().zip(METRICS) {
+                for (id, (kind, name)) in self.setup.metrics.iter().zip(METRICS) {
                     id.set(hostcalls::define_metric(kind, &format!("{labels}{name}")).unwrap_or(0));
                 }
             }
             true
         }
         fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
-            if self.ids.crossings.get() {
+            if self.setup.crossings.get() {
                 return Some(Box::new(Crossings {
-                    ids: self.ids.clone(),
+                    setup: self.setup.clone(),
                     start: 0,
                 }));
             }
@@ -150,15 +160,6 @@ mod filter {
         }
     }
 
-    const SKIP_METRICS: u32 = 1;
-    const SKIP_CLOCK: u32 = 2;
-    const SKIP_REQ_HEADERS: u32 = 4;
-    const SKIP_REQ_BODY: u32 = 8;
-    const SKIP_SETS: u32 = 16;
-    const SKIP_ROUTE_CACHE: u32 = 32;
-    const SKIP_RESP_HEADERS: u32 = 64;
-    const SKIP_RESP_BODY: u32 = 128;
-
     fn now() -> u64 {
         hostcalls::get_current_time()
             .ok()
@@ -167,26 +168,24 @@ mod filter {
     }
 
     struct Crossings {
-        ids: Rc<Ids>,
+        setup: Rc<Setup>,
         start: u64,
     }
     impl Crossings {
         fn does(&self, part: u32) -> bool {
-            self.ids.skip.get() & part == 0
+            self.setup.skip.get() & part == 0
         }
     }
     impl Context for Crossings {}
     impl HttpContext for Crossings {
         fn on_http_request_headers(&mut self, _n: usize, end_of_stream: bool) -> Action {
-            let headers = if self.does(SKIP_REQ_HEADERS) {
-                read_map(MapType::HttpRequestHeaders)
-            } else {
-                1
-            };
-            if self.does(SKIP_CLOCK) {
+            if self.does(REQ_HEADERS) {
+                read_map(MapType::HttpRequestHeaders);
+            }
+            if self.does(CLOCK) {
                 self.start = now();
             }
-            if end_of_stream || headers == 0 {
+            if end_of_stream {
                 return Action::Continue;
             }
             Action::Pause
@@ -195,51 +194,43 @@ mod filter {
             if !end_of_stream {
                 return Action::Pause;
             }
-            let body = if self.does(SKIP_REQ_BODY) {
-                self.get_http_request_body(0, size).unwrap_or_default()
-            } else {
-                b"{}".to_vec()
-            };
-            let route = if body.len() > 1 { "llama-v1" } else { "openai" };
-            if self.does(SKIP_SETS) {
-                self.set_http_request_header("x-ai-route", Some(route));
-                self.set_http_request_header("x-ai-model", Some("llama-3-8b"));
-            } else {
-                self.set_http_request_header("x-ai-route", Some(route));
+            if self.does(REQ_BODY) {
+                let _ = self.get_http_request_body(0, size);
             }
-            if self.does(SKIP_ROUTE_CACHE) {
+            self.set_http_request_header("x-ai-route", Some("llama-v1"));
+            if self.does(SETS) {
+                self.set_http_request_header("x-ai-model", Some("llama-3-8b"));
+            }
+            if self.does(ROUTE_CACHE) {
                 let _ = hostcalls::call_foreign_function("clear_route_cache", None);
             }
-            if self.does(SKIP_METRICS) {
-                let _ = hostcalls::increment_metric(self.ids.metrics[IN_FLIGHT].get(), 1);
+            if self.does(METRIC_UPDATES) {
+                let _ = hostcalls::increment_metric(self.setup.metrics[IN_FLIGHT].get(), 1);
             }
             Action::Continue
         }
         fn on_http_response_headers(&mut self, _n: usize, _end_of_stream: bool) -> Action {
-            let headers = if self.does(SKIP_RESP_HEADERS) {
-                read_map(MapType::HttpResponseHeaders)
-            } else {
-                1
-            };
-            let route = if headers == 0 { "openai" } else { "llama-v1" };
-            if self.does(SKIP_SETS) {
-                self.set_http_response_header("x-ai-route", Some(route));
+            if self.does(RESP_HEADERS) {
+                read_map(MapType::HttpResponseHeaders);
+            }
+            if self.does(SETS) {
+                self.set_http_response_header("x-ai-route", Some("llama-v1"));
             }
             Action::Continue
         }
         fn on_http_response_body(&mut self, size: usize, _end_of_stream: bool) -> Action {
-            if self.does(SKIP_RESP_BODY) {
+            if self.does(RESP_BODY) {
                 let _ = self.get_http_response_body(0, size);
             }
             Action::Continue
         }
         fn on_log(&mut self) {
-            let end = if self.does(SKIP_CLOCK) { now() } else { 0 };
+            let end = if self.does(CLOCK) { now() } else { 0 };
             let ms = end.saturating_sub(self.start) / 1_000_000;
-            if !self.does(SKIP_METRICS) {
+            if !self.does(METRIC_UPDATES) {
                 return;
             }
-            let id = |i: usize| self.ids.metrics[i].get();
+            let id = |i: usize| self.setup.metrics[i].get();
             let _ = hostcalls::increment_metric(id(REQUESTS), 1);
             let _ = hostcalls::increment_metric(id(IN_FLIGHT), -1);
             let _ = hostcalls::record_metric(id(DURATION), ms);

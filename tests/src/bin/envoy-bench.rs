@@ -408,9 +408,11 @@ fn main() {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+    // Where variant `name` is in this run (`--only` may have left it out).
+    let at = |name: &str| variants.iter().position(|v| v.name == name);
     // The filters did their jobs: (d) counted tokens from the streams, (h) made its metric updates.
     let moved = |name: &str, stat: &str| {
-        let Some(i) = variants.iter().position(|v| v.name == name) else {
+        let Some(i) = at(name) else {
             return;
         };
         let stats = admin_get(envoys[i].0.admin_port, "/stats").unwrap_or_default();
@@ -454,10 +456,7 @@ fn main() {
             rss_kib(envoys[i].0.pid()) / 1024
         );
     }
-    if let (Some(c), Some(g)) = (
-        variants.iter().position(|v| v.name == "c"),
-        variants.iter().position(|v| v.name == "g"),
-    ) {
+    if let (Some(c), Some(g)) = (at("c"), at("g")) {
         let p = |i: usize, f: fn(&Sample) -> f64| median(samples[i].iter().map(f).collect());
         println!(
             "\nglobal check, (g) vs (c): CPU per request {:+.1} µs ({:.3}x), p50 {:+.0} µs, p99 {:+.0} µs (Envoy's CPU only; Limitador and Redis run beside it)",
@@ -475,10 +474,7 @@ fn main() {
         );
     }
     // Low load: one client, one request at a time; the latency the filter adds, not its throughput.
-    if let (Some(b), Some(c)) = (
-        variants.iter().position(|v| v.name == "b"),
-        variants.iter().position(|v| v.name == "c"),
-    ) {
+    if let (Some(b), Some(c)) = (at("b"), at("c")) {
         let one = |i: usize| {
             let (e, script) = &envoys[i];
             wrk_with(&e.url("/v1/chat/completions"), script, seconds, e.pid(), 1)
@@ -508,18 +504,13 @@ fn main() {
             bytes / 1048576.0
         );
     }
-    if let (Some(b), Some(c), Some(f)) = (
-        variants.iter().position(|v| v.name == "b"),
-        variants.iter().position(|v| v.name == "c"),
-        variants.iter().position(|v| v.name == "f"),
-    ) {
+    if let (Some(b), Some(c), Some(f)) = (at("b"), at("c"), at("f")) {
         println!(
             "\nstock Envoy (f) vs the Wasm floor (b): {:.3}; model-router (c) vs stock Envoy (f): {:.3} CPU per request",
             cpu[f] / cpu[b],
             cpu[c] / cpu[f]
         );
     }
-    let at = |name: &str| variants.iter().position(|v| v.name == name);
     if let (Some(b), Some(c), Some(h)) = (at("b"), at("c"), at("h")) {
         println!(
             "\nthe crossings alone (h) vs the floor (b): {:.3}; model-router (c) vs the crossings alone (h): {:.3} CPU per request\n  \
