@@ -17,7 +17,7 @@ use crate::reply::{Reject, RejectReason};
 use crate::request::{apply_edits, BodyAction, HeadersAction, Outcome, RequestFlow, RequestInfo, CONTENT_LENGTH};
 use crate::restore::ModelRestorer;
 use crate::rls::{self, Call};
-use crate::telemetry::{self, Meter, MetricOp};
+use crate::telemetry::{self, Meter, MetricOp, StatNames};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Map {
@@ -125,6 +125,8 @@ pub struct Vm {
     rls_service: Vec<u8>,
     /// The linear memory this VM last added to `model_router_vm_memory_bytes`.
     memory_reported: Cell<u64>,
+    /// The per-model stats, named once per label pair.
+    stats: StatNames,
 }
 
 /// How long past its timeout the tick waits for a rate limit answer the host never delivered.
@@ -141,6 +143,7 @@ impl Vm {
             .as_ref()
             .map(|r| rls::grpc_service(&r.cluster))
             .unwrap_or_default();
+        let stats = StatNames::new(&config);
         Vm {
             config,
             hold: RefCell::new(HoldNet::default()),
@@ -153,6 +156,7 @@ impl Vm {
             loaded_s: now_ns / 1_000_000_000,
             callouts: RefCell::new(Vec::new()),
             memory_reported: Cell::new(0),
+            stats,
         }
     }
 
@@ -592,7 +596,8 @@ impl Stream {
             ops.extend(self.account(vm, host, status, model, dest));
         }
         let now = host.now_ns();
-        ops.extend(self.meter.finish(self.flow.counted(), (model, dest), status, now));
+        let stats = vm.stats.pair(cfg, self.flow.outcome());
+        ops.extend(self.meter.finish(self.flow.counted(), &stats, status, now));
         for op in &ops {
             host.metric(op);
         }
@@ -698,8 +703,7 @@ impl Stream {
             }
         }
         if let Some(ttft) = self.meter.response_body(&chunk, end_of_stream, || host.now_ns()) {
-            let (m, d) = telemetry::labels(&vm.config, self.flow.outcome());
-            host.metric(&Meter::ttft_op(m, d, ttft));
+            host.metric(&Meter::ttft_op(&vm.stats.pair(&vm.config, self.flow.outcome()), ttft));
         }
         if end_of_stream && vm.config.filter_state {
             let u = self.meter.usage();
@@ -973,7 +977,7 @@ impl Stream {
             return;
         }
         let (m, d) = telemetry::labels(&vm.config, self.flow.outcome());
-        let ops = self.meter.routed(m, d);
+        let ops = self.meter.routed(&vm.stats.pair(&vm.config, self.flow.outcome()));
         if !ops.is_empty() {
             for op in &ops {
                 host.metric(op);

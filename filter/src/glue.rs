@@ -105,26 +105,24 @@ impl Host for ProxyHost<'_> {
         let _ = host::call_foreign("clear_route_cache", &[]);
     }
     fn metric(&mut self, op: &MetricOp) {
-        let (kind, name) = match op {
-            MetricOp::Add { kind, name, .. } => (*kind, name),
-            MetricOp::Record { name, .. } => (Kind::Histogram, name),
-        };
-        let known = self.metrics.borrow().get(name).copied();
-        let id = match known {
+        let stat = op.stat();
+        // A stat shared across requests carries its id; the others are looked up by name.
+        let id = match stat.host_id().or_else(|| self.metrics.borrow().get(&**stat).copied()) {
             Some(id) => id,
             None => {
-                let host_kind = match kind {
+                let host_kind = match op.kind() {
                     Kind::Counter => host::METRIC_COUNTER,
                     Kind::Gauge => host::METRIC_GAUGE,
                     Kind::Histogram => host::METRIC_HISTOGRAM,
                 };
-                let Ok(id) = host::define_metric(host_kind, name) else {
+                let Ok(id) = host::define_metric(host_kind, stat) else {
                     return;
                 };
-                self.metrics.borrow_mut().insert(name.clone(), id);
+                self.metrics.borrow_mut().insert(stat.to_string(), id);
                 id
             }
         };
+        stat.set_host_id(id);
         let _ = match op {
             MetricOp::Add { delta, .. } => host::increment_metric(id, *delta),
             MetricOp::Record { value, .. } => host::record_metric(id, *value),

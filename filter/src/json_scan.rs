@@ -104,8 +104,9 @@ const MAX_KEY: usize = 64;
 #[derive(Debug)]
 pub struct TopLevelScanner {
     wanted: &'static [&'static str],
-    /// Scanning is done once the first `enough` wanted keys are found.
-    enough: usize,
+    /// The wanted keys the scan waits for (all of them, or the first `n` of `done_after`) that
+    /// were not found yet, one bit each (wanted lists are short constants).
+    missing: u64,
     /// Stop reading input once done (set by `done_after`); otherwise validate to the end.
     stop_early: bool,
     capture_limit: usize,
@@ -143,7 +144,7 @@ impl TopLevelScanner {
     pub fn new(wanted: &'static [&'static str], capture_limit: usize) -> Self {
         TopLevelScanner {
             wanted,
-            enough: wanted.len(),
+            missing: first_keys(wanted.len()),
             stop_early: false,
             capture_limit,
             lex: Lex::Value,
@@ -175,7 +176,7 @@ impl TopLevelScanner {
     /// Consider the scan done once the first `n` wanted keys are found: `feed` then stops reading,
     /// even in the middle of a chunk.
     pub fn done_after(mut self, n: usize) -> Self {
-        self.enough = n.min(self.wanted.len());
+        self.missing = first_keys(n.min(self.wanted.len()));
         self.stop_early = true;
         self
     }
@@ -203,7 +204,7 @@ impl TopLevelScanner {
     /// The scan is done: the keys asked for are found (see `done_after`), or can no longer be
     /// (the top level closed or is not an object).
     pub fn all_found(&self) -> bool {
-        self.closed || self.top_not_object || (0..self.enough).all(|k| self.found.iter().any(|f| f.key == k))
+        self.closed || self.top_not_object || self.missing == 0
     }
 
     /// Where the value of a wanted key that is being read began (its end is not known yet).
@@ -591,6 +592,7 @@ impl TopLevelScanner {
         if self.stack.len() == 1 {
             if let Some(mut f) = self.capture.take() {
                 f.end = end;
+                self.missing &= !1u64.checked_shl(f.key as u32).unwrap_or(0);
                 self.found.push(f);
             }
         }
@@ -605,6 +607,11 @@ impl TopLevelScanner {
             f.raw.extend_from_slice(&bytes[..bytes.len().min(room)]);
         }
     }
+}
+
+/// The bits of the first `n` keys (all of them from 64 on).
+fn first_keys(n: usize) -> u64 {
+    1u64.checked_shl(n as u32).map_or(u64::MAX, |b| b - 1)
 }
 
 /// Index of the first byte that ends a run of plain string content: `"`, `\\` or a control

@@ -240,8 +240,8 @@ impl Host for MemoryHost {
     fn metric(&mut self, op: &MetricOp) {
         self.cross("metric");
         match op {
-            MetricOp::Add { name, delta, .. } => *self.metrics.entry(name.clone()).or_insert(0) += delta,
-            MetricOp::Record { name, value } => self.histograms.entry(name.clone()).or_default().push(*value),
+            MetricOp::Add { name, delta, .. } => *self.metrics.entry(name.to_string()).or_insert(0) += delta,
+            MetricOp::Record { name, value } => self.histograms.entry(name.to_string()).or_default().push(*value),
         }
     }
 

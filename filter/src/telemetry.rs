@@ -2,10 +2,14 @@
 //! name the way Istio's own stats are (`model=.=llama;.;destination=.=v1;.;NAME`), so that
 //! `stats_tags` / Istio `extraStatTags` turn them into Prometheus labels. Time is passed in.
 
+use std::cell::{Cell, RefCell};
+use std::ops::Deref;
+use std::rc::Rc;
+
 use crate::config::Config;
 use crate::reply::RejectReason;
 use crate::request::Outcome;
-use crate::usage::{ResponseUsage, Usage, UsageErrors};
+use crate::usage::{ResponseUsage, Usage, UsageErrors, TOKEN_TYPES};
 
 pub const REQUESTS_TOTAL: &str = "model_router_requests_total";
 pub const TOKENS_TOTAL: &str = "model_router_tokens_total";
@@ -74,10 +78,73 @@ pub enum Kind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MetricOp {
     /// Add to a counter (always > 0: Envoy rejects other increments) or a gauge (any sign).
-    Add { kind: Kind, name: String, delta: i64 },
+    Add { kind: Kind, name: Stat, delta: i64 },
     /// Record a histogram value.
-    Record { name: String, value: u64 },
+    Record { name: Stat, value: u64 },
 }
+
+impl MetricOp {
+    pub fn stat(&self) -> &Stat {
+        match self {
+            MetricOp::Add { name, .. } | MetricOp::Record { name, .. } => name,
+        }
+    }
+
+    pub fn kind(&self) -> Kind {
+        match self {
+            MetricOp::Add { kind, .. } => *kind,
+            MetricOp::Record { .. } => Kind::Histogram,
+        }
+    }
+}
+
+/// A stat's full name, and the id the host gave it once the glue defined it. The names of a
+/// label pair are made once per VM (`StatNames`) and shared, so a request's metric updates
+/// neither format names nor look them up: the host's id travels with the name.
+#[derive(Debug, Clone)]
+pub struct Stat(Rc<StatInner>);
+
+#[derive(Debug)]
+struct StatInner {
+    name: Box<str>,
+    host_id: Cell<Option<u32>>,
+}
+
+impl Stat {
+    /// The host's id for this stat, once `set_host_id` recorded one.
+    pub fn host_id(&self) -> Option<u32> {
+        self.0.host_id.get()
+    }
+
+    pub fn set_host_id(&self, id: u32) {
+        self.0.host_id.set(Some(id));
+    }
+}
+
+impl From<String> for Stat {
+    fn from(name: String) -> Stat {
+        Stat(Rc::new(StatInner {
+            name: name.into_boxed_str(),
+            host_id: Cell::new(None),
+        }))
+    }
+}
+
+impl Deref for Stat {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0.name
+    }
+}
+
+/// Two stats are the same stat when their names are (the host's id is a cache).
+impl PartialEq for Stat {
+    fn eq(&self, other: &Stat) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Stat {}
 
 /// `k=.=v;.;` for each label, then the metric name.
 pub fn stat_name(metric: &str, labels: &[(&str, &str)]) -> String {
@@ -93,13 +160,102 @@ pub fn stat_name(metric: &str, labels: &[(&str, &str)]) -> String {
     s
 }
 
+/// The status classes of `code_class`, in order.
+const CODE_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// The stats every counted request of one (model, destination) label pair updates.
+#[derive(Debug)]
+pub struct PairStats {
+    in_flight: Stat,
+    duration: Stat,
+    ttft: Stat,
+    /// By `CODE_CLASSES`.
+    requests: [Stat; CODE_CLASSES.len()],
+    /// By `usage::TOKEN_TYPES`.
+    tokens: [Stat; TOKEN_TYPES.len()],
+}
+
+impl PairStats {
+    pub fn new(model: &str, destination: &str) -> PairStats {
+        let pair = [("model", model), ("destination", destination)];
+        let with = |metric: &str, key: &str, value: &str| -> Stat {
+            stat_name(metric, &[pair[0], pair[1], (key, value)]).into()
+        };
+        PairStats {
+            in_flight: stat_name(IN_FLIGHT, &pair).into(),
+            duration: stat_name(DURATION_MS, &pair).into(),
+            ttft: stat_name(TTFT_MS, &pair).into(),
+            requests: CODE_CLASSES.map(|c| with(REQUESTS_TOTAL, "code_class", c)),
+            tokens: TOKEN_TYPES.map(|t| with(TOKENS_TOTAL, "type", t)),
+        }
+    }
+}
+
+/// The `PairStats` of a VM's label pairs, made on a pair's first request: one slot for each
+/// configured model's destinations, its `unrouted` and its `other`, and one for (`other`,
+/// `other`). Found by the request's outcome, without formatting or hashing a name.
+#[derive(Debug)]
+pub struct StatNames {
+    slots: RefCell<Vec<Option<Rc<PairStats>>>>,
+    /// Where each model's slots begin.
+    starts: Vec<usize>,
+}
+
+impl StatNames {
+    pub fn new(cfg: &Config) -> StatNames {
+        let mut starts = Vec::with_capacity(cfg.models.len());
+        let mut n = 0;
+        for m in &cfg.models {
+            starts.push(n);
+            n += m.destinations.len() + 2;
+        }
+        StatNames {
+            slots: RefCell::new(vec![None; n + 1]),
+            starts,
+        }
+    }
+
+    /// The stats of the labels `labels(cfg, outcome)`; `cfg` is the one this was made for.
+    pub fn pair(&self, cfg: &Config, outcome: &Outcome) -> Rc<PairStats> {
+        let slot = match outcome {
+            Outcome::Matched { model, destination } => match (self.starts.get(*model), cfg.models.get(*model)) {
+                (Some(&start), Some(m)) => {
+                    let n = m.destinations.len();
+                    start
+                        + match *destination {
+                            Some(d) if d < n => d,
+                            None => n,
+                            Some(_) => n + 1,
+                        }
+                }
+                _ => usize::MAX,
+            },
+            _ => usize::MAX,
+        };
+        let mut slots = self.slots.borrow_mut();
+        // Anything else is (`other`, `other`), the last slot.
+        let at = slot.min(slots.len() - 1);
+        if let Some(p) = &slots[at] {
+            return Rc::clone(p);
+        }
+        let (model, destination) = labels(cfg, outcome);
+        let p = Rc::new(PairStats::new(model, destination));
+        slots[at] = Some(Rc::clone(&p));
+        p
+    }
+}
+
 pub fn code_class(status: u32) -> &'static str {
+    CODE_CLASSES[code_class_index(status)]
+}
+
+fn code_class_index(status: u32) -> usize {
     match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
     }
 }
 
@@ -125,7 +281,7 @@ pub fn labels<'a>(cfg: &'a Config, outcome: &Outcome) -> (&'a str, &'a str) {
 fn count(name: String) -> MetricOp {
     MetricOp::Add {
         kind: Kind::Counter,
-        name,
+        name: name.into(),
         delta: 1,
     }
 }
@@ -152,7 +308,8 @@ pub fn usage_errors(model: &str, destination: &str, e: &UsageErrors) -> Vec<Metr
                 name: stat_name(
                     USAGE_ERRORS_TOTAL,
                     &[("model", model), ("destination", destination), ("reason", reason)],
-                ),
+                )
+                .into(),
                 delta: i64::try_from(n).unwrap_or(i64::MAX),
             });
         }
@@ -162,14 +319,14 @@ pub fn usage_errors(model: &str, destination: &str, e: &UsageErrors) -> Vec<Metr
 
 /// A change of a VM's linear memory.
 pub fn vm_memory(delta: i64) -> MetricOp {
-    gauge(VM_MEMORY_BYTES.to_string(), delta)
+    gauge(VM_MEMORY_BYTES.to_string().into(), delta)
 }
 
 /// A call to the rate limit service without a usable answer.
 pub fn rate_limit_service_failure(call: &str, reason: &str) -> MetricOp {
     MetricOp::Add {
         kind: Kind::Counter,
-        name: stat_name(RATE_LIMIT_SERVICE_FAILURES_TOTAL, &[("call", call), ("reason", reason)]),
+        name: stat_name(RATE_LIMIT_SERVICE_FAILURES_TOTAL, &[("call", call), ("reason", reason)]).into(),
         delta: 1,
     }
 }
@@ -182,7 +339,7 @@ pub fn hold_probe() -> MetricOp {
 pub fn rejected(reason: RejectReason) -> MetricOp {
     MetricOp::Add {
         kind: Kind::Counter,
-        name: stat_name(REJECTED_TOTAL, &[("reason", reason.code())]),
+        name: stat_name(REJECTED_TOTAL, &[("reason", reason.code())]).into(),
         delta: 1,
     }
 }
@@ -195,8 +352,8 @@ pub fn hold_released() -> MetricOp {
 #[derive(Debug)]
 pub struct Meter {
     start_ns: u64,
-    /// The in-flight gauge's stat name while the request is counted in flight.
-    in_flight: Option<String>,
+    /// The in-flight gauge while the request is counted in flight.
+    in_flight: Option<Stat>,
     /// Response bytes arrived (TTFT is taken once).
     first_byte_seen: bool,
     response: Option<ResponseUsage>,
@@ -242,13 +399,12 @@ impl Meter {
     }
 
     /// The request was routed: it is now in flight.
-    pub fn routed(&mut self, model: &str, destination: &str) -> Vec<MetricOp> {
+    pub fn routed(&mut self, stats: &PairStats) -> Vec<MetricOp> {
         if self.in_flight.is_some() || self.finished {
             return Vec::new();
         }
-        let name = in_flight_name(model, destination);
-        self.in_flight = Some(name.clone());
-        vec![gauge(name, 1)]
+        self.in_flight = Some(stats.in_flight.clone());
+        vec![gauge(stats.in_flight.clone(), 1)]
     }
 
     /// Response headers arrived. `encoded`: a `content-encoding` other than `identity`.
@@ -291,9 +447,9 @@ impl Meter {
     }
 
     /// TTFT as a metric op for the given labels.
-    pub fn ttft_op(model: &str, destination: &str, value_ms: u64) -> MetricOp {
+    pub fn ttft_op(stats: &PairStats, value_ms: u64) -> MetricOp {
         MetricOp::Record {
-            name: stat_name(TTFT_MS, &[("model", model), ("destination", destination)]),
+            name: stats.ttft.clone(),
             value: value_ms,
         }
     }
@@ -309,7 +465,7 @@ impl Meter {
 
     /// The exchange ended (any way: completion, reset, local reply). `counted`: whether the request
     /// belongs in the per-model request metrics. Idempotent: only the first call reports.
-    pub fn finish(&mut self, counted: bool, labels: (&str, &str), status: u32, now_ns: u64) -> Vec<MetricOp> {
+    pub fn finish(&mut self, counted: bool, stats: &PairStats, status: u32, now_ns: u64) -> Vec<MetricOp> {
         if self.finished {
             return Vec::new();
         }
@@ -321,28 +477,20 @@ impl Meter {
         if !counted {
             return ops;
         }
-        let (model, dest) = labels;
         ops.push(MetricOp::Add {
             kind: Kind::Counter,
-            name: stat_name(
-                REQUESTS_TOTAL,
-                &[
-                    ("model", model),
-                    ("destination", dest),
-                    ("code_class", code_class(status)),
-                ],
-            ),
+            name: stats.requests[code_class_index(status)].clone(),
             delta: 1,
         });
         ops.push(MetricOp::Record {
-            name: stat_name(DURATION_MS, &[("model", model), ("destination", dest)]),
+            name: stats.duration.clone(),
             value: ms(now_ns.saturating_sub(self.start_ns)),
         });
-        for (ty, n) in self.usage().by_type() {
-            if n > 0 {
+        for (stat, n) in stats.tokens.iter().zip(self.usage().counts()) {
+            if let Some(n) = n.filter(|&n| n > 0) {
                 ops.push(MetricOp::Add {
                     kind: Kind::Counter,
-                    name: stat_name(TOKENS_TOTAL, &[("model", model), ("destination", dest), ("type", ty)]),
+                    name: stat.clone(),
                     delta: i64::try_from(n).unwrap_or(i64::MAX),
                 });
             }
@@ -351,7 +499,7 @@ impl Meter {
     }
 }
 
-fn gauge(name: String, delta: i64) -> MetricOp {
+fn gauge(name: Stat, delta: i64) -> MetricOp {
     MetricOp::Add {
         kind: Kind::Gauge,
         name,
@@ -359,13 +507,12 @@ fn gauge(name: String, delta: i64) -> MetricOp {
     }
 }
 
-fn in_flight_name(model: &str, destination: &str) -> String {
-    stat_name(IN_FLIGHT, &[("model", model), ("destination", destination)])
-}
-
 #[cfg(test)]
 fn in_flight_op(model: &str, destination: &str, delta: i64) -> MetricOp {
-    gauge(in_flight_name(model, destination), delta)
+    gauge(
+        stat_name(IN_FLIGHT, &[("model", model), ("destination", destination)]).into(),
+        delta,
+    )
 }
 
 fn ms(ns: u64) -> u64 {
@@ -393,10 +540,11 @@ mod tests {
     #[test]
     fn a_streamed_exchange() {
         let ms_ = 1_000_000;
+        let md = PairStats::new("m", "d");
         let mut x = Meter::new(0);
-        let ops = x.routed("m", "d");
+        let ops = x.routed(&md);
         assert_eq!(ops, vec![in_flight_op("m", "d", 1)]);
-        assert!(x.routed("m", "d").is_empty(), "counted once");
+        assert!(x.routed(&md).is_empty(), "counted once");
         x.response_headers(Some("text/event-stream"), false, None, None);
         assert_eq!(x.response_body(b"", false, || 5 * ms_), None);
         assert_eq!(
@@ -412,7 +560,7 @@ mod tests {
             None
         );
         x.response_body(b"data: [DONE]\n\n", true, || 60 * ms_);
-        let ops = x.finish(true, ("m", "d"), 200, 70 * ms_);
+        let ops = x.finish(true, &md, 200, 70 * ms_);
         assert_eq!(
             ops,
             vec![
@@ -422,16 +570,17 @@ mod tests {
                     name: stat_name(
                         REQUESTS_TOTAL,
                         &[("model", "m"), ("destination", "d"), ("code_class", "2xx")]
-                    ),
+                    )
+                    .into(),
                     delta: 1
                 },
                 MetricOp::Record {
-                    name: stat_name(DURATION_MS, &[("model", "m"), ("destination", "d")]),
+                    name: stat_name(DURATION_MS, &[("model", "m"), ("destination", "d")]).into(),
                     value: 70
                 },
                 MetricOp::Add {
                     kind: Kind::Counter,
-                    name: stat_name(TOKENS_TOTAL, &[("model", "m"), ("destination", "d"), ("type", "input")]),
+                    name: stat_name(TOKENS_TOTAL, &[("model", "m"), ("destination", "d"), ("type", "input")]).into(),
                     delta: 3
                 },
                 MetricOp::Add {
@@ -439,30 +588,29 @@ mod tests {
                     name: stat_name(
                         TOKENS_TOTAL,
                         &[("model", "m"), ("destination", "d"), ("type", "output")]
-                    ),
+                    )
+                    .into(),
                     delta: 4
                 },
             ]
         );
-        assert!(
-            x.finish(true, ("m", "d"), 200, 80 * ms_).is_empty(),
-            "finish is idempotent"
-        );
+        assert!(x.finish(true, &md, 200, 80 * ms_).is_empty(), "finish is idempotent");
     }
 
     #[test]
     fn json_responses_have_no_ttft_and_reset_streams_still_leave_flight() {
+        let md = PairStats::new("m", "d");
         let mut x = Meter::new(0);
-        x.routed("m", "d");
+        x.routed(&md);
         x.response_headers(Some("application/json"), false, None, None);
         assert_eq!(x.response_body(b"{\"usage\":{\"prompt_tokens\":1}}", true, || 1), None);
         assert_eq!(x.usage().input, Some(1));
 
         let mut y = Meter::new(0);
-        y.routed("m", "d");
+        y.routed(&md);
         y.response_headers(Some("text/event-stream"), false, None, None);
         y.response_body(b"data: {\"x\":1}\n\n", false, || 10);
-        let ops = y.finish(true, ("m", "d"), 200, 20);
+        let ops = y.finish(true, &md, 200, 20);
         assert_eq!(ops[0], in_flight_op("m", "d", -1));
         assert!(ops
             .iter()
@@ -470,8 +618,50 @@ mod tests {
     }
 
     #[test]
+    fn a_label_pairs_stats_are_named_once_and_carry_the_hosts_id() {
+        let cfg =
+            Config::from_json(br#"{"models":[{"name":"m","destinations":[{"name":"d"},{"name":"e"}]},{"name":"n","destinations":[{"name":"d"}]}]}"#)
+                .unwrap();
+        let names = StatNames::new(&cfg);
+        let to = |model, destination| Outcome::Matched { model, destination };
+        let first = names.pair(&cfg, &to(0, Some(0)));
+        let mut x = Meter::new(0);
+        x.routed(&first)[0].stat().set_host_id(7);
+        // The next request of the pair gets the same stats, with the id the glue recorded.
+        let mut y = Meter::new(0);
+        let ops = y.routed(&names.pair(&cfg, &to(0, Some(0))));
+        assert_eq!(ops, vec![in_flight_op("m", "d", 1)]);
+        assert_eq!(ops[0].stat().host_id(), Some(7));
+        // Every other pair is its own stats, named by `labels`.
+        let pairs = [
+            (to(0, Some(1)), "m", "e"),
+            (to(0, None), "m", UNROUTED),
+            (to(0, Some(2)), "m", OTHER),
+            (to(1, None), "n", UNROUTED),
+            (to(2, None), OTHER, OTHER),
+        ];
+        for (outcome, model, destination) in &pairs {
+            let p = names.pair(&cfg, outcome);
+            assert_eq!(
+                *p.in_flight,
+                stat_name(IN_FLIGHT, &[("model", model), ("destination", destination)])
+            );
+            assert_eq!(p.in_flight.host_id(), None, "{outcome:?}");
+            p.in_flight.set_host_id(1);
+        }
+        assert!(Rc::ptr_eq(
+            &names.pair(&cfg, &Outcome::NoModel),
+            &names.pair(&cfg, &to(2, None))
+        ));
+        assert_eq!(
+            &*first.requests[code_class_index(404)],
+            "model=.=m;.;destination=.=d;.;code_class=.=4xx;.;model_router_requests_total"
+        );
+    }
+
+    #[test]
     fn uncounted_requests_only_leave_flight() {
         let mut x = Meter::new(0);
-        assert!(x.finish(false, (OTHER, OTHER), 200, 5).is_empty());
+        assert!(x.finish(false, &PairStats::new(OTHER, OTHER), 200, 5).is_empty());
     }
 }

@@ -19,22 +19,23 @@ pub struct Usage {
     pub reasoning: Option<u64>,
 }
 
+/// The `type` labels of token counts, in the order of `Usage::counts`.
+pub const TOKEN_TYPES: [&str; 5] = ["input", "output", "cached_input", "cache_creation_input", "reasoning"];
+
 impl Usage {
-    /// (type label, count) for every known count.
-    pub fn by_type(&self) -> impl Iterator<Item = (&'static str, u64)> {
+    /// The counts by `TOKEN_TYPES`.
+    pub fn counts(&self) -> [Option<u64>; TOKEN_TYPES.len()] {
         [
-            ("input", self.input),
-            ("output", self.output),
-            ("cached_input", self.cached_input),
-            ("cache_creation_input", self.cache_creation_input),
-            ("reasoning", self.reasoning),
+            self.input,
+            self.output,
+            self.cached_input,
+            self.cache_creation_input,
+            self.reasoning,
         ]
-        .into_iter()
-        .filter_map(|(k, v)| v.map(|v| (k, v)))
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_type().next().is_none()
+        self.counts().iter().all(Option::is_none)
     }
 }
 
