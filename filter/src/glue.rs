@@ -118,7 +118,9 @@ impl Host for ProxyHost<'_> {
                 let Ok(id) = host::define_metric(host_kind, stat) else {
                     return;
                 };
-                self.metrics.borrow_mut().insert(stat.to_string(), id);
+                if !stat.is_kept() {
+                    self.metrics.borrow_mut().insert(stat.to_string(), id);
+                }
                 id
             }
         };

@@ -2,7 +2,7 @@
 //! name the way Istio's own stats are (`model=.=llama;.;destination=.=v1;.;NAME`), so that
 //! `stats_tags` / Istio `extraStatTags` turn them into Prometheus labels. Time is passed in.
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::ops::Deref;
 use std::rc::Rc;
 
@@ -108,6 +108,8 @@ pub struct Stat(Rc<StatInner>);
 struct StatInner {
     name: Box<str>,
     host_id: Cell<Option<u32>>,
+    /// The core keeps this stat for later requests (`PairStats`): its host id stays with it.
+    kept: bool,
 }
 
 impl Stat {
@@ -119,6 +121,20 @@ impl Stat {
     pub fn set_host_id(&self, id: u32) {
         self.0.host_id.set(Some(id));
     }
+
+    /// The core keeps this stat for later requests, so the host's id need not be remembered by
+    /// name (the other stats are made again for each request that uses them).
+    pub fn is_kept(&self) -> bool {
+        self.0.kept
+    }
+
+    fn kept(name: String) -> Stat {
+        Stat(Rc::new(StatInner {
+            name: name.into_boxed_str(),
+            host_id: Cell::new(None),
+            kept: true,
+        }))
+    }
 }
 
 impl From<String> for Stat {
@@ -126,6 +142,7 @@ impl From<String> for Stat {
         Stat(Rc::new(StatInner {
             name: name.into_boxed_str(),
             host_id: Cell::new(None),
+            kept: false,
         }))
     }
 }
@@ -163,31 +180,56 @@ pub fn stat_name(metric: &str, labels: &[(&str, &str)]) -> String {
 /// The status classes of `code_class`, in order.
 const CODE_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
-/// The stats every counted request of one (model, destination) label pair updates.
+/// The stats every counted request of one (model, destination) label pair updates, each named
+/// on its first use and then kept.
 #[derive(Debug)]
 pub struct PairStats {
-    in_flight: Stat,
-    duration: Stat,
-    ttft: Stat,
-    /// By `CODE_CLASSES`.
-    requests: [Stat; CODE_CLASSES.len()],
-    /// By `usage::TOKEN_TYPES`.
-    tokens: [Stat; TOKEN_TYPES.len()],
+    /// `model=.=M;.;destination=.=D;.;`: how every name of the pair begins.
+    labels: Box<str>,
+    /// In flight, duration, TTFT; then requests by `CODE_CLASSES`; then tokens by `TOKEN_TYPES`.
+    stats: [OnceCell<Stat>; 3 + CODE_CLASSES.len() + TOKEN_TYPES.len()],
 }
 
 impl PairStats {
     pub fn new(model: &str, destination: &str) -> PairStats {
-        let pair = [("model", model), ("destination", destination)];
-        let with = |metric: &str, key: &str, value: &str| -> Stat {
-            stat_name(metric, &[pair[0], pair[1], (key, value)]).into()
-        };
         PairStats {
-            in_flight: stat_name(IN_FLIGHT, &pair).into(),
-            duration: stat_name(DURATION_MS, &pair).into(),
-            ttft: stat_name(TTFT_MS, &pair).into(),
-            requests: CODE_CLASSES.map(|c| with(REQUESTS_TOTAL, "code_class", c)),
-            tokens: TOKEN_TYPES.map(|t| with(TOKENS_TOTAL, "type", t)),
+            labels: stat_name("", &[("model", model), ("destination", destination)]).into(),
+            stats: Default::default(),
         }
+    }
+
+    fn stat(&self, at: usize, metric: &str, label: Option<(&str, &str)>) -> &Stat {
+        self.stats[at].get_or_init(|| {
+            let mut name = String::from(&*self.labels);
+            if let Some((k, v)) = label {
+                name.push_str(&stat_name("", &[(k, v)]));
+            }
+            name.push_str(metric);
+            Stat::kept(name)
+        })
+    }
+
+    pub fn in_flight(&self) -> &Stat {
+        self.stat(0, IN_FLIGHT, None)
+    }
+
+    pub fn duration(&self) -> &Stat {
+        self.stat(1, DURATION_MS, None)
+    }
+
+    pub fn ttft(&self) -> &Stat {
+        self.stat(2, TTFT_MS, None)
+    }
+
+    /// Requests answered with `status`.
+    pub fn requests(&self, status: u32) -> &Stat {
+        let i = code_class_index(status);
+        self.stat(3 + i, REQUESTS_TOTAL, Some(("code_class", CODE_CLASSES[i])))
+    }
+
+    /// Tokens of the type `TOKEN_TYPES[i]`.
+    fn tokens(&self, i: usize) -> &Stat {
+        self.stat(3 + CODE_CLASSES.len() + i, TOKENS_TOTAL, Some(("type", TOKEN_TYPES[i])))
     }
 }
 
@@ -403,8 +445,8 @@ impl Meter {
         if self.in_flight.is_some() || self.finished {
             return Vec::new();
         }
-        self.in_flight = Some(stats.in_flight.clone());
-        vec![gauge(stats.in_flight.clone(), 1)]
+        self.in_flight = Some(stats.in_flight().clone());
+        vec![gauge(stats.in_flight().clone(), 1)]
     }
 
     /// Response headers arrived. `encoded`: a `content-encoding` other than `identity`.
@@ -449,7 +491,7 @@ impl Meter {
     /// TTFT as a metric op for the given labels.
     pub fn ttft_op(stats: &PairStats, value_ms: u64) -> MetricOp {
         MetricOp::Record {
-            name: stats.ttft.clone(),
+            name: stats.ttft().clone(),
             value: value_ms,
         }
     }
@@ -479,18 +521,18 @@ impl Meter {
         }
         ops.push(MetricOp::Add {
             kind: Kind::Counter,
-            name: stats.requests[code_class_index(status)].clone(),
+            name: stats.requests(status).clone(),
             delta: 1,
         });
         ops.push(MetricOp::Record {
-            name: stats.duration.clone(),
+            name: stats.duration().clone(),
             value: ms(now_ns.saturating_sub(self.start_ns)),
         });
-        for (stat, n) in stats.tokens.iter().zip(self.usage().counts()) {
+        for (i, n) in self.usage().counts().into_iter().enumerate() {
             if let Some(n) = n.filter(|&n| n > 0) {
                 ops.push(MetricOp::Add {
                     kind: Kind::Counter,
-                    name: stat.clone(),
+                    name: stats.tokens(i).clone(),
                     delta: i64::try_from(n).unwrap_or(i64::MAX),
                 });
             }
@@ -642,19 +684,25 @@ mod tests {
         ];
         for (outcome, model, destination) in &pairs {
             let p = names.pair(&cfg, outcome);
+            // A stat is named on its first use only.
+            assert!(p.stats.iter().all(|s| s.get().is_none()), "{outcome:?}");
             assert_eq!(
-                *p.in_flight,
+                &**p.in_flight(),
                 stat_name(IN_FLIGHT, &[("model", model), ("destination", destination)])
             );
-            assert_eq!(p.in_flight.host_id(), None, "{outcome:?}");
-            p.in_flight.set_host_id(1);
+            assert_eq!(p.in_flight().host_id(), None, "{outcome:?}");
+            p.in_flight().set_host_id(1);
+            assert_eq!(p.stats.iter().filter(|s| s.get().is_some()).count(), 1);
+            assert!(p.in_flight().is_kept());
         }
+        // What is made for one request is not kept: the glue remembers its id by name.
+        assert!(!rejected(RejectReason::ModelNotFound).stat().is_kept());
         assert!(Rc::ptr_eq(
             &names.pair(&cfg, &Outcome::NoModel),
             &names.pair(&cfg, &to(2, None))
         ));
         assert_eq!(
-            &*first.requests[code_class_index(404)],
+            &**first.requests(404),
             "model=.=m;.;destination=.=d;.;code_class=.=4xx;.;model_router_requests_total"
         );
     }

@@ -13,7 +13,8 @@ pub struct Row {
     pub errors: f64,
     pub input_tokens: f64,
     pub output_tokens: f64,
-    /// Output tokens per second of request time (generation throughput).
+    /// Output tokens per second of request time (generation throughput); unknown when requests
+    /// took under a millisecond on average (the filter records whole milliseconds).
     pub tokens_per_second: Option<f64>,
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
@@ -141,7 +142,10 @@ pub fn summarize(samples: &[Sample]) -> Summary {
     }
     for (key, sum_ms) in duration_sum {
         if let Some(r) = rows.get_mut(&key) {
-            if sum_ms > 0.0 && r.output_tokens > 0.0 {
+            // Durations are recorded in whole milliseconds (truncated): below one per request on
+            // average, the sum is mostly rounding and the rate would be absurd, so it is unknown.
+            let count = r.duration_buckets.last().map_or(r.requests, |b| b.1);
+            if sum_ms > 0.0 && sum_ms >= count && r.output_tokens > 0.0 {
                 r.tokens_per_second = Some(r.output_tokens / (sum_ms / 1000.0));
             }
         }
@@ -366,6 +370,27 @@ mod tests {
         assert_eq!(quantile(0.25, &b), Some(15.0));
         assert_eq!(quantile(0.5, &[(10.0, 0.0), (f64::INFINITY, 0.0)]), None);
         assert_eq!(quantile(0.99, &[(10.0, 0.0), (f64::INFINITY, 3.0)]), Some(10.0));
+    }
+
+    #[test]
+    fn no_token_rate_from_durations_below_the_millisecond() {
+        // 54 answers in microseconds: recorded as 0 ms but three of them, so the sum is 3 ms.
+        let exposition = |sum: u32| {
+            format!(
+                r#"
+model_router_requests_total{{model="m",destination="d",code_class="2xx"}} 54
+model_router_tokens_total{{model="m",destination="d",type="output"}} 648
+model_router_request_duration_milliseconds_bucket{{model="m",destination="d",le="1"}} 54
+model_router_request_duration_milliseconds_bucket{{model="m",destination="d",le="+Inf"}} 54
+model_router_request_duration_milliseconds_sum{{model="m",destination="d"}} {sum}
+"#
+            )
+        };
+        let rate = |sum| summarize(&parse(&exposition(sum)).unwrap()).rows[0].tokens_per_second;
+        assert_eq!(rate(3), None);
+        assert_eq!(rate(53), None);
+        // From one millisecond per request on, it is a rate: 648 tokens in 54 ms.
+        assert_eq!(rate(54), Some(12000.0));
     }
 
     #[test]
