@@ -106,7 +106,7 @@ impl Host for ProxyHost<'_> {
     }
     fn metric(&mut self, op: &MetricOp) {
         let stat = op.stat();
-        // A stat shared across requests carries its id; the others are looked up by name.
+        // A stat the core keeps carries its id once it has one; the others are looked up by name.
         let id = match stat.host_id().or_else(|| self.metrics.borrow().get(&**stat).copied()) {
             Some(id) => id,
             None => {

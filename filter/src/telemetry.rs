@@ -128,22 +128,19 @@ impl Stat {
         self.0.kept
     }
 
-    fn kept(name: String) -> Stat {
+    fn new(name: String, kept: bool) -> Stat {
         Stat(Rc::new(StatInner {
             name: name.into_boxed_str(),
             host_id: Cell::new(None),
-            kept: true,
+            kept,
         }))
     }
 }
 
+/// A stat made for one request.
 impl From<String> for Stat {
     fn from(name: String) -> Stat {
-        Stat(Rc::new(StatInner {
-            name: name.into_boxed_str(),
-            host_id: Cell::new(None),
-            kept: false,
-        }))
+        Stat::new(name, false)
     }
 }
 
@@ -205,7 +202,7 @@ impl PairStats {
                 name.push_str(&stat_name("", &[(k, v)]));
             }
             name.push_str(metric);
-            Stat::kept(name)
+            Stat::new(name, true)
         })
     }
 
