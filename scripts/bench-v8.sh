@@ -20,8 +20,9 @@ MODULES=("$@")
 if [ ${#MODULES[@]} -eq 0 ]; then
   T=${CARGO_TARGET_DIR:-target}/v8-bench
   CARGO_TARGET_DIR=$T CARGO_PROFILE_RELEASE_STRIP=false cargo build -q -p model-router --release --target wasm32-wasip1
-  wasm-opt -O3 -g --one-caller-inline-max-function-size 100 --enable-simd --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
-    --enable-mutable-globals $T/wasm32-wasip1/release/model_router.wasm -o $T/model_router.named.wasm
+  # The flags of scripts/bench.sh (those `wasmpack build --opt` uses), keeping the names (-g).
+  FLAGS=$(sed -n 's/^FLAGS="\(.*\)"$/\1/p' scripts/bench.sh)
+  wasm-opt -O3 -g ${FLAGS/--strip-debug/} $T/wasm32-wasip1/release/model_router.wasm -o $T/model_router.named.wasm
   MODULES=("$T/model_router.named.wasm")
 fi
 H=bench/v8/harness.cjs

@@ -88,7 +88,7 @@ mod filter {
         /// Parts left out, for measuring one at a time (`crossings -metrics -clock ...`).
         skip: Cell<u32>,
         /// Metric ids, defined once (as model-router caches them), in the order of `METRICS`.
-        metrics: [Cell<u32>; 5],
+        metrics: [Cell<u32>; METRICS.len()],
     }
 
     struct Root {
