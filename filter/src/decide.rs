@@ -191,6 +191,7 @@ pub fn outcome_name(o: &Outcome) -> &'static str {
         Outcome::Matched { destination: None, .. } => "unrouted",
         Outcome::Unknown(_) => "unknown_model",
         Outcome::Unread(Unread::InvalidJson) => "unread_invalid_json",
+        Outcome::Unread(Unread::InvalidForm) => "unread_invalid_form",
         Outcome::Unread(Unread::TooLarge) => "unread_too_large",
         Outcome::Unread(Unread::HoldReleased) => "unread_hold_released",
         Outcome::Rejected(_) => "rejected",

@@ -632,7 +632,7 @@ impl Stream {
             ops.push(telemetry::usage_missing(model, dest, reason));
         }
         if let Some(charge) = self.charge.as_ref().filter(|c| c.counts_tokens()) {
-            let input = usage.input.unwrap_or_else(|| self.flow.body_bytes().div_ceil(4));
+            let input = usage.input.unwrap_or_else(|| self.flow.estimated_input_tokens());
             // A final report without output tokens is an embedding's: none were produced.
             let output = if complete {
                 usage.output.unwrap_or(0)

@@ -9,6 +9,7 @@ pub mod config;
 pub mod decide;
 pub mod exchange;
 pub mod fast_hash;
+pub mod form_scan;
 pub mod header_map;
 pub mod hold;
 pub mod json;

@@ -5,6 +5,8 @@
 pub enum RejectReason {
     ModelNotFound,
     InvalidJson,
+    /// A body labelled `multipart/*` that is not a form read the same way by every parser.
+    InvalidForm,
     ModelRequired,
     BodyTooLarge,
     ModelAccessDenied,
@@ -19,9 +21,10 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 9] = [
+    pub const ALL: [RejectReason; 10] = [
         RejectReason::ModelNotFound,
         RejectReason::InvalidJson,
+        RejectReason::InvalidForm,
         RejectReason::ModelRequired,
         RejectReason::BodyTooLarge,
         RejectReason::ModelAccessDenied,
@@ -35,6 +38,7 @@ impl RejectReason {
         match self {
             RejectReason::ModelNotFound => "model_not_found",
             RejectReason::InvalidJson => "invalid_json",
+            RejectReason::InvalidForm => "invalid_form",
             RejectReason::ModelRequired => "model_required",
             RejectReason::BodyTooLarge => "body_too_large",
             RejectReason::ModelAccessDenied => "model_access_denied",
@@ -48,7 +52,10 @@ impl RejectReason {
     pub fn status(self) -> u32 {
         match self {
             RejectReason::ModelNotFound => 404,
-            RejectReason::InvalidJson | RejectReason::ModelRequired | RejectReason::DuplicateModel => 400,
+            RejectReason::InvalidJson
+            | RejectReason::InvalidForm
+            | RejectReason::ModelRequired
+            | RejectReason::DuplicateModel => 400,
             RejectReason::BodyTooLarge => 413,
             RejectReason::ModelAccessDenied => 403,
             RejectReason::RateLimitExceeded => 429,
@@ -118,6 +125,6 @@ mod tests {
         assert_eq!(v["error"]["message"], "The model `x\"y` does not exist.");
         assert_eq!(r.status(), 404);
         let statuses: Vec<u32> = RejectReason::ALL.iter().map(|r| r.status()).collect();
-        assert_eq!(statuses, [404, 400, 400, 413, 403, 429, 400, 503, 503]);
+        assert_eq!(statuses, [404, 400, 400, 400, 413, 403, 429, 400, 503, 503]);
     }
 }

@@ -2,6 +2,7 @@
 //! it the headers and body chunks and carries out the decisions it returns.
 
 use crate::config::{Config, Model, Policy};
+use crate::form_scan::{self, FormScanner};
 use crate::json::Json;
 use crate::json_scan::{Found, TopLevelScanner};
 use crate::path_model::model_from_path;
@@ -32,8 +33,7 @@ pub enum Outcome {
     Pending,
     /// Outside the configured scope: not looked at.
     OutOfScope,
-    /// No model to be seen: a GET, a form, no body, or a JSON body without a model that was let
-    /// through.
+    /// No model to be seen: a GET, no body, or a body without a model that was let through.
     NoModel,
     /// The model is `config.models[model]`. `destination` is the filter's choice, and is set only
     /// when that choice selected the route (a model in the path, or in the body of a request whose
@@ -45,8 +45,8 @@ pub enum Outcome {
     },
     /// A model the configuration does not know, let through (`onUnknownModel: passthrough`).
     Unknown(String),
-    /// The body could not be read (invalid JSON, too large, or the host would not hold the
-    /// headers) and the request was let through unrouted.
+    /// The body could not be read (invalid JSON or form, too large, or the host would not hold
+    /// the headers) and the request was let through unrouted.
     Unread(Unread),
     Rejected(RejectReason),
 }
@@ -54,6 +54,9 @@ pub enum Outcome {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unread {
     InvalidJson,
+    /// A body labelled `multipart/*` that is not a form this filter reads the same way as any
+    /// backend (see `form_scan`).
+    InvalidForm,
     TooLarge,
     /// The safety net released held headers because the host never delivered the body.
     HoldReleased,
@@ -108,11 +111,48 @@ const K_MAX_TOKENS: [usize; 3] = [3, 4, 5];
 /// Model names beyond this cannot match a configured model (names are at most 256 bytes).
 const CAPTURE_LIMIT: usize = 1024;
 
+/// The field of a form upload (`multipart/form-data`) that names the model.
+const FORM_MODEL: &str = "model";
+
+/// How the body is being read.
+#[derive(Debug)]
+enum BodyScan {
+    /// A body labelled `multipart/*`, before its first byte: a form begins with `-` (its
+    /// boundary); anything else is read as JSON, as some servers do whatever the label says.
+    Sniff {
+        boundary: Option<Vec<u8>>,
+    },
+    Json(TopLevelScanner),
+    Form(FormScanner),
+}
+
+impl BodyScan {
+    fn for_label(content_type: Option<&str>) -> BodyScan {
+        if crate::header_map::mime_type(content_type).starts_with("multipart/") {
+            return BodyScan::Sniff {
+                boundary: content_type.and_then(form_scan::boundary),
+            };
+        }
+        BodyScan::json()
+    }
+
+    fn json() -> BodyScan {
+        BodyScan::Json(TopLevelScanner::new(KEYS, CAPTURE_LIMIT).strict_utf8())
+    }
+}
+
+/// Why a body could not be read.
+enum Unreadable {
+    Empty,
+    Json(String),
+    Form(String),
+}
+
 /// Per-request state.
 #[derive(Debug)]
 pub struct RequestFlow {
     outcome: Outcome,
-    scanner: Option<TopLevelScanner>,
+    scanner: Option<BodyScan>,
     held: bool,
     pick: Pick,
     content_length: Option<u64>,
@@ -121,10 +161,12 @@ pub struct RequestFlow {
     streaming: bool,
     /// The path is an OpenAI endpoint that takes `stream_options` (chat or text completions).
     takes_stream_options: bool,
-    /// The filter looked for a model in this request (path or JSON body).
+    /// The filter looked for a model in this request (path or body).
     inspected: bool,
-    /// The model came from the JSON body (so the response is expected to report usage).
+    /// The model came from the body (so the response is expected to report usage).
     from_body: bool,
+    /// The body is a form upload (its bytes are no measure of its tokens).
+    form: bool,
     /// The model name as the client sent it.
     requested: Option<String>,
     /// The largest `max_tokens` / `max_completion_tokens` / `max_output_tokens` the body asked for.
@@ -144,6 +186,7 @@ impl Default for RequestFlow {
             takes_stream_options: false,
             inspected: false,
             from_body: false,
+            form: false,
             requested: None,
             max_tokens: None,
         }
@@ -153,13 +196,6 @@ impl Default for RequestFlow {
 /// Methods whose JSON body is read for a model. GET and the rest pass through untouched.
 fn has_inspectable_body(method: &str) -> bool {
     matches!(method, "POST" | "PUT" | "PATCH")
-}
-
-/// Bodies are read whatever their label, except multipart uploads (which cannot be JSON): many
-/// servers parse JSON whatever the label says, and `curl -d` labels JSON
-/// `application/x-www-form-urlencoded`. A label must not be a way around the filter.
-fn is_readable_content_type(ct: Option<&str>) -> bool {
-    !crate::header_map::mime_type(ct).starts_with("multipart/")
 }
 
 /// OpenAI's chat and text completions take `stream_options` (other APIs reject it).
@@ -203,9 +239,19 @@ impl RequestFlow {
         self.inspected
     }
 
-    /// The model came from the JSON body.
+    /// The model came from the body.
     pub fn model_from_body(&self) -> bool {
         self.from_body
+    }
+
+    /// The request's input tokens as far as its body tells (about four bytes of JSON text per
+    /// token; none for a form upload, whose bytes are mostly a file's).
+    pub fn estimated_input_tokens(&self) -> u64 {
+        if self.form {
+            0
+        } else {
+            self.seen.div_ceil(4)
+        }
     }
 
     /// The body asked for a streamed response.
@@ -270,7 +316,7 @@ impl RequestFlow {
                 Err(r) => HeadersAction::Reject(r),
             };
         }
-        if !has_inspectable_body(req.method) || !is_readable_content_type(req.content_type) {
+        if !has_inspectable_body(req.method) {
             self.outcome = Outcome::NoModel;
             return continue_untouched();
         }
@@ -295,8 +341,11 @@ impl RequestFlow {
         self.inspected = true;
         self.takes_stream_options = takes_stream_options(req.path);
         // The whole body is read and checked whenever its model is used: a backend must never
-        // see a body the filter understood differently (a repeated key, trailing bytes).
-        self.scanner = Some(TopLevelScanner::new(KEYS, CAPTURE_LIMIT).strict_utf8());
+        // see a body the filter understood differently (a repeated key, trailing bytes). Bodies
+        // are read whatever their label: many servers parse JSON whatever the label says, and
+        // `curl -d` labels JSON `application/x-www-form-urlencoded`. A label must not be a way
+        // around the filter; a `multipart/*` body is read as a form when it is one.
+        self.scanner = Some(BodyScan::for_label(req.content_type));
         if cfg.body_routing && can_hold {
             self.held = true;
             return HeadersAction::Hold;
@@ -330,21 +379,16 @@ impl RequestFlow {
                 None => self.release(),
             };
         }
-        let mut result = scanner.feed(chunk);
-        if end_of_stream && result.is_ok() {
-            result = scanner.finish();
-        }
-        if let Err(e) = result {
-            let message = if e.reason == "empty body" {
-                if cfg.on_missing_model == Policy::Reject {
+        if let Err(e) = feed(scanner, chunk, end_of_stream) {
+            return match e {
+                Unreadable::Empty if cfg.on_missing_model == Policy::Reject => {
                     self.scanner = None;
-                    return self.missing(cfg);
+                    self.missing(cfg)
                 }
-                "The request body is empty.".to_string()
-            } else {
-                format!("The request body is not valid JSON: {e}.")
+                Unreadable::Empty => self.invalid(cfg, "The request body is empty.".to_string()),
+                Unreadable::Json(message) => self.invalid(cfg, message),
+                Unreadable::Form(message) => self.invalid_form(cfg, message),
             };
-            return self.invalid(cfg, message);
         }
         if !end_of_stream {
             return BodyAction::NeedMore;
@@ -375,15 +419,57 @@ impl RequestFlow {
     }
 
     fn decide_from_body(&mut self, cfg: &Config) -> BodyAction {
-        let Some(scanner) = self.scanner.take() else {
-            return self.release();
+        match self.scanner.take() {
+            Some(BodyScan::Json(scanner)) => self.decide_from_json(cfg, scanner),
+            Some(BodyScan::Form(scanner)) => self.decide_from_form(cfg, scanner),
+            Some(BodyScan::Sniff { .. }) | None => self.release(),
+        }
+    }
+
+    fn duplicate_model(&mut self, message: &str) -> BodyAction {
+        self.outcome = Outcome::Rejected(RejectReason::DuplicateModel);
+        BodyAction::Reject(Reject::new(RejectReason::DuplicateModel, message))
+    }
+
+    /// A form upload's `model` field: routed, admitted and rewritten as a JSON body's `model` is.
+    #[inline(never)]
+    fn decide_from_form(&mut self, cfg: &Config, scanner: FormScanner) -> BodyAction {
+        self.form = true;
+        let found = scanner.found();
+        if found.len() > 1 {
+            return self.duplicate_model("The form has more than one `model` field; send exactly one.");
+        }
+        let name = match found.first() {
+            None => return self.missing(cfg),
+            Some(f) if f.truncated => String::from_utf8_lossy(&f.raw).into_owned(),
+            Some(f) => match String::from_utf8(f.raw.clone()) {
+                Ok(s) => s,
+                Err(_) => return self.invalid_form(cfg, "The form's `model` field is not UTF-8.".to_string()),
+            },
         };
+        if name.trim().is_empty() && cfg.on_missing_model == Policy::Reject {
+            return self.missing(cfg);
+        }
+        self.from_body = true;
+        if let Err(r) = self.route(cfg, &name, self.held) {
+            return BodyAction::Reject(r);
+        }
+        let mut edits = Vec::new();
+        if let (Some((model, _)), Some(f)) = (self.matched(cfg), found.first()) {
+            if let Some(up) = &model.upstream_model {
+                edits.push(Edit {
+                    start: f.start as usize,
+                    len: (f.end - f.start) as usize,
+                    bytes: up.as_bytes().to_vec(),
+                });
+            }
+        }
+        self.let_go(cfg, edits)
+    }
+
+    fn decide_from_json(&mut self, cfg: &Config, scanner: TopLevelScanner) -> BodyAction {
         if scanner.count(K_MODEL) > 1 {
-            self.outcome = Outcome::Rejected(RejectReason::DuplicateModel);
-            return BodyAction::Reject(Reject::new(
-                RejectReason::DuplicateModel,
-                "The request body has more than one top-level `model` key; send exactly one.",
-            ));
+            return self.duplicate_model("The request body has more than one top-level `model` key; send exactly one.");
         }
         self.streaming = scanner.all(K_STREAM).any(|f| truthy(&f.raw));
         self.max_tokens = K_MAX_TOKENS
@@ -437,6 +523,12 @@ impl RequestFlow {
                 }
             }
         }
+        self.let_go(cfg, edits)
+    }
+
+    /// The request goes on with `edits` to its body; held headers get the route (and the new
+    /// length).
+    fn let_go(&mut self, cfg: &Config, edits: Vec<Edit>) -> BodyAction {
         let mut set = Vec::new();
         if self.held {
             set = self.route_headers(cfg);
@@ -543,12 +635,20 @@ impl RequestFlow {
     }
 
     fn invalid(&mut self, cfg: &Config, message: String) -> BodyAction {
+        self.unreadable(cfg, RejectReason::InvalidJson, Unread::InvalidJson, message)
+    }
+
+    fn invalid_form(&mut self, cfg: &Config, message: String) -> BodyAction {
+        self.unreadable(cfg, RejectReason::InvalidForm, Unread::InvalidForm, message)
+    }
+
+    fn unreadable(&mut self, cfg: &Config, reason: RejectReason, unread: Unread, message: String) -> BodyAction {
         self.scanner = None;
         if cfg.on_invalid_body == Policy::Reject {
-            self.outcome = Outcome::Rejected(RejectReason::InvalidJson);
-            return BodyAction::Reject(Reject::new(RejectReason::InvalidJson, message));
+            self.outcome = Outcome::Rejected(reason);
+            return BodyAction::Reject(Reject::new(reason, message));
         }
-        self.outcome = Outcome::Unread(Unread::InvalidJson);
+        self.outcome = Outcome::Unread(unread);
         self.finish_unrouted()
     }
 
@@ -583,6 +683,55 @@ impl RequestFlow {
 }
 
 pub const CONTENT_LENGTH: &str = "content-length";
+
+/// Feeds a chunk (and the end, when it is the last) to the body's scanner.
+fn feed(scan: &mut BodyScan, chunk: &[u8], end_of_stream: bool) -> Result<(), Unreadable> {
+    match scan {
+        BodyScan::Json(s) => {
+            let mut r = s.feed(chunk);
+            if end_of_stream && r.is_ok() {
+                r = s.finish();
+            }
+            r.map_err(|e| match e.reason {
+                "empty body" => Unreadable::Empty,
+                _ => Unreadable::Json(format!("The request body is not valid JSON: {e}.")),
+            })
+        }
+        _ => feed_labelled_multipart(scan, chunk, end_of_stream),
+    }
+}
+
+/// A `multipart/*` body: its first byte decides how it is read. (Kept apart from the JSON path.)
+#[inline(never)]
+fn feed_labelled_multipart(scan: &mut BodyScan, chunk: &[u8], end_of_stream: bool) -> Result<(), Unreadable> {
+    if let BodyScan::Sniff { boundary } = scan {
+        match (chunk.first(), boundary.take()) {
+            (Some(b'-'), Some(b)) => *scan = BodyScan::Form(FormScanner::new(&b, FORM_MODEL, CAPTURE_LIMIT)),
+            (Some(b'-'), None) => {
+                return Err(Unreadable::Form(
+                    "The request body is a multipart form, but its content type names no valid boundary.".into(),
+                ))
+            }
+            (Some(_), _) => *scan = BodyScan::json(),
+            // No byte at all: an empty body, as JSON's scanner reports it.
+            (None, _) if end_of_stream => *scan = BodyScan::json(),
+            (None, b) => {
+                *boundary = b;
+                return Ok(());
+            }
+        }
+    }
+    match scan {
+        BodyScan::Form(s) => {
+            let mut r = s.feed(chunk);
+            if end_of_stream && r.is_ok() {
+                r = s.finish();
+            }
+            r.map_err(|e| Unreadable::Form(format!("The request body is an {e}.")))
+        }
+        _ => feed(scan, chunk, end_of_stream),
+    }
+}
 
 /// The body with `edits` applied. Envoy can only replace a buffered body whole, so the glue
 /// writes this back over the entire buffer. Edits out of range are skipped.
@@ -1020,6 +1169,128 @@ mod tests {
         }
     }
 
+    /// An upload as OpenAI's Python client sends it (`audio.transcriptions.create`).
+    fn upload(model: &str) -> Vec<u8> {
+        format!(
+            "--bb8a34\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\n{model}\r\n\
+             --bb8a34\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.wav\"\r\n\
+             Content-Type: audio/x-wav\r\n\r\nRIFF\x00\x01\r\n--bb8\r\n--bb8a34--\r\n"
+        )
+        .into_bytes()
+    }
+
+    fn form_post(body: &[u8]) -> RequestInfo<'static> {
+        RequestInfo {
+            content_type: Some("multipart/form-data; boundary=bb8a34"),
+            ..post("/v1/audio/transcriptions", body.len())
+        }
+    }
+
+    #[test]
+    fn form_uploads_are_routed_by_their_model_field() {
+        let cfg = cfg_with(r#""bodyRouting": true,"#);
+        let body = upload("gpt-3.5-turbo");
+        let mut req = form_post(&body);
+        req.random = 95;
+        let (f, h, b) = run(&cfg, &req, &body, true);
+        assert_eq!(h, HeadersAction::Hold);
+        let Some(BodyAction::Continue { set, edits }) = b else {
+            panic!("{b:?}")
+        };
+        // The field's value is rewritten in place, every other byte kept.
+        let want = upload("meta-llama/Meta-Llama-3-8B-Instruct");
+        assert_eq!(
+            String::from_utf8_lossy(&apply_edits(&body, &edits)),
+            String::from_utf8_lossy(&want)
+        );
+        assert_eq!(
+            set,
+            vec![
+                ("x-ai-route".to_string(), "llama-v2".to_string()),
+                ("x-ai-model".to_string(), "llama-3-8b".to_string()),
+                ("content-length".to_string(), want.len().to_string()),
+            ]
+        );
+        assert!(f.model_from_body() && f.counted());
+        assert_eq!(f.estimated_input_tokens(), 0, "a file's bytes are no measure of tokens");
+        // Split anywhere, the same decision.
+        for cut in 0..=body.len() {
+            let mut g = RequestFlow::default();
+            assert_eq!(g.on_request_headers(&cfg, &req, true), HeadersAction::Hold);
+            assert_eq!(
+                g.on_request_body(&cfg, &body[..cut], false),
+                BodyAction::NeedMore,
+                "cut {cut}"
+            );
+            let b = g.on_request_body(&cfg, &body[cut..], true);
+            assert!(
+                matches!(&b, BodyAction::Continue { set: s, .. } if *s == set),
+                "cut {cut}: {b:?}"
+            );
+        }
+        // An unknown model, a repeated field, no field, a broken form: as for JSON bodies.
+        let reject = cfg_with(r#""bodyRouting": true, "onMissingModel": "reject","#);
+        let two = String::from_utf8(upload("gpt-4o")).unwrap().replacen(
+            "--bb8a34--",
+            "--bb8a34\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nllama-3-8b\r\n--bb8a34--",
+            1,
+        );
+        let none = String::from_utf8(upload("gpt-4o"))
+            .unwrap()
+            .replacen("name=\"model\"", "name=\"prompt\"", 1);
+        let broken = String::from_utf8(upload("gpt-4o"))
+            .unwrap()
+            .replacen("\r\n--bb8a34--", "", 1);
+        for (body, reason, code) in [
+            (upload("whisper-9"), RejectReason::ModelNotFound, "model_not_found"),
+            (two.into_bytes(), RejectReason::DuplicateModel, "duplicate_model"),
+            (none.into_bytes(), RejectReason::ModelRequired, "model_required"),
+            (broken.into_bytes(), RejectReason::InvalidForm, "invalid_form"),
+        ] {
+            let (f, _, b) = run(&reject, &form_post(&body), &body, true);
+            assert_eq!(f.outcome(), &Outcome::Rejected(reason));
+            let Some(BodyAction::Reject(r)) = b else {
+                panic!("{b:?}")
+            };
+            assert_eq!(r.reason.code(), code);
+        }
+        // Let through unrouted when the policy says so.
+        let lenient = cfg_with(r#""bodyRouting": true, "onInvalidBody": "passthrough","#);
+        let broken = upload("gpt-4o")[..40].to_vec();
+        let (f, _, _) = run(&lenient, &form_post(&broken), &broken, true);
+        assert_eq!(f.outcome(), &Outcome::Unread(Unread::InvalidForm));
+    }
+
+    #[test]
+    fn a_multipart_label_is_no_way_around_the_filter() {
+        let cfg = cfg_with(r#""bodyRouting": true,"#);
+        // JSON sent under a multipart label (servers that parse JSON whatever the label read it).
+        let body = br#"{"model":"gpt-4o","model":"llama-3-8b"}"#;
+        let req = RequestInfo {
+            content_type: Some("multipart/form-data; boundary=bb8a34"),
+            ..post("/v1/chat/completions", body.len())
+        };
+        let (f, _, _) = run(&cfg, &req, body, true);
+        assert_eq!(f.outcome(), &Outcome::Rejected(RejectReason::DuplicateModel));
+        let body = br#" {"model":"gpt-4o"}"#;
+        let (f, _, _) = run(&cfg, &req, body, true);
+        assert_eq!(routed_name(&cfg, &f), Some(("gpt-4o".into(), "openai".into())));
+        // A form whose label names no boundary cannot be read: refused, not let through.
+        let body = upload("gpt-4o");
+        for ct in ["multipart/form-data", "multipart/form-data; boundary=other"] {
+            let req = RequestInfo {
+                content_type: Some(ct),
+                ..form_post(&body)
+            };
+            let (f, _, _) = run(&cfg, &req, &body, true);
+            assert_eq!(f.outcome(), &Outcome::Rejected(RejectReason::InvalidForm), "{ct}");
+        }
+        // Nor a body that is neither: JSON's error.
+        let body = b"model=gpt-4o";
+        let (f, _, _) = run(&cfg, &req, body, true);
+        assert_eq!(f.outcome(), &Outcome::Rejected(RejectReason::InvalidJson));
+    }
+
     #[test]
     fn untouched_requests() {
         let cfg = cfg_with(r#""onMissingModel":"reject","bodyRouting":true,"#);
@@ -1029,24 +1300,17 @@ mod tests {
             end_of_stream: true,
             ..Default::default()
         };
-        let form = RequestInfo {
-            content_type: Some("multipart/form-data; boundary=x"),
-            ..post("/v1/audio/transcriptions", 10)
-        };
-        for req in [get, form] {
-            let mut f = RequestFlow::default();
-            let h = f.on_request_headers(&cfg, &req, true);
-            assert_eq!(
-                h,
-                HeadersAction::Continue {
-                    set: vec![],
-                    remove: vec![]
-                },
-                "{req:?}"
-            );
-            assert!(!f.reading_body());
-            assert_eq!(f.outcome(), &Outcome::NoModel);
-        }
+        let mut f = RequestFlow::default();
+        let h = f.on_request_headers(&cfg, &get, true);
+        assert_eq!(
+            h,
+            HeadersAction::Continue {
+                set: vec![],
+                remove: vec![]
+            }
+        );
+        assert!(!f.reading_body());
+        assert_eq!(f.outcome(), &Outcome::NoModel);
         // A POST without a body has no model: refused when one is required.
         let head_only = RequestInfo {
             end_of_stream: true,

@@ -72,12 +72,16 @@ fn decision(a: Option<&BodyAction>) -> Option<BodyAction> {
 }
 
 fn run_flow(body: &[u8], cuts: &[usize]) -> Vec<BodyAction> {
+    run_labelled(body, cuts, "application/json")
+}
+
+fn run_labelled(body: &[u8], cuts: &[usize], content_type: &str) -> Vec<BodyAction> {
     let cfg = Config::from_json(CFG.as_bytes()).unwrap();
     let mut f = RequestFlow::default();
     let req = RequestInfo {
         method: "POST",
         path: "/v1/chat/completions",
-        content_type: Some("application/json"),
+        content_type: Some(content_type),
         content_length: Some(body.len() as u64),
         random: 7,
         ..Default::default()
@@ -99,8 +103,41 @@ fn run_flow(body: &[u8], cuts: &[usize]) -> Vec<BodyAction> {
     out
 }
 
+/// A multipart form written by hand: parts named `model`, `file` or otherwise, values that hold
+/// CRs, LFs and pieces of the delimiter, and now and then a broken line.
+fn raw_form() -> impl Strategy<Value = Vec<u8>> {
+    let name = prop_oneof![Just("model"), Just("file"), Just("mod\\el"), Just("x")];
+    let value = prop_oneof![
+        Just("m".to_string()),
+        Just("\r\n--b".to_string()),
+        Just("a\r\r\n--bx-".to_string()),
+        "[a-z\r\n-]{0,8}",
+    ];
+    let part = (name, value, any::<bool>(), 0u8..8).prop_map(|(n, v, file, glitch)| {
+        let file = if file { "; filename=\"f\"" } else { "" };
+        let sep = if glitch == 0 { "\n" } else { "\r\n" };
+        format!("--bx\r\nContent-Disposition: form-data; name=\"{n}\"{file}{sep}\r\n{v}\r\n")
+    });
+    (prop::collection::vec(part, 0..4), any::<bool>()).prop_map(|(parts, closed)| {
+        format!("{}{}", parts.concat(), if closed { "--bx--\r\n" } else { "" }).into_bytes()
+    })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 400, .. ProptestConfig::default() })]
+
+    /// Forms: no input panics, and where a body is cut never changes what is decided.
+    #[test]
+    fn form_flow_never_panics_and_chunking_does_not_matter(
+        body in prop_oneof![raw_form(), prop::collection::vec(any::<u8>(), 0..120)],
+        cuts in prop::collection::vec(any::<usize>(), 0..6),
+    ) {
+        let ct = "multipart/form-data; boundary=bx";
+        let whole = run_labelled(&body, &[], ct);
+        let split = run_labelled(&body, &cuts, ct);
+        prop_assert_ne!(whole.last(), Some(&BodyAction::NeedMore));
+        prop_assert_eq!(decision(whole.last()), decision(split.last()));
+    }
 
     #[test]
     fn scanner_agrees_with_serde_json(v in json_value(), model in "\\PC{0,20}") {

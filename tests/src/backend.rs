@@ -265,6 +265,17 @@ async fn handle(
             let b = json!({"id": "r1", "object": "response", "status": "completed", "model": model, "output": [], "usage": usage});
             (200, "application/json", Err(b.to_string()))
         }
+    } else if p.ends_with("/audio/transcriptions") {
+        // As OpenAI's gpt-4o-transcribe answers: tokens, with audio and text input parts.
+        let r = Reported {
+            cached_input: 0,
+            reasoning: 0,
+            ..u
+        };
+        exchange.reported = Some(r.clone());
+        let b = json!({"text": "hello", "usage": {"type": "tokens", "input_tokens": r.input, "output_tokens": r.output,
+            "total_tokens": r.input + r.output, "input_token_details": {"audio_tokens": r.input, "text_tokens": 0}}});
+        (200, "application/json", Err(b.to_string()))
     } else if p.starts_with("/v2/models/") {
         let name = p.trim_start_matches("/v2/models/").split('/').next().unwrap_or("");
         (
