@@ -129,6 +129,9 @@ pub fn histogram_buckets() -> Value {
     ])
 }
 
+/// Envoy's connection buffer limit when none is set: the most of a request body it holds.
+pub const ENVOY_DEFAULT_BUFFER_LIMIT: u64 = 1 << 20;
+
 pub fn render(spec: &Spec) -> Value {
     let mut routes: Vec<Value> = spec
         .upstreams
@@ -181,6 +184,13 @@ pub fn render(spec: &Spec) -> Value {
     });
     if let Some(ts) = &spec.transport_socket {
         b["static_resources"]["listeners"][0]["filter_chains"][0]["transport_socket"] = ts.clone();
+    }
+    // Envoy holds a request body only up to the connection's buffer limit (1 MiB by default) and
+    // answers 413 itself past it: a larger `maxBodyBytes` needs the limit raised to match.
+    let max_body = model_router::config::Config::from_json(spec.config_json.as_bytes()).map_or(0, |c| c.max_body_bytes);
+    if max_body > ENVOY_DEFAULT_BUFFER_LIMIT {
+        b["static_resources"]["listeners"][0]["per_connection_buffer_limit_bytes"] =
+            json!(max_body.min(u64::from(u32::MAX)));
     }
     if spec.stats_flush_on_admin {
         b["stats_flush_on_admin"] = json!(true);
@@ -235,5 +245,14 @@ mod tests {
             LABEL_KEYS.len()
         );
         assert_eq!(b["stats_config"]["stats_tags"][0]["regex"], "(model=\\.=(.*?);\\.;)");
+        // Envoy's own buffer limit stays as it is for bodies up to 1 MiB, and is raised to match
+        // a larger maxBodyBytes (or Envoy would answer 413 before the filter read the body).
+        let limit = |b: &Value| b["static_resources"]["listeners"][0]["per_connection_buffer_limit_bytes"].clone();
+        assert_eq!(limit(&b), Value::Null);
+        let big = Spec {
+            config_json: r#"{"maxBodyBytes": 8388608, "models": []}"#.into(),
+            ..spec
+        };
+        assert_eq!(limit(&render(&big)), json!(8388608));
     }
 }

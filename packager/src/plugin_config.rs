@@ -302,6 +302,18 @@ pub fn warnings(config: &Config) -> Vec<(String, String)> {
                 .into(),
         ));
     }
+    if config.max_body_bytes > crate::bootstrap::ENVOY_DEFAULT_BUFFER_LIMIT {
+        w.push((
+            "maxBodyBytes".into(),
+            format!(
+                "{} is over Envoy's default connection buffer limit (1 MiB): Envoy holds a request body only up to \
+                 that limit and answers 413 itself past it. `wasmpack run` raises its listener's limit to match; in \
+                 Istio, raise `per_connection_buffer_limit_bytes` to at least {} on the listeners the filter runs on \
+                 (an EnvoyFilter patch, applyTo: LISTENER, operation: MERGE)",
+                config.max_body_bytes, config.max_body_bytes
+            ),
+        ));
+    }
     w.extend(unenforceable_limits(config));
     w.extend(global_limit_warnings(config));
     if let Some(h) = &config.sticky_header {
@@ -436,5 +448,28 @@ mod tests {
             parse("models: []").map(|l| warnings(&l.config).len()).unwrap() == 1,
             "no models"
         );
+        // Bodies larger than Envoy holds by default (uploads): the limit to raise is named.
+        let l = parse(
+            "maxBodyBytes: 26214400
+models: [{name: a, destinations: [{name: x, host: x.ns.svc}]}]
+",
+        )
+        .unwrap();
+        let w = warnings(&l.config);
+        assert_eq!(w.len(), 1);
+        assert_eq!(w[0].0, "maxBodyBytes");
+        assert!(
+            w[0].1
+                .contains("per_connection_buffer_limit_bytes` to at least 26214400"),
+            "{}",
+            w[0].1
+        );
+        let l = parse(
+            "maxBodyBytes: 1048576
+models: [{name: a, destinations: [{name: x, host: x.ns.svc}]}]
+",
+        )
+        .unwrap();
+        assert!(warnings(&l.config).is_empty());
     }
 }
