@@ -380,11 +380,7 @@ impl FormScanner {
 
     fn keep(&mut self, bytes: &[u8]) {
         if let Some(f) = &mut self.capture {
-            let room = self.capture_limit.saturating_sub(f.raw.len());
-            if bytes.len() > room {
-                f.truncated = true;
-            }
-            f.raw.extend_from_slice(&bytes[..bytes.len().min(room)]);
+            f.keep(bytes, self.capture_limit);
         }
     }
 }

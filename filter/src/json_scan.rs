@@ -28,6 +28,17 @@ pub struct Found {
     pub truncated: bool,
 }
 
+impl Found {
+    /// Appends bytes of the value, up to `limit` in all; past it the value is marked truncated.
+    pub fn keep(&mut self, bytes: &[u8], limit: usize) {
+        let room = limit.saturating_sub(self.raw.len());
+        if bytes.len() > room {
+            self.truncated = true;
+        }
+        self.raw.extend_from_slice(&bytes[..bytes.len().min(room)]);
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid JSON at byte {offset}: {reason}")]
 pub struct JsonError {
@@ -600,11 +611,7 @@ impl TopLevelScanner {
 
     fn keep(&mut self, bytes: &[u8]) {
         if let Some(f) = &mut self.capture {
-            let room = self.capture_limit.saturating_sub(f.raw.len());
-            if bytes.len() > room {
-                f.truncated = true;
-            }
-            f.raw.extend_from_slice(&bytes[..bytes.len().min(room)]);
+            f.keep(bytes, self.capture_limit);
         }
     }
 }

@@ -447,12 +447,8 @@ impl RequestFlow {
                 Err(_) => return self.invalid_form(cfg, "The form's `model` field is not UTF-8.".to_string()),
             },
         };
-        if name.trim().is_empty() && cfg.on_missing_model == Policy::Reject {
-            return self.missing(cfg);
-        }
-        self.from_body = true;
-        if let Err(r) = self.route(cfg, &name, self.held) {
-            return BodyAction::Reject(r);
+        if let Some(stop) = self.body_model(cfg, &name) {
+            return stop;
         }
         let mut edits = Vec::new();
         if let (Some((model, _)), Some(f)) = (self.matched(cfg), found.first()) {
@@ -492,13 +488,8 @@ impl RequestFlow {
         let Some(name) = name else {
             return self.missing(cfg);
         };
-        if name.trim().is_empty() && cfg.on_missing_model == Policy::Reject {
-            return self.missing(cfg);
-        }
-        // An empty name is not "no model": it is a name no model has (never the default route).
-        self.from_body = true;
-        if let Err(r) = self.route(cfg, &name, self.held) {
-            return BodyAction::Reject(r);
+        if let Some(stop) = self.body_model(cfg, &name) {
+            return stop;
         }
         let mut edits = Vec::new();
         if let Some((model, _)) = self.matched(cfg) {
@@ -524,6 +515,17 @@ impl RequestFlow {
             }
         }
         self.let_go(cfg, edits)
+    }
+
+    /// The model the body named: a blank one is missing when a model is required; otherwise it
+    /// is resolved and routed. `Some` when that ends the request's reading (a refusal).
+    fn body_model(&mut self, cfg: &Config, name: &str) -> Option<BodyAction> {
+        if name.trim().is_empty() && cfg.on_missing_model == Policy::Reject {
+            return Some(self.missing(cfg));
+        }
+        // An empty name is not "no model": it is a name no model has (never the default route).
+        self.from_body = true;
+        self.route(cfg, name, self.held).err().map(BodyAction::Reject)
     }
 
     /// The request goes on with `edits` to its body; held headers get the route (and the new
@@ -800,6 +802,16 @@ mod tests {
         }
     }
 
+    /// The headers of a held request for `gpt-3.5-turbo` routed to the 10 % destination, its
+    /// body rewritten to `len` bytes.
+    fn canary_headers(len: usize) -> Vec<(String, String)> {
+        vec![
+            ("x-ai-route".to_string(), "llama-v2".to_string()),
+            ("x-ai-model".to_string(), "llama-3-8b".to_string()),
+            ("content-length".to_string(), len.to_string()),
+        ]
+    }
+
     /// Runs a whole request through the flow in one body chunk (or with the headers alone).
     fn run(
         cfg: &Config,
@@ -896,14 +908,7 @@ mod tests {
         let out = apply_edits(body, &edits);
         let want = br#"{"model": "meta-llama/Meta-Llama-3-8B-Instruct", "messages": [{"role":"user","content":"hi \"model\""}]}"#;
         assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(want));
-        assert_eq!(
-            set,
-            vec![
-                ("x-ai-route".to_string(), "llama-v2".to_string()),
-                ("x-ai-model".to_string(), "llama-3-8b".to_string()),
-                ("content-length".to_string(), want.len().to_string()),
-            ]
-        );
+        assert_eq!(set, canary_headers(want.len()));
         assert!(!f.held());
     }
 
@@ -1203,14 +1208,7 @@ mod tests {
             String::from_utf8_lossy(&apply_edits(&body, &edits)),
             String::from_utf8_lossy(&want)
         );
-        assert_eq!(
-            set,
-            vec![
-                ("x-ai-route".to_string(), "llama-v2".to_string()),
-                ("x-ai-model".to_string(), "llama-3-8b".to_string()),
-                ("content-length".to_string(), want.len().to_string()),
-            ]
-        );
+        assert_eq!(set, canary_headers(want.len()));
         assert!(f.model_from_body() && f.counted());
         assert_eq!(f.estimated_input_tokens(), 0, "a file's bytes are no measure of tokens");
         // Split anywhere, the same decision.

@@ -48,11 +48,16 @@ fn config(response_headers: &str) -> Value {
 }
 
 fn run_client(s: &Scenario, identity: &str) -> Value {
+    run_script(s, SCRIPT, identity)
+}
+
+/// Runs a client script (`base URL`, `identity` as arguments) and reads the JSON it prints.
+fn run_script(s: &Scenario, script: &str, identity: &str) -> Value {
     let python = e2e::venv_python();
     let base = s.url("/v1");
     let out = tokio::task::block_in_place(|| {
         std::process::Command::new(&python)
-            .args(["-c", SCRIPT, &base, identity])
+            .args(["-c", script, &base, identity])
             .output()
             .unwrap()
     });
@@ -163,20 +168,7 @@ async fn uploads_are_routed_and_checked_by_their_model_field() {
         ]
     }))
     .await;
-    let python = e2e::venv_python();
-    let out = tokio::task::block_in_place(|| {
-        std::process::Command::new(&python)
-            .args(["-c", UPLOADS, &s.url("/v1"), ""])
-            .output()
-            .unwrap()
-    });
-    assert!(
-        out.status.success(),
-        "{}\nenvoy:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        e2e::tail(&s.envoy.log())
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = run_script(&s, UPLOADS, "");
     assert_eq!(v["text"], "hello", "{v}");
     assert_eq!(v["route"], "asr-v1", "{v}");
     assert_eq!(v["private"], "403 model_access_denied", "{v}");
