@@ -976,13 +976,13 @@ impl Stream {
         if !matches!(self.flow.outcome(), Outcome::Matched { .. }) {
             return;
         }
-        let (m, d) = telemetry::labels(&vm.config, self.flow.outcome());
         let ops = self.meter.routed(&vm.stats.pair(&vm.config, self.flow.outcome()));
         if !ops.is_empty() {
             for op in &ops {
                 host.metric(op);
             }
             if vm.config.filter_state {
+                let (m, d) = telemetry::labels(&vm.config, self.flow.outcome());
                 host.set_filter_state(FS_MODEL, m.as_bytes());
                 host.set_filter_state(FS_DESTINATION, d.as_bytes());
             }

@@ -220,11 +220,8 @@ impl FormScanner {
                 if self.line.is_empty() {
                     self.begin_content(self.offset + i as u64 + 1)?;
                 } else {
-                    let line = std::mem::take(&mut self.line);
-                    let r = self.header(&line);
-                    self.line = line;
+                    header(&mut self.part, self.field, &self.line)?;
                     self.line.clear();
-                    r?;
                     self.state = State::Headers;
                 }
             }
@@ -260,91 +257,11 @@ impl FormScanner {
         }
         // Not a delimiter after all: what matched was content. Only its first byte is a CR, so
         // a new match can begin only at this byte.
-        let (delimiter, matched) = (std::mem::take(&mut self.delimiter), self.matched);
-        self.keep(&delimiter[..matched]);
-        self.delimiter = delimiter;
+        if let Some(f) = &mut self.capture {
+            f.keep(&self.delimiter[..self.matched], self.capture_limit);
+        }
         self.matched = 0;
         Ok(i)
-    }
-
-    /// One part header line.
-    #[inline(never)]
-    fn header(&mut self, line: &[u8]) -> Result<(), &'static str> {
-        if line[0] == b' ' || line[0] == b'\t' {
-            return Err("a folded part header line");
-        }
-        let colon = find(b':', line).ok_or("a part header line without `:`")?;
-        let (name, value) = (&line[..colon], trim(&line[colon + 1..]));
-        if same(name, b"content-disposition") {
-            if self.part.disposition {
-                return Err("a part with two Content-Disposition headers");
-            }
-            self.part.disposition = true;
-            self.disposition(value)?;
-        } else if same(name, b"content-transfer-encoding") {
-            let identity = [&b"7bit"[..], b"8bit", b"binary"];
-            self.part.encoded |= !identity.iter().any(|e| same(value, e));
-        }
-        Ok(())
-    }
-
-    /// `form-data; name="…"[; filename="…"]`
-    fn disposition(&mut self, v: &[u8]) -> Result<(), &'static str> {
-        let blank = |b: u8| b == b' ' || b == b'\t';
-        let mut i = find(b';', v).unwrap_or(v.len());
-        if !same(trim(&v[..i]), b"form-data") {
-            return Err("a part that is not form-data");
-        }
-        let mut name = None;
-        while i < v.len() {
-            if v[i] == b';' || blank(v[i]) {
-                i += 1;
-                continue;
-            }
-            let eq = i + find(b'=', &v[i..]).ok_or("a Content-Disposition parameter without a value")?;
-            let key = trim(&v[i..eq]);
-            let mut j = eq + 1;
-            while j < v.len() && blank(v[j]) {
-                j += 1;
-            }
-            let value;
-            if v.get(j) == Some(&b'"') {
-                let close =
-                    j + 1 + find(b'"', &v[j + 1..]).ok_or("an unclosed quoted Content-Disposition parameter")?;
-                value = &v[j + 1..close];
-                if value.contains(&b'\\') {
-                    // Parsers unescape differently (`\e`: `e` for one, `\e` for another).
-                    return Err("a backslash in a Content-Disposition parameter");
-                }
-                j = close + 1;
-                while j < v.len() && blank(v[j]) {
-                    j += 1;
-                }
-                if j < v.len() && v[j] != b';' {
-                    return Err("bytes after a Content-Disposition parameter");
-                }
-            } else {
-                let end = find(b';', &v[j..]).map_or(v.len(), |e| j + e);
-                value = trim(&v[j..end]);
-                if value.iter().any(|&c| c == b'"' || c == b'\\') {
-                    return Err("a quote or backslash in an unquoted Content-Disposition parameter");
-                }
-                j = end;
-            }
-            i = j;
-            if same(key, b"name") {
-                if name.replace(value).is_some() {
-                    return Err("a part with two names");
-                }
-            } else if same(key, b"name*") {
-                return Err("a part name in the extended form (`name*`)");
-            } else if same(key, b"filename") || same(key, b"filename*") {
-                self.part.file = true;
-            }
-        }
-        let name = name.ok_or("a part without a name")?;
-        self.part.wanted = name == self.field.as_bytes();
-        Ok(())
     }
 
     #[inline(never)]
@@ -383,6 +300,85 @@ impl FormScanner {
             f.keep(bytes, self.capture_limit);
         }
     }
+}
+
+/// One part header line, into what the part's headers said (`field`: the wanted name).
+#[inline(never)]
+fn header(part: &mut Part, field: &str, line: &[u8]) -> Result<(), &'static str> {
+    if line[0] == b' ' || line[0] == b'\t' {
+        return Err("a folded part header line");
+    }
+    let colon = find(b':', line).ok_or("a part header line without `:`")?;
+    let (name, value) = (&line[..colon], trim(&line[colon + 1..]));
+    if same(name, b"content-disposition") {
+        if part.disposition {
+            return Err("a part with two Content-Disposition headers");
+        }
+        part.disposition = true;
+        disposition(part, field, value)?;
+    } else if same(name, b"content-transfer-encoding") {
+        let identity = [&b"7bit"[..], b"8bit", b"binary"];
+        part.encoded |= !identity.iter().any(|e| same(value, e));
+    }
+    Ok(())
+}
+
+/// `form-data; name="…"[; filename="…"]`
+fn disposition(part: &mut Part, field: &str, v: &[u8]) -> Result<(), &'static str> {
+    let blank = |b: u8| b == b' ' || b == b'\t';
+    let skip_blanks = |mut j: usize| {
+        while j < v.len() && blank(v[j]) {
+            j += 1;
+        }
+        j
+    };
+    let mut i = find(b';', v).unwrap_or(v.len());
+    if !same(trim(&v[..i]), b"form-data") {
+        return Err("a part that is not form-data");
+    }
+    let mut name = None;
+    while i < v.len() {
+        if v[i] == b';' || blank(v[i]) {
+            i += 1;
+            continue;
+        }
+        let eq = i + find(b'=', &v[i..]).ok_or("a Content-Disposition parameter without a value")?;
+        let key = trim(&v[i..eq]);
+        let mut j = skip_blanks(eq + 1);
+        let value;
+        if v.get(j) == Some(&b'"') {
+            let close = j + 1 + find(b'"', &v[j + 1..]).ok_or("an unclosed quoted Content-Disposition parameter")?;
+            value = &v[j + 1..close];
+            if value.contains(&b'\\') {
+                // Parsers unescape differently (`\e`: `e` for one, `\e` for another).
+                return Err("a backslash in a Content-Disposition parameter");
+            }
+            j = skip_blanks(close + 1);
+            if j < v.len() && v[j] != b';' {
+                return Err("bytes after a Content-Disposition parameter");
+            }
+        } else {
+            let end = find(b';', &v[j..]).map_or(v.len(), |e| j + e);
+            value = trim(&v[j..end]);
+            if value.iter().any(|&c| c == b'"' || c == b'\\') {
+                return Err("a quote or backslash in an unquoted Content-Disposition parameter");
+            }
+            j = end;
+        }
+        i = j;
+        if same(key, b"name") {
+            if name.replace(value).is_some() {
+                return Err("a part with two names");
+            }
+        } else if same(key, b"name*") {
+            return Err("a part name in the extended form (`name*`)");
+        } else if same(key, b"filename") || same(key, b"filename*") {
+            part.file = true;
+        }
+    }
+    let name = name.ok_or("a part without a name")?;
+    part.wanted = name == field.as_bytes();
+    Ok(())
 }
 
 // Small helpers for the header lines (a few dozen bytes each), kept out of line so that the

@@ -442,8 +442,8 @@ impl RequestFlow {
         let name = match found.first() {
             None => return self.missing(cfg),
             Some(f) if f.truncated => String::from_utf8_lossy(&f.raw).into_owned(),
-            Some(f) => match String::from_utf8(f.raw.clone()) {
-                Ok(s) => s,
+            Some(f) => match std::str::from_utf8(&f.raw) {
+                Ok(s) => s.to_owned(),
                 Err(_) => return self.invalid_form(cfg, "The form's `model` field is not UTF-8.".to_string()),
             },
         };
@@ -688,6 +688,9 @@ pub const CONTENT_LENGTH: &str = "content-length";
 
 /// Feeds a chunk (and the end, when it is the last) to the body's scanner.
 fn feed(scan: &mut BodyScan, chunk: &[u8], end_of_stream: bool) -> Result<(), Unreadable> {
+    if matches!(scan, BodyScan::Sniff { .. }) && !sniff(scan, chunk, end_of_stream)? {
+        return Ok(());
+    }
     match scan {
         BodyScan::Json(s) => {
             let mut r = s.feed(chunk);
@@ -699,40 +702,43 @@ fn feed(scan: &mut BodyScan, chunk: &[u8], end_of_stream: bool) -> Result<(), Un
                 _ => Unreadable::Json(format!("The request body is not valid JSON: {e}.")),
             })
         }
-        _ => feed_labelled_multipart(scan, chunk, end_of_stream),
+        BodyScan::Form(s) => feed_form(s, chunk, end_of_stream),
+        BodyScan::Sniff { .. } => Ok(()),
     }
 }
 
-/// A `multipart/*` body: its first byte decides how it is read. (Kept apart from the JSON path.)
+/// A `multipart/*` body's first byte decides how it is read: false while there is none yet.
+/// (Kept out of line, apart from the JSON path.)
 #[inline(never)]
-fn feed_labelled_multipart(scan: &mut BodyScan, chunk: &[u8], end_of_stream: bool) -> Result<(), Unreadable> {
-    if let BodyScan::Sniff { boundary } = scan {
-        match (chunk.first(), boundary.take()) {
-            (Some(b'-'), Some(b)) => *scan = BodyScan::Form(FormScanner::new(&b, FORM_MODEL, CAPTURE_LIMIT)),
-            (Some(b'-'), None) => {
-                return Err(Unreadable::Form(
-                    "The request body is a multipart form, but its content type names no valid boundary.".into(),
-                ))
-            }
-            (Some(_), _) => *scan = BodyScan::json(),
-            // No byte at all: an empty body, as JSON's scanner reports it.
-            (None, _) if end_of_stream => *scan = BodyScan::json(),
-            (None, b) => {
-                *boundary = b;
-                return Ok(());
-            }
+fn sniff(scan: &mut BodyScan, chunk: &[u8], end_of_stream: bool) -> Result<bool, Unreadable> {
+    let BodyScan::Sniff { boundary } = scan else {
+        return Ok(true);
+    };
+    *scan = match (chunk.first(), boundary.take()) {
+        (Some(b'-'), Some(b)) => BodyScan::Form(FormScanner::new(&b, FORM_MODEL, CAPTURE_LIMIT)),
+        (Some(b'-'), None) => {
+            return Err(Unreadable::Form(
+                "The request body is a multipart form, but its content type names no valid boundary.".into(),
+            ))
         }
-    }
-    match scan {
-        BodyScan::Form(s) => {
-            let mut r = s.feed(chunk);
-            if end_of_stream && r.is_ok() {
-                r = s.finish();
-            }
-            r.map_err(|e| Unreadable::Form(format!("The request body is an {e}.")))
+        (Some(_), _) => BodyScan::json(),
+        // No byte at all: an empty body, as JSON's scanner reports it.
+        (None, _) if end_of_stream => BodyScan::json(),
+        (None, b) => {
+            *boundary = b;
+            return Ok(false);
         }
-        _ => feed(scan, chunk, end_of_stream),
+    };
+    Ok(true)
+}
+
+#[inline(never)]
+fn feed_form(s: &mut FormScanner, chunk: &[u8], end_of_stream: bool) -> Result<(), Unreadable> {
+    let mut r = s.feed(chunk);
+    if end_of_stream && r.is_ok() {
+        r = s.finish();
     }
+    r.map_err(|e| Unreadable::Form(format!("The request body is an {e}.")))
 }
 
 /// The body with `edits` applied. Envoy can only replace a buffered body whole, so the glue
