@@ -2,11 +2,12 @@
 """Validates rendered Kubernetes/Istio YAML against the real schemas.
 
 Custom kinds: the openAPIV3Schema of the CRDs in ../shared/schemas/ (Istio v1.30.3 incl.
-TrafficExtension, Gateway API, Envoy Gateway, InferencePool), made strict the way
+TrafficExtension, Gateway API, Envoy Gateway, InferencePool) and scripts/schemas/ (Envoy
+Gateway's ClientTrafficPolicy, from the same commit), made strict the way
 `kubectl --validate=strict` is: an unknown field is an error unless the schema
 says x-kubernetes-preserve-unknown-fields. Core kinds: kubernetes-validate --strict.
 
-usage: validate_manifests.py [--schemas DIR] FILE...   (multi-document YAML; exit 1 on any error)
+usage: validate_manifests.py [--schemas DIR]... FILE...   (multi-document YAML; exit 1 on any error)
 """
 import argparse
 import copy
@@ -70,14 +71,18 @@ def validate_istio(doc, crds):
 def main():
     ap = argparse.ArgumentParser()
     here = os.path.dirname(os.path.abspath(__file__))
-    ap.add_argument("--schemas", default=os.path.join(here, "..", "..", "shared", "schemas"))
+    ap.add_argument("--schemas", action="append",
+                    help="a directory of CRDs (repeatable; default: ../shared/schemas and scripts/schemas)")
     ap.add_argument("--kubernetes-version", default="1.33.0")
     ap.add_argument("files", nargs="+")
     args = ap.parse_args()
-    if not os.path.isdir(args.schemas):
-        print(f"error: Istio CRD schemas not found in {args.schemas}", file=sys.stderr)
-        return 1
-    crds = load_crds(args.schemas)
+    dirs = args.schemas or [os.path.join(here, "..", "..", "shared", "schemas"), os.path.join(here, "schemas")]
+    crds = {}
+    for d in dirs:
+        if not os.path.isdir(d):
+            print(f"error: CRD schemas not found in {d}", file=sys.stderr)
+            return 1
+        crds.update(load_crds(d))
     failed = 0
     count = 0
     for path in args.files:

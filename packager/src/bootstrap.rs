@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use model_router::telemetry::{DURATION_BUCKETS_MS, LABEL_KEYS, TTFT_BUCKETS_MS};
 use serde_json::{json, Value};
 
+use crate::render::{listener_buffer_limit, ENVOY_DEFAULT_BUFFER_LIMIT};
+
 /// A local backend a destination is served by.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
@@ -129,9 +131,6 @@ pub fn histogram_buckets() -> Value {
     ])
 }
 
-/// Envoy's connection buffer limit when none is set: the most of a request body it holds.
-pub const ENVOY_DEFAULT_BUFFER_LIMIT: u64 = 1 << 20;
-
 pub fn render(spec: &Spec) -> Value {
     let mut routes: Vec<Value> = spec
         .upstreams
@@ -190,7 +189,7 @@ pub fn render(spec: &Spec) -> Value {
     let max_body = model_router::config::Config::from_json(spec.config_json.as_bytes()).map_or(0, |c| c.max_body_bytes);
     if max_body > ENVOY_DEFAULT_BUFFER_LIMIT {
         b["static_resources"]["listeners"][0]["per_connection_buffer_limit_bytes"] =
-            json!(max_body.min(u64::from(u32::MAX)));
+            json!(listener_buffer_limit(max_body));
     }
     if spec.stats_flush_on_admin {
         b["stats_flush_on_admin"] = json!(true);

@@ -371,6 +371,9 @@ pub enum PartArg {
     RateLimits,
     /// ServiceEntry + TLS DestinationRule of each external provider (api.openai.com, ...)
     External,
+    /// The listener buffer limit raised to maxBodyBytes (EnvoyFilter, or Envoy Gateway's ClientTrafficPolicy)
+    #[value(name = "buffer-limit")]
+    BufferLimit,
 }
 
 #[derive(Debug, Args)]

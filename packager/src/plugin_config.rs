@@ -302,14 +302,15 @@ pub fn warnings(config: &Config) -> Vec<(String, String)> {
                 .into(),
         ));
     }
-    if config.max_body_bytes > crate::bootstrap::ENVOY_DEFAULT_BUFFER_LIMIT {
+    if config.max_body_bytes > crate::render::ENVOY_DEFAULT_BUFFER_LIMIT {
         w.push((
             "maxBodyBytes".into(),
             format!(
                 "{} is over Envoy's default connection buffer limit (1 MiB): Envoy holds a request body only up to \
-                 that limit and answers 413 itself past it. `wasmpack run` raises its listener's limit to match; in \
-                 Istio, raise `per_connection_buffer_limit_bytes` to at least {} on the listeners the filter runs on \
-                 (an EnvoyFilter patch, applyTo: LISTENER, operation: MERGE)",
+                 that limit and answers 413 itself past it. `wasmpack run` raises its listener's limit to match, and \
+                 `wasmpack manifests` renders the patch that does it in Istio (EnvoyFilter `<name>-buffer-limit`: \
+                 `per_connection_buffer_limit_bytes` {} on the listeners the filter runs on); a waypoint cannot be \
+                 patched",
                 config.max_body_bytes, config.max_body_bytes
             ),
         ));
@@ -459,8 +460,7 @@ models: [{name: a, destinations: [{name: x, host: x.ns.svc}]}]
         assert_eq!(w.len(), 1);
         assert_eq!(w[0].0, "maxBodyBytes");
         assert!(
-            w[0].1
-                .contains("per_connection_buffer_limit_bytes` to at least 26214400"),
+            w[0].1.contains("per_connection_buffer_limit_bytes` 26214400"),
             "{}",
             w[0].1
         );

@@ -59,6 +59,8 @@ pub enum Part {
     RateLimits,
     /// ServiceEntry + TLS-originating DestinationRule of each external provider.
     External,
+    /// The proxies' listener buffer limit raised to `maxBodyBytes` where the default is lower.
+    BufferLimit,
 }
 
 /// Egress and ingress the model pods get besides what the installation needs.
@@ -245,7 +247,7 @@ fn service_of(host: &str, default_ns: &str) -> Result<(String, String), String> 
 }
 
 impl Options {
-    fn wants(&self, p: Part) -> bool {
+    pub fn wants(&self, p: Part) -> bool {
         (self.only.is_empty() || self.only.contains(&p)) && !self.skip.contains(&p)
     }
 
@@ -559,6 +561,9 @@ pub fn render(config_json: &Value, config: &Config, o: &Options, plan: &Plan) ->
             _ => docs.push(wasm_plugin(config_json, o, &url, &ports)),
         }
     }
+    if o.wants(Part::BufferLimit) {
+        docs.extend(buffer_limit(config, o, &ports));
+    }
     let hs = &plan.hosts;
     match &o.target {
         Target::Selector(_) => {
@@ -820,6 +825,75 @@ fn envoy_filters(config_json: &Value, o: &Options, url: &str, ports: &[u16]) -> 
                 "metadata": o.meta(&o.object_name(""), &o.namespace), "spec": filter_spec}),
         },
     ]
+}
+
+/// Envoy holds a request body the filter reads only up to the connection's buffer limit and
+/// answers 413 itself past it: 1 MiB by default, 32 KiB on Envoy Gateway's listeners.
+pub const ENVOY_DEFAULT_BUFFER_LIMIT: u64 = 1 << 20;
+pub const ENVOY_GATEWAY_BUFFER_LIMIT: u64 = 32 << 10;
+
+/// The listener buffer limit a `maxBodyBytes` needs (Envoy's field is 32-bit).
+pub fn listener_buffer_limit(max_body_bytes: u64) -> u64 {
+    max_body_bytes.min(u64::from(u32::MAX))
+}
+
+/// The listener's buffer limit raised to `maxBodyBytes` where the proxy's default is lower: an
+/// EnvoyFilter (LISTENER, MERGE) for Istio's gateways and sidecars over 1 MiB, a
+/// ClientTrafficPolicy for Envoy Gateway (whose listeners default to 32 KiB). A waypoint cannot
+/// be patched (`wasmpack manifests` warns).
+fn buffer_limit(config: &Config, o: &Options, ports: &[u16]) -> Option<Doc> {
+    let limit = listener_buffer_limit(config.max_body_bytes);
+    let why = format!(
+        "The filter reads request bodies up to maxBodyBytes ({}), and Envoy holds a body only up to\n\
+         the listener's per-connection buffer limit, answering 413 itself past it.",
+        config.max_body_bytes
+    );
+    match &o.target {
+        Target::EnvoyGateway { name, .. } if config.max_body_bytes > ENVOY_GATEWAY_BUFFER_LIMIT => Some(Doc {
+            file: "clienttrafficpolicy-buffer-limit".into(),
+            comment: format!(
+                "{why}\n\
+                 Envoy Gateway's listeners default to 32 KiB: this raises the limit of Gateway `{name}` to {limit}.\n\
+                 Envoy Gateway takes one ClientTrafficPolicy per Gateway (the oldest wins): if `{name}` has one\n\
+                 already, set its connection.bufferLimit to {limit} there and render with --skip buffer-limit."
+            ),
+            value: json!({"apiVersion": "gateway.envoyproxy.io/v1alpha1", "kind": "ClientTrafficPolicy",
+                "metadata": o.meta(&o.object_name("buffer-limit"), &o.namespace),
+                "spec": {"targetRefs": [gateway_ref(name)], "connection": {"bufferLimit": limit}}}),
+        }),
+        Target::Selector(_) | Target::Gateway { .. } if config.max_body_bytes > ENVOY_DEFAULT_BUFFER_LIMIT => {
+            let (context, mut spec) = match &o.target {
+                Target::Selector(sel) => ("SIDECAR_OUTBOUND", json!({"workloadSelector": {"labels": sel}})),
+                Target::Gateway { name, .. } => ("GATEWAY", json!({"targetRefs": [gateway_ref(name)]})),
+                _ => return None,
+            };
+            let patch = |port: Option<u16>| {
+                let mut m = json!({"context": context});
+                if let Some(p) = port {
+                    m["listener"] = json!({"portNumber": p});
+                }
+                json!({"applyTo": "LISTENER", "match": m,
+                       "patch": {"operation": "MERGE", "value": {"per_connection_buffer_limit_bytes": limit}}})
+            };
+            // In a sidecar, only the outbound listeners of the models' ports (when all are known).
+            spec["configPatches"] = if context == "SIDECAR_OUTBOUND" && !ports.is_empty() {
+                Value::Array(ports.iter().map(|p| patch(Some(*p))).collect())
+            } else {
+                json!([patch(None)])
+            };
+            Some(Doc {
+                file: "envoyfilter-buffer-limit".into(),
+                comment: format!(
+                    "{why}\n\
+                     Istio leaves Envoy's default of 1 MiB: this raises it to {limit} on the listeners the filter\n\
+                     runs on."
+                ),
+                value: json!({"apiVersion": "networking.istio.io/v1alpha3", "kind": "EnvoyFilter",
+                    "metadata": o.meta(&o.object_name("buffer-limit"), &o.namespace), "spec": spec}),
+            })
+        }
+        _ => None,
+    }
 }
 
 /// The filter as an Istio `TrafficExtension` (extensions.istio.io/v1alpha1, Istio 1.30+): the
@@ -1398,6 +1472,86 @@ mod tests {
             wp.value["spec"]["match"][0]["ports"],
             json!([{"number": 80}, {"number": 8000}])
         );
+    }
+
+    /// The listener's buffer limit is raised to maxBodyBytes only where the proxy's default is
+    /// lower: over 1 MiB in Istio (per model port in a sidecar), over 32 KiB on Envoy Gateway.
+    #[test]
+    fn the_buffer_limit_is_raised_where_the_default_is_lower() {
+        let limit_docs = |max: u64, target: Target, skip: Vec<Part>| {
+            let json = json!({"bodyRouting": false, "maxBodyBytes": max, "models": [{"name": "m", "destinations": [
+                {"name": "a", "host": "a.ai.svc.cluster.local", "port": 8000},
+                {"name": "b", "host": "b.ai.svc.cluster.local", "port": 8080}]}]});
+            let config = Config::from_json(json.to_string().as_bytes()).unwrap();
+            let o = Options {
+                target,
+                skip,
+                ..sidecar_options()
+            };
+            let plan = plan(&config, &o).unwrap();
+            render(&json, &config, &o, &plan)
+                .into_iter()
+                .filter(|d| d.file.ends_with("buffer-limit"))
+                .map(|d| d.value)
+                .collect::<Vec<Value>>()
+        };
+        let sidecar = || Target::Selector(BTreeMap::from([("app".into(), "chat".into())]));
+        let gateway = || Target::Gateway {
+            name: "gw".into(),
+            hostnames: vec!["llm.example.com".into()],
+        };
+        let eg = || Target::EnvoyGateway {
+            name: "eg".into(),
+            hostnames: vec!["llm.example.com".into()],
+        };
+        let waypoint = || Target::Waypoint {
+            name: "wp".into(),
+            service: "llm.ai.svc.cluster.local".into(),
+            port: 8000,
+        };
+        let mib = 1 << 20;
+
+        let d = limit_docs(8 * mib, sidecar(), Vec::new());
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0]["kind"], "EnvoyFilter");
+        assert_eq!(d[0]["spec"]["workloadSelector"]["labels"]["app"], "chat");
+        let patches = d[0]["spec"]["configPatches"].as_array().unwrap();
+        let ports: Vec<&Value> = patches.iter().map(|p| &p["match"]["listener"]["portNumber"]).collect();
+        assert_eq!(
+            ports,
+            [&json!(8000), &json!(8080)],
+            "the outbound listeners of the models' ports"
+        );
+        for p in patches {
+            assert_eq!(p["applyTo"], "LISTENER");
+            assert_eq!(p["match"]["context"], "SIDECAR_OUTBOUND");
+            assert_eq!(p["patch"]["operation"], "MERGE");
+            assert_eq!(p["patch"]["value"]["per_connection_buffer_limit_bytes"], 8 * mib);
+        }
+
+        let d = limit_docs(8 * mib, gateway(), Vec::new());
+        assert_eq!(d[0]["spec"]["targetRefs"][0]["name"], "gw");
+        assert_eq!(d[0]["spec"]["configPatches"][0]["match"], json!({"context": "GATEWAY"}));
+
+        // Envoy's default already holds 1 MiB; a waypoint cannot be patched (manifests warns).
+        assert!(limit_docs(mib, sidecar(), Vec::new()).is_empty());
+        assert!(limit_docs(mib, gateway(), Vec::new()).is_empty());
+        assert!(limit_docs(8 * mib, waypoint(), Vec::new()).is_empty());
+
+        // Envoy Gateway's listeners hold 32 KiB: the default 1 MiB body needs its policy.
+        let d = limit_docs(mib, eg(), Vec::new());
+        assert_eq!(d[0]["kind"], "ClientTrafficPolicy");
+        assert_eq!(d[0]["spec"]["connection"]["bufferLimit"], mib);
+        assert_eq!(d[0]["spec"]["targetRefs"][0]["name"], "eg");
+        assert!(limit_docs(32 << 10, eg(), Vec::new()).is_empty());
+
+        // Envoy's field is 32-bit; --skip buffer-limit leaves it out.
+        let d = limit_docs(u64::MAX, gateway(), Vec::new());
+        assert_eq!(
+            d[0]["spec"]["configPatches"][0]["patch"]["value"]["per_connection_buffer_limit_bytes"],
+            u32::MAX
+        );
+        assert!(limit_docs(8 * mib, gateway(), vec![Part::BufferLimit]).is_empty());
     }
 
     #[test]

@@ -93,6 +93,7 @@ fn part(p: PartArg) -> Part {
         PartArg::AuthorizationPolicy => Part::AuthorizationPolicy,
         PartArg::RateLimits => Part::RateLimits,
         PartArg::External => Part::External,
+        PartArg::BufferLimit => Part::BufferLimit,
     }
 }
 

@@ -84,6 +84,13 @@ fn every_rendered_resource_validates() {
         ),
     )
     .unwrap();
+    let uploads = tmp.path().join("uploads.yaml");
+    std::fs::write(
+        &uploads,
+        "maxBodyBytes: 26214400\nmodels:\n- name: whisper-1\n  destinations:\n  \
+         - {name: whisper-v3, host: whisper.team-a.svc.cluster.local, port: 8000}\n",
+    )
+    .unwrap();
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<String>>();
     // Every branch: body routing or not, gateway or selector, with options.
     let variants: Vec<(&str, Vec<String>)> = vec![
@@ -169,6 +176,22 @@ fn every_rendered_resource_validates() {
                 "llm.example.com",
             ]),
         ),
+        // Uploads over 1 MiB: the listeners' buffer limit raised, in a sidecar and a gateway.
+        (
+            "g",
+            s(&["--config", uploads.to_str().unwrap(), "--selector", "app=transcriber"]),
+        ),
+        (
+            "h",
+            s(&[
+                "--config",
+                uploads.to_str().unwrap(),
+                "--gateway",
+                "edge",
+                "--hostname",
+                "audio.example.com",
+            ]),
+        ),
     ];
     let mut files = vec![
         root().join("manifests/llm-gateway/install.yaml"),
@@ -220,6 +243,8 @@ fn every_rendered_resource_validates() {
         "TrafficExtension",
         "EnvoyExtensionPolicy",
         "ServiceEntry",
+        "ClientTrafficPolicy",
+        "EnvoyFilter/model-router-buffer-limit",
     ] {
         assert!(report.contains(kind), "{kind} not validated: {report}");
     }
@@ -902,4 +927,71 @@ fn inference_pools_as_gateway_backends() {
         "{}",
         stderr(&o)
     );
+}
+
+/// What `manifests` says about `maxBodyBytes`: nothing where it renders the raised limit, a
+/// warning where the limit stays (a waypoint, `--skip buffer-limit`), naming the default that bites.
+#[test]
+fn the_buffer_limit_warning_names_what_is_left_undone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let image =
+        "registry.example.com/ai/model-router@sha256:0000000000000000000000000000000000000000000000000000000000000001";
+    let cfg = tmp.path().join("uploads.yaml");
+    let render = |max: u64, target: &[&str]| {
+        std::fs::write(
+            &cfg,
+            format!(
+                "maxBodyBytes: {max}\nmodels:\n- name: whisper-1\n  destinations:\n  \
+                 - {{name: whisper-v3, host: whisper.ai.svc.cluster.local, port: 8000}}\n"
+            ),
+        )
+        .unwrap();
+        let mut args = vec![
+            "manifests",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--image",
+            image,
+            "--offline",
+        ];
+        args.extend(["--namespace", "ai"]);
+        args.extend(target);
+        let o = wasmpack(&args, "", &[]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let warning = stderr(&o)
+            .lines()
+            .find(|l| l.starts_with("warning: maxBodyBytes"))
+            .map(String::from);
+        (stdout(&o), warning)
+    };
+    let gateway = ["--gateway", "gw", "--hostname", "audio.example.com"];
+    let (out, warning) = render(26_214_400, &gateway);
+    assert!(out.contains("per_connection_buffer_limit_bytes: 26214400"), "{out}");
+    assert_eq!(warning, None, "rendered, so nothing to warn about");
+
+    let mut skipped = gateway.to_vec();
+    skipped.extend(["--skip", "buffer-limit"]);
+    let (out, warning) = render(26_214_400, &skipped);
+    assert!(!out.contains("per_connection_buffer_limit_bytes"), "{out}");
+    let warning = warning.expect("the skipped limit is warned about");
+    assert!(warning.contains("413 itself to bodies over 1048576 bytes"), "{warning}");
+
+    let (_, warning) = render(
+        26_214_400,
+        &["--waypoint", "wp", "--service", "whisper.ai.svc.cluster.local:8000"],
+    );
+    let warning = warning.expect("a waypoint cannot be patched");
+    assert!(warning.contains("Keep maxBodyBytes at 1048576 or less"), "{warning}");
+
+    // Envoy Gateway's 32 KiB default: the default maxBodyBytes (1 MiB) is over it.
+    let eg = ["--envoy-gateway", "eg", "--hostname", "audio.example.com"];
+    let (out, warning) = render(1_048_576, &eg);
+    assert!(out.contains("bufferLimit: 1048576"), "{out}");
+    assert_eq!(warning, None);
+    let mut skipped = eg.to_vec();
+    skipped.extend(["--skip", "buffer-limit"]);
+    let (_, warning) = render(1_048_576, &skipped);
+    assert!(warning
+        .unwrap()
+        .contains("Envoy Gateway's listener buffer limit (32 KiB)"));
 }

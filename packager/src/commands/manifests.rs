@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::cli::ManifestsArgs;
 use crate::plugin_config;
 use crate::registry::{parse_reference, Registry};
-use crate::render::{self, Doc, Options, Target};
+use crate::render::{self, Doc, Options, Part, Target};
 use crate::settings::RenderSettings;
 
 /// The first line of every file `--out` writes: how stale files are told from the user's own.
@@ -77,9 +77,15 @@ pub async fn run(args: &ManifestsArgs) -> Result<()> {
     // Where the host cannot hold headers, bodyRouting was turned off (and said so) on purpose.
     let forced = matches!(opts.target, Target::Waypoint { .. } | Target::EnvoyGateway { .. });
     for (path, message) in plugin_config::warnings(&settings.loaded.config) {
-        if !(forced && path == "bodyRouting") {
-            eprintln!("warning: {path}: {message}");
+        match path.as_str() {
+            "bodyRouting" if forced => {}
+            // Said below, for this target and render.
+            "maxBodyBytes" => {}
+            _ => eprintln!("warning: {path}: {message}"),
         }
+    }
+    if let Some(m) = buffer_limit_warning(&settings.loaded.config, &opts) {
+        eprintln!("warning: maxBodyBytes: {m}");
     }
     let header = header(&settings, &opts);
     match &args.out {
@@ -103,6 +109,38 @@ pub async fn run(args: &ManifestsArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// What still stands in the way of bodies up to `maxBodyBytes` once the render is applied.
+fn buffer_limit_warning(config: &model_router::config::Config, opts: &Options) -> Option<String> {
+    let max = config.max_body_bytes;
+    let (default, what) = match opts.target {
+        Target::EnvoyGateway { .. } => (
+            render::ENVOY_GATEWAY_BUFFER_LIMIT,
+            "Envoy Gateway's listener buffer limit (32 KiB)",
+        ),
+        _ => (
+            render::ENVOY_DEFAULT_BUFFER_LIMIT,
+            "Envoy's default connection buffer limit (1 MiB)",
+        ),
+    };
+    if max <= default {
+        return None;
+    }
+    if matches!(opts.target, Target::Waypoint { .. }) {
+        return Some(format!(
+            "{max} is over {what}, and a waypoint's listeners cannot be patched (Istio applies no EnvoyFilter to \
+             waypoints): its Envoy answers 413 itself to bodies over {default} bytes. Keep maxBodyBytes at {default} \
+             or less, or install on a gateway"
+        ));
+    }
+    if !opts.wants(Part::BufferLimit) {
+        return Some(format!(
+            "{max} is over {what}, and the buffer-limit resource is not rendered: Envoy answers 413 itself to \
+             bodies over {default} bytes unless the listeners the filter runs on are raised to {max} another way"
+        ));
+    }
+    None
 }
 
 /// Writes exactly the render: files wasmpack wrote before and no longer renders are removed; a
