@@ -469,6 +469,9 @@ pub const DEFAULT_ENDPOINTS: &[&str] = &[
     "/v1/models",
 ];
 
+/// A path with this in it is about a model (`/v1/models/{id}`).
+const MODELS_DIR: &[u8] = b"/v1/models/";
+
 impl Scope {
     /// Whether a request for `authority` and `path` is the filter's business.
     pub fn contains(&self, authority: &str, path: &str) -> bool {
@@ -483,13 +486,21 @@ impl Scope {
                 return false;
             }
         }
+        // The path as the most lenient server reads it (`/v1/chat%2Fcompletions` is uvicorn's
+        // `/v1/chat/completions`), and as it is.
         let path_only = path.split(['?', '#']).next().unwrap_or("");
+        let lenient = crate::path_model::lenient(path_only);
         match &self.paths {
-            Some(prefixes) => prefixes.iter().any(|p| path_only.starts_with(p.as_str())),
+            Some(prefixes) => prefixes.iter().any(|p| {
+                path_only.starts_with(p.as_str())
+                    || lenient
+                        .get(..p.len())
+                        .is_some_and(|h| h.eq_ignore_ascii_case(p.as_bytes()))
+            }),
             None => {
-                let trimmed = path_only.trim_end_matches('/');
-                DEFAULT_ENDPOINTS.iter().any(|e| trimmed.ends_with(e))
-                    || trimmed.contains("/v1/models/")
+                let trimmed = crate::path_model::trim_slashes(&lenient);
+                DEFAULT_ENDPOINTS.iter().any(|e| trimmed.ends_with(e.as_bytes()))
+                    || trimmed.windows(MODELS_DIR.len()).any(|w| w == MODELS_DIR)
                     || crate::path_model::model_from_path(path).is_some()
             }
         }
@@ -1456,8 +1467,34 @@ mod tests {
             ("/v1/products", false),
             ("/v1/chat/completions/extra", false),
             ("/", false),
+            // Dressed up the ways servers still read as inference endpoints.
+            ("/v1/chat/%63ompletions", true),
+            ("/v1/chat%2Fcompletions", true),
+            ("/v1/chat%2fcompletions?x=1", true),
+            ("/V1/Chat/Completions", true),
+            ("/v1//chat/completions", true),
+            ("/v1/./chat/completions", true),
+            ("/v1/x/../chat/completions", true),
+            ("/v1/chat/completions/.", true),
+            ("/v1/chat/completions;jsessionid=1", true),
+            ("/v1/chat;x/completions", true),
+            ("/v2/models/m/%69nfer", true),
+            ("/v1/models/m%3Apredict", true),
+            ("/v1/chat/completions/%2e%2e/%2e%2e/orders", false),
+            ("/api/%6Frders", false),
+            ("/v1/chat/completions%ff", false),
         ] {
             assert_eq!(d.contains("shop.example.com", path), inside, "{path}");
+        }
+        let prefixed = Config::from_json(br#"{"scope":{"paths":["/tokenize","/v1/"]},"models":[]}"#).unwrap();
+        for (path, inside) in [
+            ("/tokenize", true),
+            ("/%74okenize", true),
+            ("/TOKENIZE", true),
+            ("//v1/x", true),
+            ("/api/v1/x", false),
+        ] {
+            assert_eq!(prefixed.scope.contains("h", path), inside, "{path}");
         }
         let c = Config::from_json(
             br#"{"scope":{"hosts":["LLM.example.com","*.ai.svc.cluster.local"],"paths":["/"]},"models":[]}"#,

@@ -3,59 +3,139 @@
 
 use std::borrow::Cow;
 
+/// The most segments a model path is looked for in (the longest shape has 7, with the empty
+/// one before the first `/`).
+const MAX_SEGMENTS: usize = 16;
+
 /// The model named by `path`, if it is one of the path shapes in the contract. The query string is
-/// ignored and `%XX` escapes in the name are decoded.
+/// ignored. Each segment is read as servers route it: `%XX` escapes decoded (a name may hold an
+/// escaped `/`, as Go's router and Triton read it) and keywords in any case, so that
+/// `/v2/models/m/%69nfer` is the model path a FastAPI server (KServe) serves, not a way past the filter.
 pub fn model_from_path(path: &str) -> Option<Cow<'_, str>> {
     let path = path.split(['?', '#']).next().unwrap_or(path);
-    let name = kserve_v2(path).or_else(|| tf_serving(path)).or_else(|| azure(path))?;
-    if name.is_empty() {
-        return None;
+    let mut segments = [""; MAX_SEGMENTS];
+    let mut n = 0;
+    for s in path.split('/') {
+        *segments.get_mut(n)? = s;
+        n += 1;
     }
-    Some(percent_decode(name))
+    let ["", rest @ ..] = &segments[..n] else {
+        return None;
+    };
+    let name = kserve_v2(rest).or_else(|| tf_serving(rest)).or_else(|| azure(rest))?;
+    (!name.is_empty()).then_some(name)
+}
+
+/// Whether a path segment is `word`, escaped or not, in any case.
+fn is(segment: &str, word: &str) -> bool {
+    segment.eq_ignore_ascii_case(word) || (segment.contains('%') && percent_decode(segment).eq_ignore_ascii_case(word))
 }
 
 /// `/v2/models/{name}[/versions/{v}]/(infer|generate|generate_stream)`
-fn kserve_v2(path: &str) -> Option<&str> {
-    let rest = path.strip_prefix("/v2/models/")?;
-    let mut parts = rest.split('/');
-    let name = parts.next()?;
-    let tail: Vec<&str> = parts.collect();
-    let verb = match tail.as_slice() {
-        [verb] => verb,
-        ["versions", v, verb] if !v.is_empty() => verb,
+fn kserve_v2<'a>(s: &[&'a str]) -> Option<Cow<'a, str>> {
+    let (name, verb) = match s {
+        [v2, models, name, verb] if is(v2, "v2") && is(models, "models") => (name, verb),
+        [v2, models, name, versions, v, verb]
+            if is(v2, "v2") && is(models, "models") && is(versions, "versions") && !v.is_empty() =>
+        {
+            (name, verb)
+        }
         _ => return None,
     };
-    matches!(*verb, "infer" | "generate" | "generate_stream").then_some(name)
+    ["infer", "generate", "generate_stream"]
+        .iter()
+        .any(|w| is(verb, w))
+        .then(|| percent_decode(name))
 }
 
 /// `/v1/models/{name}[/versions/{v}|/labels/{l}]:(predict|classify|regress|explain)`
-fn tf_serving(path: &str) -> Option<&str> {
-    let rest = path.strip_prefix("/v1/models/")?;
-    let (head, verb) = rest.rsplit_once(':')?;
-    if !matches!(verb, "predict" | "classify" | "regress" | "explain") {
+fn tf_serving<'a>(s: &[&'a str]) -> Option<Cow<'a, str>> {
+    let [v1, models, rest @ ..] = s else {
+        return None;
+    };
+    if !(is(v1, "v1") && is(models, "models")) {
         return None;
     }
-    let mut parts = head.split('/');
-    let name = parts.next()?;
-    match parts.collect::<Vec<_>>().as_slice() {
-        [] => Some(name),
-        ["versions" | "labels", v] if !v.is_empty() => Some(name),
+    let (last, middle) = rest.split_last()?;
+    let verb_at = |l: &str| {
+        let (head, verb) = l.rsplit_once(':')?;
+        ["predict", "classify", "regress", "explain"]
+            .iter()
+            .any(|w| verb.eq_ignore_ascii_case(w))
+            .then_some(head.len())
+    };
+    let last = percent_decode(last);
+    let head_len = verb_at(&last)?;
+    match middle {
+        [] => Some(match last {
+            Cow::Borrowed(l) => Cow::Borrowed(&l[..head_len]),
+            Cow::Owned(mut l) => {
+                l.truncate(head_len);
+                Cow::Owned(l)
+            }
+        }),
+        [name, kind] if (is(kind, "versions") || is(kind, "labels")) && head_len > 0 => Some(percent_decode(name)),
         _ => None,
     }
 }
 
 /// `/openai/deployments/{name}/...`
-fn azure(path: &str) -> Option<&str> {
-    let rest = path.strip_prefix("/openai/deployments/")?;
-    let (name, tail) = rest.split_once('/')?;
-    (!tail.is_empty()).then_some(name)
+fn azure<'a>(s: &[&'a str]) -> Option<Cow<'a, str>> {
+    match s {
+        [openai, deployments, name, tail @ ..]
+            if is(openai, "openai") && is(deployments, "deployments") && tail.iter().any(|t| !t.is_empty()) =>
+        {
+            Some(percent_decode(name))
+        }
+        _ => None,
+    }
 }
 
-pub fn percent_decode(s: &str) -> Cow<'_, str> {
-    if !s.contains('%') {
-        return Cow::Borrowed(s);
+/// The request path as the most lenient server reads it, to decide whether a request is the
+/// filter's business: the query dropped, every `%XX` decoded (`%2F` too, as uvicorn does for
+/// vLLM, SGLang and KServe), `;params` cut from each segment (as Java servers do), empty and `.`
+/// segments dropped and `..` resolved (as Envoy's `normalize_path` and Go's router do), ASCII
+/// lowercased (as ASP.NET routes). Reading too much into a path only makes the filter look at a
+/// request a stricter server would not serve; reading too little would let a client dress up an
+/// inference request to get past it.
+pub fn lenient(path: &str) -> Cow<'_, [u8]> {
+    let path = path.split(['?', '#']).next().unwrap_or(path);
+    // Nothing to decode, cut, lower or resolve (`/.` is a dot segment's start, or a name's).
+    let plain = !path.bytes().any(|b| matches!(b, b'%' | b';' | b'A'..=b'Z'))
+        && !path.as_bytes().windows(2).any(|w| w == b"//" || w == b"/.");
+    if plain {
+        return Cow::Borrowed(path.as_bytes());
     }
-    let bytes = s.as_bytes();
+    let decoded = decode(path.as_bytes());
+    let mut out: Vec<u8> = Vec::with_capacity(decoded.len() + 1);
+    for segment in decoded.split(|b| *b == b'/') {
+        match segment.split(|b| *b == b';').next().unwrap_or_default() {
+            b"" | b"." => {}
+            b".." => {
+                let parent = out.iter().rposition(|b| *b == b'/').unwrap_or(0);
+                out.truncate(parent);
+            }
+            s => {
+                out.push(b'/');
+                out.extend_from_slice(s);
+            }
+        }
+    }
+    if out.is_empty() || decoded.ends_with(b"/") {
+        out.push(b'/');
+    }
+    out.make_ascii_lowercase();
+    Cow::Owned(out)
+}
+
+/// `path` without its trailing slashes.
+pub fn trim_slashes(path: &[u8]) -> &[u8] {
+    let end = path.iter().rposition(|b| *b != b'/').map_or(0, |i| i + 1);
+    &path[..end]
+}
+
+/// `%XX` escapes decoded; a `%` that starts none is kept.
+fn decode(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
@@ -70,8 +150,16 @@ pub fn percent_decode(s: &str) -> Cow<'_, str> {
         out.push(bytes[i]);
         i += 1;
     }
-    match String::from_utf8(out) {
-        Ok(s) => Cow::Owned(s),
+    out
+}
+
+/// `%XX` escapes decoded, when the result is UTF-8 (else `s` as it is).
+pub fn percent_decode(s: &str) -> Cow<'_, str> {
+    if !s.contains('%') {
+        return Cow::Borrowed(s);
+    }
+    match String::from_utf8(decode(s.as_bytes())) {
+        Ok(d) => Cow::Owned(d),
         Err(_) => Cow::Borrowed(s),
     }
 }
@@ -109,9 +197,49 @@ mod tests {
             ("", None),
             ("/v2/models/bad%ZZname/infer", Some("bad%ZZname")),
             ("/v2/models/trail%2/infer", Some("trail%2")),
+            // Escaped or capitalised keywords are still the shape servers route.
+            ("/v2/models/secret/%69nfer", Some("secret")),
+            ("/%76%32/models/secret/infer", Some("secret")),
+            ("/V2/Models/secret/Versions/1/Infer", Some("secret")),
+            ("/v1/models/secret%3Apredict", Some("secret")),
+            ("/v1/models/secret%3apredict", Some("secret")),
+            ("/v1/models/s%65cret:PREDICT", Some("secret")),
+            ("/v1/models/secret/versions/2%3Apredict", Some("secret")),
+            ("/v1/models/secret/labels/%3Apredict", None),
+            ("/openai/%64eployments/secret/chat/completions", Some("secret")),
+            ("/OpenAI/Deployments/secret/chat/completions", Some("secret")),
+            // An escaped `/` stays in its segment: the name Go's router and Triton read.
+            (
+                "/v2/models/meta-llama%2FLlama-3.1-8B/infer",
+                Some("meta-llama/Llama-3.1-8B"),
+            ),
+            ("/v2/models/%2e%2e/infer", Some("..")),
+            ("/v2/models/a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/p/q/infer", None),
+            ("v2/models/a/infer", None),
         ];
         for (path, want) in cases {
             assert_eq!(model_from_path(path).as_deref(), *want, "{path}");
         }
+    }
+
+    #[test]
+    fn lenient_paths() {
+        for (path, want) in [
+            ("/v1/chat/completions", "/v1/chat/completions"),
+            ("/v1/chat/completions?x=%41", "/v1/chat/completions"),
+            ("/v1/chat%2Fcompletions", "/v1/chat/completions"),
+            ("/V1/Chat/Completions/", "/v1/chat/completions/"),
+            ("/a//b/./c/../d;p=1", "/a/b/d"),
+            ("/../..", "/"),
+            ("", ""),
+            ("/%zz%", "/%zz%"),
+        ] {
+            assert_eq!(lenient(path).as_ref(), want.as_bytes(), "{path}");
+        }
+        assert_eq!(lenient("/%41%ff").as_ref(), b"/a\xff", "bytes, not text");
+        assert!(
+            matches!(lenient("/v1/embeddings"), Cow::Borrowed(_)),
+            "no copy for a plain path"
+        );
     }
 }

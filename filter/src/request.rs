@@ -200,8 +200,9 @@ fn has_inspectable_body(method: &str) -> bool {
 
 /// OpenAI's chat and text completions take `stream_options` (other APIs reject it).
 fn takes_stream_options(path: &str) -> bool {
-    let p = path.split(['?', '#']).next().unwrap_or("").trim_end_matches('/');
-    p.ends_with("/chat/completions") || p.ends_with("/completions")
+    let lenient = crate::path_model::lenient(path);
+    // `/chat/completions` ends with `/completions` too.
+    crate::path_model::trim_slashes(&lenient).ends_with(b"/completions")
 }
 
 /// What a lenient parser (pydantic in lax mode, as vLLM runs it) reads as `true`.

@@ -139,6 +139,32 @@ proptest! {
         prop_assert_eq!(decision(whole.last()), decision(split.last()));
     }
 
+    /// An inference endpoint stays one however it is dressed up: any of its characters escaped
+    /// (`%XX`, either case of hex) or its letters capitalised, doubled slashes, `./` segments. No
+    /// path panics the readers.
+    #[test]
+    fn dressed_up_endpoints_stay_in_scope(
+        endpoint in prop::sample::select(vec!["/v1/chat/completions", "/v1/embeddings", "/v1/messages", "/v1/responses"]),
+        dress in prop::collection::vec(0u8..6, 24),
+        junk in "\\PC{0,40}",
+    ) {
+        let mut path = String::new();
+        for (i, c) in endpoint.chars().enumerate() {
+            match dress[i % dress.len()] {
+                0 => path.push_str(&format!("%{:02X}", c as u32)),
+                1 => path.push_str(&format!("%{:02x}", c as u32)),
+                2 => path.push(c.to_ascii_uppercase()),
+                3 if c == '/' => path.push_str("//"),
+                4 if c == '/' => path.push_str("/./"),
+                _ => path.push(c),
+            }
+        }
+        let scope = model_router::config::Scope::default();
+        prop_assert!(scope.contains("llm", &path), "{}", path);
+        let _ = scope.contains("llm", &junk);
+        let _ = model_router::path_model::model_from_path(&junk);
+    }
+
     #[test]
     fn scanner_agrees_with_serde_json(v in json_value(), model in "\\PC{0,20}") {
         let mut obj = match v { Value::Object(o) => o, other => { let mut o = serde_json::Map::new(); o.insert("x".into(), other); o } };

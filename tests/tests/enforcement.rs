@@ -115,6 +115,32 @@ async fn requests_outside_the_scope_pass_untouched() {
     assert_eq!(r.json()["error"]["code"], "model_not_found");
 }
 
+/// Paths that servers still read as inference endpoints (uvicorn decodes `%2F` for vLLM and
+/// KServe; Envoy passes them as sent unless `normalize_path` is on) get the filter's checks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dressed_up_paths_do_not_get_past_access_control() {
+    let s = Scenario::start(json!({
+        "models": [{"name": "private", "allow": ["spiffe://td/ns/a/*"], "destinations": [{"name": "private"}]}]
+    }))
+    .await;
+    for path in [
+        "/v1/chat%2Fcompletions",
+        "/v1/chat/%63ompletions",
+        "/V1/Chat/Completions",
+        "/v1//chat/completions",
+        "/v1/chat/completions;x=1",
+    ] {
+        let r = s.post(path, chat("private"), &[]).await;
+        assert_eq!(r.status, 403, "{path}: {}", r.text());
+        assert_eq!(r.json()["error"]["code"], "model_access_denied", "{path}");
+    }
+    for path in ["/v2/models/private/%69nfer", "/v2/models/priv%61te/infer"] {
+        let r = s.post(path, r#"{"inputs":[]}"#, &[]).await;
+        assert_eq!(r.status, 403, "{path}: {}", r.text());
+    }
+    assert_eq!(reached(&s), 0, "nothing reached a backend");
+}
+
 async fn remaining_tokens(s: &Scenario) -> i64 {
     let r = s
         .post("/v1/embeddings", r#"{"model":"metered","input":"x"}"#, &[])
