@@ -59,6 +59,11 @@ async fn apply_prune_and_delete_over_tls_with_a_token() {
     // A dry run first: validated by the server, nothing stored, nothing pruned.
     let o = run(&install_args("apply", &cfg, &["--dry-run"]), &kc);
     assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("warning: bodyRouting: is off"),
+        "apply warns as manifests does: {}",
+        stderr(&o)
+    );
     let out = stdout(&o);
     assert!(
         out.contains("WasmPlugin ai/model-router applied (server dry run)"),

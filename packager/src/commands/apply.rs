@@ -11,7 +11,7 @@ use kube::Client;
 use serde_json::{json, Value};
 
 use crate::cli::{ApplyArgs, ClusterArgs, DeleteArgs};
-use crate::commands::manifests::prepare;
+use crate::commands::manifests::{prepare, warn};
 use crate::registry::{docker_login, parse_reference};
 use crate::render::{Options, INSTALLATION_LABEL, MANAGED_BY};
 use crate::settings::RenderSettings;
@@ -106,6 +106,7 @@ pub async fn run_apply(args: &ApplyArgs) -> Result<()> {
         .then(|| format!("{}-pull-secret", args.render.name));
     let settings = RenderSettings::resolve(&args.render, pull_secret.clone())?;
     let (opts, docs) = prepare(&settings).await?;
+    warn(&settings, &opts);
     let mut values: Vec<Value> = Vec::new();
     if let Some(name) = &pull_secret {
         let registry = parse_reference(&settings.image)?.resolve_registry().to_string();

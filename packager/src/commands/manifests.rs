@@ -71,9 +71,8 @@ fn header(settings: &RenderSettings, opts: &Options) -> String {
     h
 }
 
-pub async fn run(args: &ManifestsArgs) -> Result<()> {
-    let settings = RenderSettings::resolve(&args.render, None)?;
-    let (opts, docs) = prepare(&settings).await?;
+/// The configuration's warnings, as they apply to this render (`manifests` and `apply`).
+pub fn warn(settings: &RenderSettings, opts: &Options) {
     // Where the host cannot hold headers, bodyRouting was turned off (and said so) on purpose.
     let forced = matches!(opts.target, Target::Waypoint { .. } | Target::EnvoyGateway { .. });
     for (path, message) in plugin_config::warnings(&settings.loaded.config) {
@@ -84,9 +83,15 @@ pub async fn run(args: &ManifestsArgs) -> Result<()> {
             _ => eprintln!("warning: {path}: {message}"),
         }
     }
-    if let Some(m) = buffer_limit_warning(&settings.loaded.config, &opts) {
+    if let Some(m) = buffer_limit_warning(&settings.loaded.config, opts) {
         eprintln!("warning: maxBodyBytes: {m}");
     }
+}
+
+pub async fn run(args: &ManifestsArgs) -> Result<()> {
+    let settings = RenderSettings::resolve(&args.render, None)?;
+    let (opts, docs) = prepare(&settings).await?;
+    warn(&settings, &opts);
     let header = header(&settings, &opts);
     match &args.out {
         None => {
