@@ -768,15 +768,31 @@ pub fn extension_config(config_json: &Value, o: &Options, url: &str) -> Value {
     })
 }
 
-fn envoy_filters(config_json: &Value, o: &Options, url: &str, ports: &[u16]) -> Vec<Doc> {
-    let ext = extension_config(config_json, o, url);
-    let name = ext["name"].clone();
-    let (context, scope) = match &o.target {
+/// An EnvoyFilter's match context for this install, and the spec's `workloadSelector` or
+/// `targetRefs`.
+fn envoy_filter_scope(target: &Target) -> (&'static str, Value) {
+    match target {
         Target::Selector(sel) => ("SIDECAR_OUTBOUND", json!({"workloadSelector": {"labels": sel}})),
         Target::Gateway { name, .. } | Target::Waypoint { name, .. } | Target::EnvoyGateway { name, .. } => {
             ("GATEWAY", json!({"targetRefs": [gateway_ref(name)]}))
         }
-    };
+    }
+}
+
+/// An EnvoyFilter's patches: in a sidecar, one per outbound listener of the models' ports (when
+/// all are known), else one for every listener of the context.
+fn per_listener(context: &str, ports: &[u16], patch: impl Fn(Option<u16>) -> Value) -> Value {
+    if context == "SIDECAR_OUTBOUND" && !ports.is_empty() {
+        Value::Array(ports.iter().map(|p| patch(Some(*p))).collect())
+    } else {
+        json!([patch(None)])
+    }
+}
+
+fn envoy_filters(config_json: &Value, o: &Options, url: &str, ports: &[u16]) -> Vec<Doc> {
+    let ext = extension_config(config_json, o, url);
+    let name = ext["name"].clone();
+    let (context, scope) = envoy_filter_scope(&o.target);
     let mut ext_spec = scope.clone();
     ext_spec["configPatches"] = json!([{"applyTo": "EXTENSION_CONFIG", "patch": {"operation": "ADD", "value": ext}}]);
     let mut filter_spec = scope;
@@ -799,12 +815,7 @@ fn envoy_filters(config_json: &Value, o: &Options, url: &str, ports: &[u16]) -> 
             }}
         })
     };
-    // In a sidecar, only the outbound listeners of the models' ports (when all are known).
-    filter_spec["configPatches"] = if context == "SIDECAR_OUTBOUND" && !ports.is_empty() {
-        Value::Array(ports.iter().map(|p| patch(Some(*p))).collect())
-    } else {
-        json!([patch(None)])
-    };
+    filter_spec["configPatches"] = per_listener(context, ports, patch);
     if let Some(p) = o.priority {
         filter_spec["priority"] = json!(p);
     }
@@ -862,11 +873,7 @@ fn buffer_limit(config: &Config, o: &Options, ports: &[u16]) -> Option<Doc> {
                 "spec": {"targetRefs": [gateway_ref(name)], "connection": {"bufferLimit": limit}}}),
         }),
         Target::Selector(_) | Target::Gateway { .. } if config.max_body_bytes > ENVOY_DEFAULT_BUFFER_LIMIT => {
-            let (context, mut spec) = match &o.target {
-                Target::Selector(sel) => ("SIDECAR_OUTBOUND", json!({"workloadSelector": {"labels": sel}})),
-                Target::Gateway { name, .. } => ("GATEWAY", json!({"targetRefs": [gateway_ref(name)]})),
-                _ => return None,
-            };
+            let (context, mut spec) = envoy_filter_scope(&o.target);
             let patch = |port: Option<u16>| {
                 let mut m = json!({"context": context});
                 if let Some(p) = port {
@@ -875,12 +882,7 @@ fn buffer_limit(config: &Config, o: &Options, ports: &[u16]) -> Option<Doc> {
                 json!({"applyTo": "LISTENER", "match": m,
                        "patch": {"operation": "MERGE", "value": {"per_connection_buffer_limit_bytes": limit}}})
             };
-            // In a sidecar, only the outbound listeners of the models' ports (when all are known).
-            spec["configPatches"] = if context == "SIDECAR_OUTBOUND" && !ports.is_empty() {
-                Value::Array(ports.iter().map(|p| patch(Some(*p))).collect())
-            } else {
-                json!([patch(None)])
-            };
+            spec["configPatches"] = per_listener(context, ports, patch);
             Some(Doc {
                 file: "envoyfilter-buffer-limit".into(),
                 comment: format!(
