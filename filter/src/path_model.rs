@@ -57,24 +57,17 @@ fn tf_serving<'a>(s: &[&'a str]) -> Option<Cow<'a, str>> {
         return None;
     }
     let (last, middle) = rest.split_last()?;
-    let verb_at = |l: &str| {
-        let (head, verb) = l.rsplit_once(':')?;
-        ["predict", "classify", "regress", "explain"]
-            .iter()
-            .any(|w| verb.eq_ignore_ascii_case(w))
-            .then_some(head.len())
-    };
     let last = percent_decode(last);
-    let head_len = verb_at(&last)?;
+    let (head, verb) = last.rsplit_once(':')?;
+    if !["predict", "classify", "regress", "explain"]
+        .iter()
+        .any(|w| verb.eq_ignore_ascii_case(w))
+    {
+        return None;
+    }
     match middle {
-        [] => Some(match last {
-            Cow::Borrowed(l) => Cow::Borrowed(&l[..head_len]),
-            Cow::Owned(mut l) => {
-                l.truncate(head_len);
-                Cow::Owned(l)
-            }
-        }),
-        [name, kind] if (is(kind, "versions") || is(kind, "labels")) && head_len > 0 => Some(percent_decode(name)),
+        [] => Some(Cow::Owned(head.to_string())),
+        [name, kind] if (is(kind, "versions") || is(kind, "labels")) && !head.is_empty() => Some(percent_decode(name)),
         _ => None,
     }
 }

@@ -843,6 +843,14 @@ fn envoy_filters(config_json: &Value, o: &Options, url: &str, ports: &[u16]) -> 
 pub const ENVOY_DEFAULT_BUFFER_LIMIT: u64 = 1 << 20;
 pub const ENVOY_GATEWAY_BUFFER_LIMIT: u64 = 32 << 10;
 
+/// The listener buffer limit the target's proxies have unless told otherwise.
+pub fn default_buffer_limit(target: &Target) -> u64 {
+    match target {
+        Target::EnvoyGateway { .. } => ENVOY_GATEWAY_BUFFER_LIMIT,
+        _ => ENVOY_DEFAULT_BUFFER_LIMIT,
+    }
+}
+
 /// The listener buffer limit a `maxBodyBytes` needs (Envoy's field is 32-bit).
 pub fn listener_buffer_limit(max_body_bytes: u64) -> u64 {
     max_body_bytes.min(u64::from(u32::MAX))
@@ -853,6 +861,9 @@ pub fn listener_buffer_limit(max_body_bytes: u64) -> u64 {
 /// ClientTrafficPolicy for Envoy Gateway (whose listeners default to 32 KiB). A waypoint cannot
 /// be patched (`wasmpack manifests` warns).
 fn buffer_limit(config: &Config, o: &Options, ports: &[u16]) -> Option<Doc> {
+    if config.max_body_bytes <= default_buffer_limit(&o.target) {
+        return None;
+    }
     let limit = listener_buffer_limit(config.max_body_bytes);
     let why = format!(
         "The filter reads request bodies up to maxBodyBytes ({}), and Envoy holds a body only up to\n\
@@ -860,7 +871,7 @@ fn buffer_limit(config: &Config, o: &Options, ports: &[u16]) -> Option<Doc> {
         config.max_body_bytes
     );
     match &o.target {
-        Target::EnvoyGateway { name, .. } if config.max_body_bytes > ENVOY_GATEWAY_BUFFER_LIMIT => Some(Doc {
+        Target::EnvoyGateway { name, .. } => Some(Doc {
             file: "clienttrafficpolicy-buffer-limit".into(),
             comment: format!(
                 "{why}\n\
@@ -872,7 +883,7 @@ fn buffer_limit(config: &Config, o: &Options, ports: &[u16]) -> Option<Doc> {
                 "metadata": o.meta(&o.object_name("buffer-limit"), &o.namespace),
                 "spec": {"targetRefs": [gateway_ref(name)], "connection": {"bufferLimit": limit}}}),
         }),
-        Target::Selector(_) | Target::Gateway { .. } if config.max_body_bytes > ENVOY_DEFAULT_BUFFER_LIMIT => {
+        Target::Selector(_) | Target::Gateway { .. } => {
             let (context, mut spec) = envoy_filter_scope(&o.target);
             let patch = |port: Option<u16>| {
                 let mut m = json!({"context": context});
@@ -894,7 +905,8 @@ fn buffer_limit(config: &Config, o: &Options, ports: &[u16]) -> Option<Doc> {
                     "metadata": o.meta(&o.object_name("buffer-limit"), &o.namespace), "spec": spec}),
             })
         }
-        _ => None,
+        // Istio applies no EnvoyFilter to a waypoint (`wasmpack manifests` warns).
+        Target::Waypoint { .. } => None,
     }
 }
 

@@ -119,15 +119,10 @@ pub async fn run(args: &ManifestsArgs) -> Result<()> {
 /// What still stands in the way of bodies up to `maxBodyBytes` once the render is applied.
 fn buffer_limit_warning(config: &model_router::config::Config, opts: &Options) -> Option<String> {
     let max = config.max_body_bytes;
-    let (default, what) = match opts.target {
-        Target::EnvoyGateway { .. } => (
-            render::ENVOY_GATEWAY_BUFFER_LIMIT,
-            "Envoy Gateway's listener buffer limit (32 KiB)",
-        ),
-        _ => (
-            render::ENVOY_DEFAULT_BUFFER_LIMIT,
-            "Envoy's default connection buffer limit (1 MiB)",
-        ),
+    let default = render::default_buffer_limit(&opts.target);
+    let what = match opts.target {
+        Target::EnvoyGateway { .. } => "Envoy Gateway's listener buffer limit (32 KiB)",
+        _ => "Envoy's default connection buffer limit (1 MiB)",
     };
     if max <= default {
         return None;
