@@ -150,6 +150,13 @@ pub extern "C" fn proxy_on_request_body(id: u32, body_size: usize, end_of_stream
     action(with_stream(id, |h| h.on_request_body(body_size, end_of_stream != 0)))
 }
 
+/// Trailers end the body: the filter decides here what it would have at the body's end.
+#[no_mangle]
+pub extern "C" fn proxy_on_request_trailers(id: u32, num_trailers: usize) -> u32 {
+    let _ = num_trailers;
+    action(with_stream(id, |h| h.on_request_trailers()))
+}
+
 #[no_mangle]
 pub extern "C" fn proxy_on_response_headers(id: u32, num_headers: usize, end_of_stream: u32) -> u32 {
     action(with_stream(id, |h| {
@@ -161,6 +168,12 @@ pub extern "C" fn proxy_on_response_headers(id: u32, num_headers: usize, end_of_
 #[no_mangle]
 pub extern "C" fn proxy_on_response_body(id: u32, body_size: usize, end_of_stream: u32) -> u32 {
     action(with_stream(id, |h| h.on_response_body(body_size, end_of_stream != 0)))
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_response_trailers(id: u32, num_trailers: usize) -> u32 {
+    let _ = num_trailers;
+    action(with_stream(id, |h| h.on_response_trailers()))
 }
 
 #[no_mangle]

@@ -512,6 +512,15 @@ impl Stream {
         }
     }
 
+    /// The request's trailers: the body ended without a body callback saying so (HTTP/2, or
+    /// HTTP/1 chunked trailers where Envoy keeps them). The body is whole: decide now, as at the
+    /// end of the body. (Answering `Continue` undecided would let Envoy pass the held headers and
+    /// body on: a client could send any model past access control by adding a trailer.)
+    pub fn on_request_trailers<H: Host>(&mut self, vm: &Vm, host: &mut H) -> Action {
+        let seen = self.body_seen;
+        self.on_request_body(vm, host, seen, true)
+    }
+
     pub fn on_response_headers<H: Host>(&mut self, vm: &Vm, host: &mut H, end_of_stream: bool) -> Action {
         let mode = vm.config.response_headers;
         if mode != ResponseHeaders::None {
@@ -570,6 +579,15 @@ impl Stream {
         end_of_stream: bool,
     ) -> Action {
         self.response_body(vm, host, body_size, end_of_stream);
+        Action::Continue
+    }
+
+    /// The response's trailers: its body ended without a body callback saying so. Its usage and
+    /// time to first token are final now. Bytes the model-name restorer still held (an SSE event
+    /// without its closing blank line) cannot be added here: the host has no body left to write
+    /// to, and that is logged.
+    pub fn on_response_trailers<H: Host>(&mut self, vm: &Vm, host: &mut H) -> Action {
+        self.response_body(vm, host, 0, true);
         Action::Continue
     }
 
@@ -1346,6 +1364,59 @@ mod tests {
         let mut s = Stream::new(4);
         assert_eq!(s.on_request_headers(&vm, &mut h, false), Action::Continue);
         assert_eq!(h.metric(crate::telemetry::HOLD_RELEASED_TOTAL, &[]), 3);
+    }
+
+    #[test]
+    fn a_body_that_ends_with_trailers_is_decided_before_anything_goes_on() {
+        let vm = vm(r#""onMissingModel": "reject","#);
+        // Headers, the body without an end, then trailers: the decision is made at the trailers.
+        let trailed = |body: &[u8]| {
+            let mut h = request("POST", "/v1/chat/completions", &[], body);
+            let mut s = Stream::new(3);
+            assert_eq!(s.on_request_headers(&vm, &mut h, false), Action::Pause);
+            if !body.is_empty() {
+                assert_eq!(s.on_request_body(&vm, &mut h, body.len(), false), Action::Pause);
+            }
+            let a = s.on_request_trailers(&vm, &mut h);
+            (h, s, a)
+        };
+        // A model the caller may not use is refused, never passed on undecided.
+        let (h, s, a) = trailed(br#"{"model":"private","messages":[]}"#);
+        assert_eq!(a, Action::Pause);
+        let reply = h.reply.clone().unwrap();
+        assert_eq!(reply.status, 403, "{}", String::from_utf8_lossy(&reply.body));
+        assert_eq!(s.flow().outcome(), &Outcome::Rejected(RejectReason::ModelAccessDenied));
+        assert_eq!(h.header(Map::Request, "x-ai-route"), None);
+        // No body at all, only trailers: no model.
+        let (h, _, a) = trailed(b"");
+        assert_eq!(a, Action::Pause);
+        assert_eq!(h.reply.clone().unwrap().status, 400);
+        // A model it may use is routed.
+        let (mut h, mut s, a) = trailed(br#"{"model":"qwen","messages":[]}"#);
+        assert_eq!(a, Action::Continue);
+        assert!(h.reply.is_none());
+        assert_eq!(h.header(Map::Request, "x-ai-route"), Some("qwen"));
+        assert_eq!(h.route_cache_cleared, 1);
+        // The answer's trailers end its body too: the usage is final before the log.
+        h.response_headers = vec![
+            (":status".into(), "200".into()),
+            ("content-type".into(), "text/event-stream".into()),
+        ];
+        assert_eq!(s.on_response_headers(&vm, &mut h, false), Action::Continue);
+        let events = b"data: {\"choices\":[]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":7}}\n\n";
+        h.response_body = events.to_vec();
+        assert_eq!(s.on_response_body(&vm, &mut h, events.len(), false), Action::Continue);
+        assert_eq!(h.filter_state.get(FS_OUTPUT_TOKENS), None);
+        assert_eq!(s.on_response_trailers(&vm, &mut h), Action::Continue);
+        assert_eq!(h.filter_state.get(FS_OUTPUT_TOKENS).map(Vec::as_slice), Some(&b"7"[..]));
+        s.on_log(&vm, &mut h);
+        assert_eq!(
+            h.metric(
+                crate::telemetry::TOKENS_TOTAL,
+                &[("model", "qwen"), ("destination", "qwen"), ("type", "input")]
+            ),
+            5
+        );
     }
 
     #[test]

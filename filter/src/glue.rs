@@ -278,12 +278,20 @@ impl Http {
         self.run(|s, vm, h| s.on_request_body(vm, h, body_size, end_of_stream))
     }
 
+    pub fn on_request_trailers(&mut self) -> Action {
+        self.run(|s, vm, h| s.on_request_trailers(vm, h))
+    }
+
     pub fn on_response_headers(&mut self, end_of_stream: bool) -> Action {
         self.run(|s, vm, h| s.on_response_headers(vm, h, end_of_stream))
     }
 
     pub fn on_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         self.run(|s, vm, h| s.on_response_body(vm, h, body_size, end_of_stream))
+    }
+
+    pub fn on_response_trailers(&mut self) -> Action {
+        self.run(|s, vm, h| s.on_response_trailers(vm, h))
     }
 
     pub fn on_log(&mut self) {

@@ -65,6 +65,9 @@ pub struct Options {
     pub pre_filters: Vec<Value>,
     /// gRPC clusters (the rate limit service).
     pub grpc_clusters: Vec<Upstream>,
+    /// Envoy keeps the trailers of HTTP/1 chunked requests (`http_protocol_options:
+    /// enable_trailers`), as it always does for HTTP/2: a raw HTTP/1 client can then send them.
+    pub http1_trailers: bool,
 }
 
 impl Default for Options {
@@ -76,6 +79,7 @@ impl Default for Options {
             tls: None,
             pre_filters: Vec::new(),
             grpc_clusters: Vec::new(),
+            http1_trailers: false,
         }
     }
 }
@@ -111,7 +115,7 @@ impl Scenario {
         });
         let logdir = tempfile::tempdir().map(|d| d.keep()).unwrap_or_else(|e| panic!("{e}"));
         let access_log = logdir.join("access.log");
-        let boot = wasmpack::bootstrap::render(&Spec {
+        let mut boot = wasmpack::bootstrap::render(&Spec {
             listen: ("127.0.0.1".into(), 0),
             admin: ("127.0.0.1".into(), 0),
             wasm: envoy::wasm_path(),
@@ -127,6 +131,10 @@ impl Scenario {
             pre_filters: opts.pre_filters,
             grpc_clusters: opts.grpc_clusters,
         });
+        if opts.http1_trailers {
+            let hcm = &mut boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
+            hcm["http_protocol_options"] = serde_json::json!({"enable_trailers": true});
+        }
         let tls = opts.tls.is_some();
         let envoy = match tokio::task::block_in_place(|| Envoy::start(&boot, opts.concurrency)) {
             Ok(e) => e,

@@ -385,3 +385,64 @@ async fn the_waypoint_identity_source_is_honoured() {
         .iter()
         .all(|e| e.header("x-gateway-model-name") == Some("org/private-7b")));
 }
+
+/// Sends `body` as an HTTP/1.1 chunked request that ends with a trailer, on a raw connection
+/// (no client library sends trailers); returns the status and the answer's body.
+fn chunked_with_trailer(port: u16, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nhost: llm\r\ncontent-type: application/json\r\n\
+         transfer-encoding: chunked\r\ntrailer: x-checksum\r\nconnection: close\r\n\r\n\
+         {:x}\r\n{body}\r\n0\r\nx-checksum: 1\r\n\r\n",
+        body.len()
+    );
+    c.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    c.read_to_string(&mut answer).unwrap();
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {answer:?}"));
+    (status, answer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trailer_does_not_carry_a_request_past_access_control() {
+    // A body that ends with trailers never gets a body callback that says it ended: the filter
+    // decides at the trailers. HTTP/2 clients can always send trailers; HTTP/1 ones where Envoy
+    // keeps them, as here.
+    let s = Scenario::start_with(
+        json!({
+            "onMissingModel": "reject",
+            "models": [
+                {"name": "llama-3-8b", "destinations": [{"name": "llama"}]},
+                {"name": "private", "allow": ["spiffe://td/ns/a/*"], "destinations": [{"name": "private"}]}
+            ]
+        }),
+        e2e::Options {
+            http1_trailers: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let port = s.envoy.listen_port;
+    let send =
+        |body: String| tokio::task::spawn_blocking(move || chunked_with_trailer(port, "/v1/chat/completions", &body));
+    let (status, answer) = send(chat("private")).await.unwrap();
+    assert_eq!(status, 403, "{answer}");
+    assert!(answer.contains("model_access_denied"), "{answer}");
+    let (status, answer) = send(r#"{"messages":[]}"#.into()).await.unwrap();
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.contains("model_required"), "{answer}");
+    assert_eq!(reached(&s), 0, "a request went upstream undecided");
+    // An allowed model is routed as it would be without the trailer.
+    let (status, answer) = send(chat("llama-3-8b")).await.unwrap();
+    assert_eq!(status, 200, "{answer}");
+    let seen = s.backend("llama").exchanges();
+    assert_eq!(seen.len(), 1, "{answer}");
+    assert_eq!(seen[0].header("x-ai-route"), Some("llama"));
+    assert_eq!(reached(&s), 1);
+}
