@@ -1,10 +1,10 @@
 #!/usr/bin/env -S node --no-warnings
 // Runs a Rust test binary built for wasm32-wasip1 in node's V8, the engine Envoy embeds, so the
 // filter core's unit tests also run as the module does in production (32-bit pointers, the SIMD
-// paths built with `simd128`). scripts/test.sh uses it as cargo's runner:
+// paths built with `simd128`). It is cargo's runner for that target (`.cargo/config.toml`), so
+// scripts/test.sh runs, from anywhere in the workspace:
 //
-//   CARGO_TARGET_WASM32_WASIP1_RUNNER="node scripts/wasm-test-runner.cjs" \
-//     cargo test -p model-router --lib --target wasm32-wasip1 --release
+//   cargo test -p model-router --lib --target wasm32-wasip1 --release
 //
 // The proxy-wasm host functions the module imports are stubs that throw: unit tests never call
 // them. A test that fails aborts the whole binary (Wasm has no unwinding), so the tests run with
@@ -15,7 +15,7 @@ const { WASI } = require('node:wasi');
 
 const [file, ...args] = process.argv.slice(2);
 if (!file) {
-  console.error('usage: node scripts/wasm-test-runner.cjs TEST.wasm [test arguments]');
+  console.error('usage: scripts/wasm-test-runner.cjs TEST.wasm [test arguments]');
   process.exit(2);
 }
 const testArgs = args.includes('--nocapture') ? args : [...args, '--nocapture'];
