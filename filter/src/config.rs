@@ -44,6 +44,30 @@ pub enum InferenceModelHeader {
 /// The header of the Gateway API Inference Extension.
 pub const INFERENCE_MODEL_HEADER: &str = "x-gateway-model-name";
 
+/// Where the caller's SPIFFE identity comes from (docs/access-control.md, "Who the caller is").
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum IdentitySource {
+    /// Decided where the filter runs, from Envoy's `node` and `listener_direction`: a sidecar's
+    /// outbound listener → `workload`; a waypoint → `peerPrincipal`; anything else (a sidecar's
+    /// inbound listener, a gateway, plain Envoy) → `peerCertificate`, then Istio's peer-principal
+    /// filter state.
+    #[default]
+    Auto,
+    /// The mTLS peer's certificate (`connection.uri_san_peer_certificate`): inbound listeners and
+    /// gateways with client mTLS.
+    PeerCertificate,
+    /// The sidecar's own workload, `spiffe://<trustDomain>/ns/<NAMESPACE>/sa/<SERVICE_ACCOUNT>`
+    /// from the node metadata Istio's agent writes: the callers' sidecars (outbound), where the
+    /// app talks plaintext to its own proxy. Never on a gateway or waypoint, never inbound.
+    Workload,
+    /// Istio's filter state `io.istio.peer_principal`: ambient waypoints (HBONE from ztunnel).
+    PeerPrincipal,
+    /// Only `identityHeader`, set by a trusted proxy in front (e.g. an authenticating gateway).
+    Header,
+}
+
 /// What to do with a request in a given bad situation.
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -69,15 +93,18 @@ struct RawConfig {
     /// A model that is neither a name nor an alias: 404 `model_not_found`, or let it through unrouted.
     #[serde(default = "reject")]
     on_unknown_model: Policy,
-    /// A request without a model: 400 `model_required`, or let it through unrouted.
-    #[serde(default = "passthrough")]
-    on_missing_model: Policy,
+    /// A request without a model: 400 `model_required`, or let it through unrouted. Default:
+    /// `reject` when some model has access rules or limits (fail closed), else `passthrough`.
+    #[serde(default)]
+    on_missing_model: Option<Policy>,
     /// A body that is not valid JSON: 400 `invalid_json`, or let it through unrouted.
     #[serde(default = "reject")]
     on_invalid_body: Policy,
     /// A body larger than `maxBodyBytes`: 413 `body_too_large`, or let it through unread.
-    #[serde(default = "passthrough")]
-    on_oversize: Policy,
+    /// Default: `reject` when some model has access rules or limits (fail closed), else
+    /// `passthrough`.
+    #[serde(default)]
+    on_oversize: Option<Policy>,
     /// Requests with the same value of this header get the same destination of a model.
     #[serde(default)]
     sticky_header: Option<String>,
@@ -112,9 +139,16 @@ struct RawConfig {
     /// Default limits for models without their own.
     #[serde(default)]
     limits: Option<RawLimits>,
-    /// A request header carrying the caller's SPIFFE ID, trusted when there is no mTLS peer.
+    /// A request header carrying the caller's SPIFFE ID, trusted when the identity source finds
+    /// none (no mTLS peer), or the only source with `identitySource: header`.
     #[serde(default)]
     identity_header: Option<String>,
+    /// Where the caller's identity comes from (default `auto`: decided by where the filter runs).
+    #[serde(default)]
+    identity_source: IdentitySource,
+    /// The mesh's trust domain, for the identity of a sidecar's own workload (default `cluster.local`).
+    #[serde(default = "default_trust_domain")]
+    trust_domain: String,
     /// The rate limit service that counts `mode: global` limits for every proxy (Envoy's RLS
     /// protocol; Limitador for token limits).
     #[serde(default)]
@@ -237,6 +271,9 @@ fn default_max_body_bytes() -> u64 {
 fn default_weight() -> u32 {
     1
 }
+fn default_trust_domain() -> String {
+    "cluster.local".into()
+}
 fn default_estimated_output_tokens() -> u64 {
     4096
 }
@@ -245,9 +282,6 @@ fn yes() -> bool {
 }
 fn reject() -> Policy {
     Policy::Reject
-}
-fn passthrough() -> Policy {
-    Policy::Passthrough
 }
 
 /// The JSON Schema of the plugin configuration, generated from the types the parser reads (so
@@ -381,6 +415,9 @@ pub struct Config {
     pub body_routing: bool,
     pub inject_stream_usage: bool,
     pub identity_header: Option<String>,
+    pub identity_source: IdentitySource,
+    /// The trust domain of the SPIFFE IDs the filter makes (a sidecar's own workload).
+    pub trust_domain: String,
     pub scope: Scope,
     pub estimated_output_tokens: u64,
     pub serve_model_list: bool,
@@ -438,85 +475,7 @@ impl Config {
     }
 }
 
-/// Which requests the filter acts on. Requests outside it pass untouched (the filter only strips
-/// client-sent route and model headers from them).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Scope {
-    /// `:authority` patterns (port ignored): exact names or `*.suffix`; `None`: any host.
-    pub hosts: Option<Vec<String>>,
-    /// Path prefixes; `None`: the built-in inference endpoints (see `DEFAULT_ENDPOINTS`).
-    pub paths: Option<Vec<String>>,
-}
-
-/// Endpoints in scope by default: a request path (without its query) ending in one of these, or
-/// carrying a model in the path (KServe v2/Triton, TF Serving/KServe v1, Azure deployments).
-/// Ending, not starting, so gateways that mount APIs under a prefix (`/openai/v1/...`) match.
-pub const DEFAULT_ENDPOINTS: &[&str] = &[
-    "/v1/chat/completions",
-    "/v1/completions",
-    "/v1/embeddings",
-    "/v1/responses",
-    "/v1/messages",
-    "/v1/messages/count_tokens",
-    "/v1/moderations",
-    "/v1/rerank",
-    "/v2/rerank",
-    "/v1/score",
-    "/v1/audio/transcriptions",
-    "/v1/audio/translations",
-    "/v1/audio/speech",
-    "/v1/images/generations",
-    "/v1/models",
-];
-
-/// A path with this in it is about a model (`/v1/models/{id}`).
-const MODELS_DIR: &[u8] = b"/v1/models/";
-
-impl Scope {
-    /// Whether a request for `authority` and `path` is the filter's business.
-    pub fn contains(&self, authority: &str, path: &str) -> bool {
-        if let Some(hosts) = &self.hosts {
-            let host = strip_port(authority).to_ascii_lowercase();
-            let host = host.trim_end_matches('.');
-            let hit = hosts.iter().any(|p| match p.strip_prefix('*') {
-                Some(suffix) => host.ends_with(suffix) && host.len() > suffix.len(),
-                None => host == p,
-            });
-            if !hit {
-                return false;
-            }
-        }
-        // The path as the most lenient server reads it (`/v1/chat%2Fcompletions` is uvicorn's
-        // `/v1/chat/completions`), and as it is.
-        let path_only = path.split(['?', '#']).next().unwrap_or("");
-        let lenient = crate::path_model::lenient(path_only);
-        match &self.paths {
-            Some(prefixes) => prefixes.iter().any(|p| {
-                path_only.starts_with(p.as_str())
-                    || lenient
-                        .get(..p.len())
-                        .is_some_and(|h| h.eq_ignore_ascii_case(p.as_bytes()))
-            }),
-            None => {
-                let trimmed = crate::path_model::trim_slashes(&lenient);
-                DEFAULT_ENDPOINTS.iter().any(|e| trimmed.ends_with(e.as_bytes()))
-                    || trimmed.windows(MODELS_DIR.len()).any(|w| w == MODELS_DIR)
-                    || crate::path_model::model_from_path(path).is_some()
-            }
-        }
-    }
-}
-
-/// `host`, `host:port`, `[v6]:port` → the host part.
-fn strip_port(authority: &str) -> &str {
-    if let Some(rest) = authority.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    match authority.rsplit_once(':') {
-        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => authority,
-    }
-}
+pub use crate::scope::Scope;
 
 // The configuration code runs once per VM but is compiled whole by V8 at start-up, and V8's
 // compile memory (kept by Envoy's allocator afterwards) grows with the size of each function:
@@ -542,6 +501,13 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         Some(h) => Some(header_name("identityHeader", h)?),
         None => None,
     };
+    if raw.identity_source == IdentitySource::Header && identity_header.is_none() {
+        return Err(ConfigError::new(
+            "identitySource",
+            "`header` needs identityHeader: the request header a trusted proxy sets to the caller's SPIFFE ID",
+        ));
+    }
+    let trust_domain = trust_domain(&raw.trust_domain)?;
     let default_allow = match &raw.allow {
         Some(list) => Some(allow_rules("allow", list)?),
         None => None,
@@ -550,7 +516,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         Some(l) => Some(limits("limits", l)?),
         None => None,
     };
-    let scope = match &raw.scope {
+    let mut scope = match &raw.scope {
         Some(s) => scope(s)?,
         None => Scope::default(),
     };
@@ -575,18 +541,34 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         )?);
     }
 
+    let mut model_hosts: Vec<String> = models
+        .iter()
+        .flat_map(|m: &Model| m.destinations.iter())
+        .filter_map(|d| d.host.as_deref())
+        .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
+        .filter(|h| !h.is_empty())
+        .collect();
+    model_hosts.sort();
+    model_hosts.dedup();
+    scope.model_hosts = model_hosts;
+    // Fail closed where a policy exists: what the filter cannot judge must not pass unchecked.
+    let guarded = models.iter().any(|m| m.allow.is_some() || m.limits.is_some());
+    let fail_closed = if guarded { Policy::Reject } else { Policy::Passthrough };
+
     Ok(Config {
         route_header,
         model_header,
         max_body_bytes: raw.max_body_bytes,
         on_unknown_model: raw.on_unknown_model,
-        on_missing_model: raw.on_missing_model,
+        on_missing_model: raw.on_missing_model.unwrap_or(fail_closed),
         on_invalid_body: raw.on_invalid_body,
-        on_oversize: raw.on_oversize,
+        on_oversize: raw.on_oversize.unwrap_or(fail_closed),
         sticky_header,
         body_routing: raw.body_routing,
         inject_stream_usage: raw.inject_stream_usage,
         identity_header,
+        identity_source: raw.identity_source,
+        trust_domain,
         scope,
         estimated_output_tokens: raw.estimated_output_tokens,
         serve_model_list: raw.serve_model_list,
@@ -731,7 +713,28 @@ fn scope(raw: &RawScope) -> Result<Scope, ConfigError> {
             Some(list.clone())
         }
     };
-    Ok(Scope { hosts, paths })
+    Ok(Scope {
+        hosts,
+        paths,
+        model_hosts: Vec::new(),
+    })
+}
+
+/// A SPIFFE trust domain: a lowercase DNS-style name (spiffe.io, "Trust Domain").
+#[inline(never)]
+fn trust_domain(raw: &str) -> Result<String, ConfigError> {
+    let ok = !raw.is_empty()
+        && raw.len() <= 255
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b));
+    if !ok {
+        return Err(ConfigError::new(
+            "trustDomain",
+            format!("`{raw}` is not a trust domain (lowercase letters, digits, `-`, `.`, `_`; e.g. cluster.local)"),
+        ));
+    }
+    Ok(raw.to_string())
 }
 
 /// SPIFFE IDs, `*`, or a prefix ending in `*`.
@@ -1138,6 +1141,8 @@ mod read {
                 "allow",
                 "limits",
                 "identityHeader",
+                "identitySource",
+                "trustDomain",
                 "rateLimitService",
                 "filterState",
                 "models",
@@ -1149,9 +1154,9 @@ mod read {
             model_header: f.or("modelHeader", string, default_model_header())?,
             max_body_bytes: f.or("maxBodyBytes", u64_, default_max_body_bytes())?,
             on_unknown_model: f.or("onUnknownModel", &policy, reject())?,
-            on_missing_model: f.or("onMissingModel", &policy, passthrough())?,
+            on_missing_model: f.opt("onMissingModel", &policy)?,
             on_invalid_body: f.or("onInvalidBody", &policy, reject())?,
-            on_oversize: f.or("onOversize", &policy, passthrough())?,
+            on_oversize: f.opt("onOversize", &policy)?,
             sticky_header: f.opt("stickyHeader", string)?,
             body_routing: f.or("bodyRouting", boolean, yes())?,
             inject_stream_usage: f.or("injectStreamUsage", boolean, false)?,
@@ -1180,6 +1185,18 @@ mod read {
             allow: f.opt("allow", list(string))?,
             limits: f.opt("limits", limits)?,
             identity_header: f.opt("identityHeader", string)?,
+            identity_source: f.or(
+                "identitySource",
+                variant(&[
+                    ("auto", IdentitySource::Auto),
+                    ("peerCertificate", IdentitySource::PeerCertificate),
+                    ("workload", IdentitySource::Workload),
+                    ("peerPrincipal", IdentitySource::PeerPrincipal),
+                    ("header", IdentitySource::Header),
+                ]),
+                IdentitySource::default(),
+            )?,
+            trust_domain: f.or("trustDomain", string, default_trust_domain())?,
             rate_limit_service: f.opt("rateLimitService", rate_limit_service)?,
             filter_state: f.or("filterState", boolean, false)?,
             models: f.req("models", list(model))?,
@@ -1299,7 +1316,16 @@ mod tests {
         assert_eq!(c.sticky_header.as_deref(), Some("x-user-id"));
         assert!(c.body_routing, "on by default: the body's model routes");
         assert_eq!(c.estimated_output_tokens, 4096);
-        assert_eq!(c.scope, Scope::default());
+        assert_eq!(
+            c.scope,
+            Scope {
+                model_hosts: vec!["llama.ai.svc.cluster.local".into()],
+                ..Scope::default()
+            },
+            "the default paths, and every path of the model hosts"
+        );
+        assert_eq!(c.identity_source, IdentitySource::Auto);
+        assert_eq!(c.trust_domain, "cluster.local");
         assert_eq!(c.resolve("gpt-3.5-turbo").unwrap().name, "llama-3-8b");
         assert_eq!(c.resolve("llama-3-8b").unwrap().total_weight, 100);
         assert_eq!(c.resolve("bge").unwrap().destinations[0].weight, 1);

@@ -12,6 +12,35 @@ use crate::exchange::{Action, Map, Stream, Vm};
 use crate::memory_host::{MemoryHost, SharedMem};
 use crate::request::{Outcome, Unread};
 
+/// Where the filter runs, as Envoy's properties tell it (`identity::source`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Proxy {
+    /// Plain Envoy (`wasmpack run`, Envoy Gateway): no Istio node.
+    #[default]
+    Envoy,
+    /// An Istio sidecar's outbound listener (the callers' sidecars).
+    Sidecar,
+    /// An Istio sidecar's inbound listener (the model pods' sidecars).
+    SidecarInbound,
+    /// An Istio gateway.
+    Gateway,
+    /// An Istio ambient waypoint.
+    Waypoint,
+}
+
+impl Proxy {
+    /// Istio's node id and the listener direction for this proxy.
+    fn node(self) -> Option<(&'static str, i64)> {
+        match self {
+            Proxy::Envoy => None,
+            Proxy::Sidecar => Some(("sidecar~127.0.0.1~route.default~default.svc.cluster.local", 2)),
+            Proxy::SidecarInbound => Some(("sidecar~127.0.0.1~route.default~default.svc.cluster.local", 1)),
+            Proxy::Gateway => Some(("router~127.0.0.1~gateway.default~default.svc.cluster.local", 2)),
+            Proxy::Waypoint => Some(("waypoint~127.0.0.1~waypoint.default~default.svc.cluster.local", 1)),
+        }
+    }
+}
+
 /// One request to decide.
 pub struct RouteRequest<'a> {
     pub method: &'a str,
@@ -19,8 +48,12 @@ pub struct RouteRequest<'a> {
     /// Lowercase names.
     pub headers: &'a [(String, String)],
     pub body: Option<&'a [u8]>,
-    /// The mTLS peer's URI SAN.
+    /// The mTLS peer's URI SAN (on a waypoint: Istio's peer principal).
     pub peer_identity: Option<&'a str>,
+    /// Where the filter runs.
+    pub proxy: Proxy,
+    /// The sidecar's own workload, `(namespace, service account)`, as its node metadata says.
+    pub workload: Option<(&'a str, &'a str)>,
 }
 
 /// `decide` `repeat` times through one filter instance (its limits shared; all at the same
@@ -74,9 +107,24 @@ fn decide_on(vm: &Vm, req: &RouteRequest, shared: SharedMem, id: u32) -> (Value,
             .filter(|(k, _)| k != "host" && k != ":authority" && k != "content-length")
             .cloned(),
     );
-    if let Some(p) = req.peer_identity {
+    if let Some((id, direction)) = req.proxy.node() {
+        h.properties.insert("xds.node.id".into(), id.as_bytes().to_vec());
         h.properties
-            .insert("connection.uri_san_peer_certificate".into(), p.as_bytes().to_vec());
+            .insert("xds.listener_direction".into(), direction.to_le_bytes().to_vec());
+    }
+    if let Some((ns, sa)) = req.workload {
+        h.properties
+            .insert("xds.node.metadata.NAMESPACE".into(), ns.as_bytes().to_vec());
+        h.properties
+            .insert("xds.node.metadata.SERVICE_ACCOUNT".into(), sa.as_bytes().to_vec());
+    }
+    if let Some(p) = req.peer_identity {
+        let property = if req.proxy == Proxy::Waypoint {
+            "filter_state.io.istio.peer_principal"
+        } else {
+            "connection.uri_san_peer_certificate"
+        };
+        h.properties.insert(property.into(), p.as_bytes().to_vec());
     }
     h.request_body = body.to_vec();
 
@@ -105,16 +153,18 @@ fn decide_on(vm: &Vm, req: &RouteRequest, shared: SharedMem, id: u32) -> (Value,
         went_on = h.reply.is_none();
     }
     let flow = s.flow();
-    let matched = flow.matched(cfg);
     let mut out = json!({
         "model": flow.requested_model(),
-        "canonicalModel": matched.map(|(m, _)| m.name.clone()),
+        "canonicalModel": flow.model(cfg).map(|m| m.name.clone()),
         "destination": null,
         "routedBy": null,
         "outcome": outcome_name(flow.outcome()),
     });
     if let Some(p) = req.peer_identity {
         out["peerIdentity"] = json!(p);
+    }
+    if let Some((principal, source)) = s.caller() {
+        out["caller"] = json!({"identity": principal, "source": source.name()});
     }
     if !calls.is_empty() {
         out["rateLimitService"] = json!({"calls": calls, "answer": "OK (assumed: route does not call the service)"});
@@ -194,7 +244,7 @@ pub fn outcome_name(o: &Outcome) -> &'static str {
         Outcome::Unread(Unread::InvalidForm) => "unread_invalid_form",
         Outcome::Unread(Unread::TooLarge) => "unread_too_large",
         Outcome::Unread(Unread::HoldReleased) => "unread_hold_released",
-        Outcome::Rejected(_) => "rejected",
+        Outcome::Rejected(_) | Outcome::Denied { .. } => "rejected",
     }
 }
 

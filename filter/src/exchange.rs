@@ -6,11 +6,12 @@
 //! which filter state is written. The proxy-wasm glue implements `Host` with ABI calls and holds
 //! no decisions; `memory_host::MemoryHost` implements it in memory for tests and `wasmpack route`.
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 
-use crate::config::{Config, InferenceModelHeader, ResponseHeaders, INFERENCE_MODEL_HEADER};
+use crate::config::{Config, IdentitySource, InferenceModelHeader, ResponseHeaders, INFERENCE_MODEL_HEADER};
 use crate::header_map::HeaderMap;
 use crate::hold::{HoldNet, Permit, TICK_MS};
+use crate::identity::{self, Direction, NodeKind, Source};
 use crate::models::{self, ModelsRequest};
 use crate::policy::{self, Caller, Charge, RateInfo, Store};
 use crate::reply::{Reject, RejectReason};
@@ -127,6 +128,23 @@ pub struct Vm {
     memory_reported: Cell<u64>,
     /// The per-model stats, named once per label pair.
     stats: StatNames,
+    /// Where the filter runs (read from the host on the first request that needs it).
+    node: OnceCell<NodeInfo>,
+    /// An identity source that cannot name anyone here was logged.
+    logged_identity: Cell<bool>,
+    /// The proxy's secret for placing callers' buckets (`policy::bucket_seed`), once read.
+    bucket_seed: Cell<Option<u64>>,
+}
+
+/// What the proxy's node tells about where the filter runs.
+#[derive(Debug, Clone)]
+struct NodeInfo {
+    kind: NodeKind,
+    /// The sidecar's own workload (only read where it may be the caller).
+    workload: Option<String>,
+    /// The listener direction's attribute in this Envoy: `xds.listener_direction` (Envoy 1.40),
+    /// or the older top-level `listener_direction`, as its node was found.
+    direction: &'static [&'static str],
 }
 
 /// How long past its timeout the tick waits for a rate limit answer the host never delivered.
@@ -157,6 +175,62 @@ impl Vm {
             callouts: RefCell::new(Vec::new()),
             memory_reported: Cell::new(0),
             stats,
+            node: OnceCell::new(),
+            logged_identity: Cell::new(false),
+            bucket_seed: Cell::new(None),
+        }
+    }
+
+    fn bucket_seed<H: Host>(&self, host: &mut H) -> u64 {
+        if let Some(seed) = self.bucket_seed.get() {
+            return seed;
+        }
+        let seed = policy::bucket_seed(host, self.random());
+        self.bucket_seed.set(Some(seed));
+        seed
+    }
+
+    /// The proxy's node, read once (three crossings at most, on the first request that asks).
+    fn node<H: Host>(&self, host: &mut H) -> &NodeInfo {
+        self.node.get_or_init(|| {
+            // Envoy's configuration attributes are `xds.node`, `xds.listener_direction`; older
+            // Envoys had them at the top level.
+            let (xds, id) = match host.property(&["xds", "node", "id"]) {
+                Some(id) => (true, Some(id)),
+                None => (false, host.property(&["node", "id"])),
+            };
+            let attribute = |path: &[&'static str]| -> Vec<&'static str> {
+                xds.then_some("xds").into_iter().chain(path.iter().copied()).collect()
+            };
+            let direction: &'static [&'static str] = if xds {
+                &["xds", "listener_direction"]
+            } else {
+                &["listener_direction"]
+            };
+            let kind = NodeKind::from_node_id(&id.unwrap_or_default());
+            let may_be_caller = match self.config.identity_source {
+                IdentitySource::Auto => kind == NodeKind::Sidecar,
+                IdentitySource::Workload => matches!(kind, NodeKind::Sidecar | NodeKind::Other),
+                _ => false,
+            };
+            let workload = if may_be_caller {
+                let ns = host.property(&attribute(&["node", "metadata", "NAMESPACE"]));
+                let sa = host.property(&attribute(&["node", "metadata", "SERVICE_ACCOUNT"]));
+                identity::workload_principal(&self.config.trust_domain, ns.as_deref(), sa.as_deref())
+            } else {
+                None
+            };
+            NodeInfo {
+                kind,
+                workload,
+                direction,
+            }
+        })
+    }
+
+    fn log_identity_once<H: Host>(&self, host: &mut H, message: &str) {
+        if !self.logged_identity.replace(true) {
+            host.log(LogLevel::Warn, message);
         }
     }
 
@@ -279,7 +353,7 @@ impl Vm {
                     RejectReason::BodyNotReceived,
                     "The request body did not arrive in time to check the model's access rules; retry.",
                 );
-                host.metric(&telemetry::rejected(r.reason));
+                host.metric(&telemetry::rejected(r.reason, telemetry::OTHER));
                 let body = r.body();
                 let headers = [("content-type", "application/json"), ("retry-after", "1")];
                 if !host.reply_to(id, r.status(), &details(&r), &headers, &body) {
@@ -302,24 +376,73 @@ impl Vm {
 /// there is no client certificate on the connection the waypoint's HTTP filters see.
 pub const PEER_PRINCIPAL_STATE: &str = "io.istio.peer_principal";
 
-/// The caller's SPIFFE identity, from whichever source the host provides: the mTLS peer's
-/// certificate (sidecars, gateways), Istio's peer-principal filter state (waypoints), else the
-/// trusted identity header.
-fn caller_identity<H: Host>(vm: &Vm, host: &mut H, h: &HeaderMap) -> Option<String> {
-    let peer = host
-        .property(&["connection", "uri_san_peer_certificate"])
-        .filter(|p| !p.is_empty())
-        .or_else(|| {
-            host.property(&["filter_state", PEER_PRINCIPAL_STATE])
-                .map(policy::with_spiffe_scheme)
-        });
-    let claimed = vm
-        .config
-        .identity_header
-        .as_deref()
-        .and_then(|n| h.get(n))
-        .map(<[u8]>::to_vec);
-    policy::identity(peer.as_deref(), claimed.as_deref())
+/// The caller's SPIFFE identity and the source it came from (`identity::source`: where the
+/// filter runs decides), reading only the properties that source needs.
+fn caller_identity<H: Host>(vm: &Vm, host: &mut H, h: &HeaderMap) -> (Option<String>, Source) {
+    let cfg = &vm.config;
+    let (kind, direction) = if Source::needs_node(cfg.identity_source) {
+        let (kind, attribute) = {
+            let node = vm.node(host);
+            (node.kind, node.direction)
+        };
+        let direction = if kind == NodeKind::Sidecar || cfg.identity_source == IdentitySource::Workload {
+            Direction::from_property(host.property(attribute).as_deref())
+        } else {
+            Direction::Unspecified
+        };
+        (kind, direction)
+    } else {
+        (NodeKind::Other, Direction::Unspecified)
+    };
+    let source = identity::source(cfg.identity_source, kind, direction);
+    let peer_certificate = |host: &mut H| {
+        host.property(&["connection", "uri_san_peer_certificate"])
+            .filter(|p| !p.is_empty())
+    };
+    let peer_principal = |host: &mut H| {
+        host.property(&["filter_state", PEER_PRINCIPAL_STATE])
+            .filter(|p| !p.is_empty())
+            .map(policy::with_spiffe_scheme)
+    };
+    let found = match source {
+        Source::Workload => {
+            let w = vm.node(host).workload.clone().map(String::into_bytes);
+            if w.is_none() {
+                vm.log_identity_once(
+                    host,
+                    "model-router: the caller is this sidecar's own workload, but the node metadata has no valid \
+                     NAMESPACE and SERVICE_ACCOUNT (Istio's agent writes them): callers have no identity",
+                );
+            }
+            w
+        }
+        Source::Refused => {
+            vm.log_identity_once(
+                host,
+                &format!(
+                    "model-router: identitySource: workload does not apply {} (a proxy never lends its own identity \
+                     to its callers): callers have no identity",
+                    if direction == Direction::Inbound {
+                        "on an inbound listener".to_string()
+                    } else {
+                        format!("on a {}", kind.name())
+                    },
+                ),
+            );
+            None
+        }
+        Source::PeerCertificate => peer_certificate(host),
+        Source::PeerPrincipal => peer_principal(host),
+        Source::Peer => peer_certificate(host).or_else(|| peer_principal(host)),
+        Source::Header => None,
+    };
+    let claimed = cfg.identity_header.as_deref().and_then(|n| h.get(n));
+    let identity = match source {
+        Source::Header => policy::identity(None, claimed),
+        s if s.header_fallback() && found.is_none() => policy::identity(None, claimed),
+        _ => policy::identity(found.as_deref(), None),
+    };
+    (identity, source)
 }
 
 fn details(r: &Reject) -> String {
@@ -340,6 +463,8 @@ pub struct Stream {
     rate_info: RateInfo,
     /// The caller's identity and limit-key headers, read with the request headers.
     principal: Option<String>,
+    /// Where the identity came from (once read).
+    identity_source: Option<Source>,
     limit_values: Vec<(String, Vec<u8>)>,
     /// The response status, from the response headers.
     status: Option<u32>,
@@ -375,6 +500,7 @@ impl Stream {
             charge: None,
             rate_info: RateInfo::default(),
             principal: None,
+            identity_source: None,
             limit_values: Vec::new(),
             status: None,
             admitted: false,
@@ -387,6 +513,12 @@ impl Stream {
 
     pub fn flow(&self) -> &RequestFlow {
         &self.flow
+    }
+
+    /// The caller's identity as the filter determined it, and its source (`None`: not read,
+    /// the request needed no identity).
+    pub fn caller(&self) -> Option<(Option<&str>, Source)> {
+        self.identity_source.map(|s| (self.principal.as_deref(), s))
     }
 
     pub fn on_request_headers<H: Host>(&mut self, vm: &Vm, host: &mut H, end_of_stream: bool) -> Action {
@@ -438,7 +570,9 @@ impl Stream {
         };
         let action = self.flow.on_request_headers(cfg, &info, permit != Permit::No);
         if vm.policies && self.flow.counted() {
-            self.principal = caller_identity(vm, host, &h);
+            let (principal, source) = caller_identity(vm, host, &h);
+            self.principal = principal;
+            self.identity_source = Some(source);
             self.limit_values = vm
                 .limit_headers
                 .iter()
@@ -453,7 +587,7 @@ impl Stream {
             HeadersAction::Continue { set, remove } => {
                 let admission = match self.admit(vm, host, Some(now)) {
                     Ok(a) => a,
-                    Err(r) => return self.reject(host, &r),
+                    Err(r) => return self.reject(vm, host, &r),
                 };
                 for name in remove {
                     host.remove_header(Map::Request, name);
@@ -465,7 +599,7 @@ impl Stream {
                 vm.watch_held(host, self.id, now);
                 Action::Pause
             }
-            HeadersAction::Reject(r) => self.reject(host, &r),
+            HeadersAction::Reject(r) => self.reject(vm, host, &r),
         }
     }
 
@@ -495,7 +629,7 @@ impl Stream {
             BodyAction::Continue { mut set, edits } => {
                 let admission = match self.admit(vm, host, None) {
                     Ok(a) => a,
-                    Err(r) => return self.reject(host, &r),
+                    Err(r) => return self.reject(vm, host, &r),
                 };
                 if !edits.is_empty() {
                     let body = host.body(Buffer::Request, 0, body_size);
@@ -508,7 +642,7 @@ impl Stream {
                 self.set_request_headers(host, &set);
                 self.go_on(vm, host, admission)
             }
-            BodyAction::Reject(r) => self.reject(host, &r),
+            BodyAction::Reject(r) => self.reject(vm, host, &r),
         }
     }
 
@@ -735,7 +869,9 @@ impl Stream {
     }
 
     fn models_reply<H: Host>(&mut self, vm: &Vm, host: &mut H, h: &HeaderMap, req: &ModelsRequest) -> Action {
-        let principal = caller_identity(vm, host, h);
+        let (principal, source) = caller_identity(vm, host, h);
+        self.principal = principal.clone();
+        self.identity_source = Some(source);
         match models::answer(&vm.config, req, principal.as_deref(), vm.loaded_s) {
             Ok(body) => {
                 if host.send_reply(
@@ -749,7 +885,7 @@ impl Stream {
                     Action::Continue
                 }
             }
-            Err(r) => self.reject(host, &r),
+            Err(r) => self.reject(vm, host, &r),
         }
     }
 
@@ -766,8 +902,14 @@ impl Stream {
         true
     }
 
-    fn reject<H: Host>(&mut self, host: &mut H, r: &Reject) -> Action {
-        host.metric(&telemetry::rejected(r.reason));
+    fn reject<H: Host>(&mut self, vm: &Vm, host: &mut H, r: &Reject) -> Action {
+        let (model, _) = telemetry::labels(&vm.config, self.flow.outcome());
+        host.metric(&telemetry::rejected(r.reason, model));
+        if vm.config.filter_state {
+            // The access log names the model a refusal was for (`other` when none was known).
+            host.set_filter_state(FS_MODEL, model.as_bytes());
+            host.set_filter_state(FS_DESTINATION, telemetry::NO_DESTINATION.as_bytes());
+        }
         let body = r.body();
         let mut headers: Vec<(&str, &str)> = vec![("content-type", "application/json")];
         headers.extend(r.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
@@ -775,6 +917,7 @@ impl Stream {
             // The host refused a local reply: never leave the request hanging.
             return Action::Continue;
         }
+        self.status = Some(r.status());
         Action::Pause
     }
 
@@ -809,8 +952,15 @@ impl Stream {
         let caller = Caller {
             principal: self.principal.as_deref(),
             headers: &self.limit_values,
+            seed: vm.bucket_seed(host),
         };
-        match policy::admit(host, cfg, model, &caller, now) {
+        let mut collisions = Vec::new();
+        let admitted = policy::admit(host, cfg, model, &caller, now, &mut collisions);
+        for c in collisions {
+            let name = cfg.models.get(model).map_or(telemetry::OTHER, |m| m.name.as_str());
+            host.metric(&telemetry::limit_bucket_collision(name, c.label()));
+        }
+        match admitted {
             Ok((charge, info)) => {
                 self.rate_info = info;
                 let global = charge.as_ref().is_some_and(|c| c.limits().global);
@@ -968,7 +1118,7 @@ impl Stream {
         vm.callout_done(self.id);
         if let Some(r) = self.refusal.take() {
             self.flow.deny(r.reason);
-            if self.reject(host, &r) == Action::Continue {
+            if self.reject(vm, host, &r) == Action::Continue {
                 host.resume(self.id);
             }
             return;
@@ -1212,7 +1362,7 @@ mod tests {
             assert_eq!(v["error"]["code"], code);
             assert_eq!(h.header(Map::Request, "x-ai-route"), None);
             s.on_log(&vm, &mut h);
-            assert_eq!(h.metric(REJECTED_TOTAL, &[("reason", code)]), 1);
+            assert_eq!(h.metric(REJECTED_TOTAL, &[("model", "other"), ("reason", code)]), 1);
         }
     }
 
@@ -1300,6 +1450,205 @@ mod tests {
         assert_eq!(h4.reply.as_ref().map(|r| r.status), Some(429));
     }
 
+    /// A request for `private` (allowed: `spiffe://td/ns/a/*`) in a proxy described by `props`.
+    fn private_in(vm: &Vm, props: &[(&str, &[u8])], headers: &[(&str, &str)]) -> (MemoryHost, Stream) {
+        let mut h = request("POST", "/v1/chat/completions", headers, br#"{"model":"private"}"#);
+        for (k, v) in props {
+            h.properties.insert(k.to_string(), v.to_vec());
+        }
+        let mut s = Stream::new(1);
+        send(vm, &mut h, &mut s);
+        (h, s)
+    }
+
+    const OUTBOUND: &[u8] = &2i64.to_le_bytes();
+    const INBOUND: &[u8] = &1i64.to_le_bytes();
+
+    #[test]
+    fn a_sidecars_outbound_caller_is_its_own_workload() {
+        let vm = vm(r#""trustDomain":"td","identityHeader":"x-caller","#);
+        let sidecar = |ns: &'static [u8], dir: &'static [u8]| -> Vec<(&'static str, &'static [u8])> {
+            vec![
+                ("xds.node.id", b"sidecar~10.0.0.1~web-1.a~a.svc.cluster.local"),
+                ("xds.node.metadata.NAMESPACE", ns),
+                ("xds.node.metadata.SERVICE_ACCOUNT", b"web"),
+                ("xds.listener_direction", dir),
+            ]
+        };
+        // Plaintext from the app, no peer certificate: the sidecar's own workload is the caller.
+        let (h, s) = private_in(&vm, &sidecar(b"a", OUTBOUND), &[]);
+        assert!(h.reply.is_none(), "admitted: {:?}", h.reply);
+        assert_eq!(s.caller(), Some((Some("spiffe://td/ns/a/sa/web"), Source::Workload)));
+        // Another namespace's workload is refused, whatever header it sends.
+        let vm_b = vm_fresh(&vm);
+        let (h, s) = private_in(
+            &vm_b,
+            &sidecar(b"b", OUTBOUND),
+            &[("x-caller", "spiffe://td/ns/a/sa/web")],
+        );
+        assert_eq!(h.reply.as_ref().map(|r| r.status), Some(403));
+        assert_eq!(s.caller(), Some((Some("spiffe://td/ns/b/sa/web"), Source::Workload)));
+        // Inbound, the workload is the callee: the peer's certificate names the caller.
+        let vm_c = vm_fresh(&vm);
+        let mut props = sidecar(b"a", INBOUND);
+        let (h, _) = private_in(&vm_c, &props, &[]);
+        assert_eq!(
+            h.reply.as_ref().map(|r| r.status),
+            Some(403),
+            "no certificate, no identity"
+        );
+        props.push(("connection.uri_san_peer_certificate", b"spiffe://td/ns/a/sa/api"));
+        let (h, s) = private_in(&vm_c, &props, &[]);
+        assert!(h.reply.is_none());
+        assert_eq!(
+            s.caller(),
+            Some((Some("spiffe://td/ns/a/sa/api"), Source::PeerCertificate))
+        );
+    }
+
+    #[test]
+    fn older_envoys_top_level_node_attributes_are_read_too() {
+        let legacy: Vec<(&str, &[u8])> = vec![
+            ("node.id", b"sidecar~10.0.0.1~web-1.a~a.svc.cluster.local"),
+            ("node.metadata.NAMESPACE", b"a"),
+            ("node.metadata.SERVICE_ACCOUNT", b"web"),
+            ("listener_direction", OUTBOUND),
+        ];
+        let (h, s) = private_in(&vm_default(), &legacy, &[]);
+        assert!(h.reply.is_none(), "{:?}", h.reply);
+        assert_eq!(s.caller(), Some((Some("spiffe://td/ns/a/sa/web"), Source::Workload)));
+    }
+
+    /// The same configuration in a new VM (the node is read once per VM).
+    fn vm_fresh(vm: &Vm) -> Vm {
+        Vm::new(vm.config.clone(), 42)
+    }
+
+    #[test]
+    fn a_gateway_never_lends_its_own_identity() {
+        let gateway: Vec<(&str, &[u8])> = vec![
+            ("xds.node.id", b"router~10.0.0.2~gw-1.a~a.svc.cluster.local"),
+            ("xds.node.metadata.NAMESPACE", b"a"),
+            ("xds.node.metadata.SERVICE_ACCOUNT", b"gw"),
+            ("xds.listener_direction", OUTBOUND),
+        ];
+        for extra in ["", r#""identitySource":"workload","#] {
+            let vm = vm(&format!(r#"{extra}"trustDomain":"td","#));
+            let (h, s) = private_in(&vm, &gateway, &[]);
+            assert_eq!(h.reply.as_ref().map(|r| r.status), Some(403), "{extra}");
+            assert_eq!(s.caller().and_then(|(p, _)| p), None, "{extra}");
+        }
+        let vm = vm(r#""identitySource":"workload","trustDomain":"td","#);
+        let (h, s) = private_in(&vm, &gateway, &[]);
+        assert_eq!(s.caller(), Some((None, Source::Refused)));
+        assert!(h.logs.iter().any(|(_, m)| m.contains("never lends")), "{:?}", h.logs);
+        // With client mTLS, the caller's certificate.
+        let mut with_cert = gateway.clone();
+        with_cert.push(("connection.uri_san_peer_certificate", b"spiffe://td/ns/a/sa/partner"));
+        let (h, s) = private_in(&vm_fresh(&vm_default()), &with_cert, &[]);
+        assert!(h.reply.is_none());
+        assert_eq!(
+            s.caller(),
+            Some((Some("spiffe://td/ns/a/sa/partner"), Source::PeerCertificate))
+        );
+    }
+
+    fn vm_default() -> Vm {
+        vm(r#""trustDomain":"td","#)
+    }
+
+    #[test]
+    fn a_waypoint_reads_istios_peer_principal_and_headers_only_where_configured() {
+        let waypoint: Vec<(&str, &[u8])> = vec![
+            ("xds.node.id", b"waypoint~10.0.0.3~waypoint-1.a~a.svc.cluster.local"),
+            ("filter_state.io.istio.peer_principal", b"td/ns/a/sa/web"),
+        ];
+        let (h, s) = private_in(&vm_default(), &waypoint, &[]);
+        assert!(h.reply.is_none());
+        assert_eq!(
+            s.caller(),
+            Some((Some("spiffe://td/ns/a/sa/web"), Source::PeerPrincipal))
+        );
+        // A header names nobody unless configured, and then only as the configured source says.
+        let (h, _) = private_in(&vm_default(), &[], &[("x-caller", "spiffe://td/ns/a/sa/web")]);
+        assert_eq!(h.reply.as_ref().map(|r| r.status), Some(403));
+        let header_only = vm(r#""identitySource":"header","identityHeader":"x-caller","#);
+        let (h, s) = private_in(&header_only, &waypoint[..1], &[("x-caller", "spiffe://td/ns/a/sa/web")]);
+        assert!(h.reply.is_none());
+        assert_eq!(s.caller(), Some((Some("spiffe://td/ns/a/sa/web"), Source::Header)));
+    }
+
+    #[test]
+    fn refusals_keep_their_model_in_metrics_and_the_access_log() {
+        let vm = vm("");
+        let (mut h, mut s) = private_in(&vm, &[], &[]);
+        assert_eq!(h.reply.as_ref().map(|r| r.status), Some(403));
+        s.on_log(&vm, &mut h);
+        assert_eq!(
+            h.metric(
+                REJECTED_TOTAL,
+                &[("model", "private"), ("reason", "model_access_denied")]
+            ),
+            1
+        );
+        let labels = [("model", "private"), ("destination", "none"), ("code_class", "4xx")];
+        assert_eq!(h.metric(REQUESTS_TOTAL, &labels), 1);
+        assert_eq!(h.filter_state.get(FS_MODEL).map(Vec::as_slice), Some(&b"private"[..]));
+        assert_eq!(
+            h.filter_state.get(FS_DESTINATION).map(Vec::as_slice),
+            Some(&b"none"[..])
+        );
+        // An unknown name stays `other`.
+        let mut h = request("POST", "/v1/chat/completions", &[], br#"{"model":"nope"}"#);
+        let mut s = Stream::new(2);
+        send(&vm, &mut h, &mut s);
+        s.on_log(&vm, &mut h);
+        assert_eq!(
+            h.metric(REJECTED_TOTAL, &[("model", "other"), ("reason", "model_not_found")]),
+            1
+        );
+    }
+
+    #[test]
+    fn with_access_rules_what_cannot_be_judged_is_refused_by_default() {
+        let guarded = vm(r#""maxBodyBytes":64,"#);
+        assert_eq!(guarded.config.on_missing_model, crate::config::Policy::Reject);
+        let padded = format!(r#"{{"model":"private","pad":"{}"}}"#, "x".repeat(100));
+        for (body, status) in [
+            (&br#"{"model":null,"messages":[]}"#[..], 400),
+            (br#"{"Model":"private"}"#, 400),
+            (br#"{"model":["private"]}"#, 400),
+            (br#"{"messages":[]}"#, 400),
+            (padded.as_bytes(), 413),
+        ] {
+            let mut h = request("POST", "/v1/chat/completions", &[], body);
+            assert!(
+                !send(&guarded, &mut h, &mut Stream::new(1)),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+            assert_eq!(
+                h.reply.as_ref().map(|r| r.status),
+                Some(status),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        // Without any model policy, the defaults let them through unrouted (as before).
+        let open = Vm::new(
+            Config::from_json(br#"{"maxBodyBytes":64,"models":[{"name":"m","destinations":[{"name":"d"}]}]}"#).unwrap(),
+            1,
+        );
+        let mut h = request("POST", "/v1/chat/completions", &[], br#"{"model":null}"#);
+        assert!(send(&open, &mut h, &mut Stream::new(1)));
+        let mut h = request("POST", "/v1/chat/completions", &[], padded.as_bytes());
+        assert!(send(&open, &mut h, &mut Stream::new(2)));
+        // An explicit passthrough stays possible (and `wasmpack check` warns about it).
+        let explicit = vm(r#""onMissingModel":"passthrough","#);
+        let mut h = request("POST", "/v1/chat/completions", &[], br#"{"model":null}"#);
+        assert!(send(&explicit, &mut h, &mut Stream::new(1)));
+    }
+
     fn shared_key(s: &crate::memory_host::SharedMem) -> (String, ()) {
         (s.keys().into_iter().find(|k| k.ends_with("/t")).unwrap_or_default(), ())
     }
@@ -1385,7 +1734,13 @@ mod tests {
         assert_eq!(a, Action::Pause);
         let reply = h.reply.clone().unwrap();
         assert_eq!(reply.status, 403, "{}", String::from_utf8_lossy(&reply.body));
-        assert_eq!(s.flow().outcome(), &Outcome::Rejected(RejectReason::ModelAccessDenied));
+        assert_eq!(
+            s.flow().outcome(),
+            &Outcome::Denied {
+                model: 3,
+                reason: RejectReason::ModelAccessDenied
+            }
+        );
         assert_eq!(h.header(Map::Request, "x-ai-route"), None);
         // No body at all, only trailers: no model.
         let (h, _, a) = trailed(b"");

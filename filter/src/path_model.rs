@@ -22,7 +22,9 @@ pub fn model_from_path(path: &str) -> Option<Cow<'_, str>> {
     let ["", rest @ ..] = &segments[..n] else {
         return None;
     };
-    let name = kserve_v2(rest).or_else(|| tf_serving(rest)).or_else(|| azure(rest))?;
+    let name = kserve_v2(rest)
+        .or_else(|| tf_serving(rest))
+        .or_else(|| deployment(rest))?;
     (!name.is_empty()).then_some(name)
 }
 
@@ -72,14 +74,44 @@ fn tf_serving<'a>(s: &[&'a str]) -> Option<Cow<'a, str>> {
     }
 }
 
-/// `/openai/deployments/{name}/...`
-fn azure<'a>(s: &[&'a str]) -> Option<Cow<'a, str>> {
-    match s {
-        [openai, deployments, name, tail @ ..]
-            if is(openai, "openai") && is(deployments, "deployments") && tail.iter().any(|t| !t.is_empty()) =>
-        {
-            Some(percent_decode(name))
+/// Endpoints that follow a model named in the path by Azure OpenAI's and LiteLLM's deployment
+/// and engine routes (LiteLLM's `{model:path}` takes a name with slashes up to them).
+const DEPLOYMENT_ENDPOINTS: &[&[&str]] = &[
+    &["chat", "completions"],
+    &["completions"],
+    &["embeddings"],
+    &["images", "generations"],
+    &["images", "edits"],
+    &["audio", "transcriptions"],
+    &["audio", "translations"],
+    &["audio", "speech"],
+    &["responses"],
+];
+
+/// `/openai/deployments/{name}/...` (Azure OpenAI, LiteLLM), `[/v1]/engines/{name}/...`
+/// (LiteLLM, OpenAI's legacy engines). The name is everything up to a known endpoint (LiteLLM
+/// reads `/openai/deployments/meta-llama/Llama-3/chat/completions` as `meta-llama/Llama-3`, and
+/// prefers it to the body's `model`), else the first segment (Azure's names have no slash).
+fn deployment<'a>(s: &[&'a str]) -> Option<Cow<'a, str>> {
+    let rest = match s {
+        [openai, deployments, rest @ ..] if is(openai, "openai") && is(deployments, "deployments") => rest,
+        [engines, rest @ ..] if is(engines, "engines") => rest,
+        [v1, engines, rest @ ..] if is(v1, "v1") && is(engines, "engines") => rest,
+        _ => return None,
+    };
+    for e in DEPLOYMENT_ENDPOINTS {
+        if rest.len() > e.len() {
+            let (name, tail) = rest.split_at(rest.len() - e.len());
+            if tail.iter().zip(e.iter()).all(|(t, w)| is(t, w)) && name.iter().all(|n| !n.is_empty()) {
+                return Some(match name {
+                    [one] => percent_decode(one),
+                    _ => Cow::Owned(name.iter().map(|n| percent_decode(n)).collect::<Vec<_>>().join("/")),
+                });
+            }
         }
+    }
+    match rest {
+        [name, tail @ ..] if tail.iter().any(|t| !t.is_empty()) => Some(percent_decode(name)),
         _ => None,
     }
 }
@@ -201,6 +233,18 @@ mod tests {
             ("/v1/models/secret/labels/%3Apredict", None),
             ("/openai/%64eployments/secret/chat/completions", Some("secret")),
             ("/OpenAI/Deployments/secret/chat/completions", Some("secret")),
+            // LiteLLM: a name with slashes up to the endpoint, and its engines routes.
+            (
+                "/openai/deployments/meta-llama/Llama-3/chat/completions",
+                Some("meta-llama/Llama-3"),
+            ),
+            ("/engines/gpt-4o/chat/completions", Some("gpt-4o")),
+            ("/engines/openai/gpt-4o/embeddings", Some("openai/gpt-4o")),
+            ("/v1/engines/davinci/completions", Some("davinci")),
+            ("/ENGINES/private/%63hat/completions", Some("private")),
+            ("/engines//chat/completions", None),
+            ("/engines/x", None),
+            ("/engines", None),
             // An escaped `/` stays in its segment: the name Go's router and Triton read.
             (
                 "/v2/models/meta-llama%2FLlama-3.1-8B/infer",

@@ -57,25 +57,45 @@ pub trait Store {
 /// existing key holds exactly this token only once every 2^32 writes.
 const CREATE_CAS: u32 = u32::MAX;
 
-/// A token bucket: its level and when it was last brought up to date.
+/// A token bucket: its level, when it was last brought up to date, and whose it is (the
+/// caller's keyed hash; 0: unknown, a value written before buckets had owners).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Bucket {
     pub level: f64,
     pub updated_ns: u64,
+    pub owner: u64,
 }
 
 impl Bucket {
-    fn encode(&self) -> [u8; 16] {
-        let mut b = [0u8; 16];
+    fn encode(&self) -> [u8; 24] {
+        let mut b = [0u8; 24];
         b[..8].copy_from_slice(&self.level.to_le_bytes());
-        b[8..].copy_from_slice(&self.updated_ns.to_le_bytes());
+        b[8..16].copy_from_slice(&self.updated_ns.to_le_bytes());
+        b[16..].copy_from_slice(&self.owner.to_le_bytes());
         b
     }
 
     fn decode(v: &[u8]) -> Option<Bucket> {
         let level = f64::from_le_bytes(v.get(..8)?.try_into().ok()?);
         let updated_ns = u64::from_le_bytes(v.get(8..16)?.try_into().ok()?);
-        level.is_finite().then_some(Bucket { level, updated_ns })
+        let owner = match v.get(16..24) {
+            Some(o) => u64::from_le_bytes(o.try_into().ok()?),
+            None => 0,
+        };
+        level.is_finite().then_some(Bucket {
+            level,
+            updated_ns,
+            owner,
+        })
+    }
+
+    /// A full bucket for `owner`, as of `now`.
+    fn full(per_minute: u64, now_ns: u64, owner: u64) -> Bucket {
+        Bucket {
+            level: per_minute as f64,
+            updated_ns: now_ns,
+            owner,
+        }
     }
 
     /// Brought up to `now`: refilled at `per_minute` per minute, up to `per_minute`. A clock that
@@ -86,6 +106,7 @@ impl Bucket {
         Bucket {
             level: (self.level + elapsed * cap / 60.0).min(cap),
             updated_ns: now_ns.max(self.updated_ns),
+            owner: self.owner,
         }
     }
 }
@@ -115,10 +136,10 @@ impl RateInfo {
     }
 }
 
-/// Where a request's limits are kept: the bucket key and the limits.
+/// Where a request's limits are kept: the caller's place in the bucket table and the limits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Charge {
-    key: String,
+    place: Place,
     limits: Limits,
     /// For a global limit: the `caller` descriptor value (`None` for `by: global`).
     caller: Option<String>,
@@ -149,6 +170,64 @@ pub struct Caller<'a> {
     pub principal: Option<&'a str>,
     /// Values of the headers named by `by: header:NAME` limits, by lowercase name.
     pub headers: &'a [(String, Vec<u8>)],
+    /// The proxy's secret for placing callers in the bucket table (`bucket_seed`).
+    pub seed: u64,
+}
+
+/// Slots per model and kind (requests, tokens) for the buckets of callers (`by: principal`,
+/// `by: header:NAME`). Shared data is never freed, so the table is fixed: a client rotating
+/// header values cannot grow the proxy (at most `BUCKET_SLOTS` × 2 keys of about 60 bytes per
+/// model). A caller may take either of two slots picked by a keyed hash of its value: the one it
+/// owns, else a free one, else one whose owner's bucket is full again (nothing is lost by
+/// forgetting it: `evicted`); with both held by callers still using them, it shares one
+/// (`shared`: counted in `model_router_limit_bucket_collisions_total`, never freeing anyone
+/// from a limit — a shared bucket only limits sooner).
+pub const BUCKET_SLOTS: u64 = 4096;
+
+/// Where a caller's buckets may be: candidate keys (without the kind suffix) and the owner tag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Place {
+    keys: Vec<String>,
+    owner: u64,
+}
+
+/// How a caller got a bucket that had another owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Collision {
+    /// The slot's owner had a full bucket again: forgotten, the slot taken over.
+    Evicted,
+    /// Both slots held by callers still using them: this caller shares one.
+    Shared,
+}
+
+impl Collision {
+    pub fn label(self) -> &'static str {
+        match self {
+            Collision::Evicted => "evicted",
+            Collision::Shared => "shared",
+        }
+    }
+}
+
+/// The shared-data key of the proxy's bucket-placement secret.
+const SEED_KEY: &str = "model-router/rl/seed";
+
+/// The proxy's secret for placing callers in the bucket table, the same for every worker: the
+/// first worker to ask stores `candidate` (random), the others read it. Keyed, so that nobody
+/// can pick header values that land on another caller's slots. 0 if the store refuses.
+pub fn bucket_seed<S: Store>(store: &mut S, candidate: u64) -> u64 {
+    let read = |store: &S| {
+        store
+            .get(SEED_KEY)
+            .0
+            .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map(u64::from_le_bytes)
+    };
+    if let Some(seed) = read(store) {
+        return seed;
+    }
+    let _ = store.set(SEED_KEY, &candidate.to_le_bytes(), CREATE_CAS);
+    read(store).unwrap_or(0)
 }
 
 /// The header names `by: header:NAME` limits read, for the glue to fetch.
@@ -168,45 +247,82 @@ pub fn limit_headers(cfg: &Config) -> Vec<String> {
     out
 }
 
-fn bucket_key(model: &Model, limits: &Limits, caller: &Caller) -> String {
-    let who: Vec<u8> = match &limits.by {
-        LimitKey::Principal => caller.principal.unwrap_or("anonymous").as_bytes().to_vec(),
-        LimitKey::Global => Vec::new(),
+fn place(model: &Model, limits: &Limits, caller: &Caller) -> Place {
+    let who: &[u8] = match &limits.by {
+        LimitKey::Principal => caller.principal.unwrap_or(ANONYMOUS).as_bytes(),
+        LimitKey::Global => {
+            return Place {
+                keys: vec![format!("model-router/rl/{}/global", model.name)],
+                owner: 1,
+            }
+        }
         LimitKey::Header(h) => caller
             .headers
             .iter()
             .find(|(k, _)| k == h)
-            .map(|(_, v)| v.iter().take(MAX_ID).copied().collect())
+            .map(|(_, v)| &v[..v.len().min(MAX_ID)])
             .unwrap_or_default(),
     };
-    // Hashed: bounded key size whatever the client sends.
-    format!("model-router/rl/{}/{:016x}", model.name, hash(&who))
+    let mut keyed = Vec::with_capacity(8 + who.len());
+    keyed.extend_from_slice(&caller.seed.to_le_bytes());
+    keyed.extend_from_slice(who);
+    // Never 0 (an unknown owner).
+    let owner = hash(&keyed) | 1;
+    let first = owner % BUCKET_SLOTS;
+    let mut second = (owner >> 32) % BUCKET_SLOTS;
+    if second == first {
+        second = (first + 1) % BUCKET_SLOTS;
+    }
+    Place {
+        keys: [first, second]
+            .iter()
+            .map(|s| format!("model-router/rl/{}/{s:03x}", model.name))
+            .collect(),
+        owner,
+    }
 }
 
-/// Applies `f` to the bucket under `key` with compare-and-swap. `None` if contention never let
-/// a write through (the caller then lets the request pass rather than fail it).
-fn update<S: Store, R>(store: &mut S, key: &str, mut f: impl FnMut(Option<Bucket>) -> (Bucket, R)) -> Option<R> {
-    for _ in 0..CAS_TRIES {
-        let (value, cas) = store.get(key);
-        let cas = if value.is_none() { CREATE_CAS } else { cas };
-        let (bucket, result) = f(value.as_deref().and_then(Bucket::decode));
-        match store.set(key, &bucket.encode(), cas) {
-            Ok(()) => return Some(result),
-            Err(true) => continue,
-            Err(false) => return None,
+/// Applies `f` to the caller's bucket of one kind (`suffix`) with compare-and-swap, in the first
+/// of its slots it owns or may take (see `BUCKET_SLOTS`). `None` if contention never let a
+/// write through (the caller then lets the request pass rather than fail it).
+fn update_owned<S: Store, R>(
+    store: &mut S,
+    place: &Place,
+    suffix: &str,
+    per_minute: u64,
+    now_ns: u64,
+    mut f: impl FnMut(Bucket) -> (Bucket, R),
+) -> Option<(R, Option<Collision>)> {
+    let last = place.keys.len().saturating_sub(1);
+    'slots: for (i, slot) in place.keys.iter().enumerate() {
+        let key = format!("{slot}{suffix}");
+        for _ in 0..CAS_TRIES {
+            let (value, cas) = store.get(&key);
+            let cas = if value.is_none() { CREATE_CAS } else { cas };
+            let (bucket, note) = match value.as_deref().and_then(Bucket::decode) {
+                None => (Bucket::full(per_minute, now_ns, place.owner), None),
+                Some(b) if b.owner == place.owner => (b.refilled(now_ns, per_minute), None),
+                Some(b) => {
+                    let b = b.refilled(now_ns, per_minute);
+                    if b.level >= per_minute as f64 {
+                        (Bucket::full(per_minute, now_ns, place.owner), Some(Collision::Evicted))
+                    } else if i < last {
+                        continue 'slots;
+                    } else {
+                        (b, Some(Collision::Shared))
+                    }
+                }
+            };
+            let (bucket, result) = f(bucket);
+            match store.set(&key, &bucket.encode(), cas) {
+                Ok(()) => return Some((result, note)),
+                Err(true) => continue,
+                Err(false) => return None,
+            }
         }
+        return None;
     }
     None
-}
-
-/// The bucket as of `now`: the stored one refilled, or a full one the first time.
-fn current(stored: Option<Bucket>, per_minute: u64, now_ns: u64) -> Bucket {
-    stored
-        .unwrap_or(Bucket {
-            level: per_minute as f64,
-            updated_ns: now_ns,
-        })
-        .refilled(now_ns, per_minute)
 }
 
 fn secs_until(missing: f64, per_minute: u64) -> u64 {
@@ -215,12 +331,14 @@ fn secs_until(missing: f64, per_minute: u64) -> u64 {
 
 /// Checks the allow list, then takes a request from the request bucket and checks that the
 /// token bucket is not overdrawn. On success: what to charge later and the headers to report.
+/// Buckets taken over from, or shared with, another caller are added to `collisions`.
 pub fn admit<S: Store>(
     store: &mut S,
     cfg: &Config,
     model: usize,
     caller: &Caller,
     now_ns: u64,
+    collisions: &mut Vec<Collision>,
 ) -> Result<(Option<Charge>, RateInfo), Reject> {
     let Some(m) = cfg.models.get(model) else {
         return Ok((None, RateInfo::default()));
@@ -259,21 +377,22 @@ pub fn admit<S: Store>(
         return Ok((
             Some(Charge {
                 // No bucket here: the service counts.
-                key: String::new(),
+                place: Place {
+                    keys: Vec::new(),
+                    owner: 0,
+                },
                 limits: limits.clone(),
                 caller: who,
             }),
             RateInfo::default(),
         ));
     }
-    let key = bucket_key(m, limits, caller);
+    let place = place(m, limits, caller);
     let mut info = RateInfo::default();
     if let Some(tpm) = limits.tokens_per_minute {
-        let level = update(store, &format!("{key}/t"), |b| {
-            let b = current(b, tpm, now_ns);
-            (b, b.level)
-        });
-        if let Some(level) = level {
+        let level = update_owned(store, &place, "/t", tpm, now_ns, |b| (b, b.level));
+        if let Some((level, note)) = level {
+            collisions.extend(note);
             info.tokens = Some((tpm, level.max(0.0) as u64, Some(secs_until(tpm as f64 - level, tpm))));
             if level <= 0.0 {
                 let retry = secs_until(1.0 - level, tpm).max(1);
@@ -282,8 +401,7 @@ pub fn admit<S: Store>(
         }
     }
     if let Some(rpm) = limits.requests_per_minute {
-        let taken = update(store, &format!("{key}/r"), |b| {
-            let b = current(b, rpm, now_ns);
+        let taken = update_owned(store, &place, "/r", rpm, now_ns, |b| {
             if b.level >= 1.0 {
                 (
                     Bucket {
@@ -295,6 +413,10 @@ pub fn admit<S: Store>(
             } else {
                 (b, Err(b.level))
             }
+        });
+        let taken = taken.map(|(r, note)| {
+            collisions.extend(note);
+            r
         });
         match taken {
             Some(Ok(left)) => info.requests = Some((rpm, left as u64, Some(secs_until(rpm as f64 - left, rpm)))),
@@ -308,7 +430,7 @@ pub fn admit<S: Store>(
     }
     Ok((
         Some(Charge {
-            key,
+            place,
             limits: limits.clone(),
             caller: None,
         }),
@@ -343,8 +465,9 @@ pub fn charge<S: Store>(store: &mut S, charge: &Charge, tokens: u64, now_ns: u64
     if tokens == 0 || charge.limits.global {
         return;
     }
-    let _ = update(store, &format!("{}/t", charge.key), |b| {
-        let b = current(b, tpm, now_ns);
+    // The caller's slot again (it may have been taken over while the response streamed: the
+    // bucket was full then, so the caller finds a slot as at admission).
+    let _ = update_owned(store, &charge.place, "/t", tpm, now_ns, |b| {
         (
             Bucket {
                 level: (b.level - tokens as f64).max(-(tpm as f64)),
@@ -399,6 +522,7 @@ mod tests {
         Caller {
             principal: p,
             headers: &[],
+            seed: 0,
         }
     }
 
@@ -429,16 +553,32 @@ mod tests {
     fn allow_lists() {
         let c = cfg(r#""allow":["spiffe://td/ns/a/*","spiffe://td/ns/b/sa/x"],"#);
         let mut s = Mem::default();
-        assert!(admit(&mut s, &c, 0, &caller(Some("spiffe://td/ns/a/sa/web")), 0).is_ok());
-        assert!(admit(&mut s, &c, 0, &caller(Some("spiffe://td/ns/b/sa/x")), 0).is_ok());
+        assert!(admit(
+            &mut s,
+            &c,
+            0,
+            &caller(Some("spiffe://td/ns/a/sa/web")),
+            0,
+            &mut Vec::new()
+        )
+        .is_ok());
+        assert!(admit(
+            &mut s,
+            &c,
+            0,
+            &caller(Some("spiffe://td/ns/b/sa/x")),
+            0,
+            &mut Vec::new()
+        )
+        .is_ok());
         for who in [Some("spiffe://td/ns/b/sa/y"), Some("spiffe://td/ns/ab/sa/z"), None] {
-            let r = admit(&mut s, &c, 0, &caller(who), 0).unwrap_err();
+            let r = admit(&mut s, &c, 0, &caller(who), 0, &mut Vec::new()).unwrap_err();
             assert_eq!(r.reason, RejectReason::ModelAccessDenied);
             assert_eq!(r.status(), 403);
         }
         let open = cfg("");
         assert!(
-            admit(&mut s, &open, 0, &caller(None), 0).is_ok(),
+            admit(&mut s, &open, 0, &caller(None), 0, &mut Vec::new()).is_ok(),
             "no allow list: everyone"
         );
     }
@@ -449,10 +589,10 @@ mod tests {
         let mut s = Mem::default();
         let who = caller(Some("spiffe://td/ns/a/sa/web"));
         for left in [2, 1, 0] {
-            let (_, info) = admit(&mut s, &c, 0, &who, 10 * S).unwrap();
+            let (_, info) = admit(&mut s, &c, 0, &who, 10 * S, &mut Vec::new()).unwrap();
             assert_eq!(info.requests.map(|r| r.1), Some(left));
         }
-        let r = admit(&mut s, &c, 0, &who, 10 * S).unwrap_err();
+        let r = admit(&mut s, &c, 0, &who, 10 * S, &mut Vec::new()).unwrap_err();
         assert_eq!(r.reason, RejectReason::RateLimitExceeded);
         assert_eq!(r.status(), 429);
         let h: HashMap<_, _> = r.headers.iter().cloned().collect();
@@ -460,29 +600,37 @@ mod tests {
         assert_eq!(h["x-ratelimit-limit-requests"], "3");
         assert_eq!(h["x-ratelimit-remaining-requests"], "0");
         // Another principal has its own bucket.
-        assert!(admit(&mut s, &c, 0, &caller(Some("spiffe://td/ns/b/sa/x")), 10 * S).is_ok());
+        assert!(admit(
+            &mut s,
+            &c,
+            0,
+            &caller(Some("spiffe://td/ns/b/sa/x")),
+            10 * S,
+            &mut Vec::new()
+        )
+        .is_ok());
         // 20 s later one request more.
-        assert!(admit(&mut s, &c, 0, &who, 30 * S).is_ok());
-        assert!(admit(&mut s, &c, 0, &who, 30 * S).is_err());
+        assert!(admit(&mut s, &c, 0, &who, 30 * S, &mut Vec::new()).is_ok());
+        assert!(admit(&mut s, &c, 0, &who, 30 * S, &mut Vec::new()).is_err());
         // A clock that jumps back refills nothing and breaks nothing.
-        assert!(admit(&mut s, &c, 0, &who, 5 * S).is_err());
+        assert!(admit(&mut s, &c, 0, &who, 5 * S, &mut Vec::new()).is_err());
         // A huge jump forward refills only to capacity.
         for _ in 0..3 {
-            assert!(admit(&mut s, &c, 0, &who, 10_000 * S).is_ok());
+            assert!(admit(&mut s, &c, 0, &who, 10_000 * S, &mut Vec::new()).is_ok());
         }
-        assert!(admit(&mut s, &c, 0, &who, 10_000 * S).is_err());
+        assert!(admit(&mut s, &c, 0, &who, 10_000 * S, &mut Vec::new()).is_err());
     }
 
     #[test]
     fn token_bucket_is_charged_after_the_response() {
         let c = cfg(r#""limits":{"tokensPerMinute":100,"by":"global"},"#);
         let mut s = Mem::default();
-        let (charge, info) = admit(&mut s, &c, 0, &caller(None), 0).unwrap();
+        let (charge, info) = admit(&mut s, &c, 0, &caller(None), 0, &mut Vec::new()).unwrap();
         assert_eq!(info.tokens.map(|t| t.1), Some(100));
         charge_tokens(&mut s, charge.as_ref(), 80, 0);
-        let (charge, _) = admit(&mut s, &c, 0, &caller(Some("spiffe://x/y")), 0).unwrap();
+        let (charge, _) = admit(&mut s, &c, 0, &caller(Some("spiffe://x/y")), 0, &mut Vec::new()).unwrap();
         charge_tokens(&mut s, charge.as_ref(), 80, 0);
-        let r = admit(&mut s, &c, 0, &caller(None), 0).unwrap_err();
+        let r = admit(&mut s, &c, 0, &caller(None), 0, &mut Vec::new()).unwrap_err();
         assert_eq!(r.error_type, "tokens");
         let h: HashMap<_, _> = r.headers.iter().cloned().collect();
         assert_eq!(h["x-ratelimit-remaining-tokens"], "0");
@@ -490,8 +638,8 @@ mod tests {
             h["retry-after"], "37",
             "level -60; above 0 again after 61 tokens at 100/min: 36.6 s"
         );
-        assert!(admit(&mut s, &c, 0, &caller(None), 30 * S).is_err());
-        assert!(admit(&mut s, &c, 0, &caller(None), 37 * S).is_ok());
+        assert!(admit(&mut s, &c, 0, &caller(None), 30 * S, &mut Vec::new()).is_err());
+        assert!(admit(&mut s, &c, 0, &caller(None), 37 * S, &mut Vec::new()).is_ok());
     }
 
     fn charge_tokens(s: &mut Mem, c: Option<&Charge>, n: u64, now: u64) {
@@ -507,15 +655,17 @@ mod tests {
         let c1 = Caller {
             principal: None,
             headers: &k1,
+            seed: 0,
         };
         let c2 = Caller {
             principal: None,
             headers: &k2,
+            seed: 0,
         };
-        assert!(admit(&mut s, &c, 0, &c1, 0).is_ok());
-        assert!(admit(&mut s, &c, 0, &c1, 0).is_err());
+        assert!(admit(&mut s, &c, 0, &c1, 0, &mut Vec::new()).is_ok());
+        assert!(admit(&mut s, &c, 0, &c1, 0, &mut Vec::new()).is_err());
         assert!(
-            admit(&mut s, &c, 0, &c2, 0).is_ok(),
+            admit(&mut s, &c, 0, &c2, 0, &mut Vec::new()).is_ok(),
             "a different key, even junk, is its own bucket"
         );
         assert_eq!(limit_headers(&c), vec!["x-api-key".to_string()]);
@@ -537,26 +687,23 @@ mod tests {
     #[test]
     fn racing_workers_lose_no_update() {
         let c = cfg(r#""limits":{"requestsPerMinute":100,"by":"global"},"#);
-        let key = format!(
-            "{}/r",
-            bucket_key(&c.models[0], c.models[0].limits.as_ref().unwrap(), &caller(None))
-        );
+        let key = "model-router/rl/m/global/r";
         for races in [1, 3, 15] {
             let store = Rc::new(RefCell::new(SharedMem::default()));
             let mut rival_admits = 0;
             let mut rival = |s: &mut SharedMem| {
                 rival_admits += 1;
-                assert!(admit(s, &c, 0, &caller(None), 0).is_ok());
+                assert!(admit(s, &c, 0, &caller(None), 0, &mut Vec::new()).is_ok());
             };
             let mut ours = Racing {
                 store: store.clone(),
                 races,
                 rival: &mut rival,
             };
-            assert!(admit(&mut ours, &c, 0, &caller(None), 0).is_ok());
+            assert!(admit(&mut ours, &c, 0, &caller(None), 0, &mut Vec::new()).is_ok());
             assert_eq!(rival_admits, races);
             assert_eq!(
-                level(&store.borrow(), &key),
+                level(&store.borrow(), key),
                 100.0 - 1.0 - races as f64,
                 "{races} races: every admission took exactly one request"
             );
@@ -564,14 +711,14 @@ mod tests {
         // Endless contention: give up after CAS_TRIES and let the request through rather than fail it.
         let store = Rc::new(RefCell::new(SharedMem::default()));
         let mut rival = |s: &mut SharedMem| {
-            let _ = admit(s, &c, 0, &caller(None), 0);
+            let _ = admit(s, &c, 0, &caller(None), 0, &mut Vec::new());
         };
         let mut ours = Racing {
             store: store.clone(),
             races: usize::MAX,
             rival: &mut rival,
         };
-        assert!(admit(&mut ours, &c, 0, &caller(None), 0).is_ok());
+        assert!(admit(&mut ours, &c, 0, &caller(None), 0, &mut Vec::new()).is_ok());
     }
 
     /// The create race as proxy-wasm has it: a write with CAS 0 to a key another worker just
@@ -590,6 +737,62 @@ mod tests {
         assert_eq!(s.set("new", b"ours", CREATE_CAS), Ok(()), "missing: created");
     }
 
+    /// A client rotating header values: the table never grows past its slots, and a caller whose
+    /// slots others contend for is never freed from its limit (a shared bucket only limits sooner).
+    #[test]
+    fn rotating_keys_cannot_grow_the_table_or_free_a_caller() {
+        let c = cfg(r#""limits":{"requestsPerMinute":2,"by":"header:x-api-key"},"#);
+        let mut s = Mem::default();
+        let key = |v: &[u8]| [("x-api-key".to_string(), v.to_vec())];
+        let victim = key(b"victim");
+        fn as_caller(h: &[(String, Vec<u8>)]) -> Caller<'_> {
+            Caller {
+                principal: None,
+                headers: h,
+                seed: 7,
+            }
+        }
+        let mut notes = Vec::new();
+        assert!(admit(&mut s, &c, 0, &as_caller(&victim), 0, &mut notes).is_ok());
+        assert!(admit(&mut s, &c, 0, &as_caller(&victim), 0, &mut notes).is_ok());
+        for i in 0..3 * BUCKET_SLOTS {
+            let k = key(&i.to_le_bytes());
+            let _ = admit(&mut s, &c, 0, &as_caller(&k), 0, &mut notes);
+        }
+        assert!(
+            admit(&mut s, &c, 0, &as_caller(&victim), 0, &mut Vec::new()).is_err(),
+            "still limited"
+        );
+        assert!(s.keys().len() <= BUCKET_SLOTS as usize, "{} keys", s.keys().len());
+        assert!(notes.contains(&Collision::Shared), "sharing is counted");
+        assert!(!notes.contains(&Collision::Evicted), "no bucket was full again");
+        // A minute later every bucket is full again: a slot is taken over, nothing is lost.
+        notes.clear();
+        let k = key(b"newcomer");
+        assert!(admit(&mut s, &c, 0, &as_caller(&k), 60 * S, &mut notes).is_ok());
+        assert_eq!(notes, [Collision::Evicted]);
+        assert!(s.keys().len() <= BUCKET_SLOTS as usize);
+        // The secret decides the slots: another proxy places the victim elsewhere.
+        let placed = |seed| {
+            let caller = Caller {
+                principal: None,
+                headers: &victim,
+                seed,
+            };
+            place(&c.models[0], c.models[0].limits.as_ref().unwrap(), &caller)
+        };
+        assert_ne!(placed(7).keys, placed(8).keys);
+        assert_eq!(placed(7), placed(7));
+    }
+
+    #[test]
+    fn the_seed_is_the_first_workers_for_every_worker() {
+        let mut s = Mem::default();
+        let first = bucket_seed(&mut s, 41);
+        assert_eq!(first, 41);
+        assert_eq!(bucket_seed(&mut s, 99), 41, "a later worker reads it");
+    }
+
     #[test]
     fn corrupt_bucket_values_are_replaced() {
         assert_eq!(Bucket::decode(b"short"), None);
@@ -597,7 +800,15 @@ mod tests {
         let b = Bucket {
             level: 2.5,
             updated_ns: 7,
+            owner: 9,
         };
         assert_eq!(Bucket::decode(&b.encode()), Some(b));
+        let mut old = [0u8; 16];
+        old.copy_from_slice(&b.encode()[..16]);
+        assert_eq!(
+            Bucket::decode(&old),
+            Some(Bucket { owner: 0, ..b }),
+            "a value from before owners: unknown owner"
+        );
     }
 }

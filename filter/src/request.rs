@@ -39,16 +39,17 @@ pub enum Outcome {
     /// when that choice selected the route (a model in the path, or in the body of a request whose
     /// headers were held). `None`: the route had been chosen from the headers already, so the
     /// request is *unrouted* (it still counts, is admitted and is rewritten by this model).
-    Matched {
-        model: usize,
-        destination: Option<usize>,
-    },
+    Matched { model: usize, destination: Option<usize> },
     /// A model the configuration does not know, let through (`onUnknownModel: passthrough`).
     Unknown(String),
     /// The body could not be read (invalid JSON or form, too large, or the host would not hold
     /// the headers) and the request was let through unrouted.
     Unread(Unread),
+    /// Refused before a model was known (or for a name the configuration does not know).
     Rejected(RejectReason),
+    /// A request for `config.models[model]`, refused (access control, limits, the rate limit
+    /// service, a body the filter will not pass on): it counts under its model, sent nowhere.
+    Denied { model: usize, reason: RejectReason },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -291,6 +292,14 @@ impl RequestFlow {
         }
     }
 
+    /// The configured model the request named, matched or refused.
+    pub fn model<'c>(&self, cfg: &'c Config) -> Option<&'c Model> {
+        match self.outcome {
+            Outcome::Matched { model, .. } | Outcome::Denied { model, .. } => cfg.models.get(model),
+            _ => None,
+        }
+    }
+
     /// The model and destination, only when the filter routed the request.
     pub fn routed<'c>(&self, cfg: &'c Config) -> Option<(&'c Model, &'c crate::config::Destination)> {
         match self.matched(cfg)? {
@@ -303,7 +312,15 @@ impl RequestFlow {
     pub fn on_request_headers(&mut self, cfg: &Config, req: &RequestInfo, can_hold: bool) -> HeadersAction {
         self.pick = Pick::new(req.sticky, req.random);
         self.content_length = req.content_length;
-        if !cfg.scope.contains(req.authority, req.path) {
+        // gRPC (the KServe v2 gRPC protocol is not read) is in scope only by its path, never
+        // because its host serves a model: reading its protobuf as JSON would refuse every call.
+        let grpc = crate::header_map::mime_type(req.content_type).starts_with("application/grpc");
+        let in_scope = if grpc {
+            cfg.scope.contains_by_path(req.authority, req.path)
+        } else {
+            cfg.scope.contains(req.authority, req.path)
+        };
+        if !in_scope {
             self.outcome = Outcome::OutOfScope;
             return continue_untouched();
         }
@@ -397,7 +414,6 @@ impl RequestFlow {
         self.decide_from_body(cfg)
     }
 
-    /// The matched request was refused after all (access control, rate limit).
     /// The matched model's index in the configuration.
     pub fn model_index(&self) -> Option<usize> {
         match self.outcome {
@@ -406,8 +422,13 @@ impl RequestFlow {
         }
     }
 
+    /// The request is refused after all (access control, rate limit, a body it will not pass):
+    /// a matched one keeps its model.
     pub fn deny(&mut self, reason: RejectReason) {
-        self.outcome = Outcome::Rejected(reason);
+        self.outcome = match self.outcome {
+            Outcome::Matched { model, .. } | Outcome::Denied { model, .. } => Outcome::Denied { model, reason },
+            _ => Outcome::Rejected(reason),
+        };
         self.held = false;
         self.scanner = None;
     }
@@ -509,7 +530,7 @@ impl RequestFlow {
                     Ok(Some(e)) => edits.push(e),
                     Ok(None) => {}
                     Err(r) => {
-                        self.outcome = Outcome::Rejected(r.reason);
+                        self.deny(r.reason);
                         return BodyAction::Reject(r);
                     }
                 }
@@ -1139,6 +1160,32 @@ mod tests {
         req.authority = "llm.example.com:443";
         let (f, _, _) = run(&scoped, &req, body, true);
         assert!(matches!(f.outcome(), Outcome::Rejected(RejectReason::ModelNotFound)));
+    }
+
+    #[test]
+    fn every_path_of_a_model_host_is_in_scope_but_its_grpc() {
+        let cfg = Config::from_json(
+            br#"{"onMissingModel":"reject","models":[{"name":"private","allow":["spiffe://td/ns/a/*"],
+                "destinations":[{"name":"v1","host":"vllm.ai.svc.cluster.local","port":8000}]}]}"#,
+        )
+        .unwrap();
+        let body = br#"{"model":"private","prompt":"hi"}"#;
+        for (authority, path, inside) in [
+            ("vllm.ai.svc.cluster.local:8000", "/v1/custom/generate", true),
+            ("vllm:8000", "/reset_prefix_cache", true),
+            ("shop:8000", "/v1/custom/generate", false),
+        ] {
+            let mut req = post(path, body.len());
+            req.authority = authority;
+            let (f, _, _) = run(&cfg, &req, body, true);
+            assert_eq!(f.outcome() != &Outcome::OutOfScope, inside, "{authority}{path}");
+        }
+        let mut req = post("/inference.GRPCInferenceService/ModelInfer", 10);
+        req.authority = "vllm:8001";
+        req.content_type = Some("application/grpc");
+        let (f, h, _) = run(&cfg, &req, b"\0\0\0\0\x05hello", true);
+        assert_eq!(f.outcome(), &Outcome::OutOfScope, "gRPC is not read as JSON");
+        assert_eq!(h, continue_untouched());
     }
 
     #[test]

@@ -29,12 +29,18 @@ pub const HOLD_PROBES_TOTAL: &str = "model_router_hold_probes_total";
 /// Calls to the rate limit service that got no usable answer (the failure mode then decided),
 /// by call (`requests`, `tokens`, `report`) and reason.
 pub const RATE_LIMIT_SERVICE_FAILURES_TOTAL: &str = "model_router_rate_limit_service_failures_total";
+/// Callers' rate-limit buckets that took over (`evicted`) or share (`shared`) another caller's
+/// slot of the fixed table, by model and reason (`policy::BUCKET_SLOTS`).
+pub const LIMIT_BUCKET_COLLISIONS_TOTAL: &str = "model_router_limit_bucket_collisions_total";
 /// The filter's Wasm linear memory, summed over the worker VMs of a proxy.
 pub const VM_MEMORY_BYTES: &str = "model_router_vm_memory_bytes";
 
 /// The destination label of a request whose model is known but whose route the filter did not
 /// choose (`bodyRouting: false`, or a host that cannot hold headers).
 pub const UNROUTED: &str = "unrouted";
+/// The destination label of a request for a configured model that the filter refused (403,
+/// 429, 503 …): it was sent nowhere.
+pub const NO_DESTINATION: &str = "none";
 
 /// Every counter and gauge the filter emits (histograms: `HISTOGRAMS`).
 pub const COUNTERS_AND_GAUGES: &[&str] = &[
@@ -47,6 +53,7 @@ pub const COUNTERS_AND_GAUGES: &[&str] = &[
     HOLD_RELEASED_TOTAL,
     HOLD_PROBES_TOTAL,
     RATE_LIMIT_SERVICE_FAILURES_TOTAL,
+    LIMIT_BUCKET_COLLISIONS_TOTAL,
     VM_MEMORY_BYTES,
 ];
 pub const HISTOGRAMS: &[&str] = &[DURATION_MS, TTFT_MS];
@@ -236,7 +243,7 @@ impl PairStats {
 #[derive(Debug)]
 pub struct StatNames {
     slots: RefCell<Vec<Option<Rc<PairStats>>>>,
-    /// Where each model's slots begin.
+    /// Where each model's slots begin: its destinations, then `unrouted`, `other` and `none`.
     starts: Vec<usize>,
 }
 
@@ -246,7 +253,7 @@ impl StatNames {
         let mut n = 0;
         for m in &cfg.models {
             starts.push(n);
-            n += m.destinations.len() + 2;
+            n += m.destinations.len() + 3;
         }
         StatNames {
             slots: RefCell::new(vec![None; n + 1]),
@@ -267,6 +274,10 @@ impl StatNames {
                             Some(_) => n + 1,
                         }
                 }
+                _ => usize::MAX,
+            },
+            Outcome::Denied { model, .. } => match (self.starts.get(*model), cfg.models.get(*model)) {
+                (Some(&start), Some(m)) => start + m.destinations.len() + 2,
                 _ => usize::MAX,
             },
             _ => usize::MAX,
@@ -313,6 +324,10 @@ pub fn labels<'a>(cfg: &'a Config, outcome: &Outcome) -> (&'a str, &'a str) {
             };
             (m.name.as_str(), d)
         }
+        Outcome::Denied { model, .. } => match cfg.models.get(*model) {
+            Some(m) => (m.name.as_str(), NO_DESTINATION),
+            None => (OTHER, OTHER),
+        },
         _ => (OTHER, OTHER),
     }
 }
@@ -370,15 +385,24 @@ pub fn rate_limit_service_failure(call: &str, reason: &str) -> MetricOp {
     }
 }
 
+/// A caller's bucket placed on another caller's slot (`evicted`, `shared`).
+pub fn limit_bucket_collision(model: &str, reason: &str) -> MetricOp {
+    count(stat_name(
+        LIMIT_BUCKET_COLLISIONS_TOTAL,
+        &[("model", model), ("reason", reason)],
+    ))
+}
+
 pub fn hold_probe() -> MetricOp {
     count(HOLD_PROBES_TOTAL.into())
 }
 
-/// The counter increment for a rejection.
-pub fn rejected(reason: RejectReason) -> MetricOp {
+/// The counter increment for a rejection; `model`: the configured model it was for (`other`
+/// when none was known).
+pub fn rejected(reason: RejectReason, model: &str) -> MetricOp {
     MetricOp::Add {
         kind: Kind::Counter,
-        name: stat_name(REJECTED_TOTAL, &[("reason", reason.code())]).into(),
+        name: stat_name(REJECTED_TOTAL, &[("model", model), ("reason", reason.code())]).into(),
         delta: 1,
     }
 }
@@ -678,6 +702,14 @@ mod tests {
             (to(0, Some(2)), "m", OTHER),
             (to(1, None), "n", UNROUTED),
             (to(2, None), OTHER, OTHER),
+            (
+                Outcome::Denied {
+                    model: 1,
+                    reason: RejectReason::ModelAccessDenied,
+                },
+                "n",
+                NO_DESTINATION,
+            ),
         ];
         for (outcome, model, destination) in &pairs {
             let p = names.pair(&cfg, outcome);
@@ -693,9 +725,13 @@ mod tests {
             assert!(p.in_flight().is_kept());
         }
         // What is made for one request is not kept: the glue remembers its id by name.
-        assert!(!rejected(RejectReason::ModelNotFound).stat().is_kept());
+        assert!(!rejected(RejectReason::ModelNotFound, OTHER).stat().is_kept());
         assert!(Rc::ptr_eq(
             &names.pair(&cfg, &Outcome::NoModel),
+            &names.pair(&cfg, &to(2, None))
+        ));
+        assert!(Rc::ptr_eq(
+            &names.pair(&cfg, &Outcome::Rejected(RejectReason::ModelNotFound)),
             &names.pair(&cfg, &to(2, None))
         ));
         assert_eq!(

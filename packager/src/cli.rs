@@ -195,13 +195,37 @@ pub struct RouteArgs {
     /// Seed for the weighted choice, for a repeatable answer
     #[arg(long)]
     pub seed: Option<u64>,
-    /// The caller's mTLS identity (the peer certificate's URI SAN), for access rules and limits
+    /// The caller's mTLS identity (the peer certificate's URI SAN; on a waypoint, Istio's peer
+    /// principal), for access rules and limits
     #[arg(long, value_name = "SPIFFE_ID")]
     pub peer_identity: Option<String>,
+    /// Where the filter runs, as Envoy tells it: which identity source applies (`identitySource:
+    /// auto`); `sidecar` is a sidecar's outbound listener (the callers' sidecars)
+    #[arg(long, value_enum, default_value = "envoy")]
+    pub proxy: ProxyKind,
+    /// The sidecar's own workload, NAMESPACE/SERVICE_ACCOUNT, as Istio's agent writes it into
+    /// the node metadata (with `--proxy sidecar`: the caller)
+    #[arg(long, value_name = "NAMESPACE/SERVICE_ACCOUNT")]
+    pub workload: Option<String>,
     /// Send the request this many times through one filter instance (shared limits and clock);
     /// prints the last decision and the statuses of all
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100000))]
     pub repeat: u32,
+}
+
+/// `wasmpack route --proxy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProxyKind {
+    /// Plain Envoy (`wasmpack run`, Envoy Gateway)
+    Envoy,
+    /// An Istio sidecar's outbound listener
+    Sidecar,
+    /// An Istio sidecar's inbound listener
+    SidecarInbound,
+    /// An Istio gateway
+    Gateway,
+    /// An Istio ambient waypoint
+    Waypoint,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -264,6 +288,10 @@ pub struct RenderArgs {
     /// Run the filter in this Envoy Gateway Gateway (an EnvoyExtensionPolicy; routing becomes an HTTPRoute)
     #[arg(long, value_name = "NAME")]
     pub envoy_gateway: Option<String>,
+    /// The mesh's trust domain (default: the configuration's `trustDomain`, else cluster.local):
+    /// a sidecar's own workload is spiffe://TRUST_DOMAIN/ns/NS/sa/SA
+    #[arg(long, value_name = "DOMAIN")]
+    pub trust_domain: Option<String>,
     /// Istio's API for the filter when it is a plain Wasm filter: wasmplugin, or traffic-extension
     /// (extensions.istio.io/v1alpha1 TrafficExtension, Istio 1.30+)
     #[arg(long, value_enum, default_value_t = ExtensionApi::Wasmplugin)]

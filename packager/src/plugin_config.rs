@@ -316,6 +316,7 @@ pub fn warnings(config: &Config) -> Vec<(String, String)> {
         ));
     }
     w.extend(unenforceable_limits(config));
+    w.extend(estimate_over_budget(config));
     w.extend(global_limit_warnings(config));
     if let Some(h) = &config.sticky_header {
         if NOT_STICKY.contains(&h.as_str()) || h.starts_with("x-envoy-") || h.starts_with(':') {
@@ -351,6 +352,96 @@ pub fn warnings(config: &Config) -> Vec<(String, String)> {
         }
     }
     w
+}
+
+/// A response whose usage cannot be read (a dropped stream, a compressed answer) is charged the
+/// request's `max_tokens`, else `estimatedOutputTokens`: over a model's whole per-minute token
+/// budget, one such response locks its caller out for minutes.
+fn estimate_over_budget(config: &Config) -> Vec<(String, String)> {
+    let estimate = config.estimated_output_tokens;
+    let mut w = Vec::new();
+    for (i, m) in config.models.iter().enumerate() {
+        let Some(tpm) = m.limits.as_ref().and_then(|l| l.tokens_per_minute) else {
+            continue;
+        };
+        if estimate > tpm {
+            w.push((
+                format!("models[{i}].limits.tokensPerMinute"),
+                format!(
+                    "{tpm} tokens per minute is less than estimatedOutputTokens ({estimate}), what a response whose usage \
+                     cannot be read (a stream the client drops before its usage) is charged when the request sets no \
+                     max_tokens: one such response overdraws `{}`'s budget and locks its caller out for up to a minute; \
+                     lower estimatedOutputTokens (a dropped stream is still charged at least what it delivered) or \
+                     raise the limit",
+                    m.name
+                ),
+            ));
+        }
+    }
+    w
+}
+
+/// Where a configuration runs, for the warnings that depend on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// The callers' sidecars (`--selector`).
+    Sidecar,
+    /// An Istio gateway (`--gateway`).
+    Gateway,
+    /// An ambient waypoint (`--waypoint`).
+    Waypoint,
+    /// Envoy Gateway (`--envoy-gateway`).
+    EnvoyGateway,
+    /// `wasmpack run`: plain Envoy, plaintext.
+    Run,
+}
+
+/// Models whose access rules or `by: principal` limits need the caller's identity, and where the
+/// install gives none (docs/access-control.md, "Who the caller is").
+pub fn identity_warnings(config: &Config, place: Place) -> Vec<(String, String)> {
+    use model_router::config::{IdentitySource, LimitKey};
+    let needs: Vec<String> = config
+        .models
+        .iter()
+        .filter(|m| m.allow.is_some() || m.limits.as_ref().is_some_and(|l| l.by == LimitKey::Principal))
+        .map(|m| format!("`{}`", m.name))
+        .collect();
+    if needs.is_empty() {
+        return Vec::new();
+    }
+    let who = needs.join(", ");
+    let header = config.identity_header.is_some();
+    let source = config.identity_source;
+    let message = match (place, source) {
+        (_, IdentitySource::Header) => return Vec::new(),
+        (Place::Run, _) if !header => format!(
+            "`wasmpack run` listens in plaintext as plain Envoy: every caller is anonymous, so {who} refuse \
+             everyone (allow lists) or count everyone as one caller (`by: principal`); set identityHeader to try \
+             identities here"
+        ),
+        (Place::EnvoyGateway, _) if !header => format!(
+            "at Envoy Gateway the filter sees no caller identity but a client certificate, so {who} refuse or \
+             lump together every caller without one; set identityHeader to a header your authentication sets \
+             (e.g. from a SecurityPolicy's JWT claims), and strip it from clients"
+        ),
+        (Place::Gateway, IdentitySource::Auto | IdentitySource::PeerCertificate) if !header => format!(
+            "at a gateway the caller is known only by its client certificate: {who} refuse or lump together every \
+             caller unless the Gateway's listener requires client mTLS (frontend TLS validation), or \
+             identityHeader names a header a trusted authentication step sets"
+        ),
+        (Place::Sidecar | Place::Gateway | Place::EnvoyGateway | Place::Run, IdentitySource::PeerPrincipal) => {
+            format!(
+                "identitySource: peerPrincipal is Istio's waypoint filter state: outside a waypoint it is not set, \
+                 so {who} see anonymous callers"
+            )
+        }
+        (Place::Gateway | Place::Waypoint | Place::EnvoyGateway, IdentitySource::Workload) => format!(
+            "identitySource: workload is the callers' own sidecar: a gateway or waypoint never lends its own \
+             identity, so {who} see anonymous callers; leave identitySource out"
+        ),
+        _ => return Vec::new(),
+    };
+    vec![("identitySource".into(), message)]
 }
 
 /// Policies that let requests past the filter unread, to the default route, where a model's
@@ -429,6 +520,37 @@ mod tests {
     }
 
     #[test]
+    fn identity_warnings_name_the_place_without_one() {
+        let guarded =
+            "models:\n- name: private\n  allow: [\"spiffe://cluster.local/ns/a/*\"]\n  destinations: [{name: x}]\n";
+        let l = parse(guarded).unwrap();
+        for (place, warns) in [
+            (Place::Sidecar, false),
+            (Place::Waypoint, false),
+            (Place::Gateway, true),
+            (Place::EnvoyGateway, true),
+            (Place::Run, true),
+        ] {
+            let w = identity_warnings(&l.config, place);
+            assert_eq!(!w.is_empty(), warns, "{place:?}: {w:?}");
+            if let Some((_, m)) = w.first() {
+                assert!(m.contains("`private`"), "{m}");
+            }
+        }
+        let with_header = parse(&format!("identityHeader: x-caller\n{guarded}")).unwrap();
+        assert!(identity_warnings(&with_header.config, Place::EnvoyGateway).is_empty());
+        let workload = parse(&format!("identitySource: workload\n{guarded}")).unwrap();
+        assert!(identity_warnings(&workload.config, Place::Gateway)[0]
+            .1
+            .contains("never lends"));
+        let open = parse("models: [{name: a, destinations: [{name: x}]}]").unwrap();
+        assert!(
+            identity_warnings(&open.config, Place::Run).is_empty(),
+            "nothing needs an identity"
+        );
+    }
+
+    #[test]
     fn risky_settings_warn() {
         let l = parse("bodyRouting: false\nstickyHeader: X-Request-Id\nmodels:\n- name: a\n  destinations:\n  - {name: x, weight: 0}\n  - {name: y, host: y.ns.svc}\n").unwrap();
         let paths: Vec<String> = warnings(&l.config).into_iter().map(|w| w.0).collect();
@@ -441,10 +563,16 @@ mod tests {
                 "models[0].destinations[0].host"
             ]
         );
-        // Limits with the default passthrough policies: what dodges them is named.
-        let l = parse("onMissingModel: reject\nmodels:\n- name: a\n  limits: {tokensPerMinute: 10}\n  destinations: [{name: x, host: x.ns.svc}]\n").unwrap();
+        // Limits with an explicit passthrough policy: what dodges them is named; the defaults
+        // fail closed. A budget smaller than what one unreadable response is charged is named too.
+        let l = parse("onOversize: passthrough\nmodels:\n- name: a\n  limits: {tokensPerMinute: 10}\n  destinations: [{name: x, host: x.ns.svc}]\n").unwrap();
         let paths: Vec<String> = warnings(&l.config).into_iter().map(|w| w.0).collect();
-        assert_eq!(paths, ["onOversize"]);
+        assert_eq!(paths, ["onOversize", "models[0].limits.tokensPerMinute"]);
+        let l = parse("estimatedOutputTokens: 500\nmodels:\n- name: a\n  limits: {tokensPerMinute: 1000}\n  destinations: [{name: x, host: x.ns.svc}]\n").unwrap();
+        assert!(
+            warnings(&l.config).is_empty(),
+            "fail-closed defaults, an estimate within the budget"
+        );
         assert!(
             parse("models: []").map(|l| warnings(&l.config).len()).unwrap() == 1,
             "no models"

@@ -81,6 +81,29 @@ fn gateway_defaults(loaded: Loaded) -> Result<Loaded> {
     )
 }
 
+/// Where the caller's identity comes from in this install, unless the configuration says
+/// (docs/access-control.md, "Who the caller is"): the callers' own sidecar workload, a waypoint's
+/// peer principal, a gateway's client certificate (or Envoy Gateway's trusted header). The filter
+/// would find the same with `auto`; pinned, a listener it was not meant for (an inbound one)
+/// cannot lend it the wrong identity. `--trust-domain` sets the mesh's trust domain.
+fn identity_defaults(loaded: Loaded, args: &RenderArgs) -> Result<Loaded> {
+    let source = if !args.selector.is_empty() {
+        "workload"
+    } else if args.waypoint.is_some() {
+        "peerPrincipal"
+    } else if args.envoy_gateway.is_some() && loaded.config.identity_header.is_some() {
+        "header"
+    } else {
+        "peerCertificate"
+    };
+    let loaded = with_fields(loaded, &[("identitySource", json!(source))], false)?;
+    match &args.trust_domain {
+        Some(td) => with_fields(loaded, &[("trustDomain", json!(td))], true)
+            .map_err(|e| anyhow::anyhow!("--trust-domain {td}: {e}")),
+        None => Ok(loaded),
+    }
+}
+
 fn part(p: PartArg) -> Part {
     match p {
         PartArg::Filter => Part::Filter,
@@ -124,6 +147,7 @@ impl RenderSettings {
             );
             loaded = without_body_routing(loaded)?;
         }
+        let loaded = identity_defaults(loaded, args)?;
         let body_routing = loaded.config.body_routing;
         if !is_dns_label(&args.name) || args.name.len() > 40 {
             bail!(

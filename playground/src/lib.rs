@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 
 use model_router::config::{Config, LimitKey};
-use model_router::decide::{decide_repeated, RouteRequest};
+use model_router::decide::{decide_repeated, Proxy, RouteRequest};
 use serde_json::{json, Value};
 use wasm_bindgen::prelude::wasm_bindgen;
 
@@ -125,6 +125,8 @@ pub fn route(config: &str, request: &str) -> String {
         headers: &p.headers,
         body: p.body.as_deref(),
         peer_identity: p.peer.as_deref(),
+        proxy: Proxy::default(),
+        workload: None,
     };
     decide_repeated(&c, &req, SEED, repeat).to_string()
 }
@@ -151,6 +153,8 @@ pub fn simulate(config: &str, model: &str, users: u32) -> String {
             headers: &headers,
             body: Some(body.as_bytes()),
             peer_identity: None,
+            proxy: Proxy::default(),
+            workload: None,
         };
         // A fresh VM per caller (seeded per caller): the split a fleet of proxies produces.
         let d = decide_repeated(&c, &req, SEED.wrapping_add(u64::from(u)), 1);

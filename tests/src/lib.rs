@@ -68,6 +68,55 @@ pub struct Options {
     /// Envoy keeps the trailers of HTTP/1 chunked requests (`http_protocol_options:
     /// enable_trailers`), as it always does for HTTP/2: a raw HTTP/1 client can then send them.
     pub http1_trailers: bool,
+    /// Bootstrap Envoy as Istio's agent does for this proxy (node id and metadata, the
+    /// listener's traffic direction).
+    pub istio: Option<IstioProxy>,
+}
+
+/// An Istio proxy as its agent bootstraps it (istio/istio `pkg/bootstrap`, the node id
+/// `TYPE~IP~POD.NAMESPACE~NAMESPACE.svc.cluster.local` and the `ISTIO_META_*` metadata).
+#[derive(Debug, Clone)]
+pub struct IstioProxy {
+    /// `sidecar`, `router` (a gateway) or `waypoint`.
+    pub kind: &'static str,
+    pub namespace: String,
+    pub service_account: String,
+    /// The listener's `traffic_direction`: `OUTBOUND` (a sidecar's calls out, a gateway) or `INBOUND`.
+    pub direction: &'static str,
+}
+
+impl IstioProxy {
+    pub fn sidecar_outbound(namespace: &str, service_account: &str) -> IstioProxy {
+        IstioProxy {
+            kind: "sidecar",
+            namespace: namespace.into(),
+            service_account: service_account.into(),
+            direction: "OUTBOUND",
+        }
+    }
+
+    /// The bootstrap's `node`, as Istio's agent writes it.
+    pub fn node(&self) -> Value {
+        let pod = format!("{}-7d9f8b6c5-x2x4q", self.service_account);
+        serde_json::json!({
+            "id": format!("{}~10.244.1.17~{pod}.{ns}~{ns}.svc.cluster.local", self.kind, ns = self.namespace),
+            "cluster": format!("{}.{}", self.service_account, self.namespace),
+            "metadata": {
+                "NAMESPACE": self.namespace,
+                "SERVICE_ACCOUNT": self.service_account,
+                "MESH_ID": "cluster.local",
+                "CLUSTER_ID": "Kubernetes",
+                "ISTIO_VERSION": "1.28.0",
+                "NAME": pod,
+                "WORKLOAD_NAME": self.service_account,
+                "LABELS": {"app": self.service_account, "service.istio.io/canonical-name": self.service_account},
+                "INSTANCE_IPS": "10.244.1.17",
+                "INTERCEPTION_MODE": "REDIRECT",
+                "OWNER": format!("kubernetes://apis/apps/v1/namespaces/{}/deployments/{}", self.namespace, self.service_account),
+                "PROXY_CONFIG": {"discoveryAddress": "istiod.istio-system.svc:15012", "holdApplicationUntilProxyStarts": true}
+            }
+        })
+    }
 }
 
 impl Default for Options {
@@ -80,6 +129,7 @@ impl Default for Options {
             pre_filters: Vec::new(),
             grpc_clusters: Vec::new(),
             http1_trailers: false,
+            istio: None,
         }
     }
 }
@@ -134,6 +184,10 @@ impl Scenario {
         if opts.http1_trailers {
             let hcm = &mut boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
             hcm["http_protocol_options"] = serde_json::json!({"enable_trailers": true});
+        }
+        if let Some(proxy) = &opts.istio {
+            boot["node"] = proxy.node();
+            boot["static_resources"]["listeners"][0]["traffic_direction"] = proxy.direction.into();
         }
         let tls = opts.tls.is_some();
         let envoy = match tokio::task::block_in_place(|| Envoy::start(&boot, opts.concurrency)) {

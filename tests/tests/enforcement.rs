@@ -33,10 +33,13 @@ async fn spoofed_route_headers_are_ignored() {
         ("x-ai-route", "private"),
         ("content-type", "multipart/form-data; boundary=x"),
     ];
+    // Without a model, with access rules configured: refused (fail closed), never steered.
     let r = s.post("/v1/audio/transcriptions", "--x--", &form).await;
-    assert_eq!(r.header("x-backend"), Some("default"));
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "model_required");
     let r = s.post("/v1/chat/completions", r#"{"messages":[]}"#, &spoof).await;
-    assert_eq!(r.header("x-backend"), Some("default"));
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(s.backend("private").exchanges().is_empty());
     // Nor a request for another model: it goes where the filter says.
     let r = s.post("/v1/chat/completions", chat("llama-3-8b"), &spoof).await;
     assert_eq!(r.header("x-backend"), Some("llama"));

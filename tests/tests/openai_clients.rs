@@ -84,8 +84,8 @@ async fn the_official_openai_client_at_a_gateway() {
     assert_eq!(v["model"], "gpt-3.5-turbo", "the name the client asked for: {v}");
     assert_eq!(v["stream_models"], json!(["gpt-3.5-turbo"]), "{v}");
     assert_eq!(
-        v["empty"], "404 model_not_found",
-        "an empty model is no default route: {v}"
+        v["empty"], "400 model_required",
+        "an empty model is no default route (a model here has access rules: the filter fails closed): {v}"
     );
     // The backend was sent the upstream name, and no model-list request reached a backend.
     let seen = s.backend("llama-v1").exchanges();

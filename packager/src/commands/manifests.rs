@@ -86,6 +86,15 @@ pub fn warn(settings: &RenderSettings, opts: &Options) {
     if let Some(m) = buffer_limit_warning(&settings.loaded.config, opts) {
         eprintln!("warning: maxBodyBytes: {m}");
     }
+    let place = match opts.target {
+        Target::Selector(_) => plugin_config::Place::Sidecar,
+        Target::Gateway { .. } => plugin_config::Place::Gateway,
+        Target::Waypoint { .. } => plugin_config::Place::Waypoint,
+        Target::EnvoyGateway { .. } => plugin_config::Place::EnvoyGateway,
+    };
+    for (path, message) in plugin_config::identity_warnings(&settings.loaded.config, place) {
+        eprintln!("warning: {path}: {message}");
+    }
 }
 
 pub async fn run(args: &ManifestsArgs) -> Result<()> {

@@ -2,9 +2,9 @@
 //! (`model_router::decide`, shared with the browser playground), as JSON.
 
 use anyhow::{bail, Context, Result};
-use model_router::decide::{decide_repeated, RouteRequest};
+use model_router::decide::{decide_repeated, Proxy, RouteRequest};
 
-use crate::cli::RouteArgs;
+use crate::cli::{ProxyKind, RouteArgs};
 use crate::plugin_config;
 
 pub fn run(args: &RouteArgs) -> Result<()> {
@@ -25,12 +25,28 @@ pub fn run(args: &RouteArgs) -> Result<()> {
         };
         headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
     }
+    let workload = match &args.workload {
+        None => None,
+        Some(w) => match w.split_once('/') {
+            Some((ns, sa)) if !ns.is_empty() && !sa.is_empty() && !sa.contains('/') => Some((ns, sa)),
+            _ => bail!("--workload {w}: expected NAMESPACE/SERVICE_ACCOUNT"),
+        },
+    };
+    let proxy = match args.proxy {
+        ProxyKind::Envoy => Proxy::Envoy,
+        ProxyKind::Sidecar => Proxy::Sidecar,
+        ProxyKind::SidecarInbound => Proxy::SidecarInbound,
+        ProxyKind::Gateway => Proxy::Gateway,
+        ProxyKind::Waypoint => Proxy::Waypoint,
+    };
     let req = RouteRequest {
         method: &args.method,
         path: &args.path,
         headers: &headers,
         body: body.as_deref(),
         peer_identity: args.peer_identity.as_deref(),
+        proxy,
+        workload,
     };
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()

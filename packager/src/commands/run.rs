@@ -59,6 +59,9 @@ pub async fn run(args: &RunArgs) -> Result<()> {
             eprintln!("warning: {path}: {message}");
         }
     }
+    for (path, message) in plugin_config::identity_warnings(&loaded.config, plugin_config::Place::Run) {
+        eprintln!("warning: {path}: {message}");
+    }
     let mut upstreams = Vec::new();
     for (name, addr) in &args.upstreams {
         let (host, port) = host_port(addr, "--upstream")?;
