@@ -1,5 +1,5 @@
-//! Models named in the request path (KServe v2 / Triton, TF Serving / KServe v1, Azure OpenAI):
-//! known from the headers alone, so no body needs to be held.
+//! Models named in the request path (KServe v2 / Triton, TF Serving / KServe v1, Azure OpenAI,
+//! Gemini and Vertex AI, Amazon Bedrock): known from the headers alone, so no body needs to be held.
 
 use std::borrow::Cow;
 
@@ -13,6 +13,10 @@ const MAX_SEGMENTS: usize = 16;
 /// `/v2/models/m/%69nfer` is the model path a FastAPI server (KServe) serves, not a way past the filter.
 pub fn model_from_path(path: &str) -> Option<Cow<'_, str>> {
     let path = path.split(['?', '#']).next().unwrap_or(path);
+    // Before the segments are counted: these two read paths of any length.
+    if let Some(name) = gemini(path).or_else(|| bedrock(path)) {
+        return (!name.is_empty()).then_some(name);
+    }
     let mut segments = [""; MAX_SEGMENTS];
     let mut n = 0;
     for s in path.split('/') {
@@ -114,6 +118,83 @@ fn deployment<'a>(s: &[&'a str]) -> Option<Cow<'a, str>> {
         [name, tail @ ..] if tail.iter().any(|t| !t.is_empty()) => Some(percent_decode(name)),
         _ => None,
     }
+}
+
+/// Gemini's and Vertex AI's methods on a model (`…/models/{name}:{method}`).
+const GEMINI_METHODS: &[&str] = &[
+    "generateContent",
+    "streamGenerateContent",
+    "countTokens",
+    "computeTokens",
+    "embedContent",
+    "batchEmbedContents",
+    "predict",
+    "rawPredict",
+    "streamRawPredict",
+];
+
+/// `…/models/{name}:{method}` (`/v1beta/models/gemini-2.0-flash:generateContent`, Vertex AI's
+/// `/v1/projects/P/locations/L/publishers/google/models/{name}:generateContent`, behind any
+/// prefix, `tunedModels/` too), a slash at the end ignored. The `:` may be escaped.
+fn gemini(path: &str) -> Option<Cow<'_, str>> {
+    let (before, last) = path.trim_end_matches('/').rsplit_once('/')?;
+    let models = before.rsplit('/').next()?;
+    if !(is(models, "models") || is(models, "tunedModels")) {
+        return None;
+    }
+    let last = percent_decode(last);
+    let (name, method) = last.rsplit_once(':')?;
+    GEMINI_METHODS
+        .iter()
+        .any(|w| method.eq_ignore_ascii_case(w))
+        .then(|| Cow::Owned(name.to_string()))
+}
+
+/// Amazon Bedrock Runtime's operations on a model (`/model/{modelId}/{operation}`).
+const BEDROCK_OPERATIONS: &[&str] = &[
+    "converse",
+    "converse-stream",
+    "invoke",
+    "invoke-with-response-stream",
+    "count-tokens",
+];
+
+/// `[/bedrock]/model/{modelId}/{operation}`. Model ids come escaped (`…-v1%3A0`, an ARN's `/` as
+/// `%2F`); no id has a `%`, so the path is decoded until nothing is left to decode (a doubly
+/// escaped `%253A` is the same id), then read as servers route it: empty and `.` segments
+/// dropped, `..` resolved, keywords in any case. The id is everything between `model` and the
+/// operation.
+fn bedrock(path: &str) -> Option<Cow<'static, str>> {
+    if !(path.contains('%') || path.as_bytes().windows(5).any(|w| w.eq_ignore_ascii_case(b"model"))) {
+        return None;
+    }
+    let mut bytes = path.as_bytes().to_vec();
+    for _ in 0..8 {
+        let next = decode(&bytes);
+        if next == bytes {
+            break;
+        }
+        bytes = next;
+    }
+    let text = String::from_utf8(bytes).ok()?;
+    let mut segs: Vec<&str> = Vec::new();
+    for s in text.split('/') {
+        match s {
+            "" | "." => {}
+            ".." => {
+                segs.pop();
+            }
+            s => segs.push(s),
+        }
+    }
+    let rest = match segs.as_slice() {
+        [m, rest @ ..] if m.eq_ignore_ascii_case("model") => rest,
+        [b, m, rest @ ..] if b.eq_ignore_ascii_case("bedrock") && m.eq_ignore_ascii_case("model") => rest,
+        _ => return None,
+    };
+    let (op, name) = rest.split_last()?;
+    (!name.is_empty() && BEDROCK_OPERATIONS.iter().any(|w| op.eq_ignore_ascii_case(w)))
+        .then(|| Cow::Owned(name.join("/")))
 }
 
 /// The request path as the most lenient server reads it, to decide whether a request is the
@@ -253,6 +334,49 @@ mod tests {
             ("/v2/models/%2e%2e/infer", Some("..")),
             ("/v2/models/a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/p/q/infer", None),
             ("v2/models/a/infer", None),
+            // Gemini and Vertex AI, behind any prefix.
+            ("/v1beta/models/gemini-2.0-flash:generateContent", Some("gemini-2.0-flash")),
+            ("/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse", Some("gemini-2.0-flash")),
+            ("/v1/models/gemini-pro:countTokens", Some("gemini-pro")),
+            ("/v1beta/models/text-embedding-004:batchEmbedContents", Some("text-embedding-004")),
+            ("/v1beta/models/g%3AembedContent/", Some("g")),
+            ("/v1beta/tunedModels/mine:GENERATECONTENT", Some("mine")),
+            ("/gemini/v1beta/models/g:generateContent", Some("g")),
+            (
+                "/v1/projects/p/locations/us-central1/publishers/google/models/gemini-2.0-flash:streamGenerateContent",
+                Some("gemini-2.0-flash"),
+            ),
+            ("/v1beta/models/gemini-pro", None),
+            ("/v1beta/models/gemini-pro:frobnicate", None),
+            ("/v1beta/models/:generateContent", None),
+            // Amazon Bedrock: every spelling of an id is the id.
+            (
+                "/model/anthropic.claude-3-5-sonnet-20240620-v1%3A0/converse",
+                Some("anthropic.claude-3-5-sonnet-20240620-v1:0"),
+            ),
+            ("/model/a.b-v1:0/converse-stream", Some("a.b-v1:0")),
+            ("/model/a.b-v1%253A0/invoke", Some("a.b-v1:0")),
+            ("/model/a.b-v1%25253A0/invoke", Some("a.b-v1:0")),
+            ("/MODEL/a.b-v1%3a0/Invoke-With-Response-Stream/", Some("a.b-v1:0")),
+            ("/model/a.b-v1%3A0/count-tokens?x=1", Some("a.b-v1:0")),
+            ("//model//a.b-v1%3A0//converse", Some("a.b-v1:0")),
+            ("/model/a.b-v1%3A0%2Fconverse", Some("a.b-v1:0")),
+            ("/model/./a.b-v1%3A0/converse", Some("a.b-v1:0")),
+            ("/x/../model/a.b-v1%3A0/converse", Some("a.b-v1:0")),
+            ("/%6Dodel/a.b-v1%3A0/converse", Some("a.b-v1:0")),
+            ("/bedrock/model/a.b/converse", Some("a.b")),
+            (
+                "/model/arn%3Aaws%3Abedrock%3Aus-east-1%3A1%3Ainference-profile%2Fus.a.b/converse",
+                Some("arn:aws:bedrock:us-east-1:1:inference-profile/us.a.b"),
+            ),
+            (
+                &*Box::leak(format!("/model/a.b{}/converse", "/".repeat(40)).into_boxed_str()),
+                Some("a.b"),
+            ),
+            ("/model/a.b/converse/x", None),
+            ("/model/converse", None),
+            ("/api/model/a.b/converse", None),
+            ("/model/a.b/frobnicate", None),
         ];
         for (path, want) in cases {
             assert_eq!(model_from_path(path).as_deref(), *want, "{path}");
