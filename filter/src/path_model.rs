@@ -335,10 +335,19 @@ mod tests {
             ("/v2/models/a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/p/q/infer", None),
             ("v2/models/a/infer", None),
             // Gemini and Vertex AI, behind any prefix.
-            ("/v1beta/models/gemini-2.0-flash:generateContent", Some("gemini-2.0-flash")),
-            ("/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse", Some("gemini-2.0-flash")),
+            (
+                "/v1beta/models/gemini-2.0-flash:generateContent",
+                Some("gemini-2.0-flash"),
+            ),
+            (
+                "/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse",
+                Some("gemini-2.0-flash"),
+            ),
             ("/v1/models/gemini-pro:countTokens", Some("gemini-pro")),
-            ("/v1beta/models/text-embedding-004:batchEmbedContents", Some("text-embedding-004")),
+            (
+                "/v1beta/models/text-embedding-004:batchEmbedContents",
+                Some("text-embedding-004"),
+            ),
             ("/v1beta/models/g%3AembedContent/", Some("g")),
             ("/v1beta/tunedModels/mine:GENERATECONTENT", Some("mine")),
             ("/gemini/v1beta/models/g:generateContent", Some("g")),

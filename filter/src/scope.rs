@@ -281,7 +281,10 @@ mod tests {
             // Gemini, Vertex AI and Amazon Bedrock name the model in the path, in any spelling.
             ("/v1beta/models/gemini-pro:generateContent", true),
             ("/v1beta/models/gemini-pro%3AstreamGenerateContent?alt=sse", true),
-            ("/v1/projects/p/locations/l/publishers/google/models/g:generateContent", true),
+            (
+                "/v1/projects/p/locations/l/publishers/google/models/g:generateContent",
+                true,
+            ),
             ("/model/anthropic.claude-3-5-sonnet-20240620-v1%3A0/converse", true),
             ("/model/a.b-v1%253A0/CONVERSE-STREAM/", true),
             ("/model/a.b/invoke-with-response-stream?x", true),
