@@ -31,6 +31,7 @@ const CRC_NIBBLES: [u32; 16] = {
 };
 
 /// Continues CRC-32 `crc` (0 to start) over `bytes`.
+#[inline(never)]
 pub fn crc32(crc: u32, bytes: &[u8]) -> u32 {
     let mut c = !crc;
     for &b in bytes {

@@ -11,6 +11,7 @@ const MAX_SEGMENTS: usize = 16;
 /// ignored. Each segment is read as servers route it: `%XX` escapes decoded (a name may hold an
 /// escaped `/`, as Go's router and Triton read it) and keywords in any case, so that
 /// `/v2/models/m/%69nfer` is the model path a FastAPI server (KServe) serves, not a way past the filter.
+#[inline(never)]
 pub fn model_from_path(path: &str) -> Option<Cow<'_, str>> {
     let path = path.split(['?', '#']).next().unwrap_or(path);
     // Before the segments are counted: these two read paths of any length.
@@ -33,6 +34,7 @@ pub fn model_from_path(path: &str) -> Option<Cow<'_, str>> {
 }
 
 /// Whether a path segment is `word`, escaped or not, in any case.
+#[inline(never)]
 fn is(segment: &str, word: &str) -> bool {
     segment.eq_ignore_ascii_case(word) || (segment.contains('%') && percent_decode(segment).eq_ignore_ascii_case(word))
 }
@@ -136,6 +138,7 @@ const GEMINI_METHODS: &[&str] = &[
 /// `…/models/{name}:{method}` (`/v1beta/models/gemini-2.0-flash:generateContent`, Vertex AI's
 /// `/v1/projects/P/locations/L/publishers/google/models/{name}:generateContent`, behind any
 /// prefix, `tunedModels/` too), a slash at the end ignored. The `:` may be escaped.
+#[inline(never)]
 fn gemini(path: &str) -> Option<Cow<'_, str>> {
     let (before, last) = path.trim_end_matches('/').rsplit_once('/')?;
     let models = before.rsplit('/').next()?;
@@ -144,10 +147,7 @@ fn gemini(path: &str) -> Option<Cow<'_, str>> {
     }
     let last = percent_decode(last);
     let (name, method) = last.rsplit_once(':')?;
-    GEMINI_METHODS
-        .iter()
-        .any(|w| method.eq_ignore_ascii_case(w))
-        .then(|| Cow::Owned(name.to_string()))
+    one_of(method, GEMINI_METHODS).then(|| Cow::Owned(name.to_string()))
 }
 
 /// Amazon Bedrock Runtime's operations on a model (`/model/{modelId}/{operation}`).
@@ -164,37 +164,38 @@ const BEDROCK_OPERATIONS: &[&str] = &[
 /// escaped `%253A` is the same id), then read as servers route it: empty and `.` segments
 /// dropped, `..` resolved, keywords in any case. The id is everything between `model` and the
 /// operation.
+#[inline(never)]
 fn bedrock(path: &str) -> Option<Cow<'static, str>> {
-    if !(path.contains('%') || path.as_bytes().windows(5).any(|w| w.eq_ignore_ascii_case(b"model"))) {
-        return None;
-    }
     let mut bytes = path.as_bytes().to_vec();
-    for _ in 0..8 {
+    while bytes.contains(&b'%') {
         let next = decode(&bytes);
-        if next == bytes {
+        if next.len() == bytes.len() {
             break;
         }
         bytes = next;
     }
-    let text = String::from_utf8(bytes).ok()?;
-    let mut segs: Vec<&str> = Vec::new();
-    for s in text.split('/') {
-        match s {
-            "" | "." => {}
-            ".." => {
-                segs.pop();
-            }
-            s => segs.push(s),
-        }
+    let resolved = resolve(&bytes);
+    let mut p = resolved.as_slice();
+    let starts = |p: &[u8], w: &[u8]| p.get(..w.len()).is_some_and(|h| h.eq_ignore_ascii_case(w));
+    if starts(p, b"/bedrock/") {
+        p = &p[8..];
     }
-    let rest = match segs.as_slice() {
-        [m, rest @ ..] if m.eq_ignore_ascii_case("model") => rest,
-        [b, m, rest @ ..] if b.eq_ignore_ascii_case("bedrock") && m.eq_ignore_ascii_case("model") => rest,
-        _ => return None,
-    };
-    let (op, name) = rest.split_last()?;
-    (!name.is_empty() && BEDROCK_OPERATIONS.iter().any(|w| op.eq_ignore_ascii_case(w)))
-        .then(|| Cow::Owned(name.join("/")))
+    if !starts(p, b"/model/") {
+        return None;
+    }
+    let rest = &p[7..];
+    let slash = rest.iter().rposition(|b| *b == b'/')?;
+    let op = std::str::from_utf8(&rest[slash + 1..]).ok()?;
+    if slash == 0 || !one_of(op, BEDROCK_OPERATIONS) {
+        return None;
+    }
+    String::from_utf8(rest[..slash].to_vec()).ok().map(Cow::Owned)
+}
+
+/// Whether `s` is one of `words`, in any case (not inlined: the word lists stay data).
+#[inline(never)]
+fn one_of(s: &str, words: &[&str]) -> bool {
+    words.iter().any(|w| s.eq_ignore_ascii_case(w))
 }
 
 /// The request path as the most lenient server reads it, to decide whether a request is the
@@ -213,6 +214,17 @@ pub fn lenient(path: &str) -> Cow<'_, [u8]> {
         return Cow::Borrowed(path.as_bytes());
     }
     let decoded = decode(path.as_bytes());
+    let mut out = resolve(&decoded);
+    if out.is_empty() || decoded.ends_with(b"/") {
+        out.push(b'/');
+    }
+    out.make_ascii_lowercase();
+    Cow::Owned(out)
+}
+
+/// `/`-separated segments with empty and `.` ones dropped, `..` resolved and `;params` cut, as
+/// `/a/b` (empty for none).
+fn resolve(decoded: &[u8]) -> Vec<u8> {
     let mut out: Vec<u8> = Vec::with_capacity(decoded.len() + 1);
     for segment in decoded.split(|b| *b == b'/') {
         match segment.split(|b| *b == b';').next().unwrap_or_default() {
@@ -227,11 +239,7 @@ pub fn lenient(path: &str) -> Cow<'_, [u8]> {
             }
         }
     }
-    if out.is_empty() || decoded.ends_with(b"/") {
-        out.push(b'/');
-    }
-    out.make_ascii_lowercase();
-    Cow::Owned(out)
+    out
 }
 
 /// `path` without its trailing slashes.

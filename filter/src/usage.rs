@@ -4,8 +4,6 @@
 //! pieces (Gemini), AWS event-stream frames (Bedrock `converse-stream`). An absent or null count
 //! is unknown, not zero.
 
-use memchr::memmem;
-
 use crate::eventstream::EventStreamParser;
 use crate::json::{self, Json};
 use crate::json_scan::TopLevelScanner;
@@ -215,7 +213,7 @@ impl Counts {
 const WRAPPERS: [&str; 6] = ["usage", "usageMetadata", "meta", "delta", "response", "message"];
 const OPENING: usize = 5;
 /// Messages that name one of these may carry counts (the rest are not parsed).
-const NEEDLES: [&[u8]; 3] = [b"\"usage", b"eval_count\"", b"\"meta\""];
+const NEEDLES: [&[u8]; 4] = [b"usageMetadata\"", b"eval_count\"", b"prompt_eval_count\"", b"meta\""];
 
 /// Bytes of the wanted keys of a JSON body kept; real ones are a few hundred bytes.
 const USAGE_CAPTURE: usize = 16 * 1024;
@@ -450,26 +448,22 @@ fn apply(counts: &mut Counts, complete: &mut bool, reports: Vec<(RawUsage, bool)
     }
 }
 
-/// True when `data` may carry counts: it names a usage key, and a `"usage"` key's value is not
-/// `null`. OpenAI chunks carry `"usage":null` on every token, so this check spares almost every
-/// event a JSON parse.
+/// True when `data` may carry counts: it has a key of `WRAPPERS` or Ollama's, and a `"usage"`
+/// key's value is not `null`. OpenAI chunks carry `"usage":null` on every token, so this check
+/// spares almost every event a JSON parse. (One pass over the quotes: no substring searcher.)
 fn mentions_usage(data: &[u8]) -> bool {
-    if NEEDLES[1..].iter().any(|n| memmem::find(data, n).is_some()) {
-        return true;
-    }
     let mut rest = data;
-    while let Some(i) = memmem::find(rest, b"\"usage") {
-        rest = &rest[i + 6..];
-        if rest.starts_with(b"Metadata\"") {
-            return true;
-        }
-        let Some(r) = rest.strip_prefix(b"\"") else { continue };
-        rest = r;
-        let after = rest
-            .iter()
-            .position(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n' | b':'))
-            .unwrap_or(rest.len());
-        if !rest[after..].starts_with(b"null") {
+    while let Some(i) = memchr::memchr(b'"', rest) {
+        rest = &rest[i + 1..];
+        if let Some(r) = rest.strip_prefix(b"usage\"") {
+            let after = r
+                .iter()
+                .position(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n' | b':'))
+                .unwrap_or(r.len());
+            if !r[after..].starts_with(b"null") {
+                return true;
+            }
+        } else if NEEDLES.iter().any(|n| rest.starts_with(n)) {
             return true;
         }
     }
