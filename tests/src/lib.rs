@@ -8,6 +8,7 @@ pub mod backend;
 pub mod demo;
 pub mod envoy;
 pub mod pki;
+pub mod providers;
 pub mod rate_limit;
 
 use std::collections::BTreeMap;
