@@ -94,37 +94,60 @@ const REASONING: usize = 5;
 const THOUGHTS: usize = 6;
 const SLOTS: usize = 7;
 
-/// Every provider's count fields and the slot each fills; the first one present wins. OpenAI and
-/// Anthropic (snake case), Bedrock Converse (camel case), Gemini's `usageMetadata`, Ollama.
-const FIELDS: &[(&str, usize)] = &[
-    ("prompt_tokens", IN),
-    ("input_tokens", IN),
-    ("inputTokens", IN),
-    ("promptTokenCount", IN),
-    ("prompt_eval_count", IN),
-    ("completion_tokens", OUT),
-    ("output_tokens", OUT),
-    ("outputTokens", OUT),
-    ("candidatesTokenCount", OUT),
-    ("eval_count", OUT),
-    ("cache_read_input_tokens", READ),
-    ("cacheReadInputTokens", READ),
-    ("cache_creation_input_tokens", WRITE),
-    ("cacheWriteInputTokens", WRITE),
-    ("cachedContentTokenCount", CACHED),
-    ("thoughtsTokenCount", THOUGHTS),
+/// The members a usage object is read from: every provider's count fields (the first one present
+/// of a slot wins: OpenAI and Anthropic in snake case, Bedrock Converse in camel case, Gemini's
+/// `usageMetadata`, Ollama), then OpenAI's details, then Cohere's `tokens` and `billed_units`
+/// (counts used where the object itself has none; `tokens` first).
+const NAMES: [&str; 22] = [
+    "prompt_tokens",
+    "input_tokens",
+    "inputTokens",
+    "promptTokenCount",
+    "prompt_eval_count",
+    "completion_tokens",
+    "output_tokens",
+    "outputTokens",
+    "candidatesTokenCount",
+    "eval_count",
+    "cache_read_input_tokens",
+    "cacheReadInputTokens",
+    "cache_creation_input_tokens",
+    "cacheWriteInputTokens",
+    "cachedContentTokenCount",
+    "thoughtsTokenCount",
+    "prompt_tokens_details",
+    "input_tokens_details",
+    "completion_tokens_details",
+    "output_tokens_details",
+    "tokens",
+    "billed_units",
 ];
-
-/// Objects within a usage object: OpenAI's details (the slot of the count each holds), then
-/// Cohere's `tokens` and `billed_units` (counts used where the object itself has none; `tokens`
-/// first).
-const DETAILS: &[(&str, &str, usize)] = &[
-    ("prompt_tokens_details", "cached_tokens", CACHED),
-    ("input_tokens_details", "cached_tokens", CACHED),
-    ("completion_tokens_details", "reasoning_tokens", REASONING),
-    ("output_tokens_details", "reasoning_tokens", REASONING),
+/// The slot of each count field of `NAMES`, then of each details object's count.
+const SLOT: [u8; 20] = [
+    IN as u8,
+    IN as u8,
+    IN as u8,
+    IN as u8,
+    IN as u8,
+    OUT as u8,
+    OUT as u8,
+    OUT as u8,
+    OUT as u8,
+    OUT as u8,
+    READ as u8,
+    READ as u8,
+    WRITE as u8,
+    WRITE as u8,
+    CACHED as u8,
+    THOUGHTS as u8,
+    CACHED as u8,
+    CACHED as u8,
+    REASONING as u8,
+    REASONING as u8,
 ];
-const NESTED: [&str; 2] = ["tokens", "billed_units"];
+const COUNTS: usize = 16;
+/// The count inside each details object.
+const DETAIL: [&str; 4] = ["cached_tokens", "cached_tokens", "reasoning_tokens", "reasoning_tokens"];
 
 /// A usage object, read: a count per slot.
 #[derive(Debug, Default, Clone, Copy)]
@@ -138,32 +161,25 @@ impl RawUsage {
     }
 
     fn read_at(v: &Json, outer: bool) -> Option<RawUsage> {
-        let mut names: Vec<&str> = FIELDS.iter().map(|f| f.0).collect();
-        names.extend(DETAILS.iter().map(|d| d.0));
-        names.extend(NESTED);
-        let found = members(v, &names)?;
+        let found = members(v, &NAMES)?;
         let mut u = RawUsage::default();
-        for ((_, slot), x) in FIELDS.iter().zip(&found) {
-            if let Some(c) = opt(*x, Count::read)? {
-                u.0[*slot].get_or_insert(c);
-            }
-        }
-        for ((_, field, slot), x) in DETAILS.iter().zip(&found[FIELDS.len()..]) {
-            let inner = match x {
-                None | Some(Json::Null) => None,
-                Some(d) => members(d, &[field])?[0],
-            };
-            if let Some(c) = opt(inner, Count::read)? {
-                u.0[*slot].get_or_insert(c);
-            }
-        }
-        for x in &found[FIELDS.len() + DETAILS.len()..] {
-            if let (Some(x), true) = (x, outer) {
-                if let Some(inner) = opt(Some(*x), |n| RawUsage::read_at(n, false))? {
-                    for (mine, theirs) in u.0.iter_mut().zip(inner.0) {
-                        *mine = mine.or(theirs);
+        for (i, x) in found.iter().enumerate() {
+            let count = match (i, x) {
+                (_, None | Some(Json::Null)) => None,
+                (..COUNTS, Some(x)) => Some(Count::read(x)?),
+                (20.., Some(x)) => {
+                    if outer {
+                        let inner = RawUsage::read_at(x, false)?;
+                        for (mine, theirs) in u.0.iter_mut().zip(inner.0) {
+                            *mine = mine.or(theirs);
+                        }
                     }
+                    None
                 }
+                (_, Some(d)) => opt(members(d, &DETAIL[i - COUNTS..=i - COUNTS])?[0], Count::read)?,
+            };
+            if let (Some(c), Some(&slot)) = (count, SLOT.get(i)) {
+                u.0[usize::from(slot)].get_or_insert(c);
             }
         }
         Some(u)
