@@ -104,6 +104,14 @@ pub const ROUTE_RESPONSE_HEADER: &str = "x-ai-route";
 /// The response header that names the canonical model (`responseHeaders: route+model`).
 pub const MODEL_RESPONSE_HEADER: &str = "x-ai-model";
 
+/// The first of these headers that holds a count (TGI's, Bedrock's token count headers).
+#[inline(never)]
+fn count_header(h: &HeaderMap, names: [&str; 2]) -> Option<u64> {
+    names
+        .iter()
+        .find_map(|n| h.get_str(n).and_then(|v| v.trim().parse().ok()))
+}
+
 /// State of one VM (one worker thread), shared by its root and HTTP contexts.
 #[derive(Debug)]
 pub struct Vm {
@@ -688,8 +696,8 @@ impl Stream {
             self.meter.response_headers(
                 ct.as_deref(),
                 encoded,
-                number("x-prompt-tokens").or_else(|| number("x-amzn-bedrock-input-token-count")),
-                number("x-generated-tokens").or_else(|| number("x-amzn-bedrock-output-token-count")),
+                count_header(&h, ["x-prompt-tokens", "x-amzn-bedrock-input-token-count"]),
+                count_header(&h, ["x-generated-tokens", "x-amzn-bedrock-output-token-count"]),
             );
             if !encoded && !end_of_stream {
                 self.restorer = self.restorer_for(vm, ct.as_deref());

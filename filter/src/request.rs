@@ -514,14 +514,8 @@ impl RequestFlow {
         if let Some(stop) = self.body_model(cfg, &name) {
             return stop;
         }
-        if K_MAX_TOKENS.iter().any(|&k| scanner.count(k) > 1) {
-            // The estimate would read one, the backend maybe the other.
-            let r = Reject::new(
-                RejectReason::InvalidJson,
-                "The request body repeats a top-level `max_tokens`, `max_completion_tokens` or `max_output_tokens`; send each once.",
-            );
-            self.deny(r.reason);
-            return BodyAction::Reject(r);
+        if let Some(stop) = self.repeated_limit(&scanner) {
+            return stop;
         }
         let mut edits = Vec::new();
         if let Some((model, _)) = self.matched(cfg) {
@@ -547,6 +541,20 @@ impl RequestFlow {
             }
         }
         self.let_go(cfg, edits)
+    }
+
+    /// A token limit key given twice: refused (the estimate would read one, the backend maybe the
+    /// other).
+    #[inline(never)]
+    fn repeated_limit(&mut self, scanner: &TopLevelScanner) -> Option<BodyAction> {
+        if !K_MAX_TOKENS.iter().any(|&k| scanner.count(k) > 1) {
+            return None;
+        }
+        self.deny(RejectReason::InvalidJson);
+        Some(BodyAction::Reject(Reject::new(
+            RejectReason::InvalidJson,
+            "The request body repeats `max_tokens`, `max_completion_tokens` or `max_output_tokens`; send each once.",
+        )))
     }
 
     /// The model the body named: a blank one is missing when a model is required; otherwise it
