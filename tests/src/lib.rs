@@ -9,6 +9,7 @@ pub mod demo;
 pub mod envoy;
 pub mod pki;
 pub mod process;
+pub mod providers;
 pub mod rate_limit;
 
 use std::collections::BTreeMap;
