@@ -160,11 +160,13 @@ func validate(t *testing.T, docs []doc) {
 }
 
 // Istio-only filters off, through istiod's own settings, so that the config runs in plain Envoy:
-// no metadata exchange (PILOT_ENABLE_METADATA_EXCHANGE=false), and the default mesh config has no
+// no metadata exchange (PILOT_ENABLE_METADATA_EXCHANGE=false), no istio.alpn HTTP filter
+// (PILOT_ENABLE_ALPN_FILTER=false), and the default mesh config has no
 // telemetry default provider (no istio.stats filter).
 func istiod(t *testing.T, docs []doc, fixtures string) *xds.FakeDiscoveryServer {
 	t.Helper()
 	test.SetForTest(t, &features.MetadataExchange, false)
+	test.SetForTest(t, &features.ALPNFilter, false)
 	all := splitDocs(t, fixtures)
 	all = append(all, docs...)
 	m := mesh.DefaultMeshConfig()
