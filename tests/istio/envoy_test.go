@@ -446,3 +446,53 @@ func TestSidecarConfigInEnvoy(t *testing.T) {
 	e.waitMetric(t, `model_router_tokens_total{model="llama",destination="llama-v2",type="output"}`, fmt.Sprint(5*v2.count()))
 	e.waitMetric(t, `model_router_rejected_total{model="private",reason="model_access_denied"}`, "1")
 }
+
+// TestGatewayConfigInEnvoy: the Gateway API gateway as istiod programs it (listener 0.0.0.0_80,
+// route http.80 from the HTTPRoute), in Envoy 1.40 with the filter: routed by body model to the
+// destination Services' clusters, tokens counted.
+func TestGatewayConfigInEnvoy(t *testing.T) {
+	docs := renderGateway(t)
+	s := istiod(t, docs, gatewayFixtures())
+	gw := gatewayProxy(s, "ai-gateway", "10.0.0.30")
+	g := generate(s, gw)
+	w := ecdsFor(t, s, gw, ecdsName)
+
+	v1, v2 := startBackend(t, "v1"), startBackend(t, "v2")
+	port := freePort(t)
+	l := offline(t, xdstest.ExtractListener("0.0.0.0_80", g.listeners), port, g.routes, map[string]*anypb.Any{ecdsName: localModule(t, w)})
+	var clusters []*cluster.Cluster
+	for name, b := range map[string]*backend{
+		"outbound|8000||llama-v1.ai.svc.cluster.local": v1,
+		"outbound|8000||llama-v2.ai.svc.cluster.local": v2,
+	} {
+		c := g.clusters[name]
+		if c == nil {
+			t.Fatalf("istiod programs no cluster %s", name)
+		}
+		clusters = append(clusters, staticCluster(c, b.port))
+	}
+	for _, name := range []string{"BlackHoleCluster"} {
+		if c := g.clusters[name]; c != nil {
+			clusters = append(clusters, c)
+		}
+	}
+	e := startEnvoy(t, istioNode("router", "10.0.0.30", "ai-gateway-istio-6f7c9d8b4-k2m9x", "ai", "ai-gateway-istio",
+		map[string]string{"gateway.networking.k8s.io/gateway-name": "ai-gateway"}), l, clusters)
+
+	for i := 0; i < 40 && (v1.count() == 0 || v2.count() == 0); i++ {
+		r := e.post(t, "llm.example.com", "/v1/chat/completions", chat("llama"))
+		if r.status != 200 {
+			t.Fatalf("llama: %d %s", r.status, r.body)
+		}
+	}
+	t.Logf("routed by body model through the HTTPRoute istiod translated: v1 %d, v2 %d", v1.count(), v2.count())
+	if v1.count() == 0 || v2.count() == 0 {
+		t.Errorf("the split reached v1 %d times, v2 %d times", v1.count(), v2.count())
+	}
+	// An unknown model is refused by the filter (onUnknownModel: reject), not routed.
+	if r := e.post(t, "llm.example.com", "/v1/chat/completions", chat("nope")); r.status != 404 && r.status != 400 {
+		t.Errorf("unknown model: %d %s", r.status, r.body)
+	}
+	e.waitMetric(t, `model_router_tokens_total{model="llama",destination="llama-v1",type="input"}`, fmt.Sprint(7*v1.count()))
+	e.waitMetric(t, `model_router_tokens_total{model="llama",destination="llama-v2",type="output"}`, fmt.Sprint(5*v2.count()))
+}

@@ -168,7 +168,9 @@ func istiod(t *testing.T, docs []doc, fixtures string) *xds.FakeDiscoveryServer 
 	test.SetForTest(t, &features.MetadataExchange, false)
 	test.SetForTest(t, &features.ALPNFilter, false)
 	all := splitDocs(t, fixtures)
-	all = append(all, docs...)
+	for _, d := range docs {
+		all = append(all, apiServerDefaults(t, d))
+	}
 	m := mesh.DefaultMeshConfig()
 	return xds.NewFakeDiscoveryServer(t, xds.FakeOptions{
 		ConfigString:           join(all, istioKinds),
@@ -290,3 +292,36 @@ func listenersWith(t *testing.T, ls []*listener.Listener, filter string) []strin
 }
 
 var _ = core.TrafficDirection_OUTBOUND
+
+// apiServerDefaults applies what the Kubernetes API server adds to an object from its CRD's
+// defaults before any controller reads it, where Istio's controllers rely on it: an HTTPRoute
+// match without `path` is stored as `path: {type: PathPrefix, value: /}` (the Gateway API CRD
+// default; Istio's converter dereferences it). The fake kube client does no defaulting.
+func apiServerDefaults(t *testing.T, d doc) doc {
+	t.Helper()
+	if d.Kind != "HTTPRoute" {
+		return d
+	}
+	var obj map[string]any
+	if err := yaml.Unmarshal([]byte(d.Text), &obj); err != nil {
+		t.Fatal(err)
+	}
+	spec, _ := obj["spec"].(map[string]any)
+	rules, _ := spec["rules"].([]any)
+	for _, r := range rules {
+		rule, _ := r.(map[string]any)
+		matches, _ := rule["matches"].([]any)
+		for _, m := range matches {
+			match, _ := m.(map[string]any)
+			if match != nil && match["path"] == nil {
+				match["path"] = map[string]any{"type": "PathPrefix", "value": "/"}
+			}
+		}
+	}
+	b, err := yaml.Marshal(obj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.Text = string(b)
+	return d
+}

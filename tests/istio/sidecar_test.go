@@ -63,8 +63,11 @@ func renderSidecar(t *testing.T) []doc {
 
 // ecds returns the Wasm config istiod serves over ECDS under `name` to `proxy`.
 func ecds(t *testing.T, s *xds.FakeDiscoveryServer, proxyLabels map[string]string, name string) *wasm.Wasm {
+	return ecdsFor(t, s, sidecar(s, "client", "ai", "client", "10.0.0.2", proxyLabels), name)
+}
+
+func ecdsFor(t *testing.T, s *xds.FakeDiscoveryServer, p *model.Proxy, name string) *wasm.Wasm {
 	t.Helper()
-	p := sidecar(s, "client", "ai", "client", "10.0.0.2", proxyLabels)
 	ecs := s.ConfigGen.BuildExtensionConfiguration(p, s.PushContext(), []string{name}, nil)
 	if len(ecs) != 1 {
 		t.Fatalf("istiod serves %d ECDS entries named %s", len(ecs), name)
