@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 
+	"google.golang.org/protobuf/encoding/protojson"
+
 	"istio.io/istio/pilot/pkg/model"
 	"istio.io/istio/pilot/test/xds"
 	"istio.io/istio/pilot/test/xdstest"
@@ -19,6 +21,9 @@ models:
     destinations:
       - {name: llama-v1, weight: 50, host: llama-v1.ai.svc.cluster.local, port: 8000}
       - {name: llama-v2, weight: 50, host: llama-v2.ai.svc.cluster.local, port: 8000}
+  - name: gpt-4o
+    destinations:
+      - {name: openai, host: api.openai.com, port: 443}
 `
 
 func gatewayFixtures() string {
@@ -70,7 +75,9 @@ spec:
 func renderGateway(t *testing.T) []doc {
 	t.Helper()
 	docs := splitDocs(t, wasmpack(t, gatewayConfig, "--namespace", "ai", "--gateway", "ai-gateway", "--hostname", "llm.example.com"))
-	for _, w := range []string{"EnvoyFilter/model-router-extension", "EnvoyFilter/model-router", "HTTPRoute/model-router-routes"} {
+	for _, w := range []string{"EnvoyFilter/model-router-extension", "EnvoyFilter/model-router", "HTTPRoute/model-router-routes",
+		"ServiceEntry/model-router-api-openai-com", "DestinationRule/model-router-api-openai-com-tls",
+		"AuthorizationPolicy/model-router-llama-v1-callers"} {
 		if !slices.Contains(kinds(docs), w) {
 			t.Fatalf("the render has no %s: %v", w, kinds(docs))
 		}
@@ -127,5 +134,24 @@ func TestGatewayRenderThroughIstiod(t *testing.T) {
 	checkRoutes(t, s.RoutesFromListeners(gw, ls), "http.80", "llm.example.com:80", []string{
 		"x-ai-route=llama-v1 -> outbound|8000||llama-v1.ai.svc.cluster.local",
 		"x-ai-route=llama-v2 -> outbound|8000||llama-v2.ai.svc.cluster.local",
+		"x-ai-route=openai -> outbound|80||api.openai.com",
 	})
+
+	// ServiceEntry + DestinationRule → the external provider's cluster originates TLS with SNI.
+	openai := xdstest.ExtractClusters(s.Clusters(gw))["outbound|80||api.openai.com"]
+	if openai == nil {
+		t.Fatalf("no cluster for api.openai.com")
+	}
+	js, _ := protojson.Marshal(openai)
+	if !strings.Contains(string(js), `"sni":"api.openai.com"`) || !strings.Contains(string(js), "envoy.transport_sockets.tls") {
+		t.Errorf("api.openai.com's cluster does not originate TLS with SNI: %s", js)
+	}
+	if !strings.Contains(string(js), `"portValue":443`) {
+		t.Errorf("api.openai.com's cluster does not send to port 443: %s", js)
+	}
+
+	// AuthorizationPolicy → RBAC on each model pod's inbound listener naming the gateway's account.
+	v1 := sidecar(s, "llama-v1", "ai", "llama", "10.0.0.11", map[string]string{"app": "llama-v1"})
+	checkRBAC(t, s, v1, "model-router-llama-v1-callers", "spiffe://cluster.local/ns/ai/sa/ai-gateway-istio", true)
+	checkRBAC(t, s, v1, "model-router-llama-v2-callers", "spiffe://cluster.local/ns/ai/sa/ai-gateway-istio", false)
 }

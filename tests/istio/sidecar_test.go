@@ -139,8 +139,8 @@ func TestSidecarRenderThroughIstiod(t *testing.T) {
 	}
 
 	// AuthorizationPolicy → RBAC on the model pods' inbound listener naming the principal.
-	checkRBAC(t, s, model, "spiffe://cluster.local/ns/ai/sa/client", true)
-	checkRBAC(t, s, client, "spiffe://cluster.local/ns/ai/sa/client", false)
+	checkRBAC(t, s, model, "model-router-llama-callers", "spiffe://cluster.local/ns/ai/sa/client", true)
+	checkRBAC(t, s, client, "model-router-llama-callers", "spiffe://cluster.local/ns/ai/sa/client", false)
 }
 
 func stringValue(t *testing.T, w *wasm.Wasm) string {
@@ -212,7 +212,7 @@ func checkRoutes(t *testing.T, rcs []*route.RouteConfiguration, rcName, vhName s
 }
 
 // checkRBAC: does an inbound RBAC filter of the proxy's listeners name the principal?
-func checkRBAC(t *testing.T, s *xds.FakeDiscoveryServer, proxy *model.Proxy, principal string, want bool) {
+func checkRBAC(t *testing.T, s *xds.FakeDiscoveryServer, proxy *model.Proxy, policy, principal string, want bool) {
 	t.Helper()
 	found := false
 	for _, l := range s.Listeners(proxy) {
@@ -227,14 +227,14 @@ func checkRBAC(t *testing.T, s *xds.FakeDiscoveryServer, proxy *model.Proxy, pri
 				}
 				r := xdstest.UnmarshalAny[rbac.RBAC](t, f.GetTypedConfig())
 				js, _ := protojson.Marshal(r)
-				if strings.Contains(string(js), "model-router-llama-callers") && strings.Contains(string(js), principalMatch(principal)) {
+				if strings.Contains(string(js), "policy["+policy+"]") && strings.Contains(string(js), principalMatch(principal)) {
 					found = true
 				}
 			}
 		}
 	}
 	if found != want {
-		t.Errorf("RBAC naming %s in %s's listeners: %v, want %v", principal, proxy.ID, found, want)
+		t.Errorf("RBAC of %s naming %s in %s's listeners: %v, want %v", policy, principal, proxy.ID, found, want)
 	}
 }
 
