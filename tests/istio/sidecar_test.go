@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	rbac "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
 	wasm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/wasm/v3"
@@ -22,6 +23,7 @@ import (
 // DestinationRule and VirtualService for the model host, an AuthorizationPolicy on the model pods.
 const sidecarConfig = `bodyRouting: true
 onUnknownModel: reject
+maxBodyBytes: 8388608
 models:
   - name: llama
     allow: ["spiffe://cluster.local/ns/ai/sa/client"]
@@ -52,7 +54,7 @@ func renderSidecar(t *testing.T) []doc {
 		"--allow-principal", "cluster.local/ns/ai/sa/client"))
 	want := []string{"EnvoyFilter/model-router-extension", "EnvoyFilter/model-router",
 		"DestinationRule/model-router-llama", "VirtualService/model-router-llama",
-		"AuthorizationPolicy/model-router-llama-callers"}
+		"AuthorizationPolicy/model-router-llama-callers", "EnvoyFilter/model-router-buffer-limit"}
 	for _, w := range want {
 		if !slices.Contains(kinds(docs), w) {
 			t.Fatalf("the render has no %s: %v", w, kinds(docs))
@@ -112,6 +114,11 @@ func TestSidecarRenderThroughIstiod(t *testing.T) {
 			t.Errorf("the filter is in %s's listeners %v, outside the selector", p.name, p.ls)
 		}
 	}
+
+	// The LISTENER MERGE patch: the outbound listener of the model port holds 8 MiB bodies, the
+	// selected workload's other listeners and other workloads keep Envoy's default.
+	checkBufferLimit(t, ls, "0.0.0.0_8000", 8388608)
+	checkBufferLimit(t, s.Listeners(other), "0.0.0.0_8000", 0)
 
 	// The EXTENSION_CONFIG patch → the ECDS entry the filter references.
 	w := ecds(t, s, map[string]string{"app": "client"}, ecdsName)
@@ -241,3 +248,16 @@ func checkRBAC(t *testing.T, s *xds.FakeDiscoveryServer, proxy *model.Proxy, pol
 func principalMatch(p string) string { return strings.TrimPrefix(p, "spiffe://") }
 
 var _ = time.Second
+
+func checkBufferLimit(t *testing.T, ls []*listener.Listener, name string, want uint32) {
+	t.Helper()
+	for _, l := range ls {
+		got := l.GetPerConnectionBufferLimitBytes().GetValue()
+		if l.Name == name && got != want {
+			t.Errorf("listener %s buffer limit %d, want %d", l.Name, got, want)
+		}
+		if l.Name != name && got == 8388608 {
+			t.Errorf("listener %s got the buffer limit too", l.Name)
+		}
+	}
+}
