@@ -35,8 +35,8 @@ import (
 	endpoint "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
-	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	wasm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/wasm/v3"
+	hcm "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -231,8 +231,8 @@ func startEnvoy(t *testing.T, node map[string]any, l *listener.Listener, cluster
 		cs = append(cs, mustJSON(t, c))
 	}
 	boot := map[string]any{
-		"node":  node,
-		"admin": map[string]any{"address": map[string]any{"socket_address": map[string]any{"address": "127.0.0.1", "port_value": admin}}},
+		"node":         node,
+		"admin":        map[string]any{"address": map[string]any{"socket_address": map[string]any{"address": "127.0.0.1", "port_value": admin}}},
 		"stats_config": map[string]any{"use_all_default_tags": false, "stats_tags": tags},
 		"static_resources": map[string]any{
 			"listeners": []json.RawMessage{mustJSON(t, l)},

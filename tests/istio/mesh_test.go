@@ -13,7 +13,6 @@ import (
 	"strings"
 	"testing"
 
-	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	"sigs.k8s.io/yaml"
 
@@ -290,8 +289,6 @@ func listenersWith(t *testing.T, ls []*listener.Listener, filter string) []strin
 	}
 	return out
 }
-
-var _ = core.TrafficDirection_OUTBOUND
 
 // apiServerDefaults applies what the Kubernetes API server adds to an object from its CRD's
 // defaults before any controller reads it, where Istio's controllers rely on it: an HTTPRoute

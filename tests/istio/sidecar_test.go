@@ -5,7 +5,6 @@ import (
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	listener "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	route "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
@@ -246,8 +245,6 @@ func checkRBAC(t *testing.T, s *xds.FakeDiscoveryServer, proxy *model.Proxy, pol
 }
 
 func principalMatch(p string) string { return strings.TrimPrefix(p, "spiffe://") }
-
-var _ = time.Second
 
 func checkBufferLimit(t *testing.T, ls []*listener.Listener, name string, want uint32) {
 	t.Helper()

@@ -6,8 +6,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"istio.io/istio/pilot/test/xdstest"
 )
 
 // Path routing only (bodyRouting: false): a plain WasmPlugin, or a TrafficExtension
@@ -146,5 +144,4 @@ spec:
 		client := sidecar(s, "client", "ai", "client", "10.0.0.2", map[string]string{"app": "client"})
 		checkRoutes(t, s.Routes(client), "8000", "llama.ai.svc.cluster.local:8000", ours)
 	})
-	_ = xdstest.ExtractListenerNames
 }
