@@ -33,6 +33,30 @@ pub fn model_from_path(path: &str) -> Option<Cow<'_, str>> {
     (!name.is_empty()).then_some(name)
 }
 
+/// The `model` query parameter, read as web frameworks read a query (Starlette/FastAPI, Go,
+/// Node): pairs split on `&`, key and value `+`-as-space and `%XX`-decoded; the key in any case
+/// (a server that tells `Model` from `model` reads a subset). `Err` when it is given twice.
+#[inline(never)]
+pub fn query_model(path: &str) -> Result<Option<String>, ()> {
+    let Some((_, query)) = path.split_once('?') else {
+        return Ok(None);
+    };
+    let query = query.split('#').next().unwrap_or(query);
+    let form = |s: &str| percent_decode(&s.replace('+', " ")).into_owned();
+    let mut found = None;
+    for pair in query.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if !form(k).eq_ignore_ascii_case("model") {
+            continue;
+        }
+        if found.is_some() {
+            return Err(());
+        }
+        found = Some(form(v));
+    }
+    Ok(found)
+}
+
 /// Whether a path segment is `word`, escaped or not, in any case.
 #[inline(never)]
 fn is(segment: &str, word: &str) -> bool {
@@ -281,6 +305,26 @@ pub fn percent_decode(s: &str) -> Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_model_query_parameter() {
+        let cases: &[(&str, Result<Option<&str>, ()>)] = &[
+            ("/v1/realtime", Ok(None)),
+            ("/v1/realtime?model=gpt-4o", Ok(Some("gpt-4o"))),
+            ("/v1/realtime?a=1&Model=x+y%2Fz#frag", Ok(Some("x y/z"))),
+            ("/v1/realtime?%6Dodel=x", Ok(Some("x"))),
+            ("/v1/realtime?model", Ok(Some(""))),
+            ("/v1/realtime?models=x&amodel=y", Ok(None)),
+            ("/v1/realtime?model=a&model=a", Err(())),
+        ];
+        for (path, want) in cases {
+            assert_eq!(
+                query_model(path).as_ref().map(|o| o.as_deref()),
+                want.as_ref().map(|o| *o),
+                "{path}"
+            );
+        }
+    }
 
     #[test]
     fn table() {

@@ -5,7 +5,7 @@ use crate::config::{Config, Model, Policy};
 use crate::form_scan::{self, FormScanner};
 use crate::json::Json;
 use crate::json_scan::{Found, TopLevelScanner};
-use crate::path_model::model_from_path;
+use crate::path_model::{model_from_path, query_model};
 use crate::reply::{Reject, RejectReason};
 use crate::routing::{pick, Pick};
 
@@ -170,6 +170,9 @@ pub struct RequestFlow {
     form: bool,
     /// The model name as the client sent it.
     requested: Option<String>,
+    /// The `model` query parameter of a request whose body is read: the body's model must be
+    /// the same (a server such as LiteLLM prefers the query's), and stands in for a missing one.
+    query_model: Option<String>,
     /// The largest `max_tokens` / `max_completion_tokens` / `max_output_tokens` the body asked for.
     max_tokens: Option<u64>,
 }
@@ -189,6 +192,7 @@ impl Default for RequestFlow {
             from_body: false,
             form: false,
             requested: None,
+            query_model: None,
             max_tokens: None,
         }
     }
@@ -325,7 +329,27 @@ impl RequestFlow {
             self.outcome = Outcome::OutOfScope;
             return continue_untouched();
         }
-        if let Some(name) = model_from_path(req.path) {
+        // A `model` query parameter names the model too (OpenAI's Realtime API; LiteLLM reads it
+        // before the body's): it is checked like any other way of naming one.
+        let query = match query_model(req.path) {
+            Ok(q) => q,
+            Err(()) => {
+                return HeadersAction::Reject(
+                    self.conflict("The query string names `model` more than once; send it once."),
+                )
+            }
+        };
+        let path_model = model_from_path(req.path);
+        if let (Some(p), Some(q)) = (path_model.as_deref(), query.as_deref()) {
+            if p != q {
+                return HeadersAction::Reject(
+                    self.conflict("The path and the `model` query parameter name different models; send one."),
+                );
+            }
+        }
+        let bodiless = !has_inspectable_body(req.method) || req.end_of_stream || req.content_length == Some(0);
+        let from_headers = path_model.or_else(|| query.as_deref().filter(|_| bodiless).map(std::borrow::Cow::Borrowed));
+        if let Some(name) = from_headers {
             self.inspected = true;
             return match self.route(cfg, &name, true) {
                 Ok(()) => HeadersAction::Continue {
@@ -358,6 +382,7 @@ impl RequestFlow {
         }
         self.outcome = Outcome::Pending;
         self.inspected = true;
+        self.query_model = query;
         self.takes_stream_options = takes_stream_options(req.path);
         // The whole body is read and checked whenever its model is used: a backend must never
         // see a body the filter understood differently (a repeated key, trailing bytes). Bodies
@@ -560,6 +585,9 @@ impl RequestFlow {
     /// The model the body named: a blank one is missing when a model is required; otherwise it
     /// is resolved and routed. `Some` when that ends the request's reading (a refusal).
     fn body_model(&mut self, cfg: &Config, name: &str) -> Option<BodyAction> {
+        if self.query_model.as_deref().is_some_and(|q| q != name) {
+            return Some(self.duplicate_model("The body's `model` and the `model` query parameter differ; send one."));
+        }
         if name.trim().is_empty() && cfg.on_missing_model == Policy::Reject {
             return Some(self.missing(cfg));
         }
@@ -664,7 +692,21 @@ impl RequestFlow {
         set
     }
 
+    /// Two names of the model that differ: which one a server uses is its choice, so neither is.
+    fn conflict(&mut self, message: &str) -> Reject {
+        self.inspected = true;
+        self.outcome = Outcome::Rejected(RejectReason::DuplicateModel);
+        Reject::new(RejectReason::DuplicateModel, message)
+    }
+
     fn missing(&mut self, cfg: &Config) -> BodyAction {
+        // The body names none: the query's model is the model (as the server will read it).
+        if let Some(name) = self.query_model.take() {
+            return match self.route(cfg, &name, self.held) {
+                Ok(()) => self.let_go(cfg, Vec::new()),
+                Err(r) => BodyAction::Reject(r),
+            };
+        }
         if cfg.on_missing_model == Policy::Reject {
             self.outcome = Outcome::Rejected(RejectReason::ModelRequired);
             return BodyAction::Reject(Reject::new(
@@ -1103,6 +1145,54 @@ mod tests {
                 String::from_utf8_lossy(body)
             );
             assert_eq!(f.outcome(), &Outcome::Rejected(RejectReason::InvalidJson));
+        }
+    }
+
+    #[test]
+    fn a_model_in_the_query_is_checked_like_any_other() {
+        let cfg = cfg_with(r#""bodyRouting": true,"#);
+        // OpenAI's Realtime API: a WebSocket GET, the model in the query.
+        let get = RequestInfo {
+            method: "GET",
+            path: "/v1/realtime?model=gpt%2D4o",
+            end_of_stream: true,
+            ..Default::default()
+        };
+        let (f, h, _) = run(&cfg, &get, b"", true);
+        assert!(matches!(h, HeadersAction::Continue { .. }), "{h:?}");
+        assert_eq!(routed_name(&cfg, &f), Some(("gpt-4o".into(), "openai".into())));
+        // A body whose model differs from the query's (LiteLLM serves the query's): refused.
+        let body = br#"{"model":"bge-small","messages":[]}"#;
+        for path in [
+            "/v1/chat/completions?model=gpt-4o",
+            "/chat/completions?x=1&MODEL=gpt-4o",
+        ] {
+            let (f, _, b) = run(&cfg, &post(path, body.len()), body, true);
+            assert!(
+                matches!(&b, Some(BodyAction::Reject(r)) if r.reason == RejectReason::DuplicateModel),
+                "{path}: {b:?}"
+            );
+            assert_eq!(f.outcome(), &Outcome::Rejected(RejectReason::DuplicateModel));
+        }
+        // The same model in both, or only in the query: that model.
+        let same = br#"{"model":"gpt-4o","messages":[]}"#;
+        let (f, _, _) = run(&cfg, &post("/v1/chat/completions?model=gpt-4o", same.len()), same, true);
+        assert_eq!(routed_name(&cfg, &f), Some(("gpt-4o".into(), "openai".into())));
+        let none = br#"{"messages":[]}"#;
+        let (f, _, b) = run(&cfg, &post("/v1/chat/completions?model=gpt-4o", none.len()), none, true);
+        assert!(matches!(b, Some(BodyAction::Continue { .. })), "{b:?}");
+        assert_eq!(routed_name(&cfg, &f), Some(("gpt-4o".into(), "openai".into())));
+        // Twice in the query, or a path model the query contradicts: refused from the headers.
+        for path in [
+            "/v1/realtime?model=gpt-4o&model=bge-small",
+            "/v2/models/resnet/infer?model=gpt-4o",
+        ] {
+            let (f, h, _) = run(&cfg, &post(path, 2), b"{}", true);
+            assert!(
+                matches!(&h, HeadersAction::Reject(r) if r.reason == RejectReason::DuplicateModel),
+                "{path}: {h:?}"
+            );
+            assert_eq!(f.outcome(), &Outcome::Rejected(RejectReason::DuplicateModel));
         }
     }
 

@@ -66,6 +66,8 @@ pub const ROOTED: &[&str] = &[
     "embed",
     "invocations",
     "models",
+    // OpenAI's Realtime API (a WebSocket; its model is the `model` query parameter).
+    "realtime",
 ];
 
 /// `v1`, `v4`, `v1beta`, `v1alpha1`, `v2beta3`: an API version segment.
