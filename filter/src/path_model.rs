@@ -33,11 +33,15 @@ pub fn model_from_path(path: &str) -> Option<Cow<'_, str>> {
     (!name.is_empty()).then_some(name)
 }
 
+/// `model` given more than once in a query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Repeated;
+
 /// The `model` query parameter, read as web frameworks read a query (Starlette/FastAPI, Go,
 /// Node): pairs split on `&`, key and value `+`-as-space and `%XX`-decoded; the key in any case
 /// (a server that tells `Model` from `model` reads a subset). `Err` when it is given twice.
 #[inline(never)]
-pub fn query_model(path: &str) -> Result<Option<String>, ()> {
+pub fn query_model(path: &str) -> Result<Option<String>, Repeated> {
     let Some((_, query)) = path.split_once('?') else {
         return Ok(None);
     };
@@ -50,7 +54,7 @@ pub fn query_model(path: &str) -> Result<Option<String>, ()> {
             continue;
         }
         if found.is_some() {
-            return Err(());
+            return Err(Repeated);
         }
         found = Some(form(v));
     }
@@ -308,14 +312,14 @@ mod tests {
 
     #[test]
     fn the_model_query_parameter() {
-        let cases: &[(&str, Result<Option<&str>, ()>)] = &[
+        let cases: &[(&str, Result<Option<&str>, Repeated>)] = &[
             ("/v1/realtime", Ok(None)),
             ("/v1/realtime?model=gpt-4o", Ok(Some("gpt-4o"))),
             ("/v1/realtime?a=1&Model=x+y%2Fz#frag", Ok(Some("x y/z"))),
             ("/v1/realtime?%6Dodel=x", Ok(Some("x"))),
             ("/v1/realtime?model", Ok(Some(""))),
             ("/v1/realtime?models=x&amodel=y", Ok(None)),
-            ("/v1/realtime?model=a&model=a", Err(())),
+            ("/v1/realtime?model=a&model=a", Err(Repeated)),
         ];
         for (path, want) in cases {
             assert_eq!(
