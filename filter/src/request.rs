@@ -333,7 +333,7 @@ impl RequestFlow {
         // before the body's): it is checked like any other way of naming one.
         let query = match query_model(req.path) {
             Ok(q) => q,
-            Err(()) => {
+            Err(_) => {
                 return HeadersAction::Reject(
                     self.conflict("The query string names `model` more than once; send it once."),
                 )
