@@ -9,6 +9,8 @@
 use std::cell::{Cell, OnceCell, RefCell};
 
 use crate::config::{Config, IdentitySource, InferenceModelHeader, ResponseHeaders, INFERENCE_MODEL_HEADER};
+use crate::health::Health;
+use crate::routing::Via;
 use crate::header_map::HeaderMap;
 use crate::hold::{HoldNet, Permit, TICK_MS};
 use crate::identity::{self, Direction, NodeKind, Source};
@@ -98,6 +100,8 @@ pub const FS_MODEL: &str = "model_router.model";
 pub const FS_DESTINATION: &str = "model_router.destination";
 pub const FS_INPUT_TOKENS: &str = "model_router.input_tokens";
 pub const FS_OUTPUT_TOKENS: &str = "model_router.output_tokens";
+/// How failover placed the request: `destination`, `fallback`, `trial` or `unavailable`.
+pub const FS_FAILOVER: &str = "model_router.failover";
 
 /// The response header that names the destination the filter chose.
 pub const ROUTE_RESPONSE_HEADER: &str = "x-ai-route";
@@ -134,6 +138,11 @@ pub struct Vm {
     logged_identity: Cell<bool>,
     /// The proxy's secret for placing callers' buckets (`policy::bucket_seed`), once read.
     bucket_seed: Cell<Option<u64>>,
+    /// Failover: the shared-data key of the breakers, and how many there are (0: off).
+    health_key: String,
+    health_slots: usize,
+    /// The breakers' gauges were set from the shared table.
+    announced: Cell<bool>,
 }
 
 /// What the proxy's node tells about where the filter runs.
@@ -146,6 +155,15 @@ struct NodeInfo {
     /// or the older top-level `listener_direction`, as its node was found.
     direction: &'static [&'static str],
 }
+
+/// Envoy's `response.flags` (`StreamInfo::legacyResponseFlags()`: bit n is `CoreResponseFlag` n):
+/// `UH` no healthy upstream, `UT` upstream request timeout, `UR` upstream remote reset, `UF`
+/// upstream connection failure, `UC` upstream connection termination.
+pub const FLAG_NO_HEALTHY_UPSTREAM: u64 = 0x2;
+pub const FLAG_REQUEST_TIMEOUT: u64 = 0x4;
+pub const FLAG_REMOTE_RESET: u64 = 0x10;
+pub const FLAG_CONNECT_FAILURE: u64 = 0x20;
+pub const FLAG_CONNECTION_TERMINATION: u64 = 0x40;
 
 /// How long past its timeout the tick waits for a rate limit answer the host never delivered.
 pub const CALLOUT_GRACE_NS: u64 = 1_000_000_000;
@@ -162,6 +180,16 @@ impl Vm {
             .map(|r| rls::grpc_service(&r.cluster))
             .unwrap_or_default();
         let stats = StatNames::new(&config);
+        let health_slots = if config.failover.is_some() {
+            config.models.iter().map(|m| m.destinations.len()).sum()
+        } else {
+            0
+        };
+        let health_key = if health_slots > 0 {
+            crate::health::key(&config)
+        } else {
+            String::new()
+        };
         Vm {
             config,
             hold: RefCell::new(HoldNet::default()),
@@ -178,6 +206,47 @@ impl Vm {
             node: OnceCell::new(),
             logged_identity: Cell::new(false),
             bucket_seed: Cell::new(None),
+            health_key,
+            health_slots,
+            announced: Cell::new(false),
+        }
+    }
+
+    /// The breakers' gauges, once per VM, from the shared table; the table for this request.
+    fn health<H: Host>(&self, host: &mut H) -> crate::health::Table {
+        let t = crate::health::read(host, &self.health_key, self.health_slots);
+        if !self.announced.replace(true) {
+            let mut i = 0;
+            for m in &self.config.models {
+                for d in &m.destinations {
+                    host.metric(&telemetry::destination_state(&m.name, &d.name, t.get(i).state));
+                    i += 1;
+                }
+            }
+        }
+        t
+    }
+
+    /// Applies `f` to a breaker; a change of state is set on its gauge (and an opening logged).
+    fn breaker<H: Host>(&self, host: &mut H, at: (usize, usize, usize), f: impl Fn(Health) -> Health) {
+        let (m, d, slot) = at;
+        let Some((before, after)) = crate::health::update(host, &self.health_key, self.health_slots, slot, f) else {
+            return;
+        };
+        let (Some(m), true) = (self.config.models.get(m), before.state != after.state) else {
+            return;
+        };
+        let Some(d) = m.destinations.get(d) else { return };
+        host.metric(&telemetry::destination_state(&m.name, &d.name, after.state));
+        if after.state == crate::health::OPEN {
+            host.log(
+                LogLevel::Warn,
+                &("model-router: destination `".to_string()
+                    + &d.name
+                    + "` of model `"
+                    + &m.name
+                    + "` is failing: no new requests until its probation ends"),
+            );
         }
     }
 
@@ -480,6 +549,9 @@ pub struct Stream {
     /// When the calls were made (a failure that took the whole timeout is a timeout, whatever
     /// status the host reports: Envoy turns its own deadline into UNAVAILABLE).
     asked_ns: u64,
+    /// Failover: the (model, destination, breaker slot) the request went to and when, until its
+    /// outcome is counted.
+    sent: Option<((usize, usize, usize), u64)>,
 }
 
 /// What admission decided.
@@ -508,6 +580,7 @@ impl Stream {
             waiting: Vec::new(),
             refusal: None,
             asked_ns: 0,
+            sent: None,
         }
     }
 
@@ -557,6 +630,10 @@ impl Stream {
         };
         if permit == Permit::Probe {
             host.metric(&telemetry::hold_probe());
+        }
+        if vm.health_slots > 0 {
+            let t = vm.health(host);
+            self.flow.set_health(t, now / 1_000_000);
         }
         let info = RequestInfo {
             method: &method,
@@ -681,6 +758,9 @@ impl Stream {
             }
             let number = |name| h.get_str(name).and_then(|v| v.trim().parse::<u64>().ok());
             self.status = number(":status").and_then(|s| u32::try_from(s).ok());
+            if let Some(s) = self.status {
+                self.outcome(vm, host, Some(s));
+            }
             let encoded = h
                 .get_str("content-encoding")
                 .is_some_and(|e| !e.trim().is_empty() && !e.trim().eq_ignore_ascii_case("identity"));
@@ -733,6 +813,9 @@ impl Stream {
             // Ended (the client went away) before the rate limit service answered.
             self.waiting.clear();
             vm.callout_done(self.id);
+        }
+        if self.sent.is_some() {
+            self.outcome(vm, host, None);
         }
         let cfg = &vm.config;
         // The status seen in the response headers, else (local replies, resets) Envoy's own.
@@ -822,8 +905,7 @@ impl Stream {
         if !vm.config.restore_model_name {
             return None;
         }
-        let (m, _) = self.flow.matched(&vm.config)?;
-        let upstream = m.upstream_model.as_deref()?;
+        let upstream = self.flow.upstream_name(&vm.config)?;
         let client = self.flow.requested_model()?;
         if client == upstream || !(200..300).contains(&self.status.unwrap_or(0)) {
             return None;
@@ -905,6 +987,12 @@ impl Stream {
     fn reject<H: Host>(&mut self, vm: &Vm, host: &mut H, r: &Reject) -> Action {
         let (model, _) = telemetry::labels(&vm.config, self.flow.outcome());
         host.metric(&telemetry::rejected(r.reason, model));
+        if r.reason == RejectReason::ModelUnavailable {
+            host.metric(&telemetry::failover(model, "unavailable"));
+            if vm.config.filter_state {
+                host.set_filter_state(FS_FAILOVER, b"unavailable");
+            }
+        }
         if vm.config.filter_state {
             // The access log names the model a refusal was for (`other` when none was known).
             host.set_filter_state(FS_MODEL, model.as_bytes());
@@ -1139,10 +1227,85 @@ impl Stream {
         }
     }
 
+    /// Failover: a routed request goes upstream; a trial is marked on its breaker, a failover
+    /// counted, and the outcome awaited.
+    fn failover_sent<H: Host>(&mut self, vm: &Vm, host: &mut H) {
+        let Outcome::Matched {
+            model,
+            destination: Some(d),
+        } = *self.flow.outcome()
+        else {
+            return;
+        };
+        let cfg = &vm.config;
+        let now = host.now_ns();
+        let at = (model, d, crate::routing::slot(cfg, model, d));
+        let (via, trial) = self.flow.failover();
+        if let Some(slot) = trial {
+            vm.breaker(host, (model, d, slot), |h| h.trial(now / 1_000_000));
+        }
+        let label = match (via, trial) {
+            (Via::First, Some(_)) => "trial",
+            (Via::First, None) => "",
+            (v, _) => v.label(),
+        };
+        if via != Via::First {
+            let asked = self.flow.asked_model().unwrap_or(model);
+            let name = cfg.models.get(asked).map_or(telemetry::OTHER, |m| m.name.as_str());
+            host.metric(&telemetry::failover(name, label));
+        }
+        if cfg.filter_state && !label.is_empty() {
+            host.set_filter_state(FS_FAILOVER, label.as_bytes());
+        }
+        self.sent = Some((at, now));
+    }
+
+    /// Failover: what the response (`status`: its headers' status; `None`: none came) tells of
+    /// the destination. Envoy's response flags tell resets, connect failures and its timeouts.
+    fn outcome<H: Host>(&mut self, vm: &Vm, host: &mut H, status: Option<u32>) {
+        let (Some((at, sent_ns)), Some(p)) = (self.sent.take(), vm.config.failover.as_ref()) else {
+            return;
+        };
+        let now = host.now_ns();
+        let late = p
+            .first_byte_timeout_ms
+            .is_some_and(|t| now.saturating_sub(sent_ns) > u64::from(t) * 1_000_000);
+        let mut flags = || {
+            host.property(&["response", "flags"])
+                .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+                .map_or(0, u64::from_le_bytes)
+        };
+        let from_flags = |f: u64| match f {
+            _ if f & (FLAG_NO_HEALTHY_UPSTREAM | FLAG_CONNECT_FAILURE) != 0 => Some("connect_failure"),
+            _ if f & (FLAG_REMOTE_RESET | FLAG_CONNECTION_TERMINATION) != 0 => Some("reset"),
+            _ if f & FLAG_REQUEST_TIMEOUT != 0 => Some("timeout"),
+            _ => None,
+        };
+        let failure = match status {
+            Some(s) if s >= 500 || p.fails(s) => from_flags(flags()).or(p.fails(s).then_some("status")),
+            Some(_) => None,
+            None => match from_flags(flags()) {
+                None if !late => return,
+                f => f,
+            },
+        }
+        .or(late.then_some("timeout"));
+        let now_ms = now / 1_000_000;
+        vm.breaker(host, at, |h| h.observe(p, failure.is_none(), now_ms));
+        if let (Some(reason), Some(m)) = (failure, vm.config.models.get(at.0)) {
+            if let Some(d) = m.destinations.get(at.1) {
+                host.metric(&telemetry::destination_failure(&m.name, &d.name, reason));
+            }
+        }
+    }
+
     /// Once the model is known and admitted: count it in flight, and name it for access logs.
     fn note_matched<H: Host>(&mut self, vm: &Vm, host: &mut H) {
         if !matches!(self.flow.outcome(), Outcome::Matched { .. }) {
             return;
+        }
+        if vm.health_slots > 0 {
+            self.failover_sent(vm, host);
         }
         let ops = self.meter.routed(&vm.stats.pair(&vm.config, self.flow.outcome()));
         if !ops.is_empty() {

@@ -8,9 +8,11 @@
 pub mod config;
 pub mod decide;
 pub mod exchange;
+pub mod failover;
 pub mod fast_hash;
 pub mod form_scan;
 pub mod header_map;
+pub mod health;
 pub mod hold;
 pub mod identity;
 pub mod json;
