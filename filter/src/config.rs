@@ -7,8 +7,8 @@ use std::collections::HashMap;
 
 use serde::Deserialize;
 
-use crate::failover::{Fallback, RawFallback, RawFailover};
 pub use crate::failover::Failover;
+use crate::failover::{Fallback, RawFailover, RawFallback};
 use crate::json::{self, Json};
 
 /// Which of the filter's decision headers leave the proxy on the response.
@@ -553,10 +553,13 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let mut models = Vec::with_capacity(raw.models.len());
     let mut raw_fallbacks = Vec::new();
     for (i, mut m) in raw.models.into_iter().enumerate() {
-        let at = indexed("models", i);
-        raw_fallbacks.push((at.clone() + ".fallbacks", i, None, m.fallbacks.take()));
+        if let Some(list) = m.fallbacks.take() {
+            raw_fallbacks.push((i, None, list));
+        }
         for (j, d) in m.destinations.iter_mut().enumerate() {
-            raw_fallbacks.push((indexed(&(at.clone() + ".destinations"), j) + ".fallbacks", i, Some(j), d.fallbacks.take()));
+            if let Some(list) = d.fallbacks.take() {
+                raw_fallbacks.push((i, Some(j), list));
+            }
         }
         models.push(model(
             i,
@@ -568,18 +571,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         )?);
     }
 
-    for (path, i, d, list) in raw_fallbacks {
-        let Some(list) = list else { continue };
-        if failover.is_none() {
-            return Err(ConfigError::new(path, "fallbacks need the top-level `failover` section"));
-        }
-        let find = |n: &str| index.get(n).copied();
-        let resolved = crate::failover::resolve(&path, &list, &models, &find)?;
-        match d {
-            None => models[i].fallbacks = resolved,
-            Some(j) => models[i].destinations[j].fallbacks = resolved,
-        }
-    }
+    crate::failover::resolve(&mut models, raw_fallbacks, &index, failover.is_some())?;
 
     let mut model_hosts: Vec<String> = models
         .iter()
@@ -941,11 +933,6 @@ pub(crate) fn parse_duration_ms(t: &str) -> Option<u32> {
     u32::try_from(ms).ok()
 }
 
-/// `path[i]`.
-pub(crate) fn indexed(path: &str, i: usize) -> String {
-    format!("{path}[{i}]")
-}
-
 fn claim(index: &mut HashMap<String, usize>, name: &str, model: usize, path: &str) -> Result<(), ConfigError> {
     if let Some(&other) = index.get(name) {
         let what = if other == model {
@@ -1300,7 +1287,15 @@ mod read {
             v,
             path,
             "RawModel",
-            &["name", "aliases", "upstreamModel", "allow", "limits", "destinations", "fallbacks"],
+            &[
+                "name",
+                "aliases",
+                "upstreamModel",
+                "allow",
+                "limits",
+                "destinations",
+                "fallbacks",
+            ],
         )?;
         Ok(RawModel {
             name: f.req("name", string)?,

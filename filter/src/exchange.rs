@@ -9,9 +9,8 @@
 use std::cell::{Cell, OnceCell, RefCell};
 
 use crate::config::{Config, IdentitySource, InferenceModelHeader, ResponseHeaders, INFERENCE_MODEL_HEADER};
-use crate::health::Health;
-use crate::routing::Via;
 use crate::header_map::HeaderMap;
+use crate::health::Event;
 use crate::hold::{HoldNet, Permit, TICK_MS};
 use crate::identity::{self, Direction, NodeKind, Source};
 use crate::models::{self, ModelsRequest};
@@ -20,6 +19,7 @@ use crate::reply::{Reject, RejectReason};
 use crate::request::{apply_edits, BodyAction, HeadersAction, Outcome, RequestFlow, RequestInfo, CONTENT_LENGTH};
 use crate::restore::ModelRestorer;
 use crate::rls::{self, Call};
+use crate::routing::Via;
 use crate::telemetry::{self, Meter, MetricOp, StatNames};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -228,9 +228,10 @@ impl Vm {
     }
 
     /// Applies `f` to a breaker; a change of state is set on its gauge (and an opening logged).
-    fn breaker<H: Host>(&self, host: &mut H, at: (usize, usize, usize), f: impl Fn(Health) -> Health) {
+    fn breaker<H: Host>(&self, host: &mut H, at: (usize, usize, usize), event: Event) {
         let (m, d, slot) = at;
-        let Some((before, after)) = crate::health::update(host, &self.health_key, self.health_slots, slot, f) else {
+        let Some((before, after)) = crate::health::update(host, &self.health_key, self.health_slots, slot, event)
+        else {
             return;
         };
         let (Some(m), true) = (self.config.models.get(m), before.state != after.state) else {
@@ -1242,7 +1243,7 @@ impl Stream {
         let at = (model, d, crate::routing::slot(cfg, model, d));
         let (via, trial) = self.flow.failover();
         if let Some(slot) = trial {
-            vm.breaker(host, (model, d, slot), |h| h.trial(now / 1_000_000));
+            vm.breaker(host, (model, d, slot), Event::Trial(now / 1_000_000));
         }
         let label = match (via, trial) {
             (Via::First, Some(_)) => "trial",
@@ -1291,7 +1292,7 @@ impl Stream {
         }
         .or(late.then_some("timeout"));
         let now_ms = now / 1_000_000;
-        vm.breaker(host, at, |h| h.observe(p, failure.is_none(), now_ms));
+        vm.breaker(host, at, Event::Outcome(p, failure.is_none(), now_ms));
         if let (Some(reason), Some(m)) = (failure, vm.config.models.get(at.0)) {
             if let Some(d) = m.destinations.get(at.1) {
                 host.metric(&telemetry::destination_failure(&m.name, &d.name, reason));
@@ -2567,7 +2568,8 @@ mod failover_tests {
                         client_body = h.response_body.clone();
                     }
                     None => {
-                        h.properties.insert("response.flags".into(), flags.to_le_bytes().to_vec());
+                        h.properties
+                            .insert("response.flags".into(), flags.to_le_bytes().to_vec());
                     }
                 }
             }
@@ -2579,7 +2581,10 @@ mod failover_tests {
                 body: sent_body,
                 reply: h.reply.map(|r| (r.status, r.headers)),
                 client_body,
-                failover: h.filter_state.get(FS_FAILOVER).map(|v| String::from_utf8_lossy(v).into_owned()),
+                failover: h
+                    .filter_state
+                    .get(FS_FAILOVER)
+                    .map(|v| String::from_utf8_lossy(v).into_owned()),
             }
         }
 
@@ -2620,7 +2625,10 @@ mod failover_tests {
         let s = w.send("llama", canary, Some(200), 0);
         assert_eq!(s.route.as_deref(), Some("stable"));
         assert_eq!(s.failover.as_deref(), Some("destination"));
-        assert_eq!(w.send("llama", TO_STABLE, Some(200), 0).route.as_deref(), Some("stable"));
+        assert_eq!(
+            w.send("llama", TO_STABLE, Some(200), 0).route.as_deref(),
+            Some("stable")
+        );
         assert_eq!(
             w.metric(FAILOVERS_TOTAL, &[("model", "llama"), ("reason", "destination")]),
             1

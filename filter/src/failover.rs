@@ -1,6 +1,8 @@
 //! The `failover` section and the `fallbacks` of models and destinations: read, checked and
 //! resolved to indexes (docs/failover.md).
 
+use std::collections::HashMap;
+
 use serde::Deserialize;
 
 use crate::config::{ConfigError, Model};
@@ -115,8 +117,10 @@ pub fn failover(raw: &RawFailover) -> Result<Failover, ConfigError> {
         Some(list) => {
             for (i, s) in list.iter().enumerate() {
                 if !(400..=599).contains(s) {
-                    let path = crate::config::indexed("failover.failureStatuses", i);
-                    return Err(err(&path, "a status between 400 and 599"));
+                    return Err(err(
+                        &format!("failover.failureStatuses[{i}]"),
+                        "a status between 400 and 599",
+                    ));
                 }
                 statuses.push(*s as u16);
             }
@@ -132,28 +136,142 @@ pub fn failover(raw: &RawFailover) -> Result<Failover, ConfigError> {
     })
 }
 
-/// Resolves a list of fallbacks at `path` against the configuration's models.
+/// Resolves the fallbacks read for `models[i]` (`None`) or its destination `j` against the
+/// configuration's names; `on`: the configuration has `failover`.
 #[inline(never)]
 pub fn resolve(
-    path: &str,
-    raw: &[RawFallback],
-    models: &[Model],
-    find: &dyn Fn(&str) -> Option<usize>,
-) -> Result<Vec<Fallback>, ConfigError> {
-    let mut out = Vec::with_capacity(raw.len());
-    for (i, f) in raw.iter().enumerate() {
-        let at = crate::config::indexed(path, i);
-        let Some(model) = find(&f.model) else {
-            return Err(err(&(at + ".model"), "not a configured model or alias"));
+    models: &mut [Model],
+    raw: Vec<(usize, Option<usize>, Vec<RawFallback>)>,
+    index: &HashMap<String, usize>,
+    on: bool,
+) -> Result<(), ConfigError> {
+    for (i, d, list) in raw {
+        let path = |k: Option<usize>, field: &str| {
+            let mut p = format!("models[{i}]");
+            if let Some(j) = d {
+                p += &format!(".destinations[{j}]");
+            }
+            p += ".fallbacks";
+            if let Some(k) = k {
+                p += &format!("[{k}].{field}");
+            }
+            p
         };
-        let destination = match &f.destination {
-            None => None,
-            Some(d) => match models[model].destinations.iter().position(|x| x.name == *d) {
-                Some(j) => Some(j),
-                None => return Err(err(&(at + ".destination"), "not a destination of that model")),
-            },
-        };
-        out.push(Fallback { model, destination });
+        if !on {
+            return Err(err(&path(None, ""), "fallbacks need the top-level `failover` section"));
+        }
+        let mut out = Vec::with_capacity(list.len());
+        for (k, f) in list.iter().enumerate() {
+            let Some(&model) = index.get(&f.model) else {
+                return Err(err(&path(Some(k), "model"), "not a configured model or alias"));
+            };
+            let destination = match &f.destination {
+                None => None,
+                Some(name) => match models[model].destinations.iter().position(|x| x.name == *name) {
+                    Some(j) => Some(j),
+                    None => return Err(err(&path(Some(k), "destination"), "not a destination of that model")),
+                },
+            };
+            out.push(Fallback { model, destination });
+        }
+        match d {
+            None => models[i].fallbacks = out,
+            Some(j) => models[i].destinations[j].fallbacks = out,
+        }
     }
-    Ok(out)
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn err(json: &str) -> (String, String) {
+        let e = Config::from_json(json.as_bytes()).err().expect(json);
+        (e.path, e.message)
+    }
+
+    const MODELS: &str = r#""models":[{"name":"m","destinations":[{"name":"a"},{"name":"b"}]},{"name":"f","aliases":["g"],"destinations":[{"name":"f1"}]}]"#;
+
+    #[test]
+    fn defaults_and_fallbacks_resolve() {
+        let c = Config::from_json(
+            br#"{"failover":{},"models":[{"name":"m","destinations":[{"name":"a","fallbacks":[{"model":"g","destination":"f1"}]}],
+                "fallbacks":[{"model":"f"}]},{"name":"f","aliases":["g"],"destinations":[{"name":"f1"}]}]}"#,
+        )
+        .unwrap();
+        let f = c.failover.unwrap();
+        assert_eq!(
+            (
+                f.threshold,
+                f.probation_ms,
+                f.max_probation_ms,
+                f.trials,
+                f.statuses,
+                f.first_byte_timeout_ms
+            ),
+            (5, 5000, 60_000, 1, vec![500, 502, 503, 504], None)
+        );
+        let m = &c.models[0];
+        assert_eq!((m.fallbacks[0].model, m.fallbacks[0].destination), (1, None));
+        assert_eq!(
+            (
+                m.destinations[0].fallbacks[0].model,
+                m.destinations[0].fallbacks[0].destination
+            ),
+            (1, Some(0))
+        );
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        for (json, path) in [
+            (
+                r#"{"failover":{"consecutiveFailures":0},"#,
+                "failover.consecutiveFailures",
+            ),
+            (r#"{"failover":{"probation":"5"},"#, "failover.probation"),
+            (
+                r#"{"failover":{"probation":"5s","maxProbation":"1s"},"#,
+                "failover.maxProbation",
+            ),
+            (r#"{"failover":{"trialRequests":101},"#, "failover.trialRequests"),
+            (
+                r#"{"failover":{"failureStatuses":[503,200]},"#,
+                "failover.failureStatuses[1]",
+            ),
+            (
+                r#"{"failover":{"firstByteTimeout":"soon"},"#,
+                "failover.firstByteTimeout",
+            ),
+            (r#"{"failover":{"retries":1},"#, "failover.retries"),
+        ] {
+            assert_eq!(err(&(json.to_string() + MODELS + "}")).0, path, "{json}");
+        }
+        let with = |fallbacks: &str, failover: bool| {
+            let models = MODELS.replacen(
+                r#"[{"name":"a"}"#,
+                &format!(r#"[{{"name":"a","fallbacks":{fallbacks}}}"#),
+                1,
+            );
+            let f = if failover { r#""failover":{},"# } else { "" };
+            format!("{{{f}{models}}}")
+        };
+        assert_eq!(
+            err(&with(r#"[{"model":"f"}]"#, false)).0,
+            "models[0].destinations[0].fallbacks"
+        );
+        assert_eq!(
+            err(&with(r#"[{"model":"f"},{"model":"nope"}]"#, true)).0,
+            "models[0].destinations[0].fallbacks[1].model"
+        );
+        assert_eq!(
+            err(&with(r#"[{"model":"f","destination":"a"}]"#, true)).0,
+            "models[0].destinations[0].fallbacks[0].destination"
+        );
+        assert_eq!(
+            err(&with(r#"[{"model":"f","weight":1}]"#, true)).0,
+            "models[0].destinations[0].fallbacks[0].weight"
+        );
+    }
 }

@@ -153,21 +153,24 @@ impl Table {
 /// The shared-data key of a configuration's table: its destinations' names, hashed, so that a
 /// configuration with other destinations never reads this one's table.
 pub fn key(cfg: &Config) -> String {
-    let mut names = Vec::new();
+    let mut h = 0u64;
     for m in &cfg.models {
         for d in &m.destinations {
-            names.extend_from_slice(m.name.as_bytes());
-            names.push(0);
-            names.extend_from_slice(d.name.as_bytes());
-            names.push(0);
+            h = crate::routing::mix(
+                h ^ crate::routing::hash(m.name.as_bytes()) ^ crate::routing::hash(d.name.as_bytes()).rotate_left(1),
+            );
         }
     }
-    let mut k = String::from("model_router.health.");
-    let h = crate::routing::hash(&names);
-    for i in 0..16 {
-        k.push(char::from(b"0123456789abcdef"[(h >> (60 - 4 * i)) as usize & 15]));
-    }
-    k
+    "model_router.health.".to_string() + &h.to_string()
+}
+
+/// What happened at a breaker.
+#[derive(Debug, Clone, Copy)]
+pub enum Event<'a> {
+    /// A trial request let through at this time (ms).
+    Trial(u64),
+    /// A request's outcome: success or not, at this time (ms).
+    Outcome(&'a Failover, bool, u64),
 }
 
 /// The table as stored now.
@@ -177,19 +180,16 @@ pub fn read<S: Store>(store: &S, key: &str, n: usize) -> Table {
 
 /// Applies `f` to one breaker with compare-and-swap: (before, after) when it changed and was
 /// written; `None` when nothing changed or contention never let the write through.
-pub fn update<S: Store>(
-    store: &mut S,
-    key: &str,
-    n: usize,
-    slot: usize,
-    f: impl Fn(Health) -> Health,
-) -> Option<(Health, Health)> {
+pub fn update<S: Store>(store: &mut S, key: &str, n: usize, slot: usize, event: Event) -> Option<(Health, Health)> {
     for _ in 0..8 {
         let (value, cas) = store.get(key);
         let cas = if value.is_none() { u32::MAX } else { cas };
         let mut t = Table::decode(value.as_deref(), n);
         let before = *t.0.get(slot)?;
-        let after = f(before);
+        let after = match event {
+            Event::Trial(now_ms) => before.trial(now_ms),
+            Event::Outcome(p, ok, now_ms) => before.observe(p, ok, now_ms),
+        };
         if after == before {
             return None;
         }

@@ -100,9 +100,7 @@ impl Reject {
             RejectReason::RateLimitExceeded
             | RejectReason::BodyNotReceived
             | RejectReason::RateLimitUnavailable
-            | RejectReason::ModelUnavailable => {
-                "null"
-            }
+            | RejectReason::ModelUnavailable => "null",
             _ => "\"model\"",
         };
         let mut out = String::from("{\"error\":{\"message\":");

@@ -3,11 +3,11 @@
 
 use crate::config::{Config, Model, Policy};
 use crate::form_scan::{self, FormScanner};
+use crate::health::Table;
 use crate::json::Json;
 use crate::json_scan::{Found, TopLevelScanner};
 use crate::path_model::model_from_path;
 use crate::reply::{Reject, RejectReason};
-use crate::health::Table;
 use crate::routing::{choose, pick, Choice, Pick, Via};
 
 /// The parts of the request headers the flow looks at.

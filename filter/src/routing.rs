@@ -77,7 +77,12 @@ pub enum Choice {
 
 /// The slot of `config.models[model].destinations[destination]` in the health table.
 pub fn slot(cfg: &Config, model: usize, destination: usize) -> usize {
-    cfg.models.iter().take(model).map(|m| m.destinations.len()).sum::<usize>() + destination
+    cfg.models
+        .iter()
+        .take(model)
+        .map(|m| m.destinations.len())
+        .sum::<usize>()
+        + destination
 }
 
 /// Failover's choice for a request for `cfg.models[model]`: the weighted choice while it admits
@@ -86,74 +91,67 @@ pub fn slot(cfg: &Config, model: usize, destination: usize) -> usize {
 /// model's fallbacks in order (another model's only when `cross_model`: the body names the
 /// model, so it can be rewritten); else unavailable.
 pub fn choose(cfg: &Config, health: &Table, now_ms: u64, model: usize, how: Pick, cross_model: bool) -> Choice {
-    let Some(p) = cfg.failover.as_ref() else {
-        return Choice::Unavailable { until_ms: 0 };
-    };
-    let Some(m) = cfg.models.get(model) else {
-        return Choice::Unavailable { until_ms: 0 };
-    };
     let mut until = u64::MAX;
-    let mut admit = |mi: usize, d: usize| match health.get(slot(cfg, mi, d)).admit(p, now_ms) {
-        Admit::Yes => Some(None),
-        Admit::Trial => Some(Some(slot(cfg, mi, d))),
-        Admit::No(t) => {
-            until = until.min(t);
-            None
+    let (Some(p), Some(m)) = (cfg.failover.as_ref(), cfg.models.get(model)) else {
+        return Choice::Unavailable { until_ms: until };
+    };
+    // Some(trial slot or None) when `models[mi].destinations[d]` takes the request.
+    let mut admit = |mi: usize, d: usize| {
+        let s = slot(cfg, mi, d);
+        match health.get(s).admit(p, now_ms) {
+            Admit::Yes => Some(None),
+            Admit::Trial => Some(Some(s)),
+            Admit::No(t) => {
+                until = until.min(t);
+                None
+            }
         }
     };
-    let go = |mi, d, trial, via| Choice::Go {
-        model: mi,
-        destination: d,
-        trial,
-        via,
-    };
     let first = pick(m, how);
-    if let Some(trial) = admit(model, first) {
-        return go(model, first, trial, Via::First);
-    }
-    let own = m.destinations.get(first).map_or(&[][..], |d| &d.fallbacks[..]);
-    let fallbacks = own.iter().map(|f| (f, Via::Fallback));
     let me = Fallback {
         model,
         destination: None,
     };
-    let rest = std::iter::once((&me, Via::Destination));
-    for (f, via) in fallbacks.chain(rest).chain(m.fallbacks.iter().map(|f| (f, Via::Fallback))) {
-        if f.model != model && !cross_model {
+    let chosen = Fallback {
+        model,
+        destination: Some(first),
+    };
+    let own = m.destinations.get(first).map_or(&[][..], |d| &d.fallbacks[..]);
+    let order = std::iter::once((&chosen, Via::First))
+        .chain(own.iter().map(|f| (f, Via::Fallback)))
+        .chain(std::iter::once((&me, Via::Destination)))
+        .chain(m.fallbacks.iter().map(|f| (f, Via::Fallback)));
+    for (f, via) in order {
+        let Some(fm) = cfg.models.get(f.model).filter(|_| cross_model || f.model == model) else {
             continue;
-        }
-        let Some(fm) = cfg.models.get(f.model) else { continue };
-        if let Some(d) = f.destination {
-            if let Some(trial) = admit(f.model, d) {
-                return go(f.model, d, trial, via);
+        };
+        let found = match f.destination {
+            Some(d) => admit(f.model, d).map(|t| (d, t)),
+            None => {
+                // Renormalised over the destinations that take requests; else a trial of one.
+                let ok: Vec<Option<Option<usize>>> = (0..fm.destinations.len()).map(|d| admit(f.model, d)).collect();
+                let weight = |d: usize| u64::from(fm.destinations[d].weight);
+                let total: u64 = (0..ok.len()).filter(|&d| ok[d] == Some(None)).map(weight).sum();
+                let mut at = point(fm, how, total);
+                (0..ok.len())
+                    .find(|&d| {
+                        let here = ok[d] == Some(None) && total > 0 && at < weight(d);
+                        if ok[d] == Some(None) && !here {
+                            at = at.saturating_sub(weight(d));
+                        }
+                        here
+                    })
+                    .map(|d| (d, None))
+                    .or_else(|| (0..ok.len()).find_map(|d| Some((d, ok[d]?)).filter(|_| weight(d) > 0)))
             }
-            continue;
-        }
-        // Renormalised over the destinations that admit requests; else a trial of one.
-        let mut healthy = vec![false; fm.destinations.len()];
-        let mut total = 0;
-        let mut trial = None;
-        for (d, dest) in fm.destinations.iter().enumerate() {
-            match admit(f.model, d) {
-                Some(None) if dest.weight > 0 => {
-                    healthy[d] = true;
-                    total += u64::from(dest.weight);
-                }
-                Some(Some(t)) if trial.is_none() && dest.weight > 0 => trial = Some((d, t)),
-                _ => {}
-            }
-        }
-        if total > 0 {
-            let mut at = point(fm, how, total);
-            for (d, dest) in fm.destinations.iter().enumerate().filter(|(d, _)| healthy[*d]) {
-                if at < u64::from(dest.weight) {
-                    return go(f.model, d, None, via);
-                }
-                at -= u64::from(dest.weight);
-            }
-        }
-        if let Some((d, t)) = trial {
-            return go(f.model, d, Some(t), via);
+        };
+        if let Some((destination, trial)) = found {
+            return Choice::Go {
+                model: f.model,
+                destination,
+                trial,
+                via,
+            };
         }
     }
     Choice::Unavailable { until_ms: until }
@@ -234,6 +232,97 @@ mod tests {
         for r in 0..50 {
             assert_eq!(pick(&m, Pick::Random(r * 7919)), 1);
             assert_eq!(pick(&m, Pick::Sticky(r)), 1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod choose_tests {
+    use super::*;
+    use crate::health::{Health, OPEN};
+
+    fn cfg() -> Config {
+        Config::from_json(
+            br#"{"failover":{"probation":"1s"},"models":[
+              {"name":"m","destinations":[{"name":"a","weight":60},{"name":"b","weight":30},{"name":"c","weight":10}],
+               "fallbacks":[{"model":"f","destination":"f2"}]},
+              {"name":"f","destinations":[{"name":"f1"},{"name":"f2"}]}]}"#,
+        )
+        .unwrap()
+    }
+
+    fn open(slots: &[usize]) -> Table {
+        let mut t = Table(vec![Health::default(); 5]);
+        for &s in slots {
+            t.0[s] = Health {
+                state: OPEN,
+                level: 1,
+                count: 0,
+                at_ms: 5_000,
+            };
+        }
+        t
+    }
+
+    fn go(c: Choice) -> (usize, usize, Via) {
+        match c {
+            Choice::Go {
+                model,
+                destination,
+                via,
+                ..
+            } => (model, destination, via),
+            Choice::Unavailable { .. } => panic!("unavailable"),
+        }
+    }
+
+    #[test]
+    fn weights_renormalise_over_the_healthy_and_stickiness_stays_unless_open() {
+        let cfg = cfg();
+        let t = open(&[0]);
+        let mut counts = [0u32; 3];
+        for r in 0..400u64 {
+            let (m, d, via) = go(choose(&cfg, &t, 0, 0, Pick::Random(r), true));
+            assert_eq!(m, 0);
+            assert_eq!(via == Via::First, d != 0 && pick(&cfg.models[0], Pick::Random(r)) == d);
+            counts[d] += 1;
+        }
+        // 30:10 of what is left: exactly, over a whole number of weight lines.
+        assert_eq!(counts, [0, 300, 100]);
+        let healthy = Table(vec![Health::default(); 5]);
+        for user in 0..200u64 {
+            let how = Pick::Sticky(user);
+            let before = go(choose(&cfg, &healthy, 0, 0, how, true)).1;
+            let after = go(choose(&cfg, &t, 0, 0, how, true)).1;
+            assert!(
+                before == 0 || after == before,
+                "user {user} moved from a healthy {before}"
+            );
+        }
+    }
+
+    #[test]
+    fn fallbacks_then_unavailable_with_the_nearest_probation() {
+        let cfg = cfg();
+        let all = open(&[0, 1, 2]);
+        assert_eq!(
+            go(choose(&cfg, &all, 0, 0, Pick::Random(7), true)),
+            (1, 1, Via::Fallback)
+        );
+        // A model in the path cannot be rewritten: no fallback to another model.
+        assert_eq!(
+            choose(&cfg, &all, 0, 0, Pick::Random(7), false),
+            Choice::Unavailable { until_ms: 5_000 }
+        );
+        let everything = open(&[0, 1, 2, 4]);
+        assert_eq!(
+            choose(&cfg, &everything, 0, 0, Pick::Random(7), true),
+            Choice::Unavailable { until_ms: 5_000 }
+        );
+        // Probation over: a trial.
+        match choose(&cfg, &everything, 5_000, 0, Pick::Random(0), true) {
+            Choice::Go { trial, .. } => assert!(trial.is_some()),
+            c => panic!("{c:?}"),
         }
     }
 }

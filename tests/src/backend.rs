@@ -109,7 +109,11 @@ impl Backend {
                                     Ok(Response::builder()
                                         .status(u16::try_from(s).unwrap_or(500))
                                         .header("content-type", "application/json")
-                                        .body(Full::new(Bytes::from(b.to_string())).map_err(|never| match never {}).boxed())
+                                        .body(
+                                            Full::new(Bytes::from(b.to_string()))
+                                                .map_err(|never| match never {})
+                                                .boxed(),
+                                        )
                                         .unwrap())
                                 }
                             }

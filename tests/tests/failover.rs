@@ -147,16 +147,34 @@ async fn failing_destinations_are_skipped_probed_and_return_and_fallbacks_take_o
     assert_eq!(received(&s, "qwen-a"), n, "nothing sent into a known failure");
     let p = s.prometheus();
     assert_eq!(
-        metric(&p, "model_router_destination_state", &[("model", "qwen"), ("destination", "qwen-a")]),
+        metric(
+            &p,
+            "model_router_destination_state",
+            &[("model", "qwen"), ("destination", "qwen-a")]
+        ),
         1.0
     );
-    assert!(metric(&p, "model_router_failovers_total", &[("model", "llama"), ("reason", "fallback")]) >= 2.0);
+    assert!(
+        metric(
+            &p,
+            "model_router_failovers_total",
+            &[("model", "llama"), ("reason", "fallback")]
+        ) >= 2.0
+    );
     assert_eq!(
-        metric(&p, "model_router_failovers_total", &[("model", "llama"), ("reason", "unavailable")]),
+        metric(
+            &p,
+            "model_router_failovers_total",
+            &[("model", "llama"), ("reason", "unavailable")]
+        ),
         1.0
     );
     assert_eq!(
-        metric(&p, "model_router_rejected_total", &[("model", "qwen"), ("reason", "model_unavailable")]),
+        metric(
+            &p,
+            "model_router_rejected_total",
+            &[("model", "qwen"), ("reason", "model_unavailable")]
+        ),
         1.0
     );
 }
