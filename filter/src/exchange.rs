@@ -213,6 +213,7 @@ impl Vm {
     }
 
     /// The breakers' gauges, once per VM, from the shared table; the table for this request.
+    #[inline(never)]
     fn health<H: Host>(&self, host: &mut H) -> crate::health::Table {
         let t = crate::health::read(host, &self.health_key, self.health_slots);
         if !self.announced.replace(true) {
@@ -228,6 +229,7 @@ impl Vm {
     }
 
     /// Applies `f` to a breaker; a change of state is set on its gauge (and an opening logged).
+    #[inline(never)]
     fn breaker<H: Host>(&self, host: &mut H, at: (usize, usize, usize), event: Event) {
         let (m, d, slot) = at;
         let Some((before, after)) = crate::health::update(host, &self.health_key, self.health_slots, slot, event)
@@ -1230,6 +1232,7 @@ impl Stream {
 
     /// Failover: a routed request goes upstream; a trial is marked on its breaker, a failover
     /// counted, and the outcome awaited.
+    #[inline(never)]
     fn failover_sent<H: Host>(&mut self, vm: &Vm, host: &mut H) {
         let Outcome::Matched {
             model,
@@ -1263,6 +1266,7 @@ impl Stream {
 
     /// Failover: what the response (`status`: its headers' status; `None`: none came) tells of
     /// the destination. Envoy's response flags tell resets, connect failures and its timeouts.
+    #[inline(never)]
     fn outcome<H: Host>(&mut self, vm: &Vm, host: &mut H, status: Option<u32>) {
         let (Some((at, sent_ns)), Some(p)) = (self.sent.take(), vm.config.failover.as_ref()) else {
             return;

@@ -152,16 +152,24 @@ impl Table {
 
 /// The shared-data key of a configuration's table: its destinations' names, hashed, so that a
 /// configuration with other destinations never reads this one's table.
+#[inline(never)]
 pub fn key(cfg: &Config) -> String {
-    let mut h = 0u64;
+    let mut names = Vec::new();
     for m in &cfg.models {
         for d in &m.destinations {
-            h = crate::routing::mix(
-                h ^ crate::routing::hash(m.name.as_bytes()) ^ crate::routing::hash(d.name.as_bytes()).rotate_left(1),
-            );
+            names.extend_from_slice(m.name.as_bytes());
+            names.push(0);
+            names.extend_from_slice(d.name.as_bytes());
+            names.push(0);
         }
     }
-    "model_router.health.".to_string() + &h.to_string()
+    let mut h = crate::routing::hash(&names);
+    let mut k = String::from("model_router.health.");
+    while h > 0 {
+        k.push(char::from(b'a' + (h & 15) as u8));
+        h >>= 4;
+    }
+    k
 }
 
 /// What happened at a breaker.
