@@ -187,7 +187,7 @@ mod tests {
     use crate::config::Config;
 
     fn err(json: &str) -> (String, String) {
-        let e = Config::from_json(json.as_bytes()).err().expect(json);
+        let e = Config::from_json(json.as_bytes()).expect_err(json);
         (e.path, e.message)
     }
 
