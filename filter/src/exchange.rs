@@ -2523,8 +2523,12 @@ mod failover_tests {
 
     impl World {
         fn new() -> World {
+            World::with(CFG)
+        }
+
+        fn with(cfg: &str) -> World {
             World {
-                vm: Vm::new(Config::from_json(CFG.as_bytes()).unwrap(), 1),
+                vm: Vm::new(Config::from_json(cfg.as_bytes()).unwrap(), 1),
                 shared: SharedMem::default(),
                 now_ns: 1_000_000_000_000,
                 metrics: Default::default(),
@@ -2535,6 +2539,11 @@ mod failover_tests {
         /// One chat request for `model`, answered by its destination with `status` (when it
         /// went upstream); `flags`: Envoy's response flags, with no response headers.
         fn send(&mut self, model: &str, random: u64, status: Option<u32>, flags: u64) -> Sent {
+            self.send_after(model, random, status, flags, 0)
+        }
+
+        /// `send`, the response coming `wait_ms` after the request went upstream.
+        fn send_after(&mut self, model: &str, random: u64, status: Option<u32>, flags: u64, wait_ms: u64) -> Sent {
             let body = format!(r#"{{"model":"{model}","messages":[]}}"#);
             let mut h = MemoryHost::new();
             h.now_ns = self.now_ns;
@@ -2556,6 +2565,7 @@ mod failover_tests {
                 s.on_request_body(&self.vm, &mut h, n, true);
             }
             let route = h.header(Map::Request, "x-ai-route").map(str::to_string);
+            h.now_ns += wait_ms * 1_000_000;
             let sent_body = h.request_body.clone();
             let mut client_body = Vec::new();
             if h.reply.is_none() {
@@ -2578,6 +2588,7 @@ mod failover_tests {
                 }
             }
             s.on_log(&self.vm, &mut h);
+            self.now_ns = h.now_ns;
             self.shared = std::mem::take(&mut h.shared);
             self.metrics = std::mem::take(&mut h.metrics);
             Sent {
@@ -2644,6 +2655,28 @@ mod failover_tests {
         assert_eq!(s.failover.as_deref(), Some("trial"));
         assert_eq!(w.state("canary"), 0);
         assert_eq!(w.send("llama", canary, Some(200), 0).route.as_deref(), Some("canary"));
+    }
+
+    #[test]
+    fn late_first_bytes_count_as_failures() {
+        let mut w = World::with(&CFG.replace(
+            r#""maxProbation":"40s""#,
+            r#""maxProbation":"40s","firstByteTimeout":"2s""#,
+        ));
+        let canary = to_canary(&w);
+        w.send_after("llama", canary, Some(200), 0, 2_000);
+        assert_eq!(w.state("canary"), 0);
+        for _ in 0..3 {
+            w.send_after("llama", canary, Some(200), 0, 2_001);
+        }
+        assert_eq!(w.state("canary"), 1, "three late answers open it");
+        assert_eq!(
+            w.metric(
+                telemetry::DESTINATION_FAILURES_TOTAL,
+                &[("model", "llama"), ("destination", "canary"), ("reason", "timeout")]
+            ),
+            3
+        );
     }
 
     #[test]
