@@ -7,6 +7,8 @@ use std::collections::HashMap;
 
 use serde::Deserialize;
 
+pub use crate::failover::Failover;
+use crate::failover::{Fallback, RawFailover, RawFallback};
 use crate::json::{self, Json};
 
 /// Which of the filter's decision headers leave the proxy on the response.
@@ -158,6 +160,9 @@ struct RawConfig {
     /// proxy per request that only an access log reads.
     #[serde(default)]
     filter_state: bool,
+    /// Destination health and failover (docs/failover.md); off when absent.
+    #[serde(default)]
+    failover: Option<RawFailover>,
     /// The models the filter knows.
     models: Vec<RawModel>,
 }
@@ -233,6 +238,9 @@ struct RawModel {
     limits: Option<RawLimits>,
     /// Weighted split across backends (at least one).
     destinations: Vec<RawDestination>,
+    #[serde(default)]
+    /// Where its requests go, in order, when all its destinations are open (needs `failover`).
+    fallbacks: Option<Vec<RawFallback>>,
 }
 
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -257,6 +265,9 @@ struct RawDestination {
     /// An InferencePool (Gateway API Inference Extension) serving it instead of a Service:
     /// gateway routes send there (for `wasmpack manifests`; the filter ignores it).
     inference_pool: Option<String>,
+    #[serde(default)]
+    /// Where its requests go first, in order, while it is open (needs `failover`).
+    fallbacks: Option<Vec<RawFallback>>,
 }
 
 fn default_route_header() -> String {
@@ -328,6 +339,8 @@ pub struct Destination {
     pub port: Option<u16>,
     /// An InferencePool instead of a Service (wasmpack only).
     pub inference_pool: Option<String>,
+    /// Tried first while this destination is open.
+    pub fallbacks: Vec<Fallback>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -342,6 +355,8 @@ pub struct Model {
     pub allow: Option<Vec<AllowRule>>,
     /// Its limits (its own, else the top-level ones).
     pub limits: Option<Limits>,
+    /// Tried in order when all its destinations are open.
+    pub fallbacks: Vec<Fallback>,
 }
 
 /// One entry of an allow list.
@@ -427,6 +442,8 @@ pub struct Config {
     pub rate_limit_service: Option<RateLimitService>,
     /// Write the access-log filter state (`wasm.model_router.*`).
     pub filter_state: bool,
+    /// Destination health and failover; `None`: off.
+    pub failover: Option<Failover>,
     pub models: Vec<Model>,
     /// Canonical names and aliases to the index in `models`.
     index: HashMap<String, usize>,
@@ -528,9 +545,22 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         None => None,
     };
 
+    let failover = match &raw.failover {
+        Some(f) => Some(crate::failover::failover(f)?),
+        None => None,
+    };
     let mut index: HashMap<String, usize> = HashMap::new();
     let mut models = Vec::with_capacity(raw.models.len());
-    for (i, m) in raw.models.into_iter().enumerate() {
+    let mut raw_fallbacks = Vec::new();
+    for (i, mut m) in raw.models.into_iter().enumerate() {
+        if let Some(list) = m.fallbacks.take() {
+            raw_fallbacks.push((i, None, list));
+        }
+        for (j, d) in m.destinations.iter_mut().enumerate() {
+            if let Some(list) = d.fallbacks.take() {
+                raw_fallbacks.push((i, Some(j), list));
+            }
+        }
         models.push(model(
             i,
             m,
@@ -540,6 +570,8 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             rate_limit_service.is_some(),
         )?);
     }
+
+    crate::failover::resolve(&mut models, raw_fallbacks, &index, failover.is_some())?;
 
     // A handful of hosts: a linear dedup (a sort would add kilobytes to the module).
     let mut model_hosts: Vec<String> = Vec::new();
@@ -577,6 +609,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         inference_model_header: raw.inference_model_header,
         rate_limit_service,
         filter_state: raw.filter_state,
+        failover,
         models,
         index,
     })
@@ -630,6 +663,7 @@ fn model(
             subset: d.subset,
             port: d.port,
             inference_pool: d.inference_pool,
+            fallbacks: Vec::new(),
         });
     }
     if total_weight == 0 {
@@ -660,6 +694,7 @@ fn model(
         total_weight,
         allow,
         limits: model_limits,
+        fallbacks: Vec::new(),
     })
 }
 
@@ -874,7 +909,7 @@ fn rate_limit_service(r: &RawRateLimitService) -> Result<RateLimitService, Confi
 }
 
 /// `250ms`, `1s`, `1.5s` → milliseconds (by hand: float parsing would add kilobytes to the module).
-fn parse_duration_ms(t: &str) -> Option<u32> {
+pub(crate) fn parse_duration_ms(t: &str) -> Option<u32> {
     let t = t.trim();
     let (number, scale) = if let Some(n) = t.strip_suffix("ms") {
         (n, 1u64)
@@ -1145,6 +1180,7 @@ mod read {
                 "trustDomain",
                 "rateLimitService",
                 "filterState",
+                "failover",
                 "models",
             ],
         )?;
@@ -1199,6 +1235,7 @@ mod read {
             trust_domain: f.or("trustDomain", string, default_trust_domain())?,
             rate_limit_service: f.opt("rateLimitService", rate_limit_service)?,
             filter_state: f.or("filterState", boolean, false)?,
+            failover: f.opt("failover", failover)?,
             models: f.req("models", list(model))?,
         })
     }
@@ -1250,7 +1287,15 @@ mod read {
             v,
             path,
             "RawModel",
-            &["name", "aliases", "upstreamModel", "allow", "limits", "destinations"],
+            &[
+                "name",
+                "aliases",
+                "upstreamModel",
+                "allow",
+                "limits",
+                "destinations",
+                "fallbacks",
+            ],
         )?;
         Ok(RawModel {
             name: f.req("name", string)?,
@@ -1259,6 +1304,7 @@ mod read {
             allow: f.opt("allow", list(string))?,
             limits: f.opt("limits", limits)?,
             destinations: f.req("destinations", list(destination))?,
+            fallbacks: f.opt("fallbacks", list(fallback))?,
         })
     }
 
@@ -1268,7 +1314,7 @@ mod read {
             v,
             path,
             "RawDestination",
-            &["name", "weight", "host", "subset", "port", "inferencePool"],
+            &["name", "weight", "host", "subset", "port", "inferencePool", "fallbacks"],
         )?;
         Ok(RawDestination {
             name: f.req("name", string)?,
@@ -1277,6 +1323,41 @@ mod read {
             subset: f.opt("subset", string)?,
             port: f.opt("port", u16_)?,
             inference_pool: f.opt("inferencePool", string)?,
+            fallbacks: f.opt("fallbacks", list(fallback))?,
+        })
+    }
+
+    #[inline(never)]
+    fn fallback(v: &Json, path: &str) -> R<RawFallback> {
+        let f = fields(v, path, "RawFallback", &["model", "destination"])?;
+        Ok(RawFallback {
+            model: f.req("model", string)?,
+            destination: f.opt("destination", string)?,
+        })
+    }
+
+    #[inline(never)]
+    fn failover(v: &Json, path: &str) -> R<RawFailover> {
+        let f = fields(
+            v,
+            path,
+            "RawFailover",
+            &[
+                "consecutiveFailures",
+                "probation",
+                "maxProbation",
+                "trialRequests",
+                "failureStatuses",
+                "firstByteTimeout",
+            ],
+        )?;
+        Ok(RawFailover {
+            consecutive_failures: f.opt("consecutiveFailures", u64_)?,
+            probation: f.opt("probation", string)?,
+            max_probation: f.opt("maxProbation", string)?,
+            trial_requests: f.opt("trialRequests", u64_)?,
+            failure_statuses: f.opt("failureStatuses", list(u64_))?,
+            first_byte_timeout: f.opt("firstByteTimeout", string)?,
         })
     }
 }

@@ -59,8 +59,63 @@ pub struct RouteRequest<'a> {
 /// `decide` `repeat` times through one filter instance (its limits shared; all at the same
 /// instant, as a burst), with a summary of the statuses.
 pub fn decide_repeated(config: &Config, req: &RouteRequest, seed: u64, repeat: u32) -> Value {
-    let vm = Vm::new(config.clone(), seed);
+    decide_in(config, req, seed, repeat, SharedMem::default())
+}
+
+/// The time `route` decides at (ms since the epoch).
+const ROUTE_NOW_MS: u64 = 1_700_000_000_000;
+
+/// Shared data holding failover's breakers as given: `(destination, state)` with the state
+/// `closed`, `open` (in its probation) or `half-open` (a trial under way); a destination name
+/// stands for that destination in every model that has it.
+pub fn destination_states(config: &Config, states: &[(String, String)]) -> Result<SharedMem, String> {
+    use crate::health::{Health, Table, HALF_OPEN, OPEN};
+    if config.failover.is_none() {
+        return Err("the configuration has no `failover` section: destinations have no state".into());
+    }
+    let mut t = Table(Vec::new());
+    for m in &config.models {
+        for d in &m.destinations {
+            t.0.push(
+                match states.iter().find(|(n, _)| *n == d.name).map(|(_, s)| s.as_str()) {
+                    Some("open") => Health {
+                        state: OPEN,
+                        level: 1,
+                        count: 0,
+                        at_ms: ROUTE_NOW_MS + 60_000,
+                    },
+                    Some("half-open") => Health {
+                        state: HALF_OPEN,
+                        level: 1,
+                        count: 0,
+                        at_ms: ROUTE_NOW_MS,
+                    },
+                    _ => Health::default(),
+                },
+            );
+        }
+    }
+    for (n, st) in states {
+        if !config
+            .models
+            .iter()
+            .any(|m| m.destinations.iter().any(|d| d.name == *n))
+        {
+            return Err(format!("{n}: no configured destination has that name"));
+        }
+        if !matches!(st.as_str(), "closed" | "open" | "half-open") {
+            return Err(format!("{n}={st}: expected closed, open or half-open"));
+        }
+    }
     let mut shared = SharedMem::default();
+    let _ = crate::policy::Store::set(&mut shared, &crate::health::key(config), &t.encode(), 0);
+    Ok(shared)
+}
+
+/// `decide_repeated` with the proxy's shared data as given (`destination_states`).
+pub fn decide_in(config: &Config, req: &RouteRequest, seed: u64, repeat: u32, shared: SharedMem) -> Value {
+    let vm = Vm::new(config.clone(), seed);
+    let mut shared = shared;
     let mut statuses: BTreeMap<String, u32> = BTreeMap::new();
     let mut last = Value::Null;
     for i in 0..repeat.max(1) {
@@ -181,7 +236,18 @@ fn decide_on(vm: &Vm, req: &RouteRequest, shared: SharedMem, id: u32) -> (Value,
         s.on_log(vm, &mut h);
         return (out, h.shared);
     }
-    if let Some((_, d)) = flow.routed(cfg) {
+    if let Some((m, d)) = flow.routed(cfg) {
+        if cfg.failover.is_some() {
+            let (via, trial) = flow.failover();
+            let how = match (via, trial) {
+                (crate::routing::Via::First, Some(_)) => "trial",
+                (v, _) => v.label(),
+            };
+            out["failover"] = json!(how);
+            if flow.asked_model().is_some() {
+                out["servedBy"] = json!(m.name);
+            }
+        }
         out["destination"] = json!(d.name);
         out["routedBy"] = json!(if flow.model_from_body() { "body" } else { "path" });
     } else if let Some(note) = note(cfg.body_routing, flow.outcome()) {
@@ -260,5 +326,52 @@ fn note(body_routing: bool, o: &Outcome) -> Option<&'static str> {
         Outcome::Unknown(_) => Some("unknown model let through (onUnknownModel: passthrough), unrouted"),
         Outcome::Unread(_) => Some("the body could not be read and was let through unrouted"),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destination_states_explain_failover() {
+        let cfg = Config::from_json(
+            br#"{"failover":{},"models":[{"name":"m","destinations":[{"name":"a"},{"name":"b"}],
+                "fallbacks":[{"model":"f"}]},{"name":"f","destinations":[{"name":"f1"}]}]}"#,
+        )
+        .unwrap();
+        let req = RouteRequest {
+            method: "POST",
+            path: "/v1/chat/completions",
+            headers: &[],
+            body: Some(br#"{"model":"m"}"#),
+            peer_identity: None,
+            proxy: Proxy::Envoy,
+            workload: None,
+        };
+        let st = |s: &[(&str, &str)]| {
+            let v: Vec<(String, String)> = s.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+            destination_states(&cfg, &v)
+        };
+        let d = decide_in(&cfg, &req, 1, 1, st(&[("a", "open")]).unwrap());
+        assert_eq!(
+            (d["destination"].as_str(), d["failover"].as_str()),
+            (Some("b"), Some("destination"))
+        );
+        let d = decide_in(&cfg, &req, 1, 1, st(&[("a", "open"), ("b", "half-open")]).unwrap());
+        assert_eq!(
+            (d["destination"].as_str(), d["servedBy"].as_str()),
+            (Some("f1"), Some("f"))
+        );
+        let d = decide_in(
+            &cfg,
+            &req,
+            1,
+            1,
+            st(&[("a", "open"), ("b", "open"), ("f1", "open")]).unwrap(),
+        );
+        assert_eq!(d["reject"]["code"], "model_unavailable");
+        assert!(st(&[("zz", "open")]).is_err());
+        assert!(st(&[("a", "broken")]).is_err());
     }
 }

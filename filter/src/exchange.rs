@@ -10,6 +10,7 @@ use std::cell::{Cell, OnceCell, RefCell};
 
 use crate::config::{Config, IdentitySource, InferenceModelHeader, ResponseHeaders, INFERENCE_MODEL_HEADER};
 use crate::header_map::HeaderMap;
+use crate::health::Event;
 use crate::hold::{HoldNet, Permit, TICK_MS};
 use crate::identity::{self, Direction, NodeKind, Source};
 use crate::models::{self, ModelsRequest};
@@ -18,6 +19,7 @@ use crate::reply::{Reject, RejectReason};
 use crate::request::{apply_edits, BodyAction, HeadersAction, Outcome, RequestFlow, RequestInfo, CONTENT_LENGTH};
 use crate::restore::ModelRestorer;
 use crate::rls::{self, Call};
+use crate::routing::Via;
 use crate::telemetry::{self, Meter, MetricOp, StatNames};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +100,8 @@ pub const FS_MODEL: &str = "model_router.model";
 pub const FS_DESTINATION: &str = "model_router.destination";
 pub const FS_INPUT_TOKENS: &str = "model_router.input_tokens";
 pub const FS_OUTPUT_TOKENS: &str = "model_router.output_tokens";
+/// How failover placed the request: `destination`, `fallback`, `trial` or `unavailable`.
+pub const FS_FAILOVER: &str = "model_router.failover";
 
 /// The response header that names the destination the filter chose.
 pub const ROUTE_RESPONSE_HEADER: &str = "x-ai-route";
@@ -142,6 +146,11 @@ pub struct Vm {
     logged_identity: Cell<bool>,
     /// The proxy's secret for placing callers' buckets (`policy::bucket_seed`), once read.
     bucket_seed: Cell<Option<u64>>,
+    /// Failover: the shared-data key of the breakers, and how many there are (0: off).
+    health_key: String,
+    health_slots: usize,
+    /// The breakers' gauges were set from the shared table.
+    announced: Cell<bool>,
 }
 
 /// What the proxy's node tells about where the filter runs.
@@ -154,6 +163,15 @@ struct NodeInfo {
     /// or the older top-level `listener_direction`, as its node was found.
     direction: &'static [&'static str],
 }
+
+/// Envoy's `response.flags` (`StreamInfo::legacyResponseFlags()`: bit n is `CoreResponseFlag` n):
+/// `UH` no healthy upstream, `UT` upstream request timeout, `UR` upstream remote reset, `UF`
+/// upstream connection failure, `UC` upstream connection termination.
+pub const FLAG_NO_HEALTHY_UPSTREAM: u64 = 0x2;
+pub const FLAG_REQUEST_TIMEOUT: u64 = 0x4;
+pub const FLAG_REMOTE_RESET: u64 = 0x10;
+pub const FLAG_CONNECT_FAILURE: u64 = 0x20;
+pub const FLAG_CONNECTION_TERMINATION: u64 = 0x40;
 
 /// How long past its timeout the tick waits for a rate limit answer the host never delivered.
 pub const CALLOUT_GRACE_NS: u64 = 1_000_000_000;
@@ -170,6 +188,16 @@ impl Vm {
             .map(|r| rls::grpc_service(&r.cluster))
             .unwrap_or_default();
         let stats = StatNames::new(&config);
+        let health_slots = if config.failover.is_some() {
+            config.models.iter().map(|m| m.destinations.len()).sum()
+        } else {
+            0
+        };
+        let health_key = if health_slots > 0 {
+            crate::health::key(&config)
+        } else {
+            String::new()
+        };
         Vm {
             config,
             hold: RefCell::new(HoldNet::default()),
@@ -186,6 +214,50 @@ impl Vm {
             node: OnceCell::new(),
             logged_identity: Cell::new(false),
             bucket_seed: Cell::new(None),
+            health_key,
+            health_slots,
+            announced: Cell::new(false),
+        }
+    }
+
+    /// The breakers' gauges, once per VM, from the shared table; the table for this request.
+    #[inline(never)]
+    fn health<H: Host>(&self, host: &mut H) -> crate::health::Table {
+        let t = crate::health::read(host, &self.health_key, self.health_slots);
+        if !self.announced.replace(true) {
+            let mut i = 0;
+            for m in &self.config.models {
+                for d in &m.destinations {
+                    host.metric(&telemetry::destination_state(&m.name, &d.name, t.get(i).state));
+                    i += 1;
+                }
+            }
+        }
+        t
+    }
+
+    /// Applies `f` to a breaker; a change of state is set on its gauge (and an opening logged).
+    #[inline(never)]
+    fn breaker<H: Host>(&self, host: &mut H, at: (usize, usize, usize), event: Event) {
+        let (m, d, slot) = at;
+        let Some((before, after)) = crate::health::update(host, &self.health_key, self.health_slots, slot, event)
+        else {
+            return;
+        };
+        let (Some(m), true) = (self.config.models.get(m), before.state != after.state) else {
+            return;
+        };
+        let Some(d) = m.destinations.get(d) else { return };
+        host.metric(&telemetry::destination_state(&m.name, &d.name, after.state));
+        if after.state == crate::health::OPEN {
+            host.log(
+                LogLevel::Warn,
+                &("model-router: destination `".to_string()
+                    + &d.name
+                    + "` of model `"
+                    + &m.name
+                    + "` is failing: no new requests until its probation ends"),
+            );
         }
     }
 
@@ -488,6 +560,9 @@ pub struct Stream {
     /// When the calls were made (a failure that took the whole timeout is a timeout, whatever
     /// status the host reports: Envoy turns its own deadline into UNAVAILABLE).
     asked_ns: u64,
+    /// Failover: the (model, destination, breaker slot) the request went to and when, until its
+    /// outcome is counted.
+    sent: Option<((usize, usize, usize), u64)>,
 }
 
 /// What admission decided.
@@ -516,6 +591,7 @@ impl Stream {
             waiting: Vec::new(),
             refusal: None,
             asked_ns: 0,
+            sent: None,
         }
     }
 
@@ -565,6 +641,10 @@ impl Stream {
         };
         if permit == Permit::Probe {
             host.metric(&telemetry::hold_probe());
+        }
+        if vm.health_slots > 0 {
+            let t = vm.health(host);
+            self.flow.set_health(t, now / 1_000_000);
         }
         let info = RequestInfo {
             method: &method,
@@ -689,6 +769,9 @@ impl Stream {
             }
             let number = |name| h.get_str(name).and_then(|v| v.trim().parse::<u64>().ok());
             self.status = number(":status").and_then(|s| u32::try_from(s).ok());
+            if let Some(s) = self.status {
+                self.outcome(vm, host, Some(s));
+            }
             let encoded = h
                 .get_str("content-encoding")
                 .is_some_and(|e| !e.trim().is_empty() && !e.trim().eq_ignore_ascii_case("identity"));
@@ -741,6 +824,9 @@ impl Stream {
             // Ended (the client went away) before the rate limit service answered.
             self.waiting.clear();
             vm.callout_done(self.id);
+        }
+        if self.sent.is_some() {
+            self.outcome(vm, host, None);
         }
         let cfg = &vm.config;
         // The status seen in the response headers, else (local replies, resets) Envoy's own.
@@ -832,8 +918,7 @@ impl Stream {
         if !vm.config.restore_model_name {
             return None;
         }
-        let (m, _) = self.flow.matched(&vm.config)?;
-        let upstream = m.upstream_model.as_deref()?;
+        let upstream = self.flow.upstream_name(&vm.config)?;
         let client = self.flow.requested_model()?;
         if client == upstream || !(200..300).contains(&self.status.unwrap_or(0)) {
             return None;
@@ -915,6 +1000,12 @@ impl Stream {
     fn reject<H: Host>(&mut self, vm: &Vm, host: &mut H, r: &Reject) -> Action {
         let (model, _) = telemetry::labels(&vm.config, self.flow.outcome());
         host.metric(&telemetry::rejected(r.reason, model));
+        if r.reason == RejectReason::ModelUnavailable {
+            host.metric(&telemetry::failover(model, "unavailable"));
+            if vm.config.filter_state {
+                host.set_filter_state(FS_FAILOVER, b"unavailable");
+            }
+        }
         if vm.config.filter_state {
             // The access log names the model a refusal was for (`other` when none was known).
             host.set_filter_state(FS_MODEL, model.as_bytes());
@@ -1149,10 +1240,87 @@ impl Stream {
         }
     }
 
+    /// Failover: a routed request goes upstream; a trial is marked on its breaker, a failover
+    /// counted, and the outcome awaited.
+    #[inline(never)]
+    fn failover_sent<H: Host>(&mut self, vm: &Vm, host: &mut H) {
+        let Outcome::Matched {
+            model,
+            destination: Some(d),
+        } = *self.flow.outcome()
+        else {
+            return;
+        };
+        let cfg = &vm.config;
+        let now = host.now_ns();
+        let at = (model, d, crate::routing::slot(cfg, model, d));
+        let (via, trial) = self.flow.failover();
+        if let Some(slot) = trial {
+            vm.breaker(host, (model, d, slot), Event::Trial(now / 1_000_000));
+        }
+        let label = match (via, trial) {
+            (Via::First, Some(_)) => "trial",
+            (Via::First, None) => "",
+            (v, _) => v.label(),
+        };
+        if via != Via::First {
+            let asked = self.flow.asked_model().unwrap_or(model);
+            let name = cfg.models.get(asked).map_or(telemetry::OTHER, |m| m.name.as_str());
+            host.metric(&telemetry::failover(name, label));
+        }
+        if cfg.filter_state && !label.is_empty() {
+            host.set_filter_state(FS_FAILOVER, label.as_bytes());
+        }
+        self.sent = Some((at, now));
+    }
+
+    /// Failover: what the response (`status`: its headers' status; `None`: none came) tells of
+    /// the destination. Envoy's response flags tell resets, connect failures and its timeouts.
+    #[inline(never)]
+    fn outcome<H: Host>(&mut self, vm: &Vm, host: &mut H, status: Option<u32>) {
+        let (Some((at, sent_ns)), Some(p)) = (self.sent.take(), vm.config.failover.as_ref()) else {
+            return;
+        };
+        let now = host.now_ns();
+        let late = p
+            .first_byte_timeout_ms
+            .is_some_and(|t| now.saturating_sub(sent_ns) > u64::from(t) * 1_000_000);
+        let mut flags = || {
+            host.property(&["response", "flags"])
+                .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+                .map_or(0, u64::from_le_bytes)
+        };
+        let from_flags = |f: u64| match f {
+            _ if f & (FLAG_NO_HEALTHY_UPSTREAM | FLAG_CONNECT_FAILURE) != 0 => Some("connect_failure"),
+            _ if f & (FLAG_REMOTE_RESET | FLAG_CONNECTION_TERMINATION) != 0 => Some("reset"),
+            _ if f & FLAG_REQUEST_TIMEOUT != 0 => Some("timeout"),
+            _ => None,
+        };
+        let failure = match status {
+            Some(s) if s >= 500 || p.fails(s) => from_flags(flags()).or(p.fails(s).then_some("status")),
+            Some(_) => None,
+            None => match from_flags(flags()) {
+                None if !late => return,
+                f => f,
+            },
+        }
+        .or(late.then_some("timeout"));
+        let now_ms = now / 1_000_000;
+        vm.breaker(host, at, Event::Outcome(p, failure.is_none(), now_ms));
+        if let (Some(reason), Some(m)) = (failure, vm.config.models.get(at.0)) {
+            if let Some(d) = m.destinations.get(at.1) {
+                host.metric(&telemetry::destination_failure(&m.name, &d.name, reason));
+            }
+        }
+    }
+
     /// Once the model is known and admitted: count it in flight, and name it for access logs.
     fn note_matched<H: Host>(&mut self, vm: &Vm, host: &mut H) {
         if !matches!(self.flow.outcome(), Outcome::Matched { .. }) {
             return;
+        }
+        if vm.health_slots > 0 {
+            self.failover_sent(vm, host);
         }
         let ops = self.meter.routed(&vm.stats.pair(&vm.config, self.flow.outcome()));
         if !ops.is_empty() {
@@ -2352,5 +2520,264 @@ mod crossings {
             let on = run(stream, r#""filterState":true,"#);
             assert_eq!(on.crossings_by_call["set_filter_state"], 4);
         }
+    }
+}
+
+#[cfg(test)]
+mod failover_tests {
+    use super::*;
+    use crate::memory_host::{MemoryHost, SharedMem};
+    use crate::telemetry::{DESTINATION_STATE, FAILOVERS_TOTAL, REJECTED_TOTAL};
+
+    const CFG: &str = r#"{"filterState":true,"restoreModelName":true,
+      "failover":{"consecutiveFailures":3,"probation":"10s","maxProbation":"40s"},
+      "models":[
+        {"name":"llama","destinations":[{"name":"stable","weight":90},{"name":"canary","weight":10}],
+         "fallbacks":[{"model":"qwen"}]},
+        {"name":"qwen","upstreamModel":"Qwen/Qwen2-7B","destinations":[{"name":"qwen-a"}]}
+      ]}"#;
+
+    struct World {
+        vm: Vm,
+        shared: SharedMem,
+        now_ns: u64,
+        metrics: std::collections::BTreeMap<String, i64>,
+        next: u32,
+    }
+
+    /// What happened to one request.
+    #[derive(Debug)]
+    struct Sent {
+        route: Option<String>,
+        body: Vec<u8>,
+        reply: Option<(u32, Vec<(String, String)>)>,
+        client_body: Vec<u8>,
+        failover: Option<String>,
+    }
+
+    impl World {
+        fn new() -> World {
+            World::with(CFG)
+        }
+
+        fn with(cfg: &str) -> World {
+            World {
+                vm: Vm::new(Config::from_json(cfg.as_bytes()).unwrap(), 1),
+                shared: SharedMem::default(),
+                now_ns: 1_000_000_000_000,
+                metrics: Default::default(),
+                next: 1,
+            }
+        }
+
+        /// One chat request for `model`, answered by its destination with `status` (when it
+        /// went upstream); `flags`: Envoy's response flags, with no response headers.
+        fn send(&mut self, model: &str, random: u64, status: Option<u32>, flags: u64) -> Sent {
+            self.send_after(model, random, status, flags, 0)
+        }
+
+        /// `send`, the response coming `wait_ms` after the request went upstream.
+        fn send_after(&mut self, model: &str, random: u64, status: Option<u32>, flags: u64, wait_ms: u64) -> Sent {
+            let body = format!(r#"{{"model":"{model}","messages":[]}}"#);
+            let mut h = MemoryHost::new();
+            h.now_ns = self.now_ns;
+            h.shared = std::mem::take(&mut self.shared);
+            h.metrics = std::mem::take(&mut self.metrics);
+            h.request_headers = vec![
+                (":method".into(), "POST".into()),
+                (":path".into(), "/v1/chat/completions".into()),
+                (":authority".into(), "llm".into()),
+                ("content-length".into(), body.len().to_string()),
+            ];
+            h.request_body = body.into_bytes();
+            self.vm.rng.set(random);
+            let mut s = Stream::new(self.next);
+            self.next += 1;
+            let n = h.request_body.len();
+            s.on_request_headers(&self.vm, &mut h, false);
+            if h.reply.is_none() {
+                s.on_request_body(&self.vm, &mut h, n, true);
+            }
+            let route = h.header(Map::Request, "x-ai-route").map(str::to_string);
+            h.now_ns += wait_ms * 1_000_000;
+            let sent_body = h.request_body.clone();
+            let mut client_body = Vec::new();
+            if h.reply.is_none() {
+                match status {
+                    Some(st) => {
+                        h.response_headers = vec![
+                            (":status".into(), st.to_string()),
+                            ("content-type".into(), "application/json".into()),
+                        ];
+                        s.on_response_headers(&self.vm, &mut h, false);
+                        h.response_body = br#"{"model":"Qwen/Qwen2-7B","usage":{"prompt_tokens":1}}"#.to_vec();
+                        let len = h.response_body.len();
+                        s.on_response_body(&self.vm, &mut h, len, true);
+                        client_body = h.response_body.clone();
+                    }
+                    None => {
+                        h.properties
+                            .insert("response.flags".into(), flags.to_le_bytes().to_vec());
+                    }
+                }
+            }
+            s.on_log(&self.vm, &mut h);
+            self.now_ns = h.now_ns;
+            self.shared = std::mem::take(&mut h.shared);
+            self.metrics = std::mem::take(&mut h.metrics);
+            Sent {
+                route,
+                body: sent_body,
+                reply: h.reply.map(|r| (r.status, r.headers)),
+                client_body,
+                failover: h
+                    .filter_state
+                    .get(FS_FAILOVER)
+                    .map(|v| String::from_utf8_lossy(v).into_owned()),
+            }
+        }
+
+        fn metric(&self, name: &str, labels: &[(&str, &str)]) -> i64 {
+            self.metrics
+                .get(&telemetry::stat_name(name, labels))
+                .copied()
+                .unwrap_or(0)
+        }
+
+        fn state(&self, d: &str) -> i64 {
+            self.metric(DESTINATION_STATE, &[("model", "llama"), ("destination", d)])
+        }
+    }
+
+    /// A random value that the weighted choice maps to `stable` (point < 90 of 100) or `canary`.
+    const TO_STABLE: u64 = 0;
+    fn to_canary(w: &World) -> u64 {
+        // The VM's xorshift output for a state is deterministic: search one that lands on canary.
+        (1..10_000u64)
+            .find(|&r| {
+                w.vm.rng.set(r);
+                w.vm.random() % 100 >= 90
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn a_failing_destination_opens_at_its_threshold_then_is_tried_and_returns() {
+        let mut w = World::new();
+        let canary = to_canary(&w);
+        for i in 0..3 {
+            let s = w.send("llama", canary, Some(503), 0);
+            assert_eq!(s.route.as_deref(), Some("canary"), "request {i}");
+        }
+        assert_eq!(w.state("canary"), 1, "open after 3 failures");
+        // Its share now goes to stable; stable's own requests are unchanged.
+        let s = w.send("llama", canary, Some(200), 0);
+        assert_eq!(s.route.as_deref(), Some("stable"));
+        assert_eq!(s.failover.as_deref(), Some("destination"));
+        assert_eq!(
+            w.send("llama", TO_STABLE, Some(200), 0).route.as_deref(),
+            Some("stable")
+        );
+        assert_eq!(
+            w.metric(FAILOVERS_TOTAL, &[("model", "llama"), ("reason", "destination")]),
+            1
+        );
+        // Probation over: the next request that lands on it is a trial; it succeeds: closed.
+        w.now_ns += 10_000_000_000;
+        let s = w.send("llama", canary, Some(200), 0);
+        assert_eq!(s.route.as_deref(), Some("canary"));
+        assert_eq!(s.failover.as_deref(), Some("trial"));
+        assert_eq!(w.state("canary"), 0);
+        assert_eq!(w.send("llama", canary, Some(200), 0).route.as_deref(), Some("canary"));
+    }
+
+    #[test]
+    fn late_first_bytes_count_as_failures() {
+        let mut w = World::with(&CFG.replace(
+            r#""maxProbation":"40s""#,
+            r#""maxProbation":"40s","firstByteTimeout":"2s""#,
+        ));
+        let canary = to_canary(&w);
+        w.send_after("llama", canary, Some(200), 0, 2_000);
+        assert_eq!(w.state("canary"), 0);
+        for _ in 0..3 {
+            w.send_after("llama", canary, Some(200), 0, 2_001);
+        }
+        assert_eq!(w.state("canary"), 1, "three late answers open it");
+        assert_eq!(
+            w.metric(
+                telemetry::DESTINATION_FAILURES_TOTAL,
+                &[("model", "llama"), ("destination", "canary"), ("reason", "timeout")]
+            ),
+            3
+        );
+    }
+
+    #[test]
+    fn resets_and_connect_failures_count_and_a_failed_trial_doubles_the_probation() {
+        let mut w = World::new();
+        let canary = to_canary(&w);
+        for flags in [FLAG_CONNECT_FAILURE, FLAG_REMOTE_RESET, FLAG_CONNECTION_TERMINATION] {
+            w.send("llama", canary, None, flags);
+        }
+        assert_eq!(w.state("canary"), 1);
+        assert_eq!(
+            w.metric(
+                telemetry::DESTINATION_FAILURES_TOTAL,
+                &[("model", "llama"), ("destination", "canary"), ("reason", "reset")]
+            ),
+            2
+        );
+        // A client that went away (no flags that blame the backend) changes nothing.
+        let mut w2 = World::new();
+        for _ in 0..5 {
+            w2.send("llama", canary, None, 0x4000);
+        }
+        assert_eq!(w2.state("canary"), 0);
+        // A failed trial: open again, for twice as long.
+        w.now_ns += 10_000_000_000;
+        w.send("llama", canary, Some(503), 0);
+        assert_eq!(w.state("canary"), 1);
+        w.now_ns += 10_000_000_000;
+        assert_eq!(w.send("llama", canary, Some(200), 0).route.as_deref(), Some("stable"));
+        w.now_ns += 10_000_000_000;
+        assert_eq!(w.send("llama", canary, Some(200), 0).route.as_deref(), Some("canary"));
+    }
+
+    #[test]
+    fn all_open_goes_to_the_fallback_model_rewritten_and_restored_then_503() {
+        let mut w = World::new();
+        let canary = to_canary(&w);
+        for r in [TO_STABLE, canary] {
+            for _ in 0..3 {
+                w.send("llama", r, Some(500), 0);
+            }
+        }
+        let s = w.send("llama", TO_STABLE, Some(200), 0);
+        assert_eq!(s.route.as_deref(), Some("qwen-a"));
+        assert_eq!(s.failover.as_deref(), Some("fallback"));
+        assert!(
+            String::from_utf8_lossy(&s.body).contains(r#""model":"Qwen/Qwen2-7B""#),
+            "{}",
+            String::from_utf8_lossy(&s.body)
+        );
+        assert!(
+            String::from_utf8_lossy(&s.client_body).contains(r#""model":"llama""#),
+            "the client's name is restored"
+        );
+        // The fallback fails too: 503 model_unavailable at once, retry-after the nearest probation.
+        for _ in 0..3 {
+            w.send("qwen", TO_STABLE, Some(502), 0);
+        }
+        w.now_ns += 2_500_000_000;
+        let s = w.send("llama", TO_STABLE, Some(200), 0);
+        let (status, headers) = s.reply.expect("a local reply");
+        assert_eq!(status, 503);
+        assert!(headers.contains(&("retry-after".into(), "8".into())), "{headers:?}");
+        assert_eq!(s.route, None);
+        assert_eq!(
+            w.metric(REJECTED_TOTAL, &[("model", "llama"), ("reason", "model_unavailable")]),
+            1
+        );
     }
 }

@@ -127,7 +127,7 @@ impl Host for ProxyHost<'_> {
         stat.set_host_id(id);
         let _ = match op {
             MetricOp::Add { delta, .. } => host::increment_metric(id, *delta),
-            MetricOp::Record { value, .. } => host::record_metric(id, *value),
+            MetricOp::Record { value, .. } | MetricOp::Set { value, .. } => host::record_metric(id, *value),
         };
     }
     fn set_tick_ms(&mut self, ms: u32) {

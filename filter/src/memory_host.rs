@@ -242,6 +242,10 @@ impl Host for MemoryHost {
         match op {
             MetricOp::Add { name, delta, .. } => *self.metrics.entry(name.to_string()).or_insert(0) += delta,
             MetricOp::Record { name, value } => self.histograms.entry(name.to_string()).or_default().push(*value),
+            MetricOp::Set { name, value } => {
+                self.metrics
+                    .insert(name.to_string(), i64::try_from(*value).unwrap_or(i64::MAX));
+            }
         }
     }
 

@@ -18,10 +18,12 @@ pub enum RejectReason {
     /// A global limit could not be checked (the rate limit service did not answer in time) and
     /// `rateLimitService.failureMode` is `deny`.
     RateLimitUnavailable,
+    /// Every destination of the model and every fallback is open (`failover`).
+    ModelUnavailable,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 10] = [
+    pub const ALL: [RejectReason; 11] = [
         RejectReason::ModelNotFound,
         RejectReason::InvalidJson,
         RejectReason::InvalidForm,
@@ -32,6 +34,7 @@ impl RejectReason {
         RejectReason::DuplicateModel,
         RejectReason::BodyNotReceived,
         RejectReason::RateLimitUnavailable,
+        RejectReason::ModelUnavailable,
     ];
 
     pub fn code(self) -> &'static str {
@@ -46,6 +49,7 @@ impl RejectReason {
             RejectReason::DuplicateModel => "duplicate_model",
             RejectReason::BodyNotReceived => "body_not_received",
             RejectReason::RateLimitUnavailable => "rate_limit_unavailable",
+            RejectReason::ModelUnavailable => "model_unavailable",
         }
     }
 
@@ -59,7 +63,7 @@ impl RejectReason {
             RejectReason::BodyTooLarge => 413,
             RejectReason::ModelAccessDenied => 403,
             RejectReason::RateLimitExceeded => 429,
-            RejectReason::BodyNotReceived | RejectReason::RateLimitUnavailable => 503,
+            RejectReason::BodyNotReceived | RejectReason::RateLimitUnavailable | RejectReason::ModelUnavailable => 503,
         }
     }
 }
@@ -93,9 +97,10 @@ impl Reject {
     /// (rate limits: OpenAI's `"type":"requests"|"tokens","param":null`).
     pub fn body(&self) -> Vec<u8> {
         let param = match self.reason {
-            RejectReason::RateLimitExceeded | RejectReason::BodyNotReceived | RejectReason::RateLimitUnavailable => {
-                "null"
-            }
+            RejectReason::RateLimitExceeded
+            | RejectReason::BodyNotReceived
+            | RejectReason::RateLimitUnavailable
+            | RejectReason::ModelUnavailable => "null",
             _ => "\"model\"",
         };
         let mut out = String::from("{\"error\":{\"message\":");
@@ -125,6 +130,6 @@ mod tests {
         assert_eq!(v["error"]["message"], "The model `x\"y` does not exist.");
         assert_eq!(r.status(), 404);
         let statuses: Vec<u32> = RejectReason::ALL.iter().map(|r| r.status()).collect();
-        assert_eq!(statuses, [404, 400, 400, 400, 413, 403, 429, 400, 503, 503]);
+        assert_eq!(statuses, [404, 400, 400, 400, 413, 403, 429, 400, 503, 503, 503]);
     }
 }

@@ -3,11 +3,12 @@
 
 use crate::config::{Config, Model, Policy};
 use crate::form_scan::{self, FormScanner};
+use crate::health::Table;
 use crate::json::Json;
 use crate::json_scan::{Found, TopLevelScanner};
 use crate::path_model::{model_from_path, query_model};
 use crate::reply::{Reject, RejectReason};
-use crate::routing::{pick, Pick};
+use crate::routing::{choose, pick, Choice, Pick, Via};
 
 /// The parts of the request headers the flow looks at.
 #[derive(Debug, Clone, Default)]
@@ -175,6 +176,13 @@ pub struct RequestFlow {
     query_model: Option<String>,
     /// The largest `max_tokens` / `max_completion_tokens` / `max_output_tokens` the body asked for.
     max_tokens: Option<u64>,
+    /// Failover: the destinations' health as read for this request, and the time (ms).
+    health: Option<(Table, u64)>,
+    /// Failover: how the destination was found, and the breaker slot of a trial request.
+    via: Via,
+    trial: Option<usize>,
+    /// The model the client's name resolved to (before any fallback).
+    asked: Option<usize>,
 }
 
 impl Default for RequestFlow {
@@ -194,6 +202,10 @@ impl Default for RequestFlow {
             requested: None,
             query_model: None,
             max_tokens: None,
+            health: None,
+            via: Via::First,
+            trial: None,
+            asked: None,
         }
     }
 }
@@ -233,6 +245,31 @@ fn token_count(f: &Found) -> Option<u64> {
 impl RequestFlow {
     pub fn outcome(&self) -> &Outcome {
         &self.outcome
+    }
+
+    /// Failover is on: route with the destinations' health as read now (`now_ms`).
+    pub fn set_health(&mut self, table: Table, now_ms: u64) {
+        self.health = Some((table, now_ms));
+    }
+
+    /// How failover found the destination, and the breaker slot to mark when it is a trial.
+    pub fn failover(&self) -> (Via, Option<usize>) {
+        (self.via, self.trial)
+    }
+
+    /// The model the client asked for, when a fallback serves it instead.
+    pub fn asked_model(&self) -> Option<usize> {
+        self.asked.filter(|a| Some(*a) != self.model_index())
+    }
+
+    /// The model name the backend is sent: `upstreamModel`, or a fallback model's own name.
+    pub fn upstream_name<'c>(&self, cfg: &'c Config) -> Option<&'c str> {
+        let (m, _) = self.matched(cfg)?;
+        match (&m.upstream_model, self.asked_model()) {
+            (Some(up), _) => Some(up),
+            (None, Some(_)) => Some(&m.name),
+            _ => None,
+        }
     }
 
     /// The model name as the client sent it (path or body), once known.
@@ -499,8 +536,8 @@ impl RequestFlow {
             return stop;
         }
         let mut edits = Vec::new();
-        if let (Some((model, _)), Some(f)) = (self.matched(cfg), found.first()) {
-            if let Some(up) = &model.upstream_model {
+        if let (Some(up), Some(f)) = (self.upstream_name(cfg), found.first()) {
+            {
                 edits.push(Edit {
                     start: f.start as usize,
                     len: (f.end - f.start) as usize,
@@ -544,7 +581,7 @@ impl RequestFlow {
         }
         let mut edits = Vec::new();
         if let Some((model, _)) = self.matched(cfg) {
-            if let (Some(up), Some(f)) = (&model.upstream_model, scanner.get(K_MODEL)) {
+            if let (Some(up), Some(f)) = (self.upstream_name(cfg), scanner.get(K_MODEL)) {
                 let bytes = crate::json::quote(up).into_bytes();
                 edits.push(Edit {
                     start: f.start as usize,
@@ -652,9 +689,31 @@ impl RequestFlow {
         self.requested = Some(name.to_string());
         match cfg.resolve_index(name).and_then(|i| Some((i, cfg.models.get(i)?))) {
             Some((model, m)) => {
+                self.asked = Some(model);
+                let mut chosen = (model, routes.then(|| pick(m, self.pick)));
+                if let (true, Some((table, now))) = (routes, &self.health) {
+                    match choose(cfg, table, *now, model, self.pick, self.from_body) {
+                        Choice::Go {
+                            model,
+                            destination,
+                            trial,
+                            via,
+                        } => {
+                            chosen = (model, Some(destination));
+                            (self.via, self.trial) = (via, trial);
+                        }
+                        Choice::Unavailable { until_ms } => {
+                            self.outcome = Outcome::Denied {
+                                model,
+                                reason: RejectReason::ModelUnavailable,
+                            };
+                            return Err(unavailable(name, until_ms.saturating_sub(*now)));
+                        }
+                    }
+                }
                 self.outcome = Outcome::Matched {
-                    model,
-                    destination: routes.then(|| pick(m, self.pick)),
+                    model: chosen.0,
+                    destination: chosen.1,
                 };
                 Ok(())
             }
@@ -767,6 +826,19 @@ impl RequestFlow {
 }
 
 pub const CONTENT_LENGTH: &str = "content-length";
+
+/// 503 `model_unavailable`: every destination and fallback is open; `retry-after` when the
+/// first probation ends.
+fn unavailable(name: &str, wait_ms: u64) -> Reject {
+    let mut r = Reject::new(
+        RejectReason::ModelUnavailable,
+        "Every backend of the model `".to_string() + &shorten(name) + "` is failing; retry later.",
+    );
+    r.error_type = "server_error".into();
+    r.headers
+        .push(("retry-after".into(), wait_ms.div_ceil(1000).max(1).to_string()));
+    r
+}
 
 /// Feeds a chunk (and the end, when it is the last) to the body's scanner.
 fn feed(scan: &mut BodyScan, chunk: &[u8], end_of_stream: bool) -> Result<(), Unreadable> {

@@ -1,6 +1,8 @@
 //! Weighted, optionally sticky, choice of a destination. Randomness comes from the caller.
 
-use crate::config::{Destination, Model};
+use crate::config::{Config, Destination, Model};
+use crate::failover::Fallback;
+use crate::health::{Admit, Table};
 
 /// Where the point on the weight line comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,13 +25,136 @@ impl Pick {
 
 /// Index of the chosen destination in `model.destinations`.
 pub fn pick(model: &Model, how: Pick) -> usize {
-    let total = model.total_weight.max(1);
-    let point = match how {
+    index_at(&model.destinations, point(model, how, model.total_weight))
+}
+
+/// The point on a weight line of `total` for `model`.
+fn point(model: &Model, how: Pick, total: u64) -> u64 {
+    let total = total.max(1);
+    match how {
         Pick::Random(r) => r % total,
         // Mixed with the model name so that one user is not pinned to "the first 90%" of every model.
         Pick::Sticky(h) => mix(h ^ hash(model.name.as_bytes())) % total,
+    }
+}
+
+/// How a request got its destination when failover is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// The weighted (or sticky) choice, as without failover.
+    First,
+    /// Another destination of the model: the first choice was open.
+    Destination,
+    /// A fallback (of the destination or the model).
+    Fallback,
+}
+
+impl Via {
+    /// The `reason` label of `model_router_failovers_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Via::First => "none",
+            Via::Destination => "destination",
+            Via::Fallback => "fallback",
+        }
+    }
+}
+
+/// Where a request goes when failover is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Choice {
+    Go {
+        model: usize,
+        destination: usize,
+        /// The slot (`slot`) of a breaker that lets this request through as a trial.
+        trial: Option<usize>,
+        via: Via,
+    },
+    /// Nothing can take it: every destination and fallback is open. When the first may take
+    /// a request again (ms).
+    Unavailable { until_ms: u64 },
+}
+
+/// The slot of `config.models[model].destinations[destination]` in the health table.
+pub fn slot(cfg: &Config, model: usize, destination: usize) -> usize {
+    cfg.models
+        .iter()
+        .take(model)
+        .map(|m| m.destinations.len())
+        .sum::<usize>()
+        + destination
+}
+
+/// Failover's choice for a request for `cfg.models[model]`: the weighted choice while it admits
+/// requests (stickiness kept); else the destination's fallbacks; else the model's other
+/// destinations by their weights renormalised over those that admit requests; else the
+/// model's fallbacks in order (another model's only when `cross_model`: the body names the
+/// model, so it can be rewritten); else unavailable.
+pub fn choose(cfg: &Config, health: &Table, now_ms: u64, model: usize, how: Pick, cross_model: bool) -> Choice {
+    let mut until = u64::MAX;
+    let (Some(p), Some(m)) = (cfg.failover.as_ref(), cfg.models.get(model)) else {
+        return Choice::Unavailable { until_ms: until };
     };
-    index_at(&model.destinations, point)
+    // Some(trial slot or None) when `models[mi].destinations[d]` takes the request.
+    let mut admit = |mi: usize, d: usize| {
+        let s = slot(cfg, mi, d);
+        match health.get(s).admit(p, now_ms) {
+            Admit::Yes => Some(None),
+            Admit::Trial => Some(Some(s)),
+            Admit::No(t) => {
+                until = until.min(t);
+                None
+            }
+        }
+    };
+    let first = pick(m, how);
+    let me = Fallback {
+        model,
+        destination: None,
+    };
+    let chosen = Fallback {
+        model,
+        destination: Some(first),
+    };
+    let own = m.destinations.get(first).map_or(&[][..], |d| &d.fallbacks[..]);
+    let order = std::iter::once((&chosen, Via::First))
+        .chain(own.iter().map(|f| (f, Via::Fallback)))
+        .chain(std::iter::once((&me, Via::Destination)))
+        .chain(m.fallbacks.iter().map(|f| (f, Via::Fallback)));
+    for (f, via) in order {
+        let Some(fm) = cfg.models.get(f.model).filter(|_| cross_model || f.model == model) else {
+            continue;
+        };
+        let found = match f.destination {
+            Some(d) => admit(f.model, d).map(|t| (d, t)),
+            None => {
+                // Renormalised over the destinations that take requests; else a trial of one.
+                let ok: Vec<Option<Option<usize>>> = (0..fm.destinations.len()).map(|d| admit(f.model, d)).collect();
+                let weight = |d: usize| u64::from(fm.destinations[d].weight);
+                let total: u64 = (0..ok.len()).filter(|&d| ok[d] == Some(None)).map(weight).sum();
+                let mut at = point(fm, how, total);
+                (0..ok.len())
+                    .find(|&d| {
+                        let here = ok[d] == Some(None) && total > 0 && at < weight(d);
+                        if ok[d] == Some(None) && !here {
+                            at = at.saturating_sub(weight(d));
+                        }
+                        here
+                    })
+                    .map(|d| (d, None))
+                    .or_else(|| (0..ok.len()).find_map(|d| Some((d, ok[d]?)).filter(|_| weight(d) > 0)))
+            }
+        };
+        if let Some((destination, trial)) = found {
+            return Choice::Go {
+                model: f.model,
+                destination,
+                trial,
+                via,
+            };
+        }
+    }
+    Choice::Unavailable { until_ms: until }
 }
 
 fn index_at(destinations: &[Destination], point: u64) -> usize {
@@ -107,6 +232,97 @@ mod tests {
         for r in 0..50 {
             assert_eq!(pick(&m, Pick::Random(r * 7919)), 1);
             assert_eq!(pick(&m, Pick::Sticky(r)), 1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod choose_tests {
+    use super::*;
+    use crate::health::{Health, OPEN};
+
+    fn cfg() -> Config {
+        Config::from_json(
+            br#"{"failover":{"probation":"1s"},"models":[
+              {"name":"m","destinations":[{"name":"a","weight":60},{"name":"b","weight":30},{"name":"c","weight":10}],
+               "fallbacks":[{"model":"f","destination":"f2"}]},
+              {"name":"f","destinations":[{"name":"f1"},{"name":"f2"}]}]}"#,
+        )
+        .unwrap()
+    }
+
+    fn open(slots: &[usize]) -> Table {
+        let mut t = Table(vec![Health::default(); 5]);
+        for &s in slots {
+            t.0[s] = Health {
+                state: OPEN,
+                level: 1,
+                count: 0,
+                at_ms: 5_000,
+            };
+        }
+        t
+    }
+
+    fn go(c: Choice) -> (usize, usize, Via) {
+        match c {
+            Choice::Go {
+                model,
+                destination,
+                via,
+                ..
+            } => (model, destination, via),
+            Choice::Unavailable { .. } => panic!("unavailable"),
+        }
+    }
+
+    #[test]
+    fn weights_renormalise_over_the_healthy_and_stickiness_stays_unless_open() {
+        let cfg = cfg();
+        let t = open(&[0]);
+        let mut counts = [0u32; 3];
+        for r in 0..400u64 {
+            let (m, d, via) = go(choose(&cfg, &t, 0, 0, Pick::Random(r), true));
+            assert_eq!(m, 0);
+            assert_eq!(via == Via::First, d != 0 && pick(&cfg.models[0], Pick::Random(r)) == d);
+            counts[d] += 1;
+        }
+        // 30:10 of what is left: exactly, over a whole number of weight lines.
+        assert_eq!(counts, [0, 300, 100]);
+        let healthy = Table(vec![Health::default(); 5]);
+        for user in 0..200u64 {
+            let how = Pick::Sticky(user);
+            let before = go(choose(&cfg, &healthy, 0, 0, how, true)).1;
+            let after = go(choose(&cfg, &t, 0, 0, how, true)).1;
+            assert!(
+                before == 0 || after == before,
+                "user {user} moved from a healthy {before}"
+            );
+        }
+    }
+
+    #[test]
+    fn fallbacks_then_unavailable_with_the_nearest_probation() {
+        let cfg = cfg();
+        let all = open(&[0, 1, 2]);
+        assert_eq!(
+            go(choose(&cfg, &all, 0, 0, Pick::Random(7), true)),
+            (1, 1, Via::Fallback)
+        );
+        // A model in the path cannot be rewritten: no fallback to another model.
+        assert_eq!(
+            choose(&cfg, &all, 0, 0, Pick::Random(7), false),
+            Choice::Unavailable { until_ms: 5_000 }
+        );
+        let everything = open(&[0, 1, 2, 4]);
+        assert_eq!(
+            choose(&cfg, &everything, 0, 0, Pick::Random(7), true),
+            Choice::Unavailable { until_ms: 5_000 }
+        );
+        // Probation over: a trial.
+        match choose(&cfg, &everything, 5_000, 0, Pick::Random(0), true) {
+            Choice::Go { trial, .. } => assert!(trial.is_some()),
+            c => panic!("{c:?}"),
         }
     }
 }

@@ -32,6 +32,14 @@ pub const RATE_LIMIT_SERVICE_FAILURES_TOTAL: &str = "model_router_rate_limit_ser
 /// Callers' rate-limit buckets that took over (`evicted`) or share (`shared`) another caller's
 /// slot of the fixed table, by model and reason (`policy::BUCKET_SLOTS`).
 pub const LIMIT_BUCKET_COLLISIONS_TOTAL: &str = "model_router_limit_bucket_collisions_total";
+/// Each destination's breaker (`failover`): 0 closed, 1 open, 2 half-open.
+pub const DESTINATION_STATE: &str = "model_router_destination_state";
+/// Requests that did not go to their first choice, by the model asked for and reason
+/// (`destination`, `fallback`, `unavailable`).
+pub const FAILOVERS_TOTAL: &str = "model_router_failovers_total";
+/// Failures the breakers counted, by model, destination and reason (`status`, `reset`,
+/// `connect_failure`, `timeout`).
+pub const DESTINATION_FAILURES_TOTAL: &str = "model_router_destination_failures_total";
 /// The filter's Wasm linear memory, summed over the worker VMs of a proxy.
 pub const VM_MEMORY_BYTES: &str = "model_router_vm_memory_bytes";
 
@@ -55,6 +63,9 @@ pub const COUNTERS_AND_GAUGES: &[&str] = &[
     RATE_LIMIT_SERVICE_FAILURES_TOTAL,
     LIMIT_BUCKET_COLLISIONS_TOTAL,
     VM_MEMORY_BYTES,
+    DESTINATION_STATE,
+    FAILOVERS_TOTAL,
+    DESTINATION_FAILURES_TOTAL,
 ];
 pub const HISTOGRAMS: &[&str] = &[DURATION_MS, TTFT_MS];
 
@@ -88,12 +99,14 @@ pub enum MetricOp {
     Add { kind: Kind, name: Stat, delta: i64 },
     /// Record a histogram value.
     Record { name: Stat, value: u64 },
+    /// Set a gauge.
+    Set { name: Stat, value: u64 },
 }
 
 impl MetricOp {
     pub fn stat(&self) -> &Stat {
         match self {
-            MetricOp::Add { name, .. } | MetricOp::Record { name, .. } => name,
+            MetricOp::Add { name, .. } | MetricOp::Record { name, .. } | MetricOp::Set { name, .. } => name,
         }
     }
 
@@ -101,6 +114,7 @@ impl MetricOp {
         match self {
             MetricOp::Add { kind, .. } => *kind,
             MetricOp::Record { .. } => Kind::Histogram,
+            MetricOp::Set { .. } => Kind::Gauge,
         }
     }
 }
@@ -390,6 +404,27 @@ pub fn limit_bucket_collision(model: &str, reason: &str) -> MetricOp {
     count(stat_name(
         LIMIT_BUCKET_COLLISIONS_TOTAL,
         &[("model", model), ("reason", reason)],
+    ))
+}
+
+/// A destination's breaker state (`health::CLOSED` …).
+pub fn destination_state(model: &str, destination: &str, state: u8) -> MetricOp {
+    MetricOp::Set {
+        name: stat_name(DESTINATION_STATE, &[("model", model), ("destination", destination)]).into(),
+        value: u64::from(state),
+    }
+}
+
+/// A request that failover sent elsewhere (or refused).
+pub fn failover(model: &str, reason: &str) -> MetricOp {
+    count(stat_name(FAILOVERS_TOTAL, &[("model", model), ("reason", reason)]))
+}
+
+/// A failure a breaker counted.
+pub fn destination_failure(model: &str, destination: &str, reason: &str) -> MetricOp {
+    count(stat_name(
+        DESTINATION_FAILURES_TOTAL,
+        &[("model", model), ("destination", destination), ("reason", reason)],
     ))
 }
 

@@ -55,7 +55,8 @@ pub const ACCESS_LOG_FORMAT: &str =
 route=%REQ(X-AI-ROUTE)% model=%FILTER_STATE(wasm.model_router.model:PLAIN)% \
 destination=%FILTER_STATE(wasm.model_router.destination:PLAIN)% \
 input_tokens=%FILTER_STATE(wasm.model_router.input_tokens:PLAIN)% \
-output_tokens=%FILTER_STATE(wasm.model_router.output_tokens:PLAIN)% duration_ms=%DURATION%\n";
+output_tokens=%FILTER_STATE(wasm.model_router.output_tokens:PLAIN)% \
+failover=%FILTER_STATE(wasm.model_router.failover:PLAIN)% flags=%RESPONSE_FLAGS% duration_ms=%DURATION%\n";
 
 /// The filter as an HCM http_filters entry, with the module from a local file.
 pub fn wasm_filter(spec: &Spec) -> Value {

@@ -211,6 +211,10 @@ pub struct RouteArgs {
     /// prints the last decision and the statuses of all
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100000))]
     pub repeat: u32,
+    /// Failover: destinations' breaker states, DEST=open|half-open|closed, comma-separated
+    /// (the others closed): explains where a request goes while they fail
+    #[arg(long, value_name = "DEST=STATE,...", value_delimiter = ',')]
+    pub destination_state: Vec<String>,
 }
 
 /// `wasmpack route --proxy`.

@@ -315,6 +315,7 @@ pub fn warnings(config: &Config) -> Vec<(String, String)> {
             ),
         ));
     }
+    w.extend(failover_warnings(config));
     w.extend(unenforceable_limits(config));
     w.extend(estimate_over_budget(config));
     w.extend(global_limit_warnings(config));
@@ -486,9 +487,82 @@ fn unenforceable_limits(config: &Config) -> Vec<(String, String)> {
     w
 }
 
+/// Failover settings that cannot act where the filter would run (docs/failover.md).
+fn failover_warnings(config: &Config) -> Vec<(String, String)> {
+    let mut w = Vec::new();
+    if config.failover.is_none() {
+        return w;
+    }
+    if !config.body_routing {
+        w.push((
+            "failover".into(),
+            "acts only on requests the filter routes: with bodyRouting off, requests whose model is in the body \
+             are not routed and do not fail over (nor use fallbacks of another model); only models in the path do"
+                .into(),
+        ));
+    }
+    let hosted = config
+        .models
+        .iter()
+        .flat_map(|m| &m.destinations)
+        .any(|d| d.host.is_some());
+    for (i, m) in config.models.iter().enumerate() {
+        let lists = std::iter::once((format!("models[{i}].fallbacks"), &m.fallbacks)).chain(
+            m.destinations
+                .iter()
+                .enumerate()
+                .map(move |(j, d)| (format!("models[{i}].destinations[{j}].fallbacks"), &d.fallbacks)),
+        );
+        for (at, list) in lists {
+            for (k, f) in list.iter().enumerate() {
+                let fm = &config.models[f.model];
+                let targets: Vec<_> = match f.destination {
+                    Some(d) => fm.destinations.get(d).into_iter().collect(),
+                    None => fm.destinations.iter().collect(),
+                };
+                if hosted && targets.iter().any(|d| d.host.is_none() && d.inference_pool.is_none()) {
+                    w.push((
+                        format!("{at}[{k}]"),
+                        format!(
+                            "a destination of `{}` has no `host`: `wasmpack manifests` renders no route to it, so a \
+                             request failed over to it would go to the caller's own host",
+                            fm.name
+                        ),
+                    ));
+                }
+                if f.model == i && f.destination.is_none() {
+                    w.push((
+                        format!("{at}[{k}]"),
+                        "names its own model without a destination: its destinations are tried anyway".into(),
+                    ));
+                }
+            }
+        }
+    }
+    w
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failover_warnings_name_fallbacks_that_cannot_be_routed() {
+        let c = Config::from_json(
+            br#"{"failover":{},"bodyRouting":false,"models":[
+              {"name":"m","destinations":[{"name":"a","host":"a.ai.svc.cluster.local"}],"fallbacks":[{"model":"f"}]},
+              {"name":"f","destinations":[{"name":"fb"}]}]}"#,
+        )
+        .unwrap();
+        let w: Vec<String> = failover_warnings(&c).into_iter().map(|(p, _)| p).collect();
+        assert_eq!(w, ["failover", "models[0].fallbacks[0]"]);
+        let fine = Config::from_json(
+            br#"{"failover":{},"models":[{"name":"m","destinations":[{"name":"a"}],"fallbacks":[{"model":"f"}]},
+              {"name":"f","destinations":[{"name":"fb"}]}]}"#,
+        )
+        .unwrap();
+        assert!(failover_warnings(&fine).is_empty());
+    }
 
     #[test]
     fn yaml_errors_name_field_and_line() {

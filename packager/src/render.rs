@@ -568,7 +568,12 @@ pub fn render(config_json: &Value, config: &Config, o: &Options, plan: &Plan) ->
     match &o.target {
         Target::Selector(_) => {
             if o.wants(Part::DestinationRule) {
-                docs.extend(hs.iter().filter(|h| !h.external).map(|h| destination_rule(h, o)));
+                let failover = config.failover.as_ref();
+                docs.extend(
+                    hs.iter()
+                        .filter(|h| !h.external)
+                        .map(|h| destination_rule(h, o, failover)),
+                );
             }
             if o.wants(Part::VirtualService) {
                 docs.extend(hs.iter().map(|h| virtual_service(config, h, hs, o)));
@@ -1011,7 +1016,7 @@ fn subset_key(h: &Host, o: &Options) -> String {
         .unwrap_or_else(|| "version".to_string())
 }
 
-fn destination_rule(h: &Host, o: &Options) -> Doc {
+fn destination_rule(h: &Host, o: &Options, failover: Option<&model_router::config::Failover>) -> Doc {
     let key = subset_key(h, o);
     let pods = o.pods_of(h);
     let mut subsets: Vec<Value> = Vec::new();
@@ -1022,12 +1027,53 @@ fn destination_rule(h: &Host, o: &Options) -> Doc {
             subsets.push(json!({"name": s, "labels": labels}));
         }
     }
+    let mut spec = json!({"host": h.host, "subsets": subsets});
+    let mut comment = format!("Subsets of {} by pod label `{key}`.", h.host);
+    if let Some(f) = failover {
+        // Endpoint-level health inside each destination, complementary to the filter's
+        // destination-level failover (docs/failover.md).
+        spec["trafficPolicy"] = outlier_detection(f);
+        comment.push_str(
+            "\noutlierDetection ejects single failing pods (endpoints) of a destination; the filter's\n\
+             failover takes a whole destination out of rotation (docs/failover.md).",
+        );
+    }
     Doc {
         file: format!("destinationrule-{}-{}", h.namespace, h.service),
-        comment: format!("Subsets of {} by pod label `{key}`.", h.host),
+        comment,
         value: json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
-            "metadata": o.meta(&o.object_name(&h.service), &h.namespace), "spec": {"host": h.host, "subsets": subsets}}),
+            "metadata": o.meta(&o.object_name(&h.service), &h.namespace), "spec": spec}),
     }
+}
+
+/// Istio's `outlierDetection` from the filter's `failover` thresholds.
+fn outlier_detection(f: &model_router::config::Failover) -> Value {
+    let secs = |ms: u32| format!("{}s", ms.div_ceil(1000).max(1));
+    json!({"outlierDetection": {
+        "consecutive5xxErrors": f.threshold,
+        "interval": "10s",
+        "baseEjectionTime": secs(f.probation_ms),
+        "maxEjectionPercent": 50
+    }})
+}
+
+/// The models whose destinations a request for a model of `served` may be sent to: those
+/// models and, with failover, their fallbacks' models.
+fn reachable_models(config: &Config, served: impl Fn(&model_router::config::Model) -> bool) -> Vec<usize> {
+    let mut out: Vec<usize> = Vec::new();
+    for (i, m) in config.models.iter().enumerate().filter(|(_, m)| served(m)) {
+        let fallbacks = m
+            .fallbacks
+            .iter()
+            .chain(m.destinations.iter().flat_map(|d| d.fallbacks.iter()));
+        for j in std::iter::once(i).chain(fallbacks.map(|f| f.model)) {
+            if !out.contains(&j) {
+                out.push(j);
+            }
+        }
+    }
+    out.sort_unstable();
+    out
 }
 
 fn route_destination(h: &Host, subset: Option<&String>) -> Value {
@@ -1058,11 +1104,12 @@ fn virtual_service(config: &Config, h: &Host, hosts: &[Host], o: &Options) -> Do
     // Every destination of every model this host serves: the filter may pick one on another host.
     let mut http: Vec<Value> = Vec::new();
     let mut seen: Vec<&str> = Vec::new();
-    for m in config.models.iter().filter(|m| {
+    let served = |m: &model_router::config::Model| {
         m.destinations
             .iter()
             .any(|d| d.host.as_deref() == Some(h.host.as_str()))
-    }) {
+    };
+    for m in reachable_models(config, served).into_iter().map(|i| &config.models[i]) {
         for d in &m.destinations {
             let Some(target) = d.host.as_ref().and_then(|x| hosts.iter().find(|y| &y.host == x)) else {
                 continue;
@@ -1075,6 +1122,10 @@ fn virtual_service(config: &Config, h: &Host, hosts: &[Host], o: &Options) -> Do
                                   "route": [{"destination": route_destination(target, d.subset.as_ref())}]});
             if target.external && target.host != h.host {
                 rule["rewrite"] = json!({"authority": target.host});
+            }
+            if config.failover.is_some() {
+                // A request that never reached a backend is safe to send again.
+                rule["retries"] = json!({"attempts": 2, "retryOn": "connect-failure,refused-stream"});
             }
             http.push(rule);
         }
@@ -1423,6 +1474,42 @@ mod tests {
             only: Vec::new(),
             skip: Vec::new(),
         }
+    }
+
+    #[test]
+    fn failover_renders_outlier_detection_retries_and_routes_to_fallbacks() {
+        let json: Value = serde_json::from_str(
+            r#"{"failover": {"consecutiveFailures": 4, "probation": "2500ms"}, "models": [
+                {"name": "m", "destinations": [{"name": "a", "host": "a.ai.svc.cluster.local", "port": 8000}],
+                 "fallbacks": [{"model": "f"}]},
+                {"name": "f", "destinations": [{"name": "fb", "host": "f.ai.svc.cluster.local", "port": 8000}]}]}"#,
+        )
+        .unwrap();
+        let config = Config::from_json(json.to_string().as_bytes()).unwrap();
+        let o = sidecar_options();
+        let plan = plan(&config, &o).unwrap();
+        let docs = render(&json, &config, &o, &plan);
+        let find = |kind: &str, host: &str| {
+            docs.iter()
+                .map(|d| &d.value)
+                .find(|v| v["kind"] == kind && (v["spec"]["host"] == host || v["spec"]["hosts"][0] == host))
+                .unwrap()
+                .clone()
+        };
+        let dr = find("DestinationRule", "a.ai.svc.cluster.local");
+        assert_eq!(
+            dr["spec"]["trafficPolicy"]["outlierDetection"],
+            json!({"consecutive5xxErrors": 4, "interval": "10s", "baseEjectionTime": "3s", "maxEjectionPercent": 50})
+        );
+        let vs = find("VirtualService", "a.ai.svc.cluster.local");
+        let rules = vs["spec"]["http"].as_array().unwrap();
+        let names: Vec<&str> = rules.iter().map(|r| r["name"].as_str().unwrap()).collect();
+        assert_eq!(
+            names,
+            ["a", "fb", "unrouted"],
+            "the fallback's destination is routable from a's callers"
+        );
+        assert_eq!(rules[0]["retries"]["retryOn"], "connect-failure,refused-stream");
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub struct Row {
     /// Cumulative histogram buckets (upper bound, count) of the request duration and the TTFT.
     pub duration_buckets: Vec<(f64, f64)>,
     pub ttft_buckets: Vec<(f64, f64)>,
+    /// The destination's breaker (`failover`): `closed`, `open`, `half-open`; `None` without failover.
+    pub state: Option<&'static str>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -104,6 +106,19 @@ pub fn summarize(samples: &[Sample]) -> Summary {
                 }
             }
             "model_router_in_flight_requests" => row_for(&mut rows, &key).in_flight += s.value,
+            "model_router_destination_state" => {
+                // Several proxies: the worst state any of them sees.
+                let state = ["closed", "open", "half-open"]
+                    .get(s.value as usize)
+                    .copied()
+                    .unwrap_or("open");
+                let r = row_for(&mut rows, &key);
+                if r.state
+                    .is_none_or(|was| was == "closed" || (was == "half-open" && state == "open"))
+                {
+                    r.state = Some(state);
+                }
+            }
             "model_router_request_duration_milliseconds_bucket"
             | "model_router_time_to_first_token_milliseconds_bucket" => {
                 let le = match label(s, "le") {
@@ -346,6 +361,12 @@ pub fn render(s: &Summary) -> String {
             num(r.in_flight),
         ]);
     }
+    if s.rows.iter().any(|r| r.state.is_some()) {
+        rows[0].push("STATE".into());
+        for (row, r) in rows[1..].iter_mut().zip(&s.rows) {
+            row.push(r.state.unwrap_or("-").into());
+        }
+    }
     let mut out = columns(&rows);
     if !s.rejected.is_empty() {
         let parts: Vec<String> = s.rejected.iter().map(|(k, v)| format!("{k}={}", num(*v))).collect();
@@ -360,6 +381,25 @@ pub fn render(s: &Summary) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_state_column_shows_the_breakers() {
+        let text = "model_router_requests_total{model=\"m\",destination=\"a\",code_class=\"2xx\"} 5\n\
+                    model_router_requests_total{model=\"m\",destination=\"b\",code_class=\"5xx\"} 3\n\
+                    model_router_destination_state{model=\"m\",destination=\"a\"} 0\n\
+                    model_router_destination_state{model=\"m\",destination=\"b\"} 1\n";
+        let s = summarize(&crate::prom::parse(text).unwrap());
+        let states: Vec<_> = s.rows.iter().map(|r| r.state).collect();
+        assert_eq!(states, [Some("closed"), Some("open")]);
+        let table = render(&s);
+        assert!(table.lines().next().unwrap().ends_with("STATE"), "{table}");
+        assert!(table.lines().nth(2).unwrap().ends_with("open"), "{table}");
+        let without = summarize(
+            &crate::prom::parse("model_router_requests_total{model=\"m\",destination=\"a\",code_class=\"2xx\"} 5\n")
+                .unwrap(),
+        );
+        assert!(!render(&without).contains("STATE"));
+    }
     use crate::prom::parse;
 
     #[test]

@@ -55,6 +55,8 @@ pub struct Backend {
     pub addr: SocketAddr,
     log: Arc<Mutex<Vec<Exchange>>>,
     task: tokio::task::JoinHandle<()>,
+    /// `set_failing`: `u32::MAX` answers normally, 0 closes every connection, else a status.
+    failing: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl Drop for Backend {
@@ -72,14 +74,51 @@ impl Backend {
         let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
         let log: Arc<Mutex<Vec<Exchange>>> = Arc::default();
         let (n, l) = (name.to_string(), log.clone());
+        let failing = Arc::new(std::sync::atomic::AtomicU32::new(u32::MAX));
+        let f = failing.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let (n, l) = (n.clone(), l.clone());
+                let (n, l, f) = (n.clone(), l.clone(), f.clone());
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| handle(n.clone(), l.clone(), req));
+                    let svc = hyper::service::service_fn(move |req| {
+                        let now = f.load(std::sync::atomic::Ordering::SeqCst);
+                        let (n, l) = (n.clone(), l.clone());
+                        if now != u32::MAX {
+                            // Counted like any request it received.
+                            if let Ok(mut log) = l.lock() {
+                                log.push(Exchange {
+                                    method: req.method().to_string(),
+                                    path: req.uri().path().to_string(),
+                                    headers: Vec::new(),
+                                    body: Bytes::new(),
+                                    reported: None,
+                                    sent: Vec::new(),
+                                });
+                            }
+                        }
+                        async move {
+                            match now {
+                                u32::MAX => handle(n, l, req).await.map_err(|e| match e {}),
+                                // An upstream reset: hyper closes the connection on a service error.
+                                0 => Err(std::io::Error::other("test reset")),
+                                s => {
+                                    let b = json!({"error": {"message": "failing on command", "type": "server_error"}});
+                                    Ok(Response::builder()
+                                        .status(u16::try_from(s).unwrap_or(500))
+                                        .header("content-type", "application/json")
+                                        .body(
+                                            Full::new(Bytes::from(b.to_string()))
+                                                .map_err(|never| match never {})
+                                                .boxed(),
+                                        )
+                                        .unwrap())
+                                }
+                            }
+                        }
+                    });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
                         .await;
@@ -91,7 +130,15 @@ impl Backend {
             addr,
             log,
             task,
+            failing,
         }
+    }
+
+    /// From now on: `Some(status)` answers every request with it, `Some(0)` resets every
+    /// request (closes its connection without an answer), `None` answers normally.
+    pub fn set_failing(&self, how: Option<u16>) {
+        let v = how.map_or(u32::MAX, u32::from);
+        self.failing.store(v, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub fn port(&self) -> u16 {

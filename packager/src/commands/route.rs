@@ -2,7 +2,7 @@
 //! (`model_router::decide`, shared with the browser playground), as JSON.
 
 use anyhow::{bail, Context, Result};
-use model_router::decide::{decide_repeated, Proxy, RouteRequest};
+use model_router::decide::{decide_in, destination_states, Proxy, RouteRequest};
 
 use crate::cli::{ProxyKind, RouteArgs};
 use crate::plugin_config;
@@ -54,7 +54,19 @@ pub fn run(args: &RouteArgs) -> Result<()> {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0)
     });
-    let decision = decide_repeated(&loaded.config, &req, seed, args.repeat);
+    let mut states = Vec::new();
+    for s in &args.destination_state {
+        let Some((d, st)) = s.split_once('=') else {
+            bail!("--destination-state {s}: expected DEST=open|half-open|closed")
+        };
+        states.push((d.trim().to_string(), st.trim().to_string()));
+    }
+    let shared = if states.is_empty() {
+        Default::default()
+    } else {
+        destination_states(&loaded.config, &states).map_err(|e| anyhow::anyhow!("--destination-state {e}"))?
+    };
+    let decision = decide_in(&loaded.config, &req, seed, args.repeat, shared);
     println!("{}", serde_json::to_string_pretty(&decision)?);
     Ok(())
 }

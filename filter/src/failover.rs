@@ -1,0 +1,277 @@
+//! The `failover` section and the `fallbacks` of models and destinations: read, checked and
+//! resolved to indexes (docs/failover.md).
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+
+use crate::config::{ConfigError, Model};
+
+/// `failover`: when a destination stops getting new requests, and when it is tried again.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawFailover {
+    #[serde(default)]
+    /// Failures in a row that open a destination's breaker (default 5).
+    pub consecutive_failures: Option<u64>,
+    #[serde(default)]
+    /// How long an open destination gets no new requests, the first time (default `5s`); it
+    /// doubles each time the destination opens again before it recovered.
+    pub probation: Option<String>,
+    #[serde(default)]
+    /// The longest probation (default `60s`).
+    pub max_probation: Option<String>,
+    #[serde(default)]
+    /// Successful trial requests after a probation that close the breaker (default 1).
+    pub trial_requests: Option<u64>,
+    #[serde(default)]
+    /// Response statuses that count as failures (default `[500, 502, 503, 504]`; add 429 to fail
+    /// over from a rate-limited backend). Upstream resets and connect failures always count.
+    pub failure_statuses: Option<Vec<u64>>,
+    #[serde(default)]
+    /// A response whose headers come later than this after the request went upstream counts as
+    /// a failure (`30s`; default: none). The request itself is not cut short.
+    pub first_byte_timeout: Option<String>,
+}
+
+/// One entry of `fallbacks`.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawFallback {
+    /// A configured model (canonical name or alias); its `upstreamModel` rewrite applies.
+    pub model: String,
+    #[serde(default)]
+    /// One of its destinations (default: its destinations by their weights).
+    pub destination: Option<String>,
+}
+
+/// The validated `failover` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failover {
+    pub threshold: u16,
+    pub probation_ms: u32,
+    pub max_probation_ms: u32,
+    pub trials: u8,
+    pub statuses: Vec<u16>,
+    pub first_byte_timeout_ms: Option<u32>,
+}
+
+impl Failover {
+    /// A response with `status` is a failure.
+    pub fn fails(&self, status: u32) -> bool {
+        self.statuses.iter().any(|s| u32::from(*s) == status)
+    }
+}
+
+/// A fallback, resolved: `config.models[model]`, one destination or all by weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fallback {
+    pub model: usize,
+    pub destination: Option<usize>,
+}
+
+fn err(path: &str, message: &str) -> ConfigError {
+    ConfigError {
+        path: path.to_string(),
+        message: message.to_string(),
+    }
+}
+
+fn duration(path: &str, v: Option<&str>, default: u32, none_ok: bool) -> Result<u32, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(t) => match crate::config::parse_duration_ms(t) {
+            Some(ms) if ms > 0 && ms <= 86_400_000 => Ok(ms),
+            _ if none_ok => Err(err(path, "a duration like `30s` or `500ms`, at most 24h")),
+            _ => Err(err(path, "a duration like `5s` or `500ms`, at most 24h")),
+        },
+    }
+}
+
+#[inline(never)]
+pub fn failover(raw: &RawFailover) -> Result<Failover, ConfigError> {
+    let threshold = match raw.consecutive_failures {
+        None => 5,
+        Some(n @ 1..=1000) => n as u16,
+        Some(_) => return Err(err("failover.consecutiveFailures", "between 1 and 1000")),
+    };
+    let trials = match raw.trial_requests {
+        None => 1,
+        Some(n @ 1..=100) => n as u8,
+        Some(_) => return Err(err("failover.trialRequests", "between 1 and 100")),
+    };
+    let probation_ms = duration("failover.probation", raw.probation.as_deref(), 5_000, false)?;
+    let max_probation_ms = duration("failover.maxProbation", raw.max_probation.as_deref(), 60_000, false)?;
+    if max_probation_ms < probation_ms {
+        return Err(err("failover.maxProbation", "must not be shorter than probation"));
+    }
+    let first_byte_timeout_ms = match raw.first_byte_timeout.as_deref() {
+        None => None,
+        t => Some(duration("failover.firstByteTimeout", t, 0, true)?),
+    };
+    let mut statuses = Vec::new();
+    match &raw.failure_statuses {
+        None => statuses.extend([500, 502, 503, 504]),
+        Some(list) => {
+            for (i, s) in list.iter().enumerate() {
+                if !(400..=599).contains(s) {
+                    return Err(err(
+                        &format!("failover.failureStatuses[{i}]"),
+                        "a status between 400 and 599",
+                    ));
+                }
+                statuses.push(*s as u16);
+            }
+        }
+    }
+    Ok(Failover {
+        threshold,
+        probation_ms,
+        max_probation_ms,
+        trials,
+        statuses,
+        first_byte_timeout_ms,
+    })
+}
+
+/// Resolves the fallbacks read for `models[i]` (`None`) or its destination `j` against the
+/// configuration's names; `on`: the configuration has `failover`.
+#[inline(never)]
+pub fn resolve(
+    models: &mut [Model],
+    raw: Vec<(usize, Option<usize>, Vec<RawFallback>)>,
+    index: &HashMap<String, usize>,
+    on: bool,
+) -> Result<(), ConfigError> {
+    for (i, d, list) in raw {
+        let path = |k: Option<usize>, field: &str| {
+            let mut p = format!("models[{i}]");
+            if let Some(j) = d {
+                p += &format!(".destinations[{j}]");
+            }
+            p += ".fallbacks";
+            if let Some(k) = k {
+                p += &format!("[{k}].{field}");
+            }
+            p
+        };
+        if !on {
+            return Err(err(&path(None, ""), "fallbacks need the top-level `failover` section"));
+        }
+        let mut out = Vec::with_capacity(list.len());
+        for (k, f) in list.iter().enumerate() {
+            let Some(&model) = index.get(&f.model) else {
+                return Err(err(&path(Some(k), "model"), "not a configured model or alias"));
+            };
+            let destination = match &f.destination {
+                None => None,
+                Some(name) => match models[model].destinations.iter().position(|x| x.name == *name) {
+                    Some(j) => Some(j),
+                    None => return Err(err(&path(Some(k), "destination"), "not a destination of that model")),
+                },
+            };
+            out.push(Fallback { model, destination });
+        }
+        match d {
+            None => models[i].fallbacks = out,
+            Some(j) => models[i].destinations[j].fallbacks = out,
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn err(json: &str) -> (String, String) {
+        let e = Config::from_json(json.as_bytes()).expect_err(json);
+        (e.path, e.message)
+    }
+
+    const MODELS: &str = r#""models":[{"name":"m","destinations":[{"name":"a"},{"name":"b"}]},{"name":"f","aliases":["g"],"destinations":[{"name":"f1"}]}]"#;
+
+    #[test]
+    fn defaults_and_fallbacks_resolve() {
+        let c = Config::from_json(
+            br#"{"failover":{},"models":[{"name":"m","destinations":[{"name":"a","fallbacks":[{"model":"g","destination":"f1"}]}],
+                "fallbacks":[{"model":"f"}]},{"name":"f","aliases":["g"],"destinations":[{"name":"f1"}]}]}"#,
+        )
+        .unwrap();
+        let f = c.failover.unwrap();
+        assert_eq!(
+            (
+                f.threshold,
+                f.probation_ms,
+                f.max_probation_ms,
+                f.trials,
+                f.statuses,
+                f.first_byte_timeout_ms
+            ),
+            (5, 5000, 60_000, 1, vec![500, 502, 503, 504], None)
+        );
+        let m = &c.models[0];
+        assert_eq!((m.fallbacks[0].model, m.fallbacks[0].destination), (1, None));
+        assert_eq!(
+            (
+                m.destinations[0].fallbacks[0].model,
+                m.destinations[0].fallbacks[0].destination
+            ),
+            (1, Some(0))
+        );
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        for (json, path) in [
+            (
+                r#"{"failover":{"consecutiveFailures":0},"#,
+                "failover.consecutiveFailures",
+            ),
+            (r#"{"failover":{"probation":"5"},"#, "failover.probation"),
+            (
+                r#"{"failover":{"probation":"5s","maxProbation":"1s"},"#,
+                "failover.maxProbation",
+            ),
+            (r#"{"failover":{"trialRequests":101},"#, "failover.trialRequests"),
+            (
+                r#"{"failover":{"failureStatuses":[503,200]},"#,
+                "failover.failureStatuses[1]",
+            ),
+            (
+                r#"{"failover":{"firstByteTimeout":"soon"},"#,
+                "failover.firstByteTimeout",
+            ),
+            (r#"{"failover":{"retries":1},"#, "failover.retries"),
+        ] {
+            assert_eq!(err(&(json.to_string() + MODELS + "}")).0, path, "{json}");
+        }
+        let with = |fallbacks: &str, failover: bool| {
+            let models = MODELS.replacen(
+                r#"[{"name":"a"}"#,
+                &format!(r#"[{{"name":"a","fallbacks":{fallbacks}}}"#),
+                1,
+            );
+            let f = if failover { r#""failover":{},"# } else { "" };
+            format!("{{{f}{models}}}")
+        };
+        assert_eq!(
+            err(&with(r#"[{"model":"f"}]"#, false)).0,
+            "models[0].destinations[0].fallbacks"
+        );
+        assert_eq!(
+            err(&with(r#"[{"model":"f"},{"model":"nope"}]"#, true)).0,
+            "models[0].destinations[0].fallbacks[1].model"
+        );
+        assert_eq!(
+            err(&with(r#"[{"model":"f","destination":"a"}]"#, true)).0,
+            "models[0].destinations[0].fallbacks[0].destination"
+        );
+        assert_eq!(
+            err(&with(r#"[{"model":"f","weight":1}]"#, true)).0,
+            "models[0].destinations[0].fallbacks[0].weight"
+        );
+    }
+}

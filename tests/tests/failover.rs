@@ -1,0 +1,180 @@
+//! Failover (#33) in real Envoy 1.40: backends that start failing on command.
+
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use e2e::{metric, Options, Reply, Scenario};
+use serde_json::{json, Value};
+
+fn config() -> Value {
+    json!({
+        "filterState": true,
+        "restoreModelName": true,
+        "failover": {"consecutiveFailures": 3, "probation": "1s", "maxProbation": "4s"},
+        "models": [
+            {"name": "llama",
+             "destinations": [{"name": "stable", "weight": 50}, {"name": "canary", "weight": 50}],
+             "fallbacks": [{"model": "qwen"}]},
+            {"name": "qwen", "upstreamModel": "Qwen/Qwen2-7B", "destinations": [{"name": "qwen-a"}]}
+        ]
+    })
+}
+
+fn chat(model: &str, stream: bool) -> String {
+    json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "hi"}]}).to_string()
+}
+
+async fn ask(s: &Scenario, model: &str) -> Reply {
+    s.post("/v1/chat/completions", chat(model, false), &[]).await
+}
+
+fn state(s: &Scenario, model: &str, d: &str) -> f64 {
+    metric(
+        &s.prometheus(),
+        "model_router_destination_state",
+        &[("model", model), ("destination", d)],
+    )
+}
+
+fn received(s: &Scenario, d: &str) -> usize {
+    s.backend(d).exchanges().len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_destinations_are_skipped_probed_and_return_and_fallbacks_take_over() {
+    let s = Scenario::start_with(
+        config(),
+        Options {
+            concurrency: 2,
+            ..Options::default()
+        },
+    )
+    .await;
+    for _ in 0..20 {
+        assert_eq!(ask(&s, "llama").await.status, 200);
+    }
+    assert!(received(&s, "canary") > 0 && received(&s, "stable") > 0);
+
+    // The canary answers 503 from now on: after exactly 3 failures it gets no new requests
+    // (two workers, one shared state), and its share goes to stable.
+    s.backend("canary").set_failing(Some(503));
+    let before = received(&s, "canary");
+    let mut failed = 0;
+    for _ in 0..40 {
+        let r = ask(&s, "llama").await;
+        if r.status != 200 {
+            assert_eq!(r.header("x-ai-route"), Some("canary"));
+            failed += 1;
+        }
+    }
+    assert_eq!(failed, 3, "only the threshold's requests met the failing canary");
+    assert_eq!(received(&s, "canary") - before, 3);
+    assert_eq!(state(&s, "llama", "canary"), 1.0, "the gauge says open");
+    let log = s.access_log_line("failover=destination").await;
+    assert!(log.is_some(), "{}", s.access_log());
+
+    // After its probation a trial request reaches it (and fails: open again, for longer).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while received(&s, "canary") - before == 3 {
+        assert!(Instant::now() < deadline, "no trial request after the probation");
+        ask(&s, "llama").await;
+    }
+    assert_eq!(received(&s, "canary") - before, 4, "one trial, not a flood");
+    assert_eq!(state(&s, "llama", "canary"), 1.0);
+
+    // It recovers: the next trial succeeds and it takes its share again.
+    s.backend("canary").set_failing(None);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while state(&s, "llama", "canary") != 0.0 {
+        assert!(Instant::now() < deadline, "the canary never closed");
+        assert_eq!(ask(&s, "llama").await.status, 200);
+    }
+    let back = received(&s, "canary");
+    for _ in 0..20 {
+        assert_eq!(ask(&s, "llama").await.status, 200);
+    }
+    assert!(received(&s, "canary") > back, "traffic returned to the canary");
+
+    // Both destinations reset their connections: Envoy's reset flags count as failures, then
+    // every request goes to the fallback model, rewritten for it and restored for the client.
+    s.backend("stable").set_failing(Some(0));
+    s.backend("canary").set_failing(Some(0));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let answer = loop {
+        assert!(Instant::now() < deadline, "never fell back");
+        let r = ask(&s, "llama").await;
+        if r.header("x-ai-route") == Some("qwen-a") {
+            break r;
+        }
+        assert_eq!(r.status, 503, "{}", r.text());
+    };
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.json()["model"], "llama", "the client's name restored");
+    let seen = s.backend("qwen-a").exchanges();
+    assert_eq!(seen.last().unwrap().json()["model"], "Qwen/Qwen2-7B");
+    let p = s.prometheus();
+    let resets = metric(
+        &p,
+        "model_router_destination_failures_total",
+        &[("model", "llama"), ("reason", "reset")],
+    );
+    assert!(resets >= 6.0, "Envoy's reset flags were read: {resets}\n{p}");
+    let line = s.access_log_line("failover=fallback").await.unwrap();
+    assert!(line.contains("route=qwen-a"), "{line}");
+
+    // Streaming too.
+    let r = s.post("/v1/chat/completions", chat("llama", true), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-ai-route"), Some("qwen-a"));
+    assert!(r.text().contains(r#""model":"llama""#), "{}", r.text());
+
+    // The fallback fails too: once it is open, 503 model_unavailable at once, sent nowhere.
+    s.backend("qwen-a").set_failing(Some(502));
+    for _ in 0..3 {
+        assert_eq!(ask(&s, "llama").await.status, 502);
+    }
+    let n = received(&s, "qwen-a");
+    let t = Instant::now();
+    for model in ["llama", "qwen"] {
+        let r = ask(&s, model).await;
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert_eq!(r.json()["error"]["code"], "model_unavailable");
+        let wait: u64 = r.header("retry-after").unwrap().parse().unwrap();
+        assert!((1..=4).contains(&wait), "{wait}");
+    }
+    assert!(t.elapsed() < Duration::from_secs(2));
+    assert_eq!(received(&s, "qwen-a"), n, "nothing sent into a known failure");
+    let p = s.prometheus();
+    assert_eq!(
+        metric(
+            &p,
+            "model_router_destination_state",
+            &[("model", "qwen"), ("destination", "qwen-a")]
+        ),
+        1.0
+    );
+    assert!(
+        metric(
+            &p,
+            "model_router_failovers_total",
+            &[("model", "llama"), ("reason", "fallback")]
+        ) >= 2.0
+    );
+    assert_eq!(
+        metric(
+            &p,
+            "model_router_failovers_total",
+            &[("model", "llama"), ("reason", "unavailable")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &p,
+            "model_router_rejected_total",
+            &[("model", "qwen"), ("reason", "model_unavailable")]
+        ),
+        1.0
+    );
+}
