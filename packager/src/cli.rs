@@ -285,9 +285,15 @@ pub struct RenderArgs {
     /// The Service clients call through the waypoint, HOST:PORT (svc.ns.svc.cluster.local:8000); needed with --waypoint
     #[arg(long, value_name = "HOST:PORT")]
     pub service: Option<String>,
-    /// Run the filter in this Envoy Gateway Gateway (an EnvoyExtensionPolicy; routing becomes an HTTPRoute)
+    /// Run the filter in this Envoy Gateway Gateway (an EnvoyExtensionPolicy; routing becomes an HTTPRoute;
+    /// body routing an EnvoyPatchPolicy, which needs enableEnvoyPatchPolicy in Envoy Gateway's configuration)
     #[arg(long, value_name = "NAME")]
     pub envoy_gateway: Option<String>,
+    /// The Gateway listener (its `name`, the HTTPRoute's sectionName) whose xDS listener the
+    /// EnvoyPatchPolicy of body routing patches (--envoy-gateway; default http). A name with a `/`
+    /// or `tcp-PORT` (Envoy Gateway's XDSNameSchemeV2) is taken as the xDS listener name itself
+    #[arg(long, value_name = "NAME")]
+    pub listener: Option<String>,
     /// The mesh's trust domain (default: the configuration's `trustDomain`, else cluster.local):
     /// a sidecar's own workload is spiffe://TRUST_DOMAIN/ns/NS/sa/SA
     #[arg(long, value_name = "DOMAIN")]

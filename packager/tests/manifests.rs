@@ -84,6 +84,14 @@ fn every_rendered_resource_validates() {
         ),
     )
     .unwrap();
+    let eg_plain = tmp.path().join("eg-plain.yaml");
+    std::fs::write(
+        &eg_plain,
+        std::fs::read_to_string(&eg)
+            .unwrap()
+            .replacen("models:", "bodyRouting: false\nmodels:", 1),
+    )
+    .unwrap();
     let uploads = tmp.path().join("uploads.yaml");
     std::fs::write(
         &uploads,
@@ -164,7 +172,7 @@ fn every_rendered_resource_validates() {
                 "llm.team-a.svc.cluster.local:8000",
             ]),
         ),
-        // Envoy Gateway, from a configuration with body routing on (turned off for it).
+        // Envoy Gateway, from a configuration with body routing on (an EnvoyPatchPolicy).
         (
             "f",
             s(&[
@@ -174,6 +182,20 @@ fn every_rendered_resource_validates() {
                 "eg",
                 "--hostname",
                 "llm.example.com",
+            ]),
+        ),
+        // Envoy Gateway without body routing: the buffer limit is a ClientTrafficPolicy.
+        (
+            "f2",
+            s(&[
+                "--config",
+                eg_plain.to_str().unwrap(),
+                "--envoy-gateway",
+                "eg",
+                "--hostname",
+                "llm.example.com",
+                "--listener",
+                "https",
             ]),
         ),
         // Uploads over 1 MiB: the listeners' buffer limit raised, in a sidecar and a gateway.
@@ -244,6 +266,8 @@ fn every_rendered_resource_validates() {
         "EnvoyExtensionPolicy",
         "ServiceEntry",
         "ClientTrafficPolicy",
+        "EnvoyPatchPolicy",
+        "HTTPRouteFilter",
         "EnvoyFilter/model-router-buffer-limit",
     ] {
         assert!(report.contains(kind), "{kind} not validated: {report}");
@@ -986,8 +1010,38 @@ fn the_buffer_limit_warning_names_what_is_left_undone() {
     // Envoy Gateway's 32 KiB default: the default maxBodyBytes (1 MiB) is over it.
     let eg = ["--envoy-gateway", "eg", "--hostname", "audio.example.com"];
     let (out, warning) = render(1_048_576, &eg);
-    assert!(out.contains("bufferLimit: 1048576"), "{out}");
+    // With body routing, the EnvoyPatchPolicy that lets the filter hold headers raises it too.
+    assert!(
+        out.contains("path: /per_connection_buffer_limit_bytes\n      value: 1048576"),
+        "{out}"
+    );
     assert_eq!(warning, None);
+    // Without body routing, Envoy Gateway's own ClientTrafficPolicy does.
+    std::fs::write(
+        &cfg,
+        "bodyRouting: false\nmodels:\n- name: whisper-1\n  destinations:\n  \
+         - {name: whisper-v3, host: whisper.ai.svc.cluster.local, port: 8000}\n",
+    )
+    .unwrap();
+    let o = wasmpack(
+        &[
+            "manifests",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--image",
+            image,
+            "--offline",
+            "--namespace",
+            "ai",
+            "--envoy-gateway",
+            "eg",
+            "--hostname",
+            "audio.example.com",
+        ],
+        "",
+        &[],
+    );
+    assert!(stdout(&o).contains("bufferLimit: 1048576"), "{}", stderr(&o));
     let mut skipped = eg.to_vec();
     skipped.extend(["--skip", "buffer-limit"]);
     let (_, warning) = render(1_048_576, &skipped);
