@@ -1501,16 +1501,17 @@ pub fn istio_buckets() -> Vec<u64> {
     buckets
 }
 
-/// The pod annotations that export the filter's metrics from the proxies it runs in.
+/// The pod annotations that export the filter's metrics from the proxies it runs in: Istio's
+/// per-setting annotations (comma-separated lists, istio/istio pkg/bootstrap), which add to the
+/// pod's `proxy.istio.io/config` instead of replacing it (a Deployment's own proxy settings, such
+/// as `holdApplicationUntilProxyStarts`, stay).
 pub fn stats_annotations() -> BTreeMap<String, String> {
     BTreeMap::from([
         (
-            "proxy.istio.io/config".to_string(),
-            format!(
-                "proxyStatsMatcher:\n  inclusionRegexps: [\".*model_router_.*\"]\nextraStatTags: [{}]\n",
-                LABEL_KEYS.join(", ")
-            ),
+            "sidecar.istio.io/statsInclusionRegexps".to_string(),
+            ".*model_router_.*".to_string(),
         ),
+        ("sidecar.istio.io/extraStatTags".to_string(), LABEL_KEYS.join(",")),
         (
             "sidecar.istio.io/statsHistogramBuckets".to_string(),
             json!({ "wasmcustom": istio_buckets() }).to_string(),

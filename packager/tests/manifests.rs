@@ -248,7 +248,8 @@ fn every_rendered_resource_validates() {
         let listed = k["resources"].as_sequence().unwrap().len();
         assert_eq!(listed + 1, names.len(), "kustomization lists every file");
         let component = std::fs::read_to_string(dir.join("stats/kustomization.yaml")).unwrap();
-        assert!(component.contains("proxy.istio.io/config"), "{component}");
+        assert!(component.contains("sidecar.istio.io/extraStatTags"), "{component}");
+        assert!(!component.contains("proxy.istio.io/config"), "{component}");
         // kustomize itself accepts the directory.
         let out = kubectl(&["kustomize", dir.to_str().unwrap()]);
         assert!(out.status.success(), "{name}: {}", stderr(&out));
@@ -299,7 +300,8 @@ fn the_stats_component_patches_the_callers_and_the_gateway() {
             vec!["--config", ml.to_str().unwrap(), "--selector", "app=checkout", "--namespace", "ml"],
             "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: checkout\n  labels: {app: checkout}\n\
              spec:\n  selector: {matchLabels: {app: checkout}}\n  template:\n    metadata:\n      labels: {app: checkout}\n\
-             \x20     annotations: {kept: \"yes\"}\n    spec:\n      containers: [{name: c, image: busybox}]\n",
+             \x20     annotations:\n        kept: \"yes\"\n        proxy.istio.io/config: |\n          holdApplicationUntilProxyStarts: true\n\
+             \x20   spec:\n      containers: [{name: c, image: busybox}]\n",
         ),
         (
             "gateway",
@@ -325,9 +327,16 @@ fn the_stats_component_patches_the_callers_and_the_gateway() {
         assert!(built.status.success(), "{mode}: {}", stderr(&built));
         let y = stdout(&built);
         assert_eq!(y.matches("sidecar.istio.io/statsHistogramBuckets").count(), 1, "{mode}: {y}");
-        assert!(y.contains("extraStatTags"), "{mode}: {y}");
+        assert!(y.contains("sidecar.istio.io/extraStatTags: model,destination"), "{mode}: {y}");
+        assert!(y.contains("sidecar.istio.io/statsInclusionRegexps: .*model_router_.*"), "{mode}: {y}");
         if mode == "sidecar" {
             assert!(y.contains("kept: \"yes\""), "existing annotations stay: {y}");
+            // The Deployment's own proxy settings survive the Component (issue #31).
+            let d: serde_yaml::Value = serde_yaml::from_str(&y).unwrap();
+            let config = d["spec"]["template"]["metadata"]["annotations"]["proxy.istio.io/config"]
+                .as_str()
+                .unwrap_or_default();
+            assert_eq!(config.trim(), "holdApplicationUntilProxyStarts: true", "{y}");
         } else {
             assert!(y.contains("infrastructure:"), "{y}");
         }
