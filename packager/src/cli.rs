@@ -445,10 +445,36 @@ pub struct ApplyArgs {
     pub pull_secret_from_docker_config: bool,
 }
 
+/// `delete` works from the installation's inventory (the ConfigMap `<name>-inventory` that
+/// `apply` records): no configuration, image or registry.
 #[derive(Debug, Args)]
 pub struct DeleteArgs {
-    #[command(flatten)]
-    pub render: RenderArgs,
+    /// Namespace of the installation (where its inventory is)
+    #[arg(long, short = 'n', default_value = "default")]
+    pub namespace: String,
+    /// Installation name
+    #[arg(long, default_value = "model-router")]
+    pub name: String,
+    /// The mode it was installed in (optional): delete refuses an inventory recorded for another
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub selector: Vec<(String, String)>,
+    #[arg(long, value_name = "NAME")]
+    pub gateway: Option<String>,
+    #[arg(long, value_name = "NAME")]
+    pub waypoint: Option<String>,
+    #[arg(long, value_name = "NAME")]
+    pub envoy_gateway: Option<String>,
+    /// Accepted for scripts written for the older `delete`; not needed, not read
+    #[arg(long, value_name = "FILE", hide = true)]
+    pub config: Option<PathBuf>,
+    #[arg(long, value_name = "REF", hide = true)]
+    pub image: Option<String>,
+    #[arg(long, hide = true)]
+    pub offline: bool,
+    #[arg(long = "hostname", value_name = "HOST", hide = true)]
+    pub hostnames: Vec<String>,
+    #[arg(long, value_name = "HOST:PORT", hide = true)]
+    pub service: Option<String>,
     #[command(flatten)]
     pub cluster: ClusterArgs,
 }
