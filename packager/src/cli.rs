@@ -46,7 +46,7 @@ pub enum Command {
     Manifests(ManifestsArgs),
     /// Server-side apply the rendered resources to a cluster (field manager `wasmpack`)
     Apply(ApplyArgs),
-    /// Delete the rendered resources from a cluster
+    /// Delete an installation: what its inventory lists (no configuration or image needed)
     Delete(DeleteArgs),
     /// Run a local Envoy with the filter in front of local backends
     Run(RunArgs),
@@ -455,13 +455,17 @@ pub struct DeleteArgs {
     /// Installation name
     #[arg(long, default_value = "model-router")]
     pub name: String,
-    /// The mode it was installed in (optional): delete refuses an inventory recorded for another
+    /// Installed for these callers' sidecars (optional, as the mode flags below): delete refuses
+    /// an inventory recorded for another mode
     #[arg(long, value_name = "KEY=VALUE", value_parser = parse_label)]
     pub selector: Vec<(String, String)>,
+    /// Installed at this Istio gateway (optional)
     #[arg(long, value_name = "NAME")]
     pub gateway: Option<String>,
+    /// Installed at this ambient waypoint (optional)
     #[arg(long, value_name = "NAME")]
     pub waypoint: Option<String>,
+    /// Installed at this Envoy Gateway Gateway (optional)
     #[arg(long, value_name = "NAME")]
     pub envoy_gateway: Option<String>,
     /// Accepted for scripts written for the older `delete`; not needed, not read
