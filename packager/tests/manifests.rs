@@ -669,13 +669,21 @@ fn check_and_route() {
     assert_eq!(o2.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&o2.stdout).unwrap();
     assert_eq!(v["valid"], false);
+    // Errors are objects, as warnings are: message, field path, line and column.
+    assert_eq!(v["errors"][0]["path"], "models[0].destinations[0].weight", "{v}");
+    assert_eq!(v["errors"][0]["line"], 5, "{v}");
+    assert!(v["errors"][0]["message"].as_str().unwrap().contains("expected"), "{v}");
+    // A file that cannot be read says why (the OS error), in the same shape.
+    let o3 = wasmpack(&["check", "--output", "json", "/nonexistent/x.yaml"], "", &[]);
+    let v: serde_json::Value = serde_json::from_slice(&o3.stdout).unwrap();
     assert!(
-        v["errors"][0]
+        v["errors"][0]["message"]
             .as_str()
             .unwrap()
-            .contains("models[0].destinations[0].weight"),
+            .contains("No such file or directory"),
         "{v}"
     );
+    assert_eq!(v["warnings"], serde_json::json!([]));
     let e = stderr(&o);
     assert!(
         e.contains(":5:") && e.contains("models[0].destinations[0].weight"),
