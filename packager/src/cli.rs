@@ -508,8 +508,11 @@ pub struct BuildArgs {
     /// Fail if the module is larger than this (bytes, or with a K/M suffix: 250K)
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub max_size: Option<u64>,
-    /// Print the result as JSON
-    #[arg(long)]
+    /// Output format (`json`: the result as one object, for scripts)
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+    /// Same as --output json
+    #[arg(long, hide = true)]
     pub json: bool,
     /// The workspace to build (the directory holding the root Cargo.toml)
     #[arg(long, value_name = "DIR", default_value = ".")]
@@ -550,8 +553,11 @@ pub struct PullArgs {
 pub struct InspectArgs {
     /// Image reference (tag or @sha256:digest)
     pub reference: String,
-    /// Print the result as JSON
-    #[arg(long)]
+    /// Output format (`json`: the result as one object, for scripts)
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+    /// Same as --output json
+    #[arg(long, hide = true)]
     pub json: bool,
     #[command(flatten)]
     pub registry: RegistryArgs,

@@ -285,7 +285,11 @@ async fn cluster_errors_are_explained() {
     // A kubeconfig that is not there: one line, no crash.
     let o = run(&install_args("apply", &cfg, &[]), &tmp.path().join("nope"));
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("loading the kubeconfig"), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("loading the kubeconfig"), "{e}");
+    // The OS error once, the path quoted once.
+    assert_eq!(e.matches("No such file or directory").count(), 1, "{e}");
+    assert!(!e.contains("'\""), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -31,9 +31,11 @@ pub async fn client(cluster: &ClusterArgs, namespace: &str) -> Result<Client> {
         context: cluster.context.clone(),
         ..Default::default()
     };
-    let mut config = kube::Config::from_kubeconfig(&options)
-        .await
-        .context("loading the kubeconfig (KUBECONFIG, ~/.kube/config, --context)")?;
+    // kube's message already holds the OS error (its source repeats it) and quotes the path twice.
+    let mut config = kube::Config::from_kubeconfig(&options).await.map_err(|e| {
+        let msg = e.to_string().replace("'\"", "'").replace("\"'", "'");
+        anyhow!("loading the kubeconfig (KUBECONFIG, ~/.kube/config, --context): {msg}")
+    })?;
     config.default_namespace = namespace.to_string();
     Client::try_from(config).context("creating the Kubernetes client")
 }
