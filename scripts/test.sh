@@ -20,6 +20,8 @@ status=0
 cargo test --workspace --no-fail-fast 2>&1 | tee "$log" || status=$?
 echo "== the filter core's unit tests again, inside Wasm (node's V8, the engine Envoy embeds)"
 cargo test -p model-router --lib --target wasm32-wasip1 --release 2>&1 | tee -a "$log" || status=$?
+echo "== Istio in a box: the renders through istiod's own code, its sidecar config in Envoy (tests/istio, Go)"
+bash scripts/test-istio.sh || status=$?
 echo "== benchmarks, smoke mode (checks they run; numbers: scripts/bench.sh, docs/performance.md)"
 bash scripts/bench.sh --smoke || status=$?
 # One closing line for the whole suite (cargo prints a result line per test binary).

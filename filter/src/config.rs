@@ -541,15 +541,15 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         )?);
     }
 
-    let mut model_hosts: Vec<String> = models
-        .iter()
-        .flat_map(|m: &Model| m.destinations.iter())
-        .filter_map(|d| d.host.as_deref())
-        .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
-        .filter(|h| !h.is_empty())
-        .collect();
-    model_hosts.sort();
-    model_hosts.dedup();
+    // A handful of hosts: a linear dedup (a sort would add kilobytes to the module).
+    let mut model_hosts: Vec<String> = Vec::new();
+    for d in models.iter().flat_map(|m: &Model| m.destinations.iter()) {
+        let Some(h) = d.host.as_deref() else { continue };
+        let h = h.trim_end_matches('.').to_ascii_lowercase();
+        if !h.is_empty() && !model_hosts.contains(&h) {
+            model_hosts.push(h);
+        }
+    }
     scope.model_hosts = model_hosts;
     // Fail closed where a policy exists: what the filter cannot judge must not pass unchecked.
     let guarded = models.iter().any(|m| m.allow.is_some() || m.limits.is_some());

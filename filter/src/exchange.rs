@@ -104,6 +104,14 @@ pub const ROUTE_RESPONSE_HEADER: &str = "x-ai-route";
 /// The response header that names the canonical model (`responseHeaders: route+model`).
 pub const MODEL_RESPONSE_HEADER: &str = "x-ai-model";
 
+/// The first of these headers that holds a count (TGI's, Bedrock's token count headers).
+#[inline(never)]
+fn count_header(h: &HeaderMap, names: [&str; 2]) -> Option<u64> {
+    names
+        .iter()
+        .find_map(|n| h.get_str(n).and_then(|v| v.trim().parse().ok()))
+}
+
 /// State of one VM (one worker thread), shared by its root and HTTP contexts.
 #[derive(Debug)]
 pub struct Vm {
@@ -688,8 +696,8 @@ impl Stream {
             self.meter.response_headers(
                 ct.as_deref(),
                 encoded,
-                number("x-prompt-tokens"),
-                number("x-generated-tokens"),
+                count_header(&h, ["x-prompt-tokens", "x-amzn-bedrock-input-token-count"]),
+                count_header(&h, ["x-generated-tokens", "x-amzn-bedrock-output-token-count"]),
             );
             if !encoded && !end_of_stream {
                 self.restorer = self.restorer_for(vm, ct.as_deref());
@@ -786,10 +794,12 @@ impl Stream {
         if let Some(charge) = self.charge.as_ref().filter(|c| c.counts_tokens()) {
             let input = usage.input.unwrap_or_else(|| self.flow.estimated_input_tokens());
             // A final report without output tokens is an embedding's: none were produced.
+            // Without one, the estimate, but never less than the stream delivered.
             let output = if complete {
                 usage.output.unwrap_or(0)
             } else {
-                self.flow.max_tokens().unwrap_or(vm.config.estimated_output_tokens)
+                let estimate = self.flow.max_tokens().unwrap_or(vm.config.estimated_output_tokens);
+                estimate.max(self.meter.messages_seen())
             };
             let tokens = input.saturating_add(output);
             if charge.limits().global {
@@ -2233,6 +2243,30 @@ mod tests {
         let hits = Some(described(&report.message).1);
         let input = (body.len() as u64).div_ceil(4);
         assert_eq!(hits, Some(input + 50));
+    }
+
+    #[test]
+    fn a_stream_cut_before_its_usage_is_charged_at_least_what_the_client_received() {
+        // The client read 2000 deltas of an answer its `max_tokens` said would be 50 (the
+        // backend ignored it), then left before the usage chunk: charged what it received.
+        let vm = global_vm("allow");
+        let body = br#"{"model":"team-model","stream":true,"max_tokens":50}"#;
+        let mut h = request("POST", "/v1/chat/completions", &[], body);
+        let mut s = Stream::new(1);
+        s.on_request_headers(&vm, &mut h, false);
+        s.on_request_body(&vm, &mut h, body.len(), true);
+        for (t, _) in h.grpc_calls.clone() {
+            s.on_grpc_answer(&vm, &mut h, t, Ok(&rls_answer(1)));
+        }
+        let delta = b"data: {\"choices\":[{\"delta\":{\"content\":\"tok\"}}],\"usage\":null}\n\n";
+        let chunk = delta.repeat(100);
+        let chunks = vec![&chunk[..]; 20];
+        let sse = [(":status", "200"), ("content-type", "text/event-stream")];
+        respond(&vm, &mut h, &mut s, &sse, &chunks, false);
+        let (_, report) = h.grpc_calls.last().unwrap().clone();
+        assert_eq!(report.method, "Report");
+        let input = (body.len() as u64).div_ceil(4);
+        assert_eq!(described(&report.message).1, input + 2000);
     }
 }
 

@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod decide;
+pub mod eventstream;
 pub mod exchange;
 pub mod fast_hash;
 pub mod form_scan;
@@ -15,6 +16,7 @@ pub mod hold;
 pub mod identity;
 pub mod json;
 pub mod json_scan;
+pub mod json_seq;
 pub mod memory_host;
 pub mod models;
 pub mod path_model;

@@ -1,5 +1,5 @@
-//! Models named in the request path (KServe v2 / Triton, TF Serving / KServe v1, Azure OpenAI):
-//! known from the headers alone, so no body needs to be held.
+//! Models named in the request path (KServe v2 / Triton, TF Serving / KServe v1, Azure OpenAI,
+//! Gemini and Vertex AI, Amazon Bedrock): known from the headers alone, so no body needs to be held.
 
 use std::borrow::Cow;
 
@@ -11,8 +11,13 @@ const MAX_SEGMENTS: usize = 16;
 /// ignored. Each segment is read as servers route it: `%XX` escapes decoded (a name may hold an
 /// escaped `/`, as Go's router and Triton read it) and keywords in any case, so that
 /// `/v2/models/m/%69nfer` is the model path a FastAPI server (KServe) serves, not a way past the filter.
+#[inline(never)]
 pub fn model_from_path(path: &str) -> Option<Cow<'_, str>> {
     let path = path.split(['?', '#']).next().unwrap_or(path);
+    // Before the segments are counted: these two read paths of any length.
+    if let Some(name) = gemini(path).or_else(|| bedrock(path)) {
+        return (!name.is_empty()).then_some(name);
+    }
     let mut segments = [""; MAX_SEGMENTS];
     let mut n = 0;
     for s in path.split('/') {
@@ -29,6 +34,7 @@ pub fn model_from_path(path: &str) -> Option<Cow<'_, str>> {
 }
 
 /// Whether a path segment is `word`, escaped or not, in any case.
+#[inline(never)]
 fn is(segment: &str, word: &str) -> bool {
     segment.eq_ignore_ascii_case(word) || (segment.contains('%') && percent_decode(segment).eq_ignore_ascii_case(word))
 }
@@ -116,6 +122,82 @@ fn deployment<'a>(s: &[&'a str]) -> Option<Cow<'a, str>> {
     }
 }
 
+/// Gemini's and Vertex AI's methods on a model (`…/models/{name}:{method}`).
+const GEMINI_METHODS: &[&str] = &[
+    "generateContent",
+    "streamGenerateContent",
+    "countTokens",
+    "computeTokens",
+    "embedContent",
+    "batchEmbedContents",
+    "predict",
+    "rawPredict",
+    "streamRawPredict",
+];
+
+/// `…/models/{name}:{method}` (`/v1beta/models/gemini-2.0-flash:generateContent`, Vertex AI's
+/// `/v1/projects/P/locations/L/publishers/google/models/{name}:generateContent`, behind any
+/// prefix, `tunedModels/` too), a slash at the end ignored. The `:` may be escaped.
+#[inline(never)]
+fn gemini(path: &str) -> Option<Cow<'_, str>> {
+    let (before, last) = path.trim_end_matches('/').rsplit_once('/')?;
+    let models = before.rsplit('/').next()?;
+    if !(is(models, "models") || is(models, "tunedModels")) {
+        return None;
+    }
+    let last = percent_decode(last);
+    let (name, method) = last.rsplit_once(':')?;
+    one_of(method, GEMINI_METHODS).then(|| Cow::Owned(name.to_string()))
+}
+
+/// Amazon Bedrock Runtime's operations on a model (`/model/{modelId}/{operation}`).
+const BEDROCK_OPERATIONS: &[&str] = &[
+    "converse",
+    "converse-stream",
+    "invoke",
+    "invoke-with-response-stream",
+    "count-tokens",
+];
+
+/// `[/bedrock]/model/{modelId}/{operation}`. Model ids come escaped (`…-v1%3A0`, an ARN's `/` as
+/// `%2F`); no id has a `%`, so the path is decoded until nothing is left to decode (a doubly
+/// escaped `%253A` is the same id), then read as servers route it: empty and `.` segments
+/// dropped, `..` resolved, keywords in any case. The id is everything between `model` and the
+/// operation.
+#[inline(never)]
+fn bedrock(path: &str) -> Option<Cow<'static, str>> {
+    let mut bytes = path.as_bytes().to_vec();
+    while bytes.contains(&b'%') {
+        let next = decode(&bytes);
+        if next.len() == bytes.len() {
+            break;
+        }
+        bytes = next;
+    }
+    let resolved = resolve(&bytes);
+    let mut p = resolved.as_slice();
+    let starts = |p: &[u8], w: &[u8]| p.get(..w.len()).is_some_and(|h| h.eq_ignore_ascii_case(w));
+    if starts(p, b"/bedrock/") {
+        p = &p[8..];
+    }
+    if !starts(p, b"/model/") {
+        return None;
+    }
+    let rest = &p[7..];
+    let slash = rest.iter().rposition(|b| *b == b'/')?;
+    let op = std::str::from_utf8(&rest[slash + 1..]).ok()?;
+    if slash == 0 || !one_of(op, BEDROCK_OPERATIONS) {
+        return None;
+    }
+    String::from_utf8(rest[..slash].to_vec()).ok().map(Cow::Owned)
+}
+
+/// Whether `s` is one of `words`, in any case (not inlined: the word lists stay data).
+#[inline(never)]
+fn one_of(s: &str, words: &[&str]) -> bool {
+    words.iter().any(|w| s.eq_ignore_ascii_case(w))
+}
+
 /// The request path as the most lenient server reads it, to decide whether a request is the
 /// filter's business: the query dropped, every `%XX` decoded (`%2F` too, as uvicorn does for
 /// vLLM, SGLang and KServe), `;params` cut from each segment (as Java servers do), empty and `.`
@@ -132,6 +214,17 @@ pub fn lenient(path: &str) -> Cow<'_, [u8]> {
         return Cow::Borrowed(path.as_bytes());
     }
     let decoded = decode(path.as_bytes());
+    let mut out = resolve(&decoded);
+    if out.is_empty() || decoded.ends_with(b"/") {
+        out.push(b'/');
+    }
+    out.make_ascii_lowercase();
+    Cow::Owned(out)
+}
+
+/// `/`-separated segments with empty and `.` ones dropped, `..` resolved and `;params` cut, as
+/// `/a/b` (empty for none).
+fn resolve(decoded: &[u8]) -> Vec<u8> {
     let mut out: Vec<u8> = Vec::with_capacity(decoded.len() + 1);
     for segment in decoded.split(|b| *b == b'/') {
         match segment.split(|b| *b == b';').next().unwrap_or_default() {
@@ -146,11 +239,7 @@ pub fn lenient(path: &str) -> Cow<'_, [u8]> {
             }
         }
     }
-    if out.is_empty() || decoded.ends_with(b"/") {
-        out.push(b'/');
-    }
-    out.make_ascii_lowercase();
-    Cow::Owned(out)
+    out
 }
 
 /// `path` without its trailing slashes.
@@ -253,6 +342,58 @@ mod tests {
             ("/v2/models/%2e%2e/infer", Some("..")),
             ("/v2/models/a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/p/q/infer", None),
             ("v2/models/a/infer", None),
+            // Gemini and Vertex AI, behind any prefix.
+            (
+                "/v1beta/models/gemini-2.0-flash:generateContent",
+                Some("gemini-2.0-flash"),
+            ),
+            (
+                "/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse",
+                Some("gemini-2.0-flash"),
+            ),
+            ("/v1/models/gemini-pro:countTokens", Some("gemini-pro")),
+            (
+                "/v1beta/models/text-embedding-004:batchEmbedContents",
+                Some("text-embedding-004"),
+            ),
+            ("/v1beta/models/g%3AembedContent/", Some("g")),
+            ("/v1beta/tunedModels/mine:GENERATECONTENT", Some("mine")),
+            ("/gemini/v1beta/models/g:generateContent", Some("g")),
+            (
+                "/v1/projects/p/locations/us-central1/publishers/google/models/gemini-2.0-flash:streamGenerateContent",
+                Some("gemini-2.0-flash"),
+            ),
+            ("/v1beta/models/gemini-pro", None),
+            ("/v1beta/models/gemini-pro:frobnicate", None),
+            ("/v1beta/models/:generateContent", None),
+            // Amazon Bedrock: every spelling of an id is the id.
+            (
+                "/model/anthropic.claude-3-5-sonnet-20240620-v1%3A0/converse",
+                Some("anthropic.claude-3-5-sonnet-20240620-v1:0"),
+            ),
+            ("/model/a.b-v1:0/converse-stream", Some("a.b-v1:0")),
+            ("/model/a.b-v1%253A0/invoke", Some("a.b-v1:0")),
+            ("/model/a.b-v1%25253A0/invoke", Some("a.b-v1:0")),
+            ("/MODEL/a.b-v1%3a0/Invoke-With-Response-Stream/", Some("a.b-v1:0")),
+            ("/model/a.b-v1%3A0/count-tokens?x=1", Some("a.b-v1:0")),
+            ("//model//a.b-v1%3A0//converse", Some("a.b-v1:0")),
+            ("/model/a.b-v1%3A0%2Fconverse", Some("a.b-v1:0")),
+            ("/model/./a.b-v1%3A0/converse", Some("a.b-v1:0")),
+            ("/x/../model/a.b-v1%3A0/converse", Some("a.b-v1:0")),
+            ("/%6Dodel/a.b-v1%3A0/converse", Some("a.b-v1:0")),
+            ("/bedrock/model/a.b/converse", Some("a.b")),
+            (
+                "/model/arn%3Aaws%3Abedrock%3Aus-east-1%3A1%3Ainference-profile%2Fus.a.b/converse",
+                Some("arn:aws:bedrock:us-east-1:1:inference-profile/us.a.b"),
+            ),
+            (
+                &*Box::leak(format!("/model/a.b{}/converse", "/".repeat(40)).into_boxed_str()),
+                Some("a.b"),
+            ),
+            ("/model/a.b/converse/x", None),
+            ("/model/converse", None),
+            ("/api/model/a.b/converse", None),
+            ("/model/a.b/frobnicate", None),
         ];
         for (path, want) in cases {
             assert_eq!(model_from_path(path).as_deref(), *want, "{path}");

@@ -247,12 +247,13 @@ impl RequestFlow {
     }
 
     /// The request's input tokens as far as its body tells (about four bytes of JSON text per
-    /// token; none for a form upload, whose bytes are mostly a file's).
+    /// token, of the bytes read or declared; none for a form upload, whose bytes are mostly a file's).
     pub fn estimated_input_tokens(&self) -> u64 {
         if self.form {
             0
         } else {
-            self.seen.div_ceil(4)
+            // A body not read (a model named in the path) is measured by its declared length.
+            self.seen.max(self.content_length.unwrap_or(0)).div_ceil(4)
         }
     }
 
@@ -513,6 +514,9 @@ impl RequestFlow {
         if let Some(stop) = self.body_model(cfg, &name) {
             return stop;
         }
+        if let Some(stop) = self.repeated_limit(&scanner) {
+            return stop;
+        }
         let mut edits = Vec::new();
         if let Some((model, _)) = self.matched(cfg) {
             if let (Some(up), Some(f)) = (&model.upstream_model, scanner.get(K_MODEL)) {
@@ -537,6 +541,20 @@ impl RequestFlow {
             }
         }
         self.let_go(cfg, edits)
+    }
+
+    /// A token limit key given twice: refused (the estimate would read one, the backend maybe the
+    /// other).
+    #[inline(never)]
+    fn repeated_limit(&mut self, scanner: &TopLevelScanner) -> Option<BodyAction> {
+        if !K_MAX_TOKENS.iter().any(|&k| scanner.count(k) > 1) {
+            return None;
+        }
+        self.deny(RejectReason::InvalidJson);
+        Some(BodyAction::Reject(Reject::new(
+            RejectReason::InvalidJson,
+            "The request body repeats `max_tokens`, `max_completion_tokens` or `max_output_tokens`; send each once.",
+        )))
     }
 
     /// The model the body named: a blank one is missing when a model is required; otherwise it
@@ -1086,6 +1104,31 @@ mod tests {
             );
             assert_eq!(f.outcome(), &Outcome::Rejected(RejectReason::InvalidJson));
         }
+    }
+
+    #[test]
+    fn a_repeated_token_limit_is_refused_and_keeps_its_model() {
+        let cfg = cfg_with("");
+        for body in [
+            &br#"{"model":"gpt-4o","max_tokens":10,"max_tokens":100000}"#[..],
+            br#"{"max_completion_tokens":1,"model":"gpt-4o","max_completion_tokens":2}"#,
+            br#"{"model":"gpt-4o","max_output_tokens":1,"max_output_tokens":1}"#,
+        ] {
+            let (f, _, b) = run(&cfg, &post("/v1/chat/completions", body.len()), body, true);
+            let Some(BodyAction::Reject(r)) = b else {
+                panic!("{b:?}")
+            };
+            assert_eq!((r.reason, r.status()), (RejectReason::InvalidJson, 400));
+            assert!(matches!(f.outcome(), Outcome::Denied { .. }), "{:?}", f.outcome());
+        }
+        // Different limits once each: the largest is the estimate.
+        let body = br#"{"model":"gpt-4o","max_tokens":10,"max_completion_tokens":20}"#;
+        let (f, _, b) = run(&cfg, &post("/v1/chat/completions", body.len()), body, true);
+        assert!(matches!(b, Some(BodyAction::Continue { .. })), "{b:?}");
+        assert_eq!(f.max_tokens(), Some(20));
+        // A model named in the path: its body is not read, its declared length is the estimate.
+        let (f, _, _) = run(&cfg, &post("/v2/models/resnet/infer", 4000), b"", true);
+        assert_eq!(f.estimated_input_tokens(), 1000);
     }
 
     #[test]

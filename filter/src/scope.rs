@@ -278,11 +278,23 @@ mod tests {
             ("/models", true),
             ("/v1/models/gpt-4o", true),
             ("/v1beta/models/gemini-pro", true),
+            // Gemini, Vertex AI and Amazon Bedrock name the model in the path, in any spelling.
+            ("/v1beta/models/gemini-pro:generateContent", true),
+            ("/v1beta/models/gemini-pro%3AstreamGenerateContent?alt=sse", true),
+            (
+                "/v1/projects/p/locations/l/publishers/google/models/g:generateContent",
+                true,
+            ),
+            ("/model/anthropic.claude-3-5-sonnet-20240620-v1%3A0/converse", true),
+            ("/model/a.b-v1%253A0/CONVERSE-STREAM/", true),
+            ("/model/a.b/invoke-with-response-stream?x", true),
+            ("/model/a.b%2Fcount-tokens", true),
             // Applications' own endpoints.
             ("/api/orders", false),
             ("/api/rooms/7/messages", false),
             ("/support/chat", false),
             ("/v1/products", false),
+            ("/api/model/7/invoke", false),
             ("/v1/chat/completions/extra", false),
             ("/v1/models/", true),
             ("/", false),

@@ -457,6 +457,11 @@ impl Meter {
         self.response.as_ref().is_some_and(ResponseUsage::complete)
     }
 
+    /// Stream messages the response delivered (each streamed delta carries a token or more).
+    pub fn messages_seen(&self) -> u64 {
+        self.response.as_ref().map_or(0, ResponseUsage::messages)
+    }
+
     pub fn usage_errors(&self) -> UsageErrors {
         self.response.as_ref().map(ResponseUsage::errors).unwrap_or_default()
     }

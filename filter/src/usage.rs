@@ -1,12 +1,14 @@
-//! Token counts from responses: whole JSON bodies (scanned as they pass, never buffered) and SSE
-//! streams (OpenAI usage chunk, Anthropic message_start/message_delta, Responses API terminal
-//! events). An absent or null count is unknown, not zero.
+//! Token counts from responses: whole JSON bodies (scanned as they pass, never buffered) and
+//! streams: SSE (OpenAI usage chunk, Anthropic message_start/message_delta, Responses API
+//! terminal events, Gemini `alt=sse`, Cohere v2 `message-end`), NDJSON (Ollama), JSON arrays in
+//! pieces (Gemini), AWS event-stream frames (Bedrock `converse-stream`). An absent or null count
+//! is unknown, not zero.
 
-use memchr::memmem;
-
+use crate::eventstream::EventStreamParser;
 use crate::json::{self, Json};
 use crate::json_scan::TopLevelScanner;
-use crate::sse::{Event, SseParser};
+use crate::json_seq::{Elements, Lines};
+use crate::sse::SseParser;
 
 /// Token counts by type. `input` is all input tokens (for Anthropic: input + cache reads + cache
 /// writes); `cached_input` and `cache_creation_input` are parts of it; `reasoning` is part of `output`.
@@ -59,9 +61,9 @@ impl Count {
 
 /// The members `names` of an object, each at most once; `None` when `v` is no object or repeats
 /// one of them (unknown members are ignored).
-fn members<'a, const N: usize>(v: &'a Json, names: [&str; N]) -> Option<[Option<&'a Json>; N]> {
+fn members<'a>(v: &'a Json, names: &[&str]) -> Option<Vec<Option<&'a Json>>> {
     let Json::Obj(m) = v else { return None };
-    let mut out = [None; N];
+    let mut out = vec![None; names.len()];
     for (k, x) in m {
         if let Some(i) = names.iter().position(|n| n == k) {
             if out[i].replace(x).is_some() {
@@ -80,164 +82,194 @@ fn opt<T>(v: Option<&Json>, read: impl Fn(&Json) -> Option<T>) -> Option<Option<
     }
 }
 
-#[derive(Debug, Default)]
-struct Details {
-    cached_tokens: Option<Count>,
-    reasoning_tokens: Option<Count>,
-}
+/// Slots of a usage report. Input is `IN` plus cache reads and writes (Anthropic's and
+/// Bedrock's input excludes them; OpenAI's `cached_tokens` and Gemini's cached count are parts
+/// of it); output is `OUT` plus Gemini's thoughts (which its candidates count leaves out).
+const IN: usize = 0;
+const OUT: usize = 1;
+const READ: usize = 2;
+const WRITE: usize = 3;
+const CACHED: usize = 4;
+const REASONING: usize = 5;
+const THOUGHTS: usize = 6;
+const SLOTS: usize = 7;
 
-impl Details {
-    fn read(v: &Json) -> Option<Details> {
-        let [c, r] = members(v, ["cached_tokens", "reasoning_tokens"])?;
-        Some(Details {
-            cached_tokens: opt(c, Count::read)?,
-            reasoning_tokens: opt(r, Count::read)?,
-        })
-    }
-}
+/// The members a usage object is read from: every provider's count fields (the first one present
+/// of a slot wins: OpenAI and Anthropic in snake case, Bedrock Converse in camel case, Gemini's
+/// `usageMetadata`, Ollama), then OpenAI's details, then Cohere's `tokens` and `billed_units`
+/// (counts used where the object itself has none; `tokens` first).
+const NAMES: [&str; 22] = [
+    "prompt_tokens",
+    "input_tokens",
+    "inputTokens",
+    "promptTokenCount",
+    "prompt_eval_count",
+    "completion_tokens",
+    "output_tokens",
+    "outputTokens",
+    "candidatesTokenCount",
+    "eval_count",
+    "cache_read_input_tokens",
+    "cacheReadInputTokens",
+    "cache_creation_input_tokens",
+    "cacheWriteInputTokens",
+    "cachedContentTokenCount",
+    "thoughtsTokenCount",
+    "prompt_tokens_details",
+    "input_tokens_details",
+    "completion_tokens_details",
+    "output_tokens_details",
+    "tokens",
+    "billed_units",
+];
+/// The slot of each count field of `NAMES`, then of each details object's count.
+const SLOT: [u8; 20] = [
+    IN as u8,
+    IN as u8,
+    IN as u8,
+    IN as u8,
+    IN as u8,
+    OUT as u8,
+    OUT as u8,
+    OUT as u8,
+    OUT as u8,
+    OUT as u8,
+    READ as u8,
+    READ as u8,
+    WRITE as u8,
+    WRITE as u8,
+    CACHED as u8,
+    THOUGHTS as u8,
+    CACHED as u8,
+    CACHED as u8,
+    REASONING as u8,
+    REASONING as u8,
+];
+const COUNTS: usize = 16;
+/// The count inside each details object.
+const DETAIL: [&str; 4] = ["cached_tokens", "cached_tokens", "reasoning_tokens", "reasoning_tokens"];
 
-/// The union of OpenAI (chat, completions, embeddings, responses) and Anthropic usage objects.
-#[derive(Debug, Default)]
-struct RawUsage {
-    prompt_tokens: Option<Count>,
-    completion_tokens: Option<Count>,
-    input_tokens: Option<Count>,
-    output_tokens: Option<Count>,
-    prompt_tokens_details: Option<Details>,
-    completion_tokens_details: Option<Details>,
-    input_tokens_details: Option<Details>,
-    output_tokens_details: Option<Details>,
-    cache_read_input_tokens: Option<Count>,
-    cache_creation_input_tokens: Option<Count>,
-}
+/// A usage object, read: a count per slot.
+#[derive(Debug, Default, Clone, Copy)]
+struct RawUsage([Option<Count>; SLOTS]);
 
 impl RawUsage {
     /// A usage object; `None` when it is not one (a count that is no number of zero or more, a
     /// repeated field): the report is unreadable, never guessed at.
     fn read(v: &Json) -> Option<RawUsage> {
-        let [pt, ct, it, ot, ptd, ctd, itd, otd, cr, cc] = members(
-            v,
-            [
-                "prompt_tokens",
-                "completion_tokens",
-                "input_tokens",
-                "output_tokens",
-                "prompt_tokens_details",
-                "completion_tokens_details",
-                "input_tokens_details",
-                "output_tokens_details",
-                "cache_read_input_tokens",
-                "cache_creation_input_tokens",
-            ],
-        )?;
-        Some(RawUsage {
-            prompt_tokens: opt(pt, Count::read)?,
-            completion_tokens: opt(ct, Count::read)?,
-            input_tokens: opt(it, Count::read)?,
-            output_tokens: opt(ot, Count::read)?,
-            prompt_tokens_details: opt(ptd, Details::read)?,
-            completion_tokens_details: opt(ctd, Details::read)?,
-            input_tokens_details: opt(itd, Details::read)?,
-            output_tokens_details: opt(otd, Details::read)?,
-            cache_read_input_tokens: opt(cr, Count::read)?,
-            cache_creation_input_tokens: opt(cc, Count::read)?,
-        })
+        Self::read_at(v, true)
+    }
+
+    fn read_at(v: &Json, outer: bool) -> Option<RawUsage> {
+        let found = members(v, &NAMES)?;
+        let mut u = RawUsage::default();
+        for (i, x) in found.iter().enumerate() {
+            let count = match (i, x) {
+                (_, None | Some(Json::Null)) => None,
+                (..COUNTS, Some(x)) => Some(Count::read(x)?),
+                (20.., Some(x)) => {
+                    if outer {
+                        let inner = RawUsage::read_at(x, false)?;
+                        for (mine, theirs) in u.0.iter_mut().zip(inner.0) {
+                            *mine = mine.or(theirs);
+                        }
+                    }
+                    None
+                }
+                (_, Some(d)) => opt(members(d, &DETAIL[i - COUNTS..=i - COUNTS])?[0], Count::read)?,
+            };
+            if let (Some(c), Some(&slot)) = (count, SLOT.get(i)) {
+                u.0[usize::from(slot)].get_or_insert(c);
+            }
+        }
+        Some(u)
     }
 }
 
-/// Raw counts as last reported: later reports replace earlier ones field by field, since every
+/// Raw counts as last reported: later reports replace earlier ones slot by slot, since every
 /// provider's stream reports cumulative numbers.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct Counts {
-    base_input: Option<u64>,
-    output: Option<u64>,
-    cache_read: Option<u64>,
-    cache_creation: Option<u64>,
-    cached: Option<u64>,
-    reasoning: Option<u64>,
+    slots: [Option<u64>; SLOTS],
     /// Some reported number did not fit in 64 bits (it was saturated).
     overflow: bool,
 }
 
 impl Counts {
     fn merge(&mut self, u: &RawUsage) {
-        let mut overflow = false;
-        let mut take = |c: Option<Count>| {
-            c.map(|c| {
-                overflow |= c.overflow;
-                c.value
-            })
-        };
-        let details = |d: &Option<Details>| d.as_ref().and_then(|d| d.cached_tokens);
-        let reasoning = |d: &Option<Details>| d.as_ref().and_then(|d| d.reasoning_tokens);
-        if let Some(v) = take(u.prompt_tokens.or(u.input_tokens)) {
-            self.base_input = Some(v);
+        for (mine, c) in self.slots.iter_mut().zip(u.0) {
+            if let Some(c) = c {
+                self.overflow |= c.overflow;
+                *mine = Some(c.value);
+            }
         }
-        if let Some(v) = take(u.completion_tokens.or(u.output_tokens)) {
-            self.output = Some(v);
-        }
-        if let Some(v) = take(u.cache_read_input_tokens) {
-            self.cache_read = Some(v);
-        }
-        if let Some(v) = take(u.cache_creation_input_tokens) {
-            self.cache_creation = Some(v);
-        }
-        if let Some(v) = take(details(&u.prompt_tokens_details).or(details(&u.input_tokens_details))) {
-            self.cached = Some(v);
-        }
-        if let Some(v) = take(reasoning(&u.completion_tokens_details).or(reasoning(&u.output_tokens_details))) {
-            self.reasoning = Some(v);
-        }
-        self.overflow |= overflow;
     }
 
     fn usage(&self) -> Usage {
-        // Anthropic's input_tokens excludes cache reads and writes; OpenAI's includes cached ones.
-        let input = self.base_input.map(|b| {
-            b.saturating_add(self.cache_read.unwrap_or(0))
-                .saturating_add(self.cache_creation.unwrap_or(0))
-        });
+        let s = &self.slots;
+        let plus = |a: Option<u64>, b: Option<u64>| b.map_or(a, |b| Some(a.unwrap_or(0).saturating_add(b)));
         Usage {
-            input,
-            output: self.output,
-            cached_input: self.cached.or(self.cache_read),
-            cache_creation_input: self.cache_creation,
-            reasoning: self.reasoning,
+            input: s[IN].map(|b| {
+                b.saturating_add(s[READ].unwrap_or(0))
+                    .saturating_add(s[WRITE].unwrap_or(0))
+            }),
+            output: plus(s[OUT], s[THOUGHTS]),
+            cached_input: s[CACHED].or(s[READ]),
+            cache_creation_input: s[WRITE],
+            reasoning: s[REASONING].or(s[THOUGHTS]),
         }
     }
 }
 
-/// The usages a stream event carries: its own `usage`, Anthropic `message_start`'s
-/// `message.usage`, the Responses API's terminal `response.usage`.
-#[derive(Debug, Default)]
-struct StreamEvent {
-    usage: Option<RawUsage>,
-    message: Option<RawUsage>,
-    response: Option<RawUsage>,
-}
+/// Where a message (a stream event, or a whole body's wanted keys) carries counts: its own
+/// `usage` (OpenAI, Bedrock's `metadata` event), Gemini's `usageMetadata`, Cohere's
+/// `delta.usage` (v2 `message-end`) and `meta` (v1, embed), the Responses API's terminal
+/// `response.usage`; all final. Anthropic `message_start`'s `message.usage` opens a stream.
+/// Ollama puts its counts in the message itself.
+const WRAPPERS: [&str; 6] = ["usage", "usageMetadata", "meta", "delta", "response", "message"];
+const OPENING: usize = 5;
+/// Messages that name one of these may carry counts (the rest are not parsed).
+const NEEDLES: [&[u8]; 4] = [b"usageMetadata\"", b"eval_count\"", b"prompt_eval_count\"", b"meta\""];
 
-impl StreamEvent {
-    fn read(v: &Json) -> Option<StreamEvent> {
-        let wrapped = |v: &Json| {
-            let [u] = members(v, ["usage"])?;
-            opt(u, RawUsage::read)
-        };
-        let [u, m, r] = members(v, ["usage", "message", "response"])?;
-        Some(StreamEvent {
-            usage: opt(u, RawUsage::read)?,
-            message: opt(m, wrapped)?.flatten(),
-            response: opt(r, wrapped)?.flatten(),
-        })
-    }
-}
-
-/// Bytes of a `usage` object kept from a JSON body; real ones are a few hundred bytes.
+/// Bytes of the wanted keys of a JSON body kept; real ones are a few hundred bytes.
 const USAGE_CAPTURE: usize = 16 * 1024;
+
+/// The counts of one message: `(report, final)`s.
+fn read_message(v: &Json) -> Option<Vec<(RawUsage, bool)>> {
+    let found = members(v, &WRAPPERS)?;
+    let mut out = Vec::new();
+    for (i, x) in found.into_iter().enumerate() {
+        let Some(x) = x else { continue };
+        let u = if i < 3 {
+            opt(Some(x), RawUsage::read)?
+        } else if matches!(x, Json::Obj(_)) {
+            // `{"delta":{…}}`, `{"response":{…}}`: the usage inside, if any.
+            opt(members(x, &["usage"])?[0], RawUsage::read)?
+        } else {
+            None // the Responses API's text `delta`
+        };
+        if let Some(u) = u {
+            out.push((u, i != OPENING));
+        }
+    }
+    if let Json::Obj(m) = v {
+        if m.iter().any(|(k, _)| k == "eval_count" || k == "prompt_eval_count") {
+            out.push((RawUsage::read(v)?, true));
+        }
+    }
+    Some(out)
+}
 
 #[derive(Debug)]
 enum Mode {
-    Json(Box<TopLevelScanner>),
+    /// A JSON body: an object's usage keys are scanned as it passes (never buffered); a body that
+    /// is an array (Gemini's stream without `alt=sse`) is read element by element.
+    /// (The scanner, whether the body's first value has begun.)
+    Json(Box<TopLevelScanner>, bool),
+    Array(Elements),
     Sse(SseParser),
+    Lines(Lines),
+    Frames(EventStreamParser),
     Ignore,
 }
 
@@ -251,14 +283,17 @@ pub struct ResponseUsage {
     /// A final usage report was read (a whole JSON body's, OpenAI's usage chunk, Anthropic's
     /// `message_delta`, the Responses API's terminal event), not just a stream's opening counts.
     complete: bool,
-    /// SSE events dropped for size.
+    /// Stream messages dropped for size.
     dropped_events: u64,
+    /// Stream messages read (events, lines, array elements, event-stream frames).
+    messages: u64,
 }
 
 /// Why some of a response's usage could not be read (`model_router_usage_errors_total`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct UsageErrors {
-    /// Events or bodies that mention usage but could not be parsed.
+    /// Events or bodies that mention usage but could not be parsed, or an event stream broken
+    /// by a frame that failed its CRC.
     pub unreadable: u64,
     /// SSE events larger than `sse::MAX_EVENT_BYTES`, dropped unread.
     pub event_too_large: u64,
@@ -266,16 +301,21 @@ pub struct UsageErrors {
     pub overflow: bool,
 }
 
+/// The JSON body keys that carry counts (see `WRAPPERS`; Ollama's are its own).
+const BODY_KEYS: &[&str] = &["usage", "usageMetadata", "meta", "prompt_eval_count", "eval_count"];
+
 impl ResponseUsage {
     /// Chooses how to read the body from its content type.
     pub fn for_content_type(content_type: Option<&str>) -> Self {
         let ct = crate::header_map::mime_type(content_type);
-        let mode = if ct == "text/event-stream" {
-            Mode::Sse(SseParser::new())
-        } else if ct == "application/json" || ct.ends_with("+json") {
-            Mode::Json(Box::new(TopLevelScanner::new(&["usage"], USAGE_CAPTURE).done_after(1)))
-        } else {
-            Mode::Ignore
+        let mode = match ct.as_ref() {
+            "text/event-stream" => Mode::Sse(SseParser::new()),
+            "application/x-ndjson" | "application/ndjson" | "application/jsonl" => Mode::Lines(Lines::default()),
+            "application/vnd.amazon.eventstream" => Mode::Frames(EventStreamParser::new()),
+            ct if ct == "application/json" || ct.ends_with("+json") => {
+                Mode::Json(Box::new(TopLevelScanner::new(BODY_KEYS, USAGE_CAPTURE)), false)
+            }
+            _ => Mode::Ignore,
         };
         ResponseUsage {
             mode,
@@ -283,36 +323,70 @@ impl ResponseUsage {
             bad_events: 0,
             complete: false,
             dropped_events: 0,
+            messages: 0,
         }
     }
 
     pub fn is_stream(&self) -> bool {
-        matches!(self.mode, Mode::Sse(_))
+        matches!(
+            self.mode,
+            Mode::Sse(_) | Mode::Lines(_) | Mode::Frames(_) | Mode::Array(_)
+        )
     }
 
-    /// TGI reports counts in headers (`x-prompt-tokens`, `x-generated-tokens`).
+    /// Counts in headers: TGI's (`x-prompt-tokens`, `x-generated-tokens`), Bedrock's
+    /// (`x-amzn-bedrock-input-token-count`, `…-output-token-count`).
     pub fn from_headers(&mut self, prompt: Option<u64>, generated: Option<u64>) {
         if prompt.is_some() {
-            self.counts.base_input = prompt;
+            self.counts.slots[IN] = prompt;
         }
         if generated.is_some() {
-            self.counts.output = generated;
+            self.counts.slots[OUT] = generated;
         }
     }
 
     pub fn feed(&mut self, chunk: &[u8]) {
+        let counts = &mut self.counts;
+        let bad = &mut self.bad_events;
+        let complete = &mut self.complete;
+        let messages = &mut self.messages;
+        let mut on = |m: &[u8]| {
+            *messages += 1;
+            on_message(counts, bad, complete, m)
+        };
         match &mut self.mode {
-            Mode::Json(s) => {
-                if s.feed(chunk).is_err() {
-                    self.mode = Mode::Ignore;
+            Mode::Json(s, begun) => {
+                let first = chunk.iter().find(|b| !b.is_ascii_whitespace());
+                if !*begun && first == Some(&b'[') {
+                    let mut e = Elements::default();
+                    e.feed(chunk, &mut on);
+                    self.mode = Mode::Array(e);
+                    return;
                 }
+                *begun |= first.is_some();
+                // After an error the scanner reads no more; what it found before is kept (a
+                // body cut short or spoilt after its usage still reports it).
+                let _ = s.feed(chunk);
+            }
+            Mode::Array(e) => {
+                e.feed(chunk, &mut on);
+                self.dropped_events = e.dropped;
             }
             Mode::Sse(p) => {
-                let counts = &mut self.counts;
-                let bad = &mut self.bad_events;
-                let complete = &mut self.complete;
-                p.feed(chunk, &mut |e| on_event(counts, bad, complete, &e));
+                p.feed(chunk, &mut |e| on(e.data.as_bytes()));
                 self.dropped_events = p.dropped;
+            }
+            Mode::Lines(l) => {
+                l.feed(chunk, &mut on);
+                self.dropped_events = l.dropped;
+            }
+            Mode::Frames(f) => {
+                f.feed(chunk, &mut on);
+                self.dropped_events = f.dropped;
+                if f.broken {
+                    *bad += 1;
+                    self.mode = Mode::Ignore;
+                }
             }
             Mode::Ignore => {}
         }
@@ -321,6 +395,12 @@ impl ResponseUsage {
     /// A final usage report was read (see `complete`).
     pub fn complete(&self) -> bool {
         self.complete
+    }
+
+    /// Stream messages read so far: a lower bound of the tokens a stream delivered (every
+    /// streamed delta carries at least one).
+    pub fn messages(&self) -> u64 {
+        self.messages
     }
 
     pub fn errors(&self) -> UsageErrors {
@@ -334,26 +414,40 @@ impl ResponseUsage {
     /// The body ended: returns what was reported.
     pub fn finish(&mut self) -> Usage {
         match &mut self.mode {
-            Mode::Json(s) => {
-                match s.get(0) {
-                    Some(f) if f.raw == b"null" => {}
-                    Some(f) => match json::parse(&f.raw).ok().and_then(|v| RawUsage::read(&v)) {
-                        Some(u) if !f.truncated => {
-                            self.counts.merge(&u);
-                            self.complete = true;
-                        }
-                        _ => self.bad_events += 1,
-                    },
-                    None => {}
+            Mode::Json(s, _) => {
+                // The wanted keys, read as one message; a value cut short is unreadable.
+                let mut m = Vec::new();
+                let mut whole = true;
+                for f in s.found() {
+                    whole &= !f.truncated;
+                    m.push((
+                        BODY_KEYS[f.key].to_string(),
+                        json::parse(&f.raw).unwrap_or(Json::Arr(Vec::new())),
+                    ));
                 }
-                self.mode = Mode::Ignore;
+                if !m.is_empty() {
+                    match read_message(&Json::Obj(m)).filter(|_| whole) {
+                        Some(reports) => apply(&mut self.counts, &mut self.complete, reports),
+                        None => self.bad_events += 1,
+                    }
+                }
             }
-            Mode::Sse(p) => {
-                p.finish();
-                self.dropped_events = p.dropped;
+            Mode::Array(e) => e.finish(),
+            Mode::Sse(p) => p.finish(),
+            Mode::Lines(l) => {
+                let (counts, bad, complete) = (&mut self.counts, &mut self.bad_events, &mut self.complete);
+                let messages = &mut self.messages;
+                l.finish(&mut |m| {
+                    *messages += 1;
+                    on_message(counts, bad, complete, m)
+                });
+            }
+            Mode::Frames(f) => {
+                f.finish();
             }
             Mode::Ignore => {}
         }
+        self.mode = Mode::Ignore;
         self.usage()
     }
 
@@ -363,39 +457,41 @@ impl ResponseUsage {
     }
 }
 
-/// True when some `"usage"` key in `data` has a value other than `null`. OpenAI chunks carry
-/// `"usage":null` on every token, so this check spares almost every event a JSON parse.
+fn apply(counts: &mut Counts, complete: &mut bool, reports: Vec<(RawUsage, bool)>) {
+    for (u, last) in reports {
+        counts.merge(&u);
+        *complete |= last;
+    }
+}
+
+/// True when `data` may carry counts: it has a key of `WRAPPERS` or Ollama's, and a `"usage"`
+/// key's value is not `null`. OpenAI chunks carry `"usage":null` on every token, so this check
+/// spares almost every event a JSON parse. (One pass over the quotes: no substring searcher.)
 fn mentions_usage(data: &[u8]) -> bool {
     let mut rest = data;
-    while let Some(i) = memmem::find(rest, b"\"usage\"") {
-        rest = &rest[i + 7..];
-        let after = rest
-            .iter()
-            .position(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n' | b':'))
-            .unwrap_or(rest.len());
-        if !rest[after..].starts_with(b"null") {
+    while let Some(i) = memchr::memchr(b'"', rest) {
+        rest = &rest[i + 1..];
+        if let Some(r) = rest.strip_prefix(b"usage\"") {
+            let after = r
+                .iter()
+                .position(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n' | b':'))
+                .unwrap_or(r.len());
+            if !r[after..].starts_with(b"null") {
+                return true;
+            }
+        } else if NEEDLES.iter().any(|n| rest.starts_with(n)) {
             return true;
         }
     }
     false
 }
 
-fn on_event(counts: &mut Counts, bad: &mut u64, complete: &mut bool, e: &Event) {
-    if !mentions_usage(e.data.as_bytes()) {
+fn on_message(counts: &mut Counts, bad: &mut u64, complete: &mut bool, data: &[u8]) {
+    if !mentions_usage(data) {
         return;
     }
-    match json::parse(e.data.as_bytes()).ok().and_then(|v| StreamEvent::read(&v)) {
-        Some(ev) => {
-            // Anthropic's `message_start` counts are the opening ones; the rest are final (or,
-            // with vLLM's continuous usage, cumulative so far).
-            if let Some(u) = ev.message {
-                counts.merge(&u);
-            }
-            for u in [ev.usage, ev.response].into_iter().flatten() {
-                counts.merge(&u);
-                *complete = true;
-            }
-        }
+    match json::parse(data).ok().as_ref().and_then(read_message) {
+        Some(reports) => apply(counts, complete, reports),
         None => *bad += 1,
     }
 }
@@ -568,6 +664,162 @@ event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{
         assert!(!mentions_usage(br#"{"text":"no mention"}"#));
         // A string that merely contains the word is parsed (and harmlessly yields nothing).
         assert!(mentions_usage(br#"{"delta":""usage" is a word"}"#));
+    }
+
+    fn each_cut(ct: &str, body: &[u8]) -> Usage {
+        let mut first = None;
+        for cut in 0..=body.len() {
+            let mut r = ResponseUsage::for_content_type(Some(ct));
+            r.feed(&body[..cut]);
+            r.feed(&body[cut..]);
+            let got = r.finish();
+            assert!(r.complete(), "cut {cut}");
+            assert_eq!(*first.get_or_insert(got), got, "cut {cut}");
+        }
+        let mut r = ResponseUsage::for_content_type(Some(ct));
+        for b in body.chunks(1) {
+            r.feed(b);
+        }
+        assert_eq!(Some(r.finish()), first);
+        first.unwrap_or_default()
+    }
+
+    const GEMINI_CHUNKS: [&str; 3] = [
+        r#"{"candidates":[{"content":{"parts":[{"text":"The \"usage\" ]}"}],"role":"model"}}],"usageMetadata":{"promptTokenCount":8,"totalTokenCount":8},"modelVersion":"gemini-2.5-flash"}"#,
+        r#"{"candidates":[{"content":{"parts":[{"text":" sky"}],"role":"model"}}],"usageMetadata":{"promptTokenCount":8,"candidatesTokenCount":6,"totalTokenCount":14},"modelVersion":"gemini-2.5-flash"}"#,
+        r#"{"candidates":[{"content":{"parts":[{"text":"."}],"role":"model"},"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":8,"candidatesTokenCount":12,"totalTokenCount":25,"cachedContentTokenCount":2,"thoughtsTokenCount":5},"modelVersion":"gemini-2.5-flash"}"#,
+    ];
+
+    #[test]
+    fn providers_json_bodies() {
+        let gemini = u(8, 17, Some(2), None, Some(5));
+        for (body, want) in [
+            (GEMINI_CHUNKS[2].to_string(), gemini),
+            // Bedrock Converse: camel case, cache counts outside the input.
+            (
+                r#"{"output":{"message":{"role":"assistant","content":[{"text":"hi"}]}},"stopReason":"end_turn","usage":{"inputTokens":30,"outputTokens":9,"totalTokens":45,"cacheReadInputTokens":4,"cacheWriteInputTokens":2},"metrics":{"latencyMs":300}}"#.into(),
+                u(36, 9, Some(4), Some(2), None),
+            ),
+            // Cohere v2 chat: tokens before billed units.
+            (
+                r#"{"id":"c","finish_reason":"COMPLETE","message":{"role":"assistant","content":[{"type":"text","text":"hi"}]},"usage":{"billed_units":{"input_tokens":5,"output_tokens":3},"tokens":{"input_tokens":71,"output_tokens":3}}}"#.into(),
+                u(71, 3, None, None, None),
+            ),
+            (
+                r#"{"usage":{"billed_units":{"input_tokens":5,"output_tokens":3}}}"#.into(),
+                u(5, 3, None, None, None),
+            ),
+            // Cohere embed (v2 and v1): the billed units in `meta`.
+            (
+                r#"{"id":"e","embeddings":{"float":[[0.1]]},"texts":["hi"],"meta":{"api_version":{"version":"2"},"billed_units":{"input_tokens":4}}}"#.into(),
+                Usage { input: Some(4), ..Default::default() },
+            ),
+            // Ollama's native API.
+            (
+                r#"{"model":"llama3.2","message":{"role":"assistant","content":"hi"},"done":true,"total_duration":5,"prompt_eval_count":26,"eval_count":290}"#.into(),
+                u(26, 290, None, None, None),
+            ),
+            (
+                r#"{"model":"all-minilm","embeddings":[[0.1]],"prompt_eval_count":8}"#.into(),
+                Usage { input: Some(8), ..Default::default() },
+            ),
+            // Gemini's stream without `alt=sse`: one JSON array in pieces, cumulative counts.
+            (format!("[{},\r\n{}\r\n,\r\n{}]", GEMINI_CHUNKS[0], GEMINI_CHUNKS[1], GEMINI_CHUNKS[2]), gemini),
+        ] {
+            assert_eq!(each_cut("application/json; charset=UTF-8", body.as_bytes()), want, "{body}");
+        }
+        // Repeated or broken counts are unreadable, never guessed at.
+        for body in [
+            r#"{"usage":{"inputTokens":1,"inputTokens":2}}"#,
+            r#"{"usageMetadata":{"promptTokenCount":"8"}}"#,
+            r#"{"prompt_eval_count":1,"prompt_eval_count":2}"#,
+            r#"{"usage":{"tokens":{"input_tokens":-1}}}"#,
+        ] {
+            let mut r = ResponseUsage::for_content_type(Some("application/json"));
+            r.feed(body.as_bytes());
+            assert_eq!(r.finish(), Usage::default(), "{body}");
+            assert_eq!(r.errors().unreadable, 1, "{body}");
+        }
+    }
+
+    #[test]
+    fn providers_streams_split_at_every_byte() {
+        let gemini_sse: String = GEMINI_CHUNKS.iter().map(|c| format!("data: {c}\r\n\r\n")).collect();
+        assert_eq!(
+            each_cut("text/event-stream", gemini_sse.as_bytes()),
+            u(8, 17, Some(2), None, Some(5))
+        );
+        let cohere = "event: message-start\ndata: {\"type\":\"message-start\",\"id\":\"x\",\"delta\":{\"message\":{\"role\":\"assistant\"}}}\n\n\
+event: content-delta\ndata: {\"type\":\"content-delta\",\"index\":0,\"delta\":{\"message\":{\"content\":{\"text\":\"hi\"}}}}\n\n\
+event: message-end\ndata: {\"type\":\"message-end\",\"delta\":{\"finish_reason\":\"COMPLETE\",\"usage\":{\"billed_units\":{\"input_tokens\":3,\"output_tokens\":2},\"tokens\":{\"input_tokens\":65,\"output_tokens\":2}}}}\n\n";
+        assert_eq!(
+            each_cut("text/event-stream", cohere.as_bytes()),
+            u(65, 2, None, None, None)
+        );
+        let ollama = "{\"model\":\"llama3.2\",\"message\":{\"role\":\"assistant\",\"content\":\"The \\\"usage\"},\"done\":false}\n\
+{\"model\":\"llama3.2\",\"message\":{\"role\":\"assistant\",\"content\":\"\"},\"done\":true,\"done_reason\":\"stop\",\"prompt_eval_count\":26,\"eval_count\":290}\n";
+        assert_eq!(
+            each_cut("application/x-ndjson", ollama.as_bytes()),
+            u(26, 290, None, None, None)
+        );
+        let converse = bedrock_stream();
+        assert_eq!(
+            each_cut("application/vnd.amazon.eventstream", &converse),
+            u(25, 7, Some(3), None, None)
+        );
+    }
+
+    fn bedrock_stream() -> Vec<u8> {
+        use crate::eventstream::tests::message;
+        let ev = |kind: &str, p: &str| {
+            message(
+                &[
+                    (":event-type", kind),
+                    (":content-type", "application/json"),
+                    (":message-type", "event"),
+                ],
+                p.as_bytes(),
+            )
+        };
+        [
+            ev("messageStart", r#"{"role":"assistant"}"#),
+            ev("contentBlockDelta", r#"{"contentBlockIndex":0,"delta":{"text":"Hi"}}"#),
+            ev("contentBlockDelta", r#"{"contentBlockIndex":0,"delta":{"text":" there"}}"#),
+            ev("contentBlockStop", r#"{"contentBlockIndex":0}"#),
+            ev("messageStop", r#"{"stopReason":"end_turn"}"#),
+            ev(
+                "metadata",
+                r#"{"usage":{"inputTokens":22,"outputTokens":7,"totalTokens":32,"cacheReadInputTokens":3},"metrics":{"latencyMs":120}}"#,
+            ),
+        ]
+        .concat()
+    }
+
+    #[test]
+    fn a_broken_frame_stops_counting() {
+        let good = bedrock_stream();
+        let at = good.len() - 20; // inside the metadata event's payload
+        let mut bad = good.clone();
+        bad[at] ^= 0x01;
+        let mut r = ResponseUsage::for_content_type(Some("application/vnd.amazon.eventstream"));
+        r.feed(&bad);
+        assert_eq!(r.finish(), Usage::default());
+        assert!(!r.complete());
+        assert_eq!(r.errors().unreadable, 1);
+        assert_eq!(r.messages(), 5, "the frames before the broken one were read");
+    }
+
+    #[test]
+    fn stream_messages_are_counted() {
+        let mut r = ResponseUsage::for_content_type(Some("text/event-stream"));
+        let cut = &OPENAI_STREAM[..OPENAI_STREAM.find("data: {\"choices\":[],").unwrap_or(0)];
+        r.feed(cut.as_bytes());
+        r.feed(cut.as_bytes());
+        assert_eq!((r.messages(), r.complete()), (2, false));
+        let mut j = ResponseUsage::for_content_type(Some("application/json"));
+        j.feed(br#"{"usage":{"prompt_tokens":1}}"#);
+        j.finish();
+        assert_eq!(j.messages(), 0, "a whole body is no stream");
     }
 
     #[test]

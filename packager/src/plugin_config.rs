@@ -478,18 +478,18 @@ pub fn identity_warnings(config: &Config, place: Place) -> Vec<(String, String)>
     let message = match (place, source) {
         (_, IdentitySource::Header) => return Vec::new(),
         (Place::Run, _) if !header => format!(
-            "`wasmpack run` listens in plaintext as plain Envoy: every caller is anonymous, so {who} refuse \
-             everyone (allow lists) or count everyone as one caller (`by: principal`); set identityHeader to try \
+            "`wasmpack run` listens in plaintext as plain Envoy: every caller is anonymous, so the rules of {who} \
+             refuse everyone (allow lists) or count everyone as one caller (`by: principal`); set identityHeader to try \
              identities here"
         ),
         (Place::EnvoyGateway, _) if !header => format!(
-            "at Envoy Gateway the filter sees no caller identity but a client certificate, so {who} refuse or \
-             lump together every caller without one; set identityHeader to a header your authentication sets \
+            "at Envoy Gateway the filter sees no caller identity but a client certificate, so the rules of {who} \
+             refuse every caller without one (allow lists) or count them as one caller (`by: principal`); set identityHeader to a header your authentication sets \
              (e.g. from a SecurityPolicy's JWT claims), and strip it from clients"
         ),
         (Place::Gateway, IdentitySource::Auto | IdentitySource::PeerCertificate) if !header => format!(
-            "at a gateway the caller is known only by its client certificate: {who} refuse or lump together every \
-             caller unless the Gateway's listener requires client mTLS (frontend TLS validation), or \
+            "at a gateway the caller is known only by its client certificate: the rules of {who} refuse every \
+             caller (allow lists) or count them as one caller (`by: principal`) unless the Gateway's listener requires client mTLS (frontend TLS validation), or \
              identityHeader names a header a trusted authentication step sets"
         ),
         (Place::Sidecar | Place::Gateway | Place::EnvoyGateway | Place::Run, IdentitySource::PeerPrincipal) => {

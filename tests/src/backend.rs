@@ -139,6 +139,12 @@ async fn handle(
         .unwrap_or(2);
     let status: Option<u16> = header(&headers, "x-test-status").and_then(|v| v.parse().ok());
     let reset_after: Option<usize> = header(&headers, "x-test-reset-after").and_then(|v| v.parse().ok());
+    // A long stream (this many chat deltas, a hundred per chunk) whose last two chunks (usage,
+    // `[DONE]`) come only after a pause: time for a client to leave before its usage.
+    let deltas: Option<u64> = header(&headers, "x-test-deltas").and_then(|v| v.parse().ok());
+    let hold_last_ms: u64 = header(&headers, "x-test-hold-last-ms")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     // Like real providers: gzip JSON answers when the client accepts it (or always, to test a
     // backend that ignores what was asked).
     let gzip = header(&headers, "x-test-gzip") == Some("always")
@@ -165,12 +171,31 @@ async fn handle(
         sent: Vec::new(),
     };
     let p = path.split('?').next().unwrap_or("");
-    let (status_code, content_type, events_or_body) = if let Some(s) = status {
+    let provider = if status.is_none() {
+        crate::providers::answer(&path, &req_json, &u)
+    } else {
+        None
+    };
+    let (status_code, content_type, events_or_body) = if let Some((ct, answer, r)) = provider {
+        exchange.reported = Some(r);
+        match answer {
+            crate::providers::Answer::Body(b) => (200, ct, Err(b)),
+            crate::providers::Answer::Stream(ev) => (200, ct, Ok(ev)),
+        }
+    } else if let Some(s) = status {
         let b = json!({"error": {"message": "test error", "type": "server_error", "code": null}}).to_string();
-        (s, "application/json", Err(b))
+        (s, "application/json", Err(b.into_bytes()))
     } else if p.ends_with("/chat/completions") || p.ends_with("/completions") {
         if stream {
             let mut ev = Vec::new();
+            if let Some(n) = deltas {
+                let c = json!({"id": "c1", "object": "chat.completion.chunk", "model": model,
+                    "choices": [{"index": 0, "delta": {"content": "tok"}, "finish_reason": null}], "usage": Value::Null});
+                let one = format!("data: {c}\n\n");
+                for start in (0..n).step_by(100) {
+                    ev.push(one.repeat((n - start).min(100) as usize));
+                }
+            }
             for i in 0..max_tokens {
                 let c = json!({"id": "c1", "object": "chat.completion.chunk", "model": model,
                     "choices": [{"index": 0, "delta": {"content": format!("t{i} ")}, "finish_reason": null}],
@@ -186,7 +211,11 @@ async fn handle(
                 ev.push(format!("data: {c}\n\n"));
             }
             ev.push("data: [DONE]\n\n".to_string());
-            (200, "text/event-stream", Ok(ev))
+            (
+                200,
+                "text/event-stream",
+                Ok(ev.into_iter().map(String::into_bytes).collect()),
+            )
         } else {
             exchange.reported = Some(u.clone());
             let b = json!({"id": "c1", "object": "chat.completion", "model": model,
@@ -194,7 +223,7 @@ async fn handle(
                 "usage": {"prompt_tokens": u.input, "completion_tokens": u.output, "total_tokens": u.input + u.output,
                           "prompt_tokens_details": {"cached_tokens": u.cached_input},
                           "completion_tokens_details": {"reasoning_tokens": u.reasoning}}});
-            (200, "application/json", Err(b.to_string()))
+            (200, "application/json", Err(b.to_string().into_bytes()))
         }
     } else if p.ends_with("/embeddings") {
         let r = Reported {
@@ -206,7 +235,7 @@ async fn handle(
         exchange.reported = Some(r.clone());
         let b = json!({"object": "list", "model": model, "data": [{"object": "embedding", "index": 0, "embedding": [0.1, -0.2, 0.3]}],
             "usage": {"prompt_tokens": r.input, "total_tokens": r.input}});
-        (200, "application/json", Err(b.to_string()))
+        (200, "application/json", Err(b.to_string().into_bytes()))
     } else if p.ends_with("/v1/messages") {
         let r = Reported { reasoning: 0, ..u };
         exchange.reported = Some(r.clone());
@@ -238,11 +267,15 @@ async fn handle(
             ));
             ev.push(sse("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": r.output}})));
             ev.push(sse("message_stop", json!({"type": "message_stop"})));
-            (200, "text/event-stream", Ok(ev))
+            (
+                200,
+                "text/event-stream",
+                Ok(ev.into_iter().map(String::into_bytes).collect()),
+            )
         } else {
             let b = json!({"id": "m1", "type": "message", "role": "assistant", "model": model, "content": [{"type": "text", "text": "hi"}],
                 "usage": {"input_tokens": r.input, "output_tokens": r.output, "cache_read_input_tokens": r.cached_input}});
-            (200, "application/json", Err(b.to_string()))
+            (200, "application/json", Err(b.to_string().into_bytes()))
         }
     } else if p.ends_with("/v1/responses") {
         exchange.reported = Some(u.clone());
@@ -260,10 +293,14 @@ async fn handle(
                 ));
             }
             ev.push(sse("response.completed", json!({"type": "response.completed", "sequence_number": 99, "response": {"status": "completed", "usage": usage}})));
-            (200, "text/event-stream", Ok(ev))
+            (
+                200,
+                "text/event-stream",
+                Ok(ev.into_iter().map(String::into_bytes).collect()),
+            )
         } else {
             let b = json!({"id": "r1", "object": "response", "status": "completed", "model": model, "output": [], "usage": usage});
-            (200, "application/json", Err(b.to_string()))
+            (200, "application/json", Err(b.to_string().into_bytes()))
         }
     } else if p.ends_with("/audio/transcriptions") {
         // As OpenAI's gpt-4o-transcribe answers: tokens, with audio and text input parts.
@@ -275,19 +312,19 @@ async fn handle(
         exchange.reported = Some(r.clone());
         let b = json!({"text": "hello", "usage": {"type": "tokens", "input_tokens": r.input, "output_tokens": r.output,
             "total_tokens": r.input + r.output, "input_token_details": {"audio_tokens": r.input, "text_tokens": 0}}});
-        (200, "application/json", Err(b.to_string()))
+        (200, "application/json", Err(b.to_string().into_bytes()))
     } else if p.starts_with("/v2/models/") {
         let name = p.trim_start_matches("/v2/models/").split('/').next().unwrap_or("");
         (
             200,
             "application/json",
-            Err(json!({"model_name": name, "outputs": []}).to_string()),
+            Err(json!({"model_name": name, "outputs": []}).to_string().into_bytes()),
         )
     } else {
         (
             200,
             "application/json",
-            Err(json!({"ok": true, "backend": name}).to_string()),
+            Err(json!({"ok": true, "backend": name}).to_string().into_bytes()),
         )
     };
 
@@ -297,24 +334,28 @@ async fn handle(
         .header("x-backend", name.as_str());
     match events_or_body {
         Err(full) => {
-            exchange.sent = full.clone().into_bytes();
+            exchange.sent = full.clone();
             push(&log, exchange);
             let (resp, bytes) = if gzip {
-                (resp.header("content-encoding", "gzip"), gzipped(full.as_bytes()))
+                (resp.header("content-encoding", "gzip"), gzipped(&full))
             } else {
-                (resp, full.into_bytes())
+                (resp, full)
             };
             Ok(resp
                 .body(Full::new(Bytes::from(bytes)).map_err(|never| match never {}).boxed())
                 .unwrap_or_else(|_| Response::new(empty())))
         }
         Ok(events) => {
-            exchange.sent = events.concat().into_bytes();
+            exchange.sent = events.concat();
             push(&log, exchange);
             let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(4);
             tokio::spawn(async move {
+                let n = events.len();
                 for (i, e) in events.into_iter().enumerate() {
                     tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                    if hold_last_ms > 0 && i + 2 == n {
+                        tokio::time::sleep(Duration::from_millis(hold_last_ms)).await;
+                    }
                     if reset_after == Some(i) {
                         let _ = tx.send(Err(std::io::Error::other("test: upstream reset"))).await;
                         return;

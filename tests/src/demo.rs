@@ -47,13 +47,6 @@ pub fn wasmpack_bin() -> PathBuf {
     p
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
-}
-
 /// `wasmpack run`, stopped with SIGINT on drop if still running.
 pub struct Run {
     pub child: Child,
@@ -109,8 +102,8 @@ pub async fn start() -> Result<Demo> {
         backends.insert(name.to_string(), b);
     }
     let (listen, admin) = (
-        format!("127.0.0.1:{}", free_port()),
-        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", crate::process::free_port()),
+        format!("127.0.0.1:{}", crate::process::free_port()),
     );
     let log = dir.path().join("access.log");
     args.extend([

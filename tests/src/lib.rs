@@ -8,6 +8,8 @@ pub mod backend;
 pub mod demo;
 pub mod envoy;
 pub mod pki;
+pub mod process;
+pub mod providers;
 pub mod rate_limit;
 
 use std::collections::BTreeMap;
@@ -268,12 +270,20 @@ impl Scenario {
         self.envoy.admin("/stats/prometheus").unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// Prometheus text with histograms up to date: Envoy merges worker histograms on a stats
-    /// flush, which a scrape triggers (`stats_flush_on_admin`) but does not wait for.
-    pub async fn prometheus_flushed(&self) -> String {
-        let _ = self.prometheus();
-        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
-        self.prometheus()
+    /// Prometheus text once `ready` holds for it. Counters and gauges are read live; histograms
+    /// only after Envoy merged the workers' samples, which each scrape starts
+    /// (`stats_flush_on_admin`) but does not wait for: a test says which counts it expects.
+    /// Panics, naming `what`, with the last text if it never holds within 10 s.
+    pub async fn prometheus_when(&self, what: &str, ready: impl Fn(&str) -> bool) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let text = self.prometheus();
+            if ready(&text) {
+                return text;
+            }
+            assert!(std::time::Instant::now() < deadline, "never true: {what}\n{text}");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 
     pub fn access_log(&self) -> String {
@@ -309,8 +319,27 @@ pub fn venv_python() -> PathBuf {
 }
 
 /// A metric's value (summed over series) from Prometheus text; 0 when absent.
+/// The sum of a metric's samples with these labels. A name no sample carries is an error (a
+/// renamed metric must not read as zero); for series the filter makes on first use, see
+/// [`metric_if_made`].
 pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     let samples = prom::parse(text).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        samples.iter().any(|s| s.name == name),
+        "no metric named {name} in the scrape"
+    );
+    prom::sum(&samples, name, labels)
+}
+
+/// Like [`metric`], for a series the filter makes only when it first counts something (e.g. the
+/// rate limit service's failures): absent reads as zero. `made_with` is a metric of the same
+/// family that must exist, so a rename of the family is still caught.
+pub fn metric_if_made(text: &str, name: &str, labels: &[(&str, &str)], made_with: &str) -> f64 {
+    let samples = prom::parse(text).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        samples.iter().any(|s| s.name == made_with),
+        "no metric named {made_with} in the scrape"
+    );
     prom::sum(&samples, name, labels)
 }
 

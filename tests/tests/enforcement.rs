@@ -144,13 +144,21 @@ async fn dressed_up_paths_do_not_get_past_access_control() {
     assert_eq!(reached(&s), 0, "nothing reached a backend");
 }
 
+/// Requests of `metered` the filter has finished with (counted after their charge is made).
+fn finished(text: &str) -> f64 {
+    let samples = wasmpack::prom::parse(text).unwrap_or_else(|e| panic!("{e}"));
+    wasmpack::prom::sum(&samples, "model_router_requests_total", &[("model", "metered")])
+}
+
+/// The tokens left, read from a small embeddings probe; returns once the probe's own charge is made.
 async fn remaining_tokens(s: &Scenario) -> i64 {
+    let done = finished(&s.prometheus());
     let r = s
         .post("/v1/embeddings", r#"{"model":"metered","input":"x"}"#, &[])
         .await;
     assert_eq!(r.status, 200, "{} {:?}", r.text(), r.headers);
     let left: i64 = r.header("x-ratelimit-remaining-tokens").unwrap().parse().unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    s.prometheus_when("the probe finished", |t| finished(t) > done).await;
     left
 }
 
@@ -200,7 +208,20 @@ async fn token_limits_cannot_be_dodged_by_the_client() {
     let first = resp.chunk().await.unwrap();
     assert!(first.is_some());
     drop(resp);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let missing = [
+        ("model", "metered"),
+        ("destination", "metered"),
+        ("reason", "incomplete"),
+    ];
+    s.prometheus_when("the dropped stream finished", |t| {
+        e2e::metric_if_made(
+            t,
+            "model_router_usage_missing_total",
+            &missing,
+            "model_router_requests_total",
+        ) == 1.0
+    })
+    .await;
     let after = remaining_tokens(&s).await;
     assert!(
         before - after >= 50,

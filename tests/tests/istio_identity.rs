@@ -69,7 +69,7 @@ async fn a_sidecars_outbound_caller_is_its_own_workload() {
         let r = s.post("/v1/chat/completions", chat("metered"), &[]).await;
         assert_eq!(r.status, expect, "{}", r.text());
     }
-    let text = s.prometheus_flushed().await;
+    let text = s.prometheus();
     assert_eq!(
         metric(
             &text,

@@ -87,7 +87,7 @@ async fn rendered_ecds_config_routes_in_real_envoy() {
     assert_eq!(r.status, 404);
 
     // The stats carry the labels the rendered stats wiring names.
-    let text = s.prometheus_flushed().await;
+    let text = s.prometheus();
     assert!(
         text.contains("model_router_requests_total{model=\"llama-3-8b\""),
         "{text}"

@@ -4,7 +4,6 @@
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
 
 use e2e::prom::{self, Sample};
 use e2e::Scenario;
@@ -59,20 +58,17 @@ fn by_labels(samples: &[Sample], name: &str, keys: [&str; 3]) -> BTreeMap<Key, u
     out
 }
 
-async fn scrape_when_idle(s: &Scenario) -> Vec<Sample> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let samples = prom::parse(&s.prometheus_flushed().await).unwrap_or_else(|e| panic!("bad exposition: {e}"));
-        let in_flight: f64 = samples
-            .iter()
-            .filter(|x| x.name == "model_router_in_flight_requests")
-            .map(|x| x.value)
-            .sum();
-        if in_flight == 0.0 || Instant::now() > deadline {
-            return samples;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+/// The samples once no request is in flight and the duration histogram holds `durations`
+/// samples (histograms are merged from the workers after a scrape asks for it).
+async fn scrape_when_idle(s: &Scenario, durations: u64) -> Vec<Sample> {
+    let text = s
+        .prometheus_when(&format!("idle, {durations} request durations recorded"), |t| {
+            let samples = prom::parse(t).unwrap_or_else(|e| panic!("bad exposition: {e}"));
+            prom::sum(&samples, "model_router_in_flight_requests", &[]) == 0.0
+                && prom::sum(&samples, "model_router_request_duration_milliseconds_count", &[]) as u64 == durations
+        })
+        .await;
+    prom::parse(&text).unwrap_or_else(|e| panic!("bad exposition: {e}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -193,7 +189,7 @@ async fn metrics_match_what_the_backends_reported() {
     assert!(cut.bytes().await.is_err(), "the client sees the stream cut");
     streams += 1;
 
-    let samples = scrape_when_idle(&s).await;
+    let samples = scrape_when_idle(&s, ok + 2 + 3).await;
     let in_flight: Vec<&Sample> = samples
         .iter()
         .filter(|x| x.name == "model_router_in_flight_requests")
@@ -325,7 +321,7 @@ async fn injected_stream_usage_is_counted() {
     );
     let reported = seen.reported.unwrap_or_default();
     assert!(reported.output == 5);
-    let samples = scrape_when_idle(&s).await;
+    let samples = scrape_when_idle(&s, 1).await;
     let out = prom::sum(
         &samples,
         "model_router_tokens_total",
