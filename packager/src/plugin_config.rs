@@ -26,6 +26,69 @@ pub fn load(path: &Path) -> Result<Loaded> {
     })
 }
 
+/// A problem in a configuration file, as data (`check --output json`): what is wrong, the field
+/// path (`models[0].name`; empty for the file as a whole), and where in the file when known.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Diagnostic {
+    pub message: String,
+    pub path: String,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+}
+
+/// `:LINE[:COLUMN]` → (line, column).
+fn split_at(at: &str) -> (Option<usize>, Option<usize>) {
+    let mut parts = at.trim_start_matches(':').split(':');
+    let line = parts.next().and_then(|l| l.parse().ok());
+    let column = parts.next().and_then(|c| c.parse().ok());
+    (line, column)
+}
+
+/// `load`, with the problem as data: a file that cannot be read says why (the OS error), a
+/// parser error its field path, line and column.
+pub fn load_diagnosed(path: &Path) -> Result<Loaded, Diagnostic> {
+    let text = std::fs::read_to_string(path).map_err(|e| Diagnostic {
+        message: format!("reading {}: {e}", path.display()),
+        path: String::new(),
+        line: None,
+        column: None,
+    })?;
+    parse(&text).map_err(|e| {
+        let h = human(&e);
+        // `:LINE:COLUMN: path: message`, or `: path: message` (then located in the text).
+        let (at, rest) = match h.find(": ") {
+            Some(i) => (h[..i].to_string(), h[i + 2..].to_string()),
+            None => (String::new(), h.clone()),
+        };
+        let at = if at.is_empty() {
+            locate(&text, &e).unwrap_or_default()
+        } else {
+            at
+        };
+        let (line, column) = split_at(&at);
+        let field = if e.path == "." { String::new() } else { e.path.clone() };
+        let message = rest
+            .strip_prefix(&format!("{field}: "))
+            .map(str::to_string)
+            .unwrap_or(rest);
+        Diagnostic {
+            message,
+            path: field,
+            line,
+            column,
+        }
+    })
+}
+
+/// The line of a field path (`models[1].name`) in the text, when its last key appears once.
+pub fn line_of(text: &str, field: &str) -> Option<usize> {
+    let e = model_router::config::ConfigError {
+        path: field.to_string(),
+        message: String::new(),
+    };
+    locate(text, &e).and_then(|at| split_at(&at).0)
+}
+
 /// `:LINE:COLUMN` of the field an error names (the key for an unknown or repeated field, the
 /// value for a wrong one), or `:LINE` for other errors; when the key appears exactly once in
 /// the text, in block (`key: v`) or flow (`{key: v}`) style.

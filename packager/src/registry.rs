@@ -78,6 +78,25 @@ impl Registry {
         })
     }
 
+    /// `explain`, and, when no credentials were sent at all, a refusal says so (rather than that
+    /// credentials were refused).
+    fn explain(&self, e: OciDistributionError, reference: &Reference) -> anyhow::Error {
+        let err = explain(e, reference);
+        let registry = reference.resolve_registry();
+        if matches!(self.auth, RegistryAuth::Anonymous) && err.to_string().contains(": credentials refused (") {
+            let why = err.to_string();
+            let why = why
+                .split_once("credentials refused (")
+                .and_then(|(_, r)| r.rsplit_once(')'))
+                .map_or(String::new(), |(c, _)| c.to_string());
+            return anyhow!(
+                "{registry}: no credentials were sent and the registry wants them ({why}): pass --username with \
+                 --password-stdin, or run `docker login {registry}` (wasmpack reads the docker config)"
+            );
+        }
+        err
+    }
+
     async fn timed<T>(&self, what: &str, f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
         match tokio::time::timeout(self.timeout, f).await {
             Ok(r) => r,
@@ -91,12 +110,12 @@ impl Registry {
             self.client
                 .auth(reference, &self.auth, RegistryOperation::Push)
                 .await
-                .map_err(|e| explain(e, reference))?;
+                .map_err(|e| self.explain(e, reference))?;
             for blob in std::iter::once(&image.config).chain(&image.layers) {
                 self.client
                     .push_blob(reference, blob.data.clone(), &blob.digest)
                     .await
-                    .map_err(|e| explain(e, reference))
+                    .map_err(|e| self.explain(e, reference))
                     .with_context(|| format!("uploading blob {}", blob.digest))?;
             }
             self.put_manifest(reference, &image.manifest).await
@@ -109,7 +128,7 @@ impl Registry {
         self.client
             .push_manifest_raw(reference, manifest.to_vec(), ct)
             .await
-            .map_err(|e| explain(e, reference))
+            .map_err(|e| self.explain(e, reference))
             .context("uploading the manifest")?;
         Ok(digest(manifest))
     }
@@ -121,7 +140,7 @@ impl Registry {
                 .client
                 .pull_manifest_raw(reference, &self.auth, &[OCI_MANIFEST, DOCKER_MANIFEST])
                 .await
-                .map_err(|e| explain(e, reference))?;
+                .map_err(|e| self.explain(e, reference))?;
             let actual = digest(&bytes);
             if !registry_digest.is_empty() && registry_digest != actual {
                 bail!("the registry says the manifest is {registry_digest}, but its bytes hash to {actual}");
@@ -143,7 +162,7 @@ impl Registry {
             self.client
                 .pull_blob(reference, digest_str, &mut out)
                 .await
-                .map_err(|e| explain(e, reference))
+                .map_err(|e| self.explain(e, reference))
                 .with_context(|| format!("fetching blob {digest_str}"))?;
             let actual = digest(&out);
             if actual != digest_str {

@@ -24,8 +24,14 @@ pub enum Target {
     /// An Istio ambient waypoint (a Gateway of class istio-waypoint in the install namespace);
     /// clients call `service:port`, which is enrolled to it.
     Waypoint { name: String, service: String, port: u16 },
-    /// An Envoy Gateway Gateway of this name, serving these host names.
-    EnvoyGateway { name: String, hostnames: Vec<String> },
+    /// An Envoy Gateway Gateway of this name, serving these host names; `listener` is the xDS
+    /// listener the EnvoyPatchPolicy of body routing patches (`<ns>/<gateway>/<section>`, or
+    /// `tcp-<port>` with Envoy Gateway's XDSNameSchemeV2).
+    EnvoyGateway {
+        name: String,
+        hostnames: Vec<String>,
+        listener: String,
+    },
 }
 
 impl Target {
@@ -493,7 +499,10 @@ pub fn plan(config: &Config, o: &Options) -> Result<Plan, Vec<Problem>> {
     if let Target::Waypoint { service, .. } = &o.target {
         match service_of(service, &o.namespace) {
             Err(e) => problems.push(problem("--service", e)),
-            Ok((_, ns)) => {
+            Ok((svc, ns)) => {
+                if let Some(p) = catch_all_problem(config, &hosts, service, &svc, &ns) {
+                    problems.push(p);
+                }
                 for h in hosts.iter().filter(|h| h.namespace != ns && !h.external) {
                     problems.push(problem(
                         "--service",
@@ -543,6 +552,60 @@ pub fn plan(config: &Config, o: &Options) -> Result<Plan, Vec<Problem>> {
     }
 }
 
+/// Where a mode cannot route by the body (a waypoint), requests whose model is in the body take
+/// the route's catch-all, the Service clients call. When that Service is one model's backend, the
+/// requests of every other model would land on it (a chat model's on an embeddings server, a
+/// canary at 0 %): refused, naming the models whose requests would go astray.
+fn catch_all_problem(config: &Config, hosts: &[Host], service: &str, svc: &str, ns: &str) -> Option<Problem> {
+    if config.body_routing {
+        return None;
+    }
+    let is_it = |h: &Host| !h.external && h.service == svc && h.namespace == ns;
+    if !hosts.iter().any(is_it) {
+        return None;
+    }
+    let served_there = |d: &model_router::config::Destination| {
+        hosts
+            .iter()
+            .find(|h| d.host.as_ref() == Some(&h.host))
+            .is_some_and(is_it)
+    };
+    let astray: Vec<&str> = config
+        .models
+        .iter()
+        .filter(|m| !m.destinations.is_empty() && !m.destinations.iter().all(served_there))
+        .map(|m| m.name.as_str())
+        .collect();
+    if astray.is_empty() {
+        return None;
+    }
+    Some(problem(
+        "--service",
+        format!(
+            "`{service}` is the Service of model destinations itself, and a waypoint cannot route by the body: \
+             requests naming model{} `{}` in the JSON body would all go to it. Give --service a Service that \
+             fronts the models (not one model's own), or install on a --gateway or --envoy-gateway, which \
+             route by the body",
+            if astray.len() == 1 { "" } else { "s" },
+            astray.join("`, `")
+        ),
+    ))
+}
+
+/// The models whose requests, named in the JSON body, are not routed by this install (bodyRouting
+/// off): they take the route's catch-all (`wasmpack manifests` warns, naming them).
+pub fn body_models_unrouted(config: &Config) -> Vec<String> {
+    if config.body_routing {
+        return Vec::new();
+    }
+    config
+        .models
+        .iter()
+        .filter(|m| !m.destinations.is_empty())
+        .map(|m| m.name.clone())
+        .collect()
+}
+
 fn hex(digest: &str) -> &str {
     digest.strip_prefix("sha256:").unwrap_or(digest)
 }
@@ -554,7 +617,12 @@ pub fn render(config_json: &Value, config: &Config, o: &Options, plan: &Plan) ->
     let ports = model_ports(config);
     if o.wants(Part::Filter) {
         match &o.target {
-            Target::EnvoyGateway { name, .. } => docs.push(envoy_extension_policy(config_json, o, name)),
+            Target::EnvoyGateway { name, listener, .. } => {
+                docs.push(envoy_extension_policy(config, config_json, o, name));
+                if config.body_routing {
+                    docs.push(envoy_patch_policy(config, o, name, listener));
+                }
+            }
             Target::Selector(_) | Target::Gateway { .. } if config.body_routing => {
                 docs.extend(envoy_filters(config_json, o, &url, &ports));
             }
@@ -584,7 +652,7 @@ pub fn render(config_json: &Value, config: &Config, o: &Options, plan: &Plan) ->
                 docs.push(mesh_route(config, hs, o, name, service, *port));
             }
         }
-        Target::Gateway { name, hostnames } | Target::EnvoyGateway { name, hostnames } => {
+        Target::Gateway { name, hostnames, .. } | Target::EnvoyGateway { name, hostnames, .. } => {
             if o.wants(Part::HttpRoute) {
                 // One route per namespace of backends, next to them (Gateway API's cross-namespace
                 // attachment: no ReferenceGrant needed); inference pools in the install namespace.
@@ -601,12 +669,11 @@ pub fn render(config_json: &Value, config: &Config, o: &Options, plan: &Plan) ->
                 }
                 if matches!(o.target, Target::EnvoyGateway { .. }) {
                     // Envoy Gateway runs the filter only on a route that matched: one must match
-                    // first (the first route's first backend, with an empty destination).
-                    if let Some(rules) = by_ns.values_mut().next() {
-                        if let Some((_, b)) = rules.first().cloned() {
-                            rules.push(("", b));
-                        }
-                    }
+                    // first. That catch-all answers what the filter did not route itself (never a
+                    // model's backend, which would take every other model's unrouted requests).
+                    let filter = json!(unrouted_filter_name(o));
+                    by_ns.entry(o.namespace.as_str()).or_default().push(("", filter));
+                    docs.push(unrouted_filter(o));
                 }
                 for (ns, rules) in by_ns {
                     docs.push(http_route(config, &rules, o, name, hostnames, ns));
@@ -876,6 +943,8 @@ fn buffer_limit(config: &Config, o: &Options, ports: &[u16]) -> Option<Doc> {
         config.max_body_bytes
     );
     match &o.target {
+        // The EnvoyPatchPolicy of body routing sets it on the listener it patches.
+        Target::EnvoyGateway { .. } if config.body_routing => None,
         Target::EnvoyGateway { name, .. } => Some(Doc {
             file: "clienttrafficpolicy-buffer-limit".into(),
             comment: format!(
@@ -948,7 +1017,7 @@ fn traffic_extension(wasm_plugin_spec: Value, o: &Options) -> Doc {
 
 /// The filter for Envoy Gateway: an `EnvoyExtensionPolicy` on the Gateway, the module from the
 /// OCI image pinned by its manifest digest, the configuration inline.
-fn envoy_extension_policy(config_json: &Value, o: &Options, gateway: &str) -> Doc {
+fn envoy_extension_policy(config: &Config, config_json: &Value, o: &Options, gateway: &str) -> Doc {
     let image = json!({"url": format!("{}@{}", o.repository, o.digest), "sha256": hex(&o.digest)});
     let mut wasm = json!({"name": FILTER_NAME, "rootID": FILTER_NAME, "failOpen": o.fail_open,
         "code": {"type": "Image", "image": image}, "config": config_json});
@@ -960,9 +1029,13 @@ fn envoy_extension_policy(config_json: &Value, o: &Options, gateway: &str) -> Do
         comment: format!(
             "The filter on Envoy Gateway `{gateway}`, pinned to the image manifest digest {}. Envoy Gateway\n\
              enables it per route (internal/xds/translator/wasm.go): it runs on requests that matched a\n\
-             route of this gateway, so the HTTPRoute below ends with a catch-all rule. It cannot hold\n\
-             request headers (no allow_on_headers_stop_iteration), so bodyRouting is off.",
-            o.digest
+             route of this gateway, so the HTTPRoute below ends with a catch-all rule.{}",
+            o.digest,
+            if config.body_routing {
+                " The EnvoyPatchPolicy\nbelow lets it hold request headers until the body names the model (bodyRouting)."
+            } else {
+                " bodyRouting is off:\nmodels in the JSON body are not routed (they get the catch-all's answer)."
+            }
         ),
         value: json!({"apiVersion": "gateway.envoyproxy.io/v1alpha1", "kind": "EnvoyExtensionPolicy",
             "metadata": o.meta(&o.object_name(""), &o.namespace),
@@ -1176,6 +1249,92 @@ fn external_provider(h: &Host, o: &Options) -> Vec<Doc> {
     ]
 }
 
+/// The name Envoy Gateway gives the Wasm HTTP filter of entry `index` of an EnvoyExtensionPolicy
+/// (internal/gatewayapi/envoyextensionpolicy.go `irConfigNameForWasm`, internal/xds/translator
+/// wasm.go `wasmFilterName`): `envoy.filters.http.wasm/envoyextensionpolicy/<ns>/<name>/wasm/<index>`.
+pub fn envoy_gateway_wasm_filter_name(namespace: &str, policy: &str, index: usize) -> String {
+    format!("envoy.filters.http.wasm/envoyextensionpolicy/{namespace}/{policy}/wasm/{index}")
+}
+
+/// Envoy Gateway's xDS listener name of a Gateway listener (internal/xds/translator/listener.go
+/// `xdsListenerName`, the default scheme): `<namespace>/<gateway>/<listener section name>`.
+pub fn envoy_gateway_listener_name(namespace: &str, gateway: &str, section: &str) -> String {
+    format!("{namespace}/{gateway}/{section}")
+}
+
+/// bodyRouting on Envoy Gateway: a JSON patch of the generated listener (Envoy Gateway has no
+/// field for it) that lets the filter hold request headers, and raises the listener's buffer
+/// limit to maxBodyBytes. Envoy Gateway applies EnvoyPatchPolicies only with
+/// `extensionApis.enableEnvoyPatchPolicy: true` in its EnvoyGateway configuration.
+fn envoy_patch_policy(config: &Config, o: &Options, gateway: &str, listener: &str) -> Doc {
+    const LISTENER_TYPE: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+    let filter = envoy_gateway_wasm_filter_name(&o.namespace, &o.object_name(""), 0);
+    let mut patches = vec![json!({
+        "type": LISTENER_TYPE,
+        "name": listener,
+        "operation": {
+            "op": "add",
+            "jsonPath": format!("..http_filters[?(@.name=='{filter}')].typed_config.config"),
+            "path": "/allow_on_headers_stop_iteration",
+            "value": true
+        }
+    })];
+    let raise = o.wants(Part::BufferLimit) && config.max_body_bytes > ENVOY_GATEWAY_BUFFER_LIMIT;
+    let limit = listener_buffer_limit(config.max_body_bytes);
+    if raise {
+        patches.push(json!({
+            "type": LISTENER_TYPE,
+            "name": listener,
+            "operation": {"op": "add", "path": "/per_connection_buffer_limit_bytes", "value": limit}
+        }));
+    }
+    Doc {
+        file: "envoypatchpolicy-body-routing".into(),
+        comment: format!(
+            "bodyRouting on Envoy Gateway `{gateway}`: patches the xDS listener `{listener}` (--listener)\n\
+             so that the filter `{filter}`\n\
+             may hold request headers until the body names the model (allow_on_headers_stop_iteration){}.\n\
+             Envoy Gateway applies it only with `extensionApis: {{enableEnvoyPatchPolicy: true}}` in its\n\
+             EnvoyGateway configuration (the envoy-gateway-config ConfigMap); check that its status says\n\
+             Programmed: kubectl get envoypatchpolicy {} -n {} -o yaml",
+            if raise {
+                format!(",\nand raises its buffer limit from Envoy Gateway's 32 KiB to maxBodyBytes ({limit})")
+            } else {
+                String::new()
+            },
+            o.object_name("body-routing"),
+            o.namespace
+        ),
+        value: json!({"apiVersion": "gateway.envoyproxy.io/v1alpha1", "kind": "EnvoyPatchPolicy",
+            "metadata": o.meta(&o.object_name("body-routing"), &o.namespace),
+            "spec": {"targetRef": gateway_ref(gateway), "type": "JSONPatch", "jsonPatches": patches}}),
+    }
+}
+
+fn unrouted_filter_name(o: &Options) -> String {
+    o.object_name("unrouted")
+}
+
+/// The answer of the Envoy Gateway catch-all rule: requests the filter did not route (no model,
+/// or a body model with bodyRouting off) get a clear 404, never a model's backend.
+fn unrouted_filter(o: &Options) -> Doc {
+    let body = json!({"error": {
+        "message": "no model route took this request: name a model this gateway serves (GET /v1/models lists them)",
+        "type": "invalid_request_error",
+        "param": null,
+        "code": "no_route"}});
+    Doc {
+        file: "httproutefilter-unrouted".into(),
+        comment: "The answer of the HTTPRoute's catch-all rule (Envoy Gateway's direct response): a request the\n\
+                  filter did not route to a destination gets 404 `no_route`, never one model's backend."
+            .into(),
+        value: json!({"apiVersion": "gateway.envoyproxy.io/v1alpha1", "kind": "HTTPRouteFilter",
+            "metadata": o.meta(&unrouted_filter_name(o), &o.namespace),
+            "spec": {"directResponse": {"contentType": "application/json", "statusCode": 404,
+                     "body": {"type": "Inline", "inline": body.to_string()}}}}),
+    }
+}
+
 fn http_route(
     config: &Config,
     backends: &[(&str, Value)],
@@ -1189,8 +1348,10 @@ fn http_route(
         .iter()
         .map(|(d, backend)| {
             if d.is_empty() {
-                // The catch-all rule (Envoy Gateway): every request of these hosts matches a route.
-                return json!({"backendRefs": [backend]});
+                // The catch-all rule (Envoy Gateway): every request of these hosts matches a route,
+                // and what the filter did not route gets the HTTPRouteFilter's answer.
+                return json!({"filters": [{"type": "ExtensionRef", "extensionRef":
+                    {"group": "gateway.envoyproxy.io", "kind": "HTTPRouteFilter", "name": backend}}]});
             }
             let mut rule = json!({
                 "matches": [{"headers": [{"type": "Exact", "name": header, "value": d}]}],
@@ -1221,7 +1382,7 @@ fn http_route(
             hostnames.join(", "),
             if catch_all {
                 "The last rule catches the rest (Envoy Gateway runs the filter only on a matched route): what\n\
-                 the filter did not route goes to the first destination's backend."
+                 the filter did not route is answered 404 `no_route` (HTTPRouteFilter), never sent to a model."
             } else {
                 "There is no catch-all: a request the filter did not route matches no rule of this route\n\
                  (the gateway answers 404), and other traffic of a shared gateway is left to its own routes."
@@ -1391,16 +1552,17 @@ pub fn istio_buckets() -> Vec<u64> {
     buckets
 }
 
-/// The pod annotations that export the filter's metrics from the proxies it runs in.
+/// The pod annotations that export the filter's metrics from the proxies it runs in: Istio's
+/// per-setting annotations (comma-separated lists, istio/istio pkg/bootstrap), which add to the
+/// pod's `proxy.istio.io/config` instead of replacing it (a Deployment's own proxy settings, such
+/// as `holdApplicationUntilProxyStarts`, stay).
 pub fn stats_annotations() -> BTreeMap<String, String> {
     BTreeMap::from([
         (
-            "proxy.istio.io/config".to_string(),
-            format!(
-                "proxyStatsMatcher:\n  inclusionRegexps: [\".*model_router_.*\"]\nextraStatTags: [{}]\n",
-                LABEL_KEYS.join(", ")
-            ),
+            "sidecar.istio.io/statsInclusionRegexps".to_string(),
+            ".*model_router_.*".to_string(),
         ),
+        ("sidecar.istio.io/extraStatTags".to_string(), LABEL_KEYS.join(",")),
         (
             "sidecar.istio.io/statsHistogramBuckets".to_string(),
             json!({ "wasmcustom": istio_buckets() }).to_string(),
@@ -1604,6 +1766,7 @@ mod tests {
         let eg = || Target::EnvoyGateway {
             name: "eg".into(),
             hostnames: vec!["llm.example.com".into()],
+            listener: "ai/eg/http".into(),
         };
         let waypoint = || Target::Waypoint {
             name: "wp".into(),
@@ -1653,6 +1816,97 @@ mod tests {
             u32::MAX
         );
         assert!(limit_docs(8 * mib, gateway(), vec![Part::BufferLimit]).is_empty());
+    }
+
+    fn two_models() -> (Value, Config) {
+        let json = json!({"models": [
+            {"name": "chat", "destinations": [
+                {"name": "chat-v1", "weight": 90, "host": "chat-v1.ai.svc.cluster.local", "port": 8000},
+                {"name": "chat-v2", "weight": 10, "host": "chat-v2.ai.svc.cluster.local", "port": 8000}]},
+            {"name": "embeddings", "destinations": [
+                {"name": "embed", "host": "embed.ai.svc.cluster.local", "port": 8000}]}]});
+        let config = Config::from_json(json.to_string().as_bytes()).unwrap();
+        (json, config)
+    }
+
+    /// Envoy Gateway routes body-named models: the EnvoyPatchPolicy lets the filter named after
+    /// the EnvoyExtensionPolicy hold headers on the chosen listener, and the catch-all rule
+    /// answers itself instead of sending every unrouted request to one model's Service.
+    #[test]
+    fn envoy_gateway_holds_headers_and_its_catch_all_is_no_model() {
+        let (json, config) = two_models();
+        let o = Options {
+            target: Target::EnvoyGateway {
+                name: "eg".into(),
+                hostnames: vec!["llm.example.com".into()],
+                listener: "ai/eg/http".into(),
+            },
+            ..sidecar_options()
+        };
+        let plan = plan(&config, &o).unwrap();
+        let docs = render(&json, &config, &o, &plan);
+        let epp = docs.iter().find(|d| d.value["kind"] == "EnvoyPatchPolicy").unwrap();
+        assert_eq!(epp.value["metadata"]["name"], "mr-body-routing");
+        let patches = epp.value["spec"]["jsonPatches"].as_array().unwrap();
+        assert_eq!(patches[0]["name"], "ai/eg/http");
+        assert_eq!(
+            patches[0]["operation"]["jsonPath"],
+            "..http_filters[?(@.name=='envoy.filters.http.wasm/envoyextensionpolicy/ai/mr/wasm/0')].typed_config.config"
+        );
+        assert_eq!(patches[0]["operation"]["path"], "/allow_on_headers_stop_iteration");
+        assert_eq!(patches[1]["operation"]["path"], "/per_connection_buffer_limit_bytes");
+        assert_eq!(patches[1]["operation"]["value"], 1 << 20);
+        // The EnvoyExtensionPolicy the filter name is made of.
+        let eep = docs.iter().find(|d| d.value["kind"] == "EnvoyExtensionPolicy").unwrap();
+        assert_eq!(eep.value["metadata"]["name"], "mr");
+        assert_eq!(eep.value["metadata"]["namespace"], "ai");
+        // No ClientTrafficPolicy besides: the patch raises the buffer limit.
+        assert!(!docs.iter().any(|d| d.value["kind"] == "ClientTrafficPolicy"));
+        let route = docs.iter().find(|d| d.value["kind"] == "HTTPRoute").unwrap();
+        let rules = route.value["spec"]["rules"].as_array().unwrap();
+        let last = rules.last().unwrap();
+        assert!(last.get("matches").is_none(), "the last rule catches the rest");
+        assert!(last.get("backendRefs").is_none(), "never a model's backend: {last}");
+        assert_eq!(last["filters"][0]["extensionRef"]["name"], "mr-unrouted");
+        let answer = docs.iter().find(|d| d.value["kind"] == "HTTPRouteFilter").unwrap();
+        assert_eq!(answer.value["spec"]["directResponse"]["statusCode"], 404);
+        for r in &rules[..rules.len() - 1] {
+            assert!(r["matches"][0]["headers"][0]["value"].is_string(), "{r}");
+        }
+    }
+
+    /// A waypoint cannot route by the body: its catch-all is the Service clients call. When that
+    /// is one model's Service, the other models' requests would land there: refused, naming them.
+    #[test]
+    fn a_waypoint_whose_catch_all_is_one_models_service_is_refused() {
+        let (mut json, _) = two_models();
+        json["bodyRouting"] = json!(false);
+        let config = Config::from_json(json.to_string().as_bytes()).unwrap();
+        let waypoint = |service: &str| Options {
+            target: Target::Waypoint {
+                name: "wp".into(),
+                service: service.into(),
+                port: 8000,
+            },
+            ..sidecar_options()
+        };
+        let problems = plan(&config, &waypoint("chat-v1.ai.svc.cluster.local")).unwrap_err();
+        let p = problems.iter().find(|p| p.at == "--service").unwrap();
+        assert!(p.message.contains("`chat`, `embeddings`"), "{}", p.message);
+        // The embeddings Service serves all of `embeddings`, not `chat`.
+        let problems = plan(&config, &waypoint("embed")).unwrap_err();
+        assert!(
+            problems.iter().any(|p| p.message.contains("model `chat` in")),
+            "{problems:?}"
+        );
+        // A Service in front of the models is the Service clients call: accepted.
+        assert!(plan(&config, &waypoint("llm.ai.svc.cluster.local")).is_ok());
+        // With a single model served there entirely, nothing goes astray.
+        let one = Config::from_json(
+            br#"{"bodyRouting": false, "models": [{"name": "e", "destinations": [{"name": "embed", "host": "embed", "port": 8000}]}]}"#,
+        )
+        .unwrap();
+        assert!(plan(&one, &waypoint("embed")).is_ok());
     }
 
     #[test]

@@ -128,17 +128,13 @@ impl RenderSettings {
         if args.gateway.is_some() || args.envoy_gateway.is_some() {
             loaded = gateway_defaults(loaded)?;
         }
-        let cannot_hold = match (&args.waypoint, &args.envoy_gateway) {
-            (Some(w), _) => Some(format!(
+        // Envoy Gateway holds headers through the EnvoyPatchPolicy rendered for it.
+        let cannot_hold = args.waypoint.as_ref().map(|w| {
+            format!(
                 "--waypoint {w}: a waypoint cannot let the filter hold request headers (EnvoyFilter is not \
                  supported on waypoints, and a WasmPlugin cannot set allow_on_headers_stop_iteration)"
-            )),
-            (_, Some(g)) => Some(format!(
-                "--envoy-gateway {g}: Envoy Gateway cannot let the filter hold request headers (its Wasm filter \
-                 config has no allow_on_headers_stop_iteration)"
-            )),
-            _ => None,
-        };
+            )
+        });
         if let (Some(why), true) = (&cannot_hold, loaded.config.body_routing) {
             eprintln!(
                 "warning: {why}: installing with bodyRouting false. Models in the path are routed; models in the \
@@ -185,6 +181,9 @@ impl RenderSettings {
         } else if !args.hostnames.is_empty() {
             bail!("--hostname applies to --gateway and --envoy-gateway installs only (in the mesh, routing follows the Service hosts)");
         }
+        if args.listener.is_some() && args.envoy_gateway.is_none() {
+            bail!("--listener applies to --envoy-gateway installs only (the listener its EnvoyPatchPolicy patches)");
+        }
         if args.service.is_some() && args.waypoint.is_none() {
             bail!("--service applies to --waypoint installs only (the Service clients call through the waypoint)");
         }
@@ -202,9 +201,19 @@ impl RenderSettings {
                 hostnames: args.hostnames.clone(),
             }
         } else if let Some(g) = &args.envoy_gateway {
+            let section = args.listener.as_deref().unwrap_or("http");
+            let v2 = section.strip_prefix("tcp-").is_some_and(|p| p.parse::<u16>().is_ok());
+            let listener = if section.contains('/') || v2 {
+                section.to_string()
+            } else if is_dns_label(section) {
+                render::envoy_gateway_listener_name(&args.namespace, g, section)
+            } else {
+                bail!("--listener {section}: a Gateway listener name (a DNS label), or an xDS listener name");
+            };
             Target::EnvoyGateway {
                 name: g.clone(),
                 hostnames: args.hostnames.clone(),
+                listener,
             }
         } else if let Some(w) = &args.waypoint {
             let Some(service) = &args.service else {
@@ -248,7 +257,7 @@ impl RenderSettings {
                 args.max_replicas
             );
         }
-        if body_routing {
+        if body_routing && args.envoy_gateway.is_none() {
             let ecds = "bodyRouting is on, so the filter is installed as an EnvoyFilter pair (a WasmPlugin cannot \
                         let it hold headers)";
             if args.phase.is_some() {

@@ -131,7 +131,14 @@ fn build_checks_and_budgets_the_real_filter() {
     );
 
     let o = wasmpack(
-        &["build", "--workspace", root.to_str().unwrap(), "--opt", "--json"],
+        &[
+            "build",
+            "--workspace",
+            root.to_str().unwrap(),
+            "--opt",
+            "--output",
+            "json",
+        ],
         "",
         &[],
     );

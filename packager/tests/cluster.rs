@@ -148,6 +148,89 @@ async fn apply_prune_and_delete_over_tls_with_a_token() {
     );
 }
 
+/// The objects the inventory ConfigMap lists, as `Kind ns/name`.
+fn inventory(api: &KubeApi, name: &str) -> Vec<String> {
+    let cm = api.object("ConfigMap", "ai", &format!("{name}-inventory")).unwrap();
+    let objects: Vec<serde_json::Value> = serde_json::from_str(cm["data"]["objects"].as_str().unwrap()).unwrap();
+    objects
+        .iter()
+        .map(|o| {
+            format!(
+                "{} {}/{}",
+                o["kind"].as_str().unwrap(),
+                o["namespace"].as_str().unwrap_or(""),
+                o["name"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+/// An apply that fails half-way (here: the API server refuses the HPAs, after the new filter
+/// objects were created and before the old ones were pruned) leaves an inventory that lists the
+/// old and the new objects: `delete`, from the inventory alone (no --config, no --image), then
+/// removes every one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_apply_leaves_no_orphans_and_delete_needs_only_the_inventory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let api = KubeApi::plain().await;
+    let kc = api.kubeconfig(tmp.path(), "");
+    let cfg = write_config(tmp.path(), false, true);
+    let o = run(&install_args("apply", &cfg, &[]), &kc);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        api.object("ConfigMap", "ai", "model-router-inventory").unwrap()["data"]["mode"],
+        "selector app=chat"
+    );
+
+    // Body routing on (the EnvoyFilter pair replaces the WasmPlugin), embeddings gone: the apply
+    // fails at the first HPA.
+    let cfg = write_config(tmp.path(), true, false);
+    api.forbid("horizontalpodautoscalers");
+    let o = run(&install_args("apply", &cfg, &[]), &kc);
+    assert!(!o.status.success(), "{}", stdout(&o));
+    assert!(
+        api.object("EnvoyFilter", "ai", "model-router-extension").is_some(),
+        "created before the failure"
+    );
+    let listed = inventory(&api, "model-router");
+    for object in [
+        "EnvoyFilter ai/model-router-extension",
+        "EnvoyFilter ai/model-router",
+        "WasmPlugin ai/model-router",
+        "HorizontalPodAutoscaler search/model-router-bge",
+        "HorizontalPodAutoscaler ai/model-router-llama-v1",
+    ] {
+        assert!(
+            listed.contains(&object.to_string()),
+            "{object} not in the inventory: {listed:#?}"
+        );
+    }
+    api.allow();
+
+    // A mode the inventory does not record is refused, deleting nothing.
+    let before = api.objects();
+    let o = run(&["delete", "--namespace", "ai", "--gateway", "other"], &kc);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("was applied as `selector app=chat`, not `gateway other`"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(api.objects(), before);
+
+    // No configuration, no image, no registry: namespace, name (default) and mode.
+    let o = run(&["delete", "--namespace", "ai", "--selector", "app=chat"], &kc);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(api.objects().is_empty(), "orphans: {:?}", api.objects());
+    let o = run(&["delete", "--namespace", "ai"], &kc);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("no installation `model-router` in namespace `ai`"),
+        "{}",
+        stderr(&o)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_http_like_kubectl_proxy_and_two_installations_side_by_side() {
     let tmp = tempfile::tempdir().unwrap();
@@ -202,7 +285,11 @@ async fn cluster_errors_are_explained() {
     // A kubeconfig that is not there: one line, no crash.
     let o = run(&install_args("apply", &cfg, &[]), &tmp.path().join("nope"));
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("loading the kubeconfig"), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("loading the kubeconfig"), "{e}");
+    // The OS error once, the path quoted once.
+    assert_eq!(e.matches("No such file or directory").count(), 1, "{e}");
+    assert!(!e.contains("'\""), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -84,6 +84,14 @@ fn every_rendered_resource_validates() {
         ),
     )
     .unwrap();
+    let eg_plain = tmp.path().join("eg-plain.yaml");
+    std::fs::write(
+        &eg_plain,
+        std::fs::read_to_string(&eg)
+            .unwrap()
+            .replacen("models:", "bodyRouting: false\nmodels:", 1),
+    )
+    .unwrap();
     let uploads = tmp.path().join("uploads.yaml");
     std::fs::write(
         &uploads,
@@ -164,7 +172,7 @@ fn every_rendered_resource_validates() {
                 "llm.team-a.svc.cluster.local:8000",
             ]),
         ),
-        // Envoy Gateway, from a configuration with body routing on (turned off for it).
+        // Envoy Gateway, from a configuration with body routing on (an EnvoyPatchPolicy).
         (
             "f",
             s(&[
@@ -174,6 +182,20 @@ fn every_rendered_resource_validates() {
                 "eg",
                 "--hostname",
                 "llm.example.com",
+            ]),
+        ),
+        // Envoy Gateway without body routing: the buffer limit is a ClientTrafficPolicy.
+        (
+            "f2",
+            s(&[
+                "--config",
+                eg_plain.to_str().unwrap(),
+                "--envoy-gateway",
+                "eg",
+                "--hostname",
+                "llm.example.com",
+                "--listener",
+                "https",
             ]),
         ),
         // Uploads over 1 MiB: the listeners' buffer limit raised, in a sidecar and a gateway.
@@ -226,7 +248,8 @@ fn every_rendered_resource_validates() {
         let listed = k["resources"].as_sequence().unwrap().len();
         assert_eq!(listed + 1, names.len(), "kustomization lists every file");
         let component = std::fs::read_to_string(dir.join("stats/kustomization.yaml")).unwrap();
-        assert!(component.contains("proxy.istio.io/config"), "{component}");
+        assert!(component.contains("sidecar.istio.io/extraStatTags"), "{component}");
+        assert!(!component.contains("proxy.istio.io/config"), "{component}");
         // kustomize itself accepts the directory.
         let out = kubectl(&["kustomize", dir.to_str().unwrap()]);
         assert!(out.status.success(), "{name}: {}", stderr(&out));
@@ -244,6 +267,8 @@ fn every_rendered_resource_validates() {
         "EnvoyExtensionPolicy",
         "ServiceEntry",
         "ClientTrafficPolicy",
+        "EnvoyPatchPolicy",
+        "HTTPRouteFilter",
         "EnvoyFilter/model-router-buffer-limit",
     ] {
         assert!(report.contains(kind), "{kind} not validated: {report}");
@@ -275,7 +300,8 @@ fn the_stats_component_patches_the_callers_and_the_gateway() {
             vec!["--config", ml.to_str().unwrap(), "--selector", "app=checkout", "--namespace", "ml"],
             "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: checkout\n  labels: {app: checkout}\n\
              spec:\n  selector: {matchLabels: {app: checkout}}\n  template:\n    metadata:\n      labels: {app: checkout}\n\
-             \x20     annotations: {kept: \"yes\"}\n    spec:\n      containers: [{name: c, image: busybox}]\n",
+             \x20     annotations:\n        kept: \"yes\"\n        proxy.istio.io/config: |\n          holdApplicationUntilProxyStarts: true\n\
+             \x20   spec:\n      containers: [{name: c, image: busybox}]\n",
         ),
         (
             "gateway",
@@ -301,9 +327,16 @@ fn the_stats_component_patches_the_callers_and_the_gateway() {
         assert!(built.status.success(), "{mode}: {}", stderr(&built));
         let y = stdout(&built);
         assert_eq!(y.matches("sidecar.istio.io/statsHistogramBuckets").count(), 1, "{mode}: {y}");
-        assert!(y.contains("extraStatTags"), "{mode}: {y}");
+        assert!(y.contains("sidecar.istio.io/extraStatTags: model,destination"), "{mode}: {y}");
+        assert!(y.contains("sidecar.istio.io/statsInclusionRegexps: .*model_router_.*"), "{mode}: {y}");
         if mode == "sidecar" {
             assert!(y.contains("kept: \"yes\""), "existing annotations stay: {y}");
+            // The Deployment's own proxy settings survive the Component (issue #31).
+            let d: serde_yaml::Value = serde_yaml::from_str(&y).unwrap();
+            let config = d["spec"]["template"]["metadata"]["annotations"]["proxy.istio.io/config"]
+                .as_str()
+                .unwrap_or_default();
+            assert_eq!(config.trim(), "holdApplicationUntilProxyStarts: true", "{y}");
         } else {
             assert!(y.contains("infrastructure:"), "{y}");
         }
@@ -636,13 +669,21 @@ fn check_and_route() {
     assert_eq!(o2.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&o2.stdout).unwrap();
     assert_eq!(v["valid"], false);
+    // Errors are objects, as warnings are: message, field path, line and column.
+    assert_eq!(v["errors"][0]["path"], "models[0].destinations[0].weight", "{v}");
+    assert_eq!(v["errors"][0]["line"], 5, "{v}");
+    assert!(v["errors"][0]["message"].as_str().unwrap().contains("expected"), "{v}");
+    // A file that cannot be read says why (the OS error), in the same shape.
+    let o3 = wasmpack(&["check", "--output", "json", "/nonexistent/x.yaml"], "", &[]);
+    let v: serde_json::Value = serde_json::from_slice(&o3.stdout).unwrap();
     assert!(
-        v["errors"][0]
+        v["errors"][0]["message"]
             .as_str()
             .unwrap()
-            .contains("models[0].destinations[0].weight"),
+            .contains("No such file or directory"),
         "{v}"
     );
+    assert_eq!(v["warnings"], serde_json::json!([]));
     let e = stderr(&o);
     assert!(
         e.contains(":5:") && e.contains("models[0].destinations[0].weight"),
@@ -986,8 +1027,38 @@ fn the_buffer_limit_warning_names_what_is_left_undone() {
     // Envoy Gateway's 32 KiB default: the default maxBodyBytes (1 MiB) is over it.
     let eg = ["--envoy-gateway", "eg", "--hostname", "audio.example.com"];
     let (out, warning) = render(1_048_576, &eg);
-    assert!(out.contains("bufferLimit: 1048576"), "{out}");
+    // With body routing, the EnvoyPatchPolicy that lets the filter hold headers raises it too.
+    assert!(
+        out.contains("path: /per_connection_buffer_limit_bytes\n      value: 1048576"),
+        "{out}"
+    );
     assert_eq!(warning, None);
+    // Without body routing, Envoy Gateway's own ClientTrafficPolicy does.
+    std::fs::write(
+        &cfg,
+        "bodyRouting: false\nmodels:\n- name: whisper-1\n  destinations:\n  \
+         - {name: whisper-v3, host: whisper.ai.svc.cluster.local, port: 8000}\n",
+    )
+    .unwrap();
+    let o = wasmpack(
+        &[
+            "manifests",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--image",
+            image,
+            "--offline",
+            "--namespace",
+            "ai",
+            "--envoy-gateway",
+            "eg",
+            "--hostname",
+            "audio.example.com",
+        ],
+        "",
+        &[],
+    );
+    assert!(stdout(&o).contains("bufferLimit: 1048576"), "{}", stderr(&o));
     let mut skipped = eg.to_vec();
     skipped.extend(["--skip", "buffer-limit"]);
     let (_, warning) = render(1_048_576, &skipped);

@@ -193,7 +193,15 @@ fn the_documented_istio_annotations_are_the_rendered_ones() {
         doc.contains(&format!("sidecar.istio.io/statsHistogramBuckets: '{buckets}'")),
         "{buckets}"
     );
-    for line in a["proxy.istio.io/config"].lines() {
-        assert!(doc.contains(line.trim()), "{line}");
+    for key in [
+        "sidecar.istio.io/statsInclusionRegexps",
+        "sidecar.istio.io/extraStatTags",
+    ] {
+        let line = format!("{key}: \"{}\"", a[key]);
+        assert!(doc.contains(&line), "{line}");
     }
+    assert!(
+        !a.contains_key("proxy.istio.io/config"),
+        "the pod's own proxy config is not replaced"
+    );
 }

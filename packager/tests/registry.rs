@@ -238,6 +238,14 @@ fn failures_are_one_clear_line_and_push_nothing() {
         &[("DOCKER_CONFIG", "/nonexistent")],
     );
     assert_fails(&o, "credentials refused");
+    // No credentials at all: said so, not that they were refused.
+    let o = wasmpack(
+        &["push", file, &reference, "--ca-file", ca],
+        "",
+        &[("DOCKER_CONFIG", "/nonexistent")],
+    );
+    assert_fails(&o, "no credentials were sent");
+    assert!(!stderr(&o).contains("credentials refused"), "{}", stderr(&o));
     // Untrusted certificate.
     let o = wasmpack(
         &["push", file, &reference, "-u", USER, "--password-stdin"],

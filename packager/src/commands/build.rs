@@ -59,7 +59,7 @@ pub fn run(args: &BuildArgs) -> Result<()> {
             );
         }
     }
-    if args.json {
+    if args.json || args.output == crate::cli::Output::Json {
         let v = serde_json::json!({
             "path": path,
             "size": info.size,

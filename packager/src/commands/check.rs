@@ -33,16 +33,30 @@ fn standalone() -> Options {
     }
 }
 
+/// One error or warning, the same shape for both (`check --output json`).
+fn item(d: &plugin_config::Diagnostic) -> serde_json::Value {
+    serde_json::json!({"message": d.message, "path": d.path, "line": d.line, "column": d.column})
+}
+
+fn diag(text: &str, path: &str, message: &str) -> plugin_config::Diagnostic {
+    plugin_config::Diagnostic {
+        message: message.to_string(),
+        path: path.to_string(),
+        line: plugin_config::line_of(text, path),
+        column: None,
+    }
+}
+
 pub fn run(args: &CheckArgs) -> Result<()> {
     let path = args.config.path();
     let json = args.output == Output::Json;
-    let loaded = match plugin_config::load(&path) {
+    let loaded = match plugin_config::load_diagnosed(&path) {
         Ok(l) => l,
-        Err(e) if json => {
+        Err(d) if json => {
             // Scripts get the problem as data too (and the exit status 1).
             println!(
                 "{}",
-                serde_json::json!({"valid": false, "errors": [e.to_string()], "warnings": []})
+                serde_json::json!({"valid": false, "errors": [item(&d)], "warnings": []})
             );
             eprintln!(
                 "error: {} is not valid (the JSON on standard output says why)",
@@ -50,11 +64,18 @@ pub fn run(args: &CheckArgs) -> Result<()> {
             );
             std::process::exit(1);
         }
-        Err(e) => return Err(e),
+        Err(_) => {
+            plugin_config::load(&path)?;
+            bail!("{}: not valid", path.display());
+        }
     };
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
     let c = &loaded.config;
-    let mut warnings = plugin_config::warnings(c);
-    let problems: Vec<String> = match render::plan(c, &standalone()) {
+    let mut warnings: Vec<plugin_config::Diagnostic> = plugin_config::warnings(c)
+        .iter()
+        .map(|(p, m)| diag(&text, p, m))
+        .collect();
+    let problems: Vec<plugin_config::Diagnostic> = match render::plan(c, &standalone()) {
         Ok(_) => Vec::new(),
         Err(p) => p
             .iter()
@@ -63,23 +84,25 @@ pub fn run(args: &CheckArgs) -> Result<()> {
                 // Envoy: `manifests` refuses it, `check` warns.
                 let istio_only = p.at == "rateLimitService.cluster";
                 if istio_only {
-                    warnings.push((p.at.clone(), format!("{} (needed for `wasmpack manifests`)", p.message)));
+                    warnings.push(diag(
+                        &text,
+                        &p.at,
+                        &format!("{} (needed for `wasmpack manifests`)", p.message),
+                    ));
                 }
                 !istio_only
             })
-            .map(ToString::to_string)
+            .map(|p| diag(&text, &p.at, &p.message))
             .collect(),
     };
     let destinations: usize = c.models.iter().map(|m| m.destinations.len()).sum();
     if json {
-        let w: Vec<serde_json::Value> = warnings
-            .iter()
-            .map(|(p, m)| serde_json::json!({"path": p, "message": m}))
-            .collect();
         println!(
             "{}",
             serde_json::json!({
-                "valid": problems.is_empty(), "errors": problems, "warnings": w,
+                "valid": problems.is_empty(),
+                "errors": problems.iter().map(item).collect::<Vec<_>>(),
+                "warnings": warnings.iter().map(item).collect::<Vec<_>>(),
                 "models": c.models.len(), "aliases": c.models.iter().map(|m| m.aliases.len()).sum::<usize>(),
                 "destinations": destinations, "bodyRouting": c.body_routing,
             })
@@ -93,11 +116,19 @@ pub fn run(args: &CheckArgs) -> Result<()> {
         }
         return Ok(());
     }
+    let at = |d: &plugin_config::Diagnostic| match d.line {
+        Some(l) => format!("{}:{l}: {}: {}", path.display(), d.path, d.message),
+        None => format!("{}: {}", d.path, d.message),
+    };
     if !problems.is_empty() {
-        bail!("{}:\n  {}", path.display(), problems.join("\n  "));
+        bail!(
+            "{}:\n  {}",
+            path.display(),
+            problems.iter().map(at).collect::<Vec<_>>().join("\n  ")
+        );
     }
-    for (path, message) in &warnings {
-        println!("warning: {path}: {message}");
+    for w in &warnings {
+        println!("warning: {}", at(w));
     }
     println!(
         "{}: valid ({} models, {} aliases, {} destinations; bodyRouting {})",

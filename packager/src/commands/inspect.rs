@@ -40,7 +40,7 @@ pub async fn run(args: &InspectArgs) -> Result<()> {
         },
         Err(e) => Err(format!("{e:#}")),
     };
-    if args.json {
+    if args.json || args.output == crate::cli::Output::Json {
         let mut v = json!({
             "reference": reference.to_string(),
             "digest": digest,

@@ -74,7 +74,7 @@ fn header(settings: &RenderSettings, opts: &Options) -> String {
 /// The configuration's warnings, as they apply to this render (`manifests` and `apply`).
 pub fn warn(settings: &RenderSettings, opts: &Options) {
     // Where the host cannot hold headers, bodyRouting was turned off (and said so) on purpose.
-    let forced = matches!(opts.target, Target::Waypoint { .. } | Target::EnvoyGateway { .. });
+    let forced = matches!(opts.target, Target::Waypoint { .. });
     for (path, message) in plugin_config::warnings(&settings.loaded.config) {
         match path.as_str() {
             "bodyRouting" if forced => {}
@@ -82,6 +82,19 @@ pub fn warn(settings: &RenderSettings, opts: &Options) {
             "maxBodyBytes" => {}
             _ => eprintln!("warning: {path}: {message}"),
         }
+    }
+    let astray = render::body_models_unrouted(&settings.loaded.config);
+    let catch_all = match &opts.target {
+        Target::EnvoyGateway { .. } => Some("the catch-all rule's 404 `no_route`".to_string()),
+        Target::Waypoint { service, .. } => Some(format!("`{service}`, the Service clients call")),
+        _ => None,
+    };
+    if let (Some(catch_all), false) = (catch_all, astray.is_empty()) {
+        eprintln!(
+            "warning: bodyRouting is off: requests naming `{}` in the JSON body are not routed to their \
+             destinations; they get {catch_all} (models in the path are routed)",
+            astray.join("`, `")
+        );
     }
     if let Some(m) = buffer_limit_warning(&settings.loaded.config, opts) {
         eprintln!("warning: maxBodyBytes: {m}");

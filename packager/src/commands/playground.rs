@@ -11,25 +11,52 @@ use tokio::net::TcpListener;
 use crate::cli::PlaygroundArgs;
 use crate::plugin_config;
 
-/// The built page: --dir, else playground/dist of the checkout this binary was built in, else of
-/// the current directory.
-fn page_dir(explicit: Option<&Path>) -> Result<PathBuf> {
-    let mut candidates: Vec<PathBuf> = Vec::new();
+mod embedded {
+    include!(concat!(env!("OUT_DIR"), "/playground_page.rs"));
+}
+
+/// Where the page comes from.
+#[derive(Debug, Clone)]
+enum Page {
+    /// Built into this binary (build.rs, from playground/dist when it was built).
+    Embedded,
+    Dir(PathBuf),
+}
+
+fn is_page(d: &Path) -> bool {
+    d.join("index.html").is_file() && d.join("pkg/playground_bg.wasm").is_file()
+}
+
+/// The page: --dir, else the one built into the binary, else ./playground/dist.
+fn page(explicit: Option<&Path>) -> Result<Page> {
     if let Some(d) = explicit {
-        candidates.push(d.to_path_buf());
-    } else {
-        candidates.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../playground/dist"));
-        candidates.push(PathBuf::from("playground/dist"));
-    }
-    for c in &candidates {
-        if c.join("index.html").is_file() && c.join("pkg/playground_bg.wasm").is_file() {
-            return Ok(c.clone());
+        if is_page(d) {
+            return Ok(Page::Dir(d.to_path_buf()));
         }
+        bail!(
+            "--dir {}: no built playground there (index.html and pkg/playground_bg.wasm)",
+            d.display()
+        );
+    }
+    if !embedded::PAGE.is_empty() {
+        return Ok(Page::Embedded);
+    }
+    let local = PathBuf::from("playground/dist");
+    if is_page(&local) {
+        return Ok(Page::Dir(local));
     }
     bail!(
-        "the playground is not built ({} has no index.html and pkg/): run scripts/build-playground.sh",
-        candidates[0].display()
+        "this wasmpack was built without the playground page, and ./playground/dist is not built: in the \
+         project's checkout run scripts/build-playground.sh, then rebuild or reinstall wasmpack (cargo install \
+         --path packager), which embeds the page; or pass --dir DIR"
     )
+}
+
+fn read_page(page: &Page, rel: &str) -> Option<Vec<u8>> {
+    match page {
+        Page::Embedded => embedded::PAGE.iter().find(|(p, _)| *p == rel).map(|(_, b)| b.to_vec()),
+        Page::Dir(dir) => std::fs::read(dir.join(rel)).ok(),
+    }
 }
 
 fn content_type(path: &str) -> &'static str {
@@ -45,7 +72,7 @@ fn content_type(path: &str) -> &'static str {
 }
 
 /// The bytes for a request path: a file of the page (no `..`, no hidden files), or the config.
-fn lookup(dir: &Path, config: Option<&[u8]>, path: &str) -> Option<(Vec<u8>, &'static str)> {
+fn lookup(page: &Page, config: Option<&[u8]>, path: &str) -> Option<(Vec<u8>, &'static str)> {
     let path = path.split(['?', '#']).next().unwrap_or("/");
     if path == "/config.yaml" {
         return config.map(|c| (c.to_vec(), content_type(path)));
@@ -58,12 +85,12 @@ fn lookup(dir: &Path, config: Option<&[u8]>, path: &str) -> Option<(Vec<u8>, &'s
     if rel.split('/').any(|p| p.is_empty() || p.starts_with('.')) {
         return None;
     }
-    let bytes = std::fs::read(dir.join(rel)).ok()?;
+    let bytes = read_page(page, rel)?;
     Some((bytes, content_type(rel)))
 }
 
 pub async fn run(args: &PlaygroundArgs) -> Result<()> {
-    let dir = page_dir(args.dir.as_deref())?;
+    let dir = page(args.dir.as_deref())?;
     let config = match &args.config {
         Some(p) => {
             let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
@@ -79,7 +106,11 @@ pub async fn run(args: &PlaygroundArgs) -> Result<()> {
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
-    println!("model-router playground: http://{addr}/ (Ctrl-C stops)");
+    let from = match &dir {
+        Page::Embedded => "the page built into wasmpack".to_string(),
+        Page::Dir(d) => d.display().to_string(),
+    };
+    println!("model-router playground: http://{addr}/ ({from}; Ctrl-C stops)");
     loop {
         let (mut socket, _) = tokio::select! {
             a = listener.accept() => a?,
@@ -130,6 +161,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("wasmpack-pg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap_or_default();
         std::fs::write(dir.join("index.html"), "<html>").unwrap_or_default();
+        let dir = Page::Dir(dir);
         assert_eq!(
             lookup(&dir, None, "/").map(|(_, t)| t),
             Some("text/html; charset=utf-8")
@@ -141,6 +173,8 @@ mod tests {
         assert!(lookup(&dir, None, "/config.yaml").is_none());
         assert!(lookup(&dir, None, "/../etc/passwd").is_none());
         assert!(lookup(&dir, None, "/.git/config").is_none());
-        let _ = std::fs::remove_dir_all(&dir);
+        if let Page::Dir(d) = dir {
+            let _ = std::fs::remove_dir_all(&d);
+        }
     }
 }

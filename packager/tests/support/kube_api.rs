@@ -290,6 +290,11 @@ impl KubeApi {
     pub fn forbid(&self, path_part: &str) {
         self.state.lock().unwrap().forbid = Some(path_part.to_string());
     }
+
+    /// Undoes `forbid`.
+    pub fn allow(&self) {
+        self.state.lock().unwrap().forbid = None;
+    }
 }
 
 fn resource_list(gv: &str) -> Value {
