@@ -194,6 +194,10 @@ const BEDROCK_OPERATIONS: &[&str] = &[
 /// operation.
 #[inline(never)]
 fn bedrock(path: &str) -> Option<Cow<'static, str>> {
+    // Most paths name no `model` segment at all: nothing to decode (no allocation).
+    if !path.contains('%') && !path.as_bytes().windows(5).any(|w| w.eq_ignore_ascii_case(b"model")) {
+        return None;
+    }
     let mut bytes = path.as_bytes().to_vec();
     while bytes.contains(&b'%') {
         let next = decode(&bytes);

@@ -90,30 +90,28 @@ fn is_version(s: &[u8]) -> bool {
 /// Whether a lenient path (lowercase, decoded, dot segments resolved) ends in an inference
 /// endpoint.
 fn is_endpoint(path: &[u8]) -> bool {
+    // Segments read from the end (no allocation: this runs for every request).
     let path = trim_slashes(path);
-    let mut segments: Vec<&[u8]> = path.split(|b| *b == b'/').collect();
-    if segments.first().is_some_and(|s| s.is_empty()) {
-        segments.remove(0);
-    }
+    let path = path.strip_prefix(b"/").unwrap_or(path);
     let ends = |e: &[&str]| {
-        segments.len() >= e.len()
-            && segments[segments.len() - e.len()..]
-                .iter()
-                .zip(e)
-                .all(|(s, w)| *s == w.as_bytes())
+        let mut segments = path.rsplit(|b| *b == b'/');
+        e.iter()
+            .rev()
+            .all(|w| segments.next().is_some_and(|s| s == w.as_bytes()))
     };
     if ANYWHERE.iter().any(|e| ends(e)) {
         return true;
     }
-    let Some((last, before)) = segments.split_last() else {
+    let mut segments = path.rsplit(|b| *b == b'/');
+    let Some(last) = segments.next() else {
         return false;
     };
-    if !ROOTED.iter().any(|w| *last == w.as_bytes()) {
+    if !ROOTED.iter().any(|w| last == w.as_bytes()) {
         return false;
     }
-    match before.last() {
+    match segments.next() {
         None => true,
-        Some(s) => is_version(s) || *s == b"openai",
+        Some(s) => is_version(s) || s == b"openai",
     }
 }
 

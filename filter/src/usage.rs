@@ -59,14 +59,19 @@ impl Count {
     }
 }
 
-/// The members `names` of an object, each at most once; `None` when `v` is no object or repeats
-/// one of them (unknown members are ignored).
-fn members<'a>(v: &'a Json, names: &[&str]) -> Option<Vec<Option<&'a Json>>> {
+/// The most member names `members` looks for at once.
+const MAX_MEMBERS: usize = 24;
+const _: () = assert!(NAMES.len() <= MAX_MEMBERS && WRAPPERS.len() <= MAX_MEMBERS);
+
+/// The members `names` of an object, each at most once, by the index of their name; `None` when
+/// `v` is no object or repeats one of them (unknown members are ignored). A fixed array: this
+/// runs for every answer, so it allocates nothing.
+fn members<'a>(v: &'a Json, names: &[&str]) -> Option<[Option<&'a Json>; MAX_MEMBERS]> {
     let Json::Obj(m) = v else { return None };
-    let mut out = vec![None; names.len()];
+    let mut out = [None; MAX_MEMBERS];
     for (k, x) in m {
-        if let Some(i) = names.iter().position(|n| n == k) {
-            if out[i].replace(x).is_some() {
+        if let Some(slot) = names.iter().position(|n| n == k).and_then(|i| out.get_mut(i)) {
+            if slot.replace(x).is_some() {
                 return None;
             }
         }
@@ -163,7 +168,7 @@ impl RawUsage {
     fn read_at(v: &Json, outer: bool) -> Option<RawUsage> {
         let found = members(v, &NAMES)?;
         let mut u = RawUsage::default();
-        for (i, x) in found.iter().enumerate() {
+        for (i, x) in found.iter().take(NAMES.len()).enumerate() {
             let count = match (i, x) {
                 (_, None | Some(Json::Null)) => None,
                 (..COUNTS, Some(x)) => Some(Count::read(x)?),
@@ -234,11 +239,22 @@ const NEEDLES: [&[u8]; 4] = [b"usageMetadata\"", b"eval_count\"", b"prompt_eval_
 /// Bytes of the wanted keys of a JSON body kept; real ones are a few hundred bytes.
 const USAGE_CAPTURE: usize = 16 * 1024;
 
+/// The reports of one message, `(report, final)`: at most one per wrapper and Ollama's (a
+/// fixed array: no allocation per message).
+type Reports = [Option<(RawUsage, bool)>; WRAPPERS.len() + 1];
+
 /// The counts of one message: `(report, final)`s.
-fn read_message(v: &Json) -> Option<Vec<(RawUsage, bool)>> {
+fn read_message(v: &Json) -> Option<Reports> {
     let found = members(v, &WRAPPERS)?;
-    let mut out = Vec::new();
-    for (i, x) in found.into_iter().enumerate() {
+    let mut out: Reports = [None; WRAPPERS.len() + 1];
+    let mut n = 0;
+    let mut push = |r: (RawUsage, bool)| {
+        if let Some(slot) = out.get_mut(n) {
+            *slot = Some(r);
+            n += 1;
+        }
+    };
+    for (i, x) in found.into_iter().take(WRAPPERS.len()).enumerate() {
         let Some(x) = x else { continue };
         let u = if i < 3 {
             opt(Some(x), RawUsage::read)?
@@ -249,12 +265,12 @@ fn read_message(v: &Json) -> Option<Vec<(RawUsage, bool)>> {
             None // the Responses API's text `delta`
         };
         if let Some(u) = u {
-            out.push((u, i != OPENING));
+            push((u, i != OPENING));
         }
     }
     if let Json::Obj(m) = v {
         if m.iter().any(|(k, _)| k == "eval_count" || k == "prompt_eval_count") {
-            out.push((RawUsage::read(v)?, true));
+            push((RawUsage::read(v)?, true));
         }
     }
     Some(out)
@@ -457,8 +473,8 @@ impl ResponseUsage {
     }
 }
 
-fn apply(counts: &mut Counts, complete: &mut bool, reports: Vec<(RawUsage, bool)>) {
-    for (u, last) in reports {
+fn apply(counts: &mut Counts, complete: &mut bool, reports: Reports) {
+    for (u, last) in reports.into_iter().flatten() {
         counts.merge(&u);
         *complete |= last;
     }
