@@ -104,6 +104,43 @@ fn identity_defaults(loaded: Loaded, args: &RenderArgs) -> Result<Loaded> {
     }
 }
 
+/// In the callers' sidecars the filter sees every call the pod makes, to any service: unless the
+/// configuration sets a `scope`, only the model hosts (and the shorter names a client in the mesh
+/// uses for a Service: `NAME`, `NAME.NS`, `NAME.NS.svc`) are its business, so an unrelated
+/// service's `POST /api/generate` or `/v1/models/x:predict` is not refused as an unknown model.
+/// Needs every destination's `host` (without one, the filter's default scope stays).
+fn sidecar_defaults(loaded: Loaded) -> Result<Loaded> {
+    let destinations: Vec<_> = loaded.config.models.iter().flat_map(|m| &m.destinations).collect();
+    // A host that is no host name is the plan's to refuse, with its own message.
+    let plain = |h: &str| !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+    if loaded.json.get("scope").is_some() || !destinations.iter().all(|d| d.host.as_deref().is_some_and(plain)) {
+        return Ok(loaded);
+    }
+    let mut hosts: Vec<String> = Vec::new();
+    let mut add = |h: String| {
+        if !hosts.contains(&h) {
+            hosts.push(h);
+        }
+    };
+    for d in destinations {
+        let Some(host) = d.host.as_deref() else { continue };
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        if let Some((service, _)) = host.split_once(".svc") {
+            let mut labels = service.split('.');
+            if let (Some(name), Some(ns)) = (labels.next(), labels.next()) {
+                add(name.to_string());
+                add(format!("{name}.{ns}"));
+                add(format!("{name}.{ns}.svc"));
+            }
+        }
+        add(host);
+    }
+    if hosts.is_empty() {
+        return Ok(loaded);
+    }
+    with_fields(loaded, &[("scope", json!({"hosts": hosts}))], false)
+}
+
 fn part(p: PartArg) -> Part {
     match p {
         PartArg::Filter => Part::Filter,
@@ -142,6 +179,9 @@ impl RenderSettings {
                  (reported as `unrouted`). See docs/reach.md."
             );
             loaded = without_body_routing(loaded)?;
+        }
+        if !args.selector.is_empty() {
+            loaded = sidecar_defaults(loaded)?;
         }
         let loaded = identity_defaults(loaded, args)?;
         let body_routing = loaded.config.body_routing;

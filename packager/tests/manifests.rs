@@ -898,6 +898,43 @@ fn gateway_installs_get_client_facing_defaults() {
     }
 }
 
+/// In the callers' sidecars the filter sees every call the pod makes: the render scopes it to
+/// the model hosts (and their short Service names), unless the configuration has a `scope`.
+#[test]
+fn sidecar_installs_are_scoped_to_the_model_hosts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let image =
+        "registry.example.com/ai/model-router@sha256:0000000000000000000000000000000000000000000000000000000000000001";
+    let models = "models:\n- name: m\n  destinations: [{name: m, host: m.ai.svc.cluster.local, port: 80}]\n- name: p\n  destinations: [{name: p, host: api.openai.com}]\n";
+    for (extra, want) in [
+        (
+            "",
+            r#""scope":{"hosts":["m","m.ai","m.ai.svc","m.ai.svc.cluster.local","api.openai.com"]}"#,
+        ),
+        ("scope: {paths: [/v1/]}\n", r#""scope":{"paths":["/v1/"]}"#),
+    ] {
+        let cfg = tmp.path().join("sc.yaml");
+        std::fs::write(&cfg, format!("{extra}{models}")).unwrap();
+        let o = wasmpack(
+            &[
+                "manifests",
+                "--config",
+                cfg.to_str().unwrap(),
+                "--image",
+                image,
+                "--offline",
+                "--selector",
+                "app=chat",
+            ],
+            "",
+            &[],
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        let out = stdout(&o);
+        assert!(out.contains(want), "want {want} in:\n{out}");
+    }
+}
+
 /// A destination served by an InferencePool: the gateway's HTTPRoute sends there (Gateway API
 /// Inference Extension), next to Service destinations, and the filter names the model in
 /// `X-Gateway-Model-Name`; validated against the real schemas.
