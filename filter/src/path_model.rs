@@ -14,6 +14,22 @@ const MAX_SEGMENTS: usize = 16;
 #[inline(never)]
 pub fn model_from_path(path: &str) -> Option<Cow<'_, str>> {
     let path = path.split(['?', '#']).next().unwrap_or(path);
+    if let Some(name) = shapes(path) {
+        return Some(name);
+    }
+    // As a server behind a slash-merging proxy, or a lenient one, reads it: empty and `.`
+    // segments dropped, `..` resolved, `;params` cut (`/engines//m/chat/completions` is `m`'s).
+    // Only when the path has such a spelling (no allocation for the common path).
+    let odd = path.contains(';') || path.as_bytes().windows(2).any(|w| w == b"//" || w == b"/.");
+    if !odd {
+        return None;
+    }
+    let resolved = String::from_utf8(resolve(path.as_bytes())).ok()?;
+    shapes(&resolved).map(|n| Cow::Owned(n.into_owned()))
+}
+
+/// The model path shapes, on a path without its query.
+fn shapes(path: &str) -> Option<Cow<'_, str>> {
     // Before the segments are counted: these two read paths of any length.
     if let Some(name) = gemini(path).or_else(|| bedrock(path)) {
         return (!name.is_empty()).then_some(name);
@@ -150,19 +166,6 @@ fn deployment<'a>(s: &[&'a str]) -> Option<Cow<'a, str>> {
     }
 }
 
-/// Gemini's and Vertex AI's methods on a model (`…/models/{name}:{method}`).
-const GEMINI_METHODS: &[&str] = &[
-    "generateContent",
-    "streamGenerateContent",
-    "countTokens",
-    "computeTokens",
-    "embedContent",
-    "batchEmbedContents",
-    "predict",
-    "rawPredict",
-    "streamRawPredict",
-];
-
 /// `…/models/{name}:{method}` (`/v1beta/models/gemini-2.0-flash:generateContent`, Vertex AI's
 /// `/v1/projects/P/locations/L/publishers/google/models/{name}:generateContent`, behind any
 /// prefix, `tunedModels/` too), a slash at the end ignored. The `:` may be escaped.
@@ -175,7 +178,9 @@ fn gemini(path: &str) -> Option<Cow<'_, str>> {
     }
     let last = percent_decode(last);
     let (name, method) = last.rsplit_once(':')?;
-    one_of(method, GEMINI_METHODS).then(|| Cow::Owned(name.to_string()))
+    // Any method (`generateContent`, `batchGenerateContent`, `predictLongRunning`, …): the
+    // `models/{name}:{method}` shape is the model's whatever Google adds.
+    (!method.is_empty() && method.bytes().all(|b| b.is_ascii_alphabetic())).then(|| Cow::Owned(name.to_string()))
 }
 
 /// Amazon Bedrock Runtime's operations on a model (`/model/{modelId}/{operation}`).
@@ -184,6 +189,7 @@ const BEDROCK_OPERATIONS: &[&str] = &[
     "converse-stream",
     "invoke",
     "invoke-with-response-stream",
+    "invoke-with-bidirectional-stream",
     "count-tokens",
 ];
 
@@ -350,7 +356,8 @@ mod tests {
             ("/v1/models/mnist/labels/stable:regress", Some("mnist")),
             ("/v1/models/sk:explain", Some("sk")),
             ("/v1/models/mnist", None),
-            ("/v1/models/mnist:frobnicate", None),
+            // Any method of the `models/{name}:{method}` shape is the model's (Gemini adds methods).
+            ("/v1/models/mnist:frobnicate", Some("mnist")),
             ("/v1/models/a/b/c:predict", None),
             (
                 "/openai/deployments/gpt4o-prod/chat/completions?api-version=2024-06-01",
@@ -383,7 +390,8 @@ mod tests {
             ("/engines/openai/gpt-4o/embeddings", Some("openai/gpt-4o")),
             ("/v1/engines/davinci/completions", Some("davinci")),
             ("/ENGINES/private/%63hat/completions", Some("private")),
-            ("/engines//chat/completions", None),
+            // Read as a slash-merging server reads it: `/engines/chat/completions`, engine `chat`.
+            ("/engines//chat/completions", Some("chat")),
             ("/engines/x", None),
             ("/engines", None),
             // An escaped `/` stays in its segment: the name Go's router and Triton read.
@@ -416,7 +424,12 @@ mod tests {
                 Some("gemini-2.0-flash"),
             ),
             ("/v1beta/models/gemini-pro", None),
-            ("/v1beta/models/gemini-pro:frobnicate", None),
+            ("/v1beta/models/gemini-pro:frobnicate", Some("gemini-pro")),
+            ("/v1beta/models/gemini-pro:batchGenerateContent", Some("gemini-pro")),
+            ("/v1beta/models//gemini-pro:generateContent", Some("gemini-pro")),
+            ("/v1beta/models/./gemini-pro:generateContent;x=1", Some("gemini-pro")),
+            ("/openai/deployments//gpt-4o/chat/completions", Some("gpt-4o")),
+            ("/model/m/invoke-with-bidirectional-stream", Some("m")),
             ("/v1beta/models/:generateContent", None),
             // Amazon Bedrock: every spelling of an id is the id.
             (
