@@ -378,6 +378,7 @@ pub fn warnings(config: &Config) -> Vec<(String, String)> {
             ),
         ));
     }
+    w.extend(allow_warnings(config));
     w.extend(failover_warnings(config));
     w.extend(unenforceable_limits(config));
     w.extend(estimate_over_budget(config));
@@ -445,6 +446,33 @@ fn estimate_over_budget(config: &Config) -> Vec<(String, String)> {
     w
 }
 
+/// Allow entries that match what their author likely did not mean: a prefix that does not end at a
+/// `/` (`…/ns/team-a*` admits `…/ns/team-abc/…`), an exact identity ending in `/` (none does).
+fn allow_warnings(config: &Config) -> Vec<(String, String)> {
+    use model_router::config::AllowRule;
+    let mut w = Vec::new();
+    for (i, m) in config.models.iter().enumerate() {
+        for (j, rule) in m.allow.iter().flatten().enumerate() {
+            let path = format!("models[{i}].allow[{j}]");
+            match rule {
+                AllowRule::Prefix(p) if !p.ends_with('/') && p.contains("/ns/") => w.push((
+                    path,
+                    format!(
+                        "`{p}*` also admits every identity that merely starts with `{p}` (e.g. `{p}-other/…`); \
+                         end the prefix at a `/` (`{p}/*`) unless that is meant"
+                    ),
+                )),
+                AllowRule::Exact(e) if e.ends_with('/') => w.push((
+                    path,
+                    format!("`{e}` ends with `/`: no workload identity does, so it admits no one"),
+                )),
+                _ => {}
+            }
+        }
+    }
+    w
+}
+
 /// Where a configuration runs, for the warnings that depend on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Place {
@@ -495,13 +523,21 @@ pub fn identity_warnings(config: &Config, place: Place) -> Vec<(String, String)>
         ),
         (Place::Sidecar | Place::Gateway | Place::EnvoyGateway | Place::Run, IdentitySource::PeerPrincipal) => {
             format!(
-                "identitySource: peerPrincipal is Istio's waypoint filter state: outside a waypoint it is not set, \
+                "peerPrincipal is Istio's waypoint filter state: outside a waypoint it is not set, \
                  so {who} see anonymous callers"
             )
         }
         (Place::Gateway | Place::Waypoint | Place::EnvoyGateway, IdentitySource::Workload) => format!(
-            "identitySource: workload is the callers' own sidecar: a gateway or waypoint never lends its own \
+            "workload is the callers' own sidecar: a gateway or waypoint never lends its own \
              identity, so {who} see anonymous callers; leave identitySource out"
+        ),
+        (Place::Sidecar, IdentitySource::PeerCertificate) => format!(
+            "peerCertificate in the callers' sidecars: the app talks plaintext to its own sidecar, there is no \
+             peer certificate, so {who} see anonymous callers; leave identitySource out (the sidecar's own workload)"
+        ),
+        (Place::Waypoint, IdentitySource::PeerCertificate) => format!(
+            "peerCertificate on a waypoint: ztunnel's HBONE tunnel ends there, the caller is Istio's peer \
+             principal, so {who} see anonymous callers; leave identitySource out"
         ),
         _ => return Vec::new(),
     };

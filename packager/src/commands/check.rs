@@ -130,12 +130,17 @@ pub fn run(args: &CheckArgs) -> Result<()> {
     for w in &warnings {
         println!("warning: {}", at(w));
     }
+    let count = |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
     println!(
-        "{}: valid ({} models, {} aliases, {} destinations; bodyRouting {})",
+        "{}: valid ({}, {}, {}; bodyRouting {})",
         path.display(),
-        c.models.len(),
-        c.models.iter().map(|m| m.aliases.len()).sum::<usize>(),
-        destinations,
+        count(c.models.len(), "model", "models"),
+        count(
+            c.models.iter().map(|m| m.aliases.len()).sum::<usize>(),
+            "alias",
+            "aliases"
+        ),
+        count(destinations, "destination", "destinations"),
         if c.body_routing { "on" } else { "off" }
     );
     Ok(())
