@@ -698,7 +698,7 @@ pub fn render(config_json: &Value, config: &Config, o: &Options, plan: &Plan) ->
             docs.push(network_policy(h, o));
         }
         if o.wants(Part::AuthorizationPolicy) && meshed {
-            docs.push(authorization_policy(h, o));
+            docs.push(authorization_policy(h, o, &config.trust_domain));
         }
     }
     if o.wants(Part::External) {
@@ -1516,15 +1516,16 @@ fn network_policy(h: &Host, o: &Options) -> Doc {
     }
 }
 
-fn authorization_policy(h: &Host, o: &Options) -> Doc {
+/// `td`: the mesh's trust domain (`trustDomain`, `--trust-domain`): Istio's principals carry it.
+fn authorization_policy(h: &Host, o: &Options, td: &str) -> Doc {
     let principals = if o.principals.is_empty() {
         match &o.target {
             Target::Gateway { name, .. } | Target::EnvoyGateway { name, .. } => {
-                vec![format!("cluster.local/ns/{}/sa/{name}-istio", o.namespace)]
+                vec![format!("{td}/ns/{}/sa/{name}-istio", o.namespace)]
             }
             // A waypoint's service account is its own name (Istio's deployment controller, no suffix).
-            Target::Waypoint { name, .. } => vec![format!("cluster.local/ns/{}/sa/{name}", o.namespace)],
-            Target::Selector(_) => vec![format!("cluster.local/ns/{}/sa/*", o.namespace)],
+            Target::Waypoint { name, .. } => vec![format!("{td}/ns/{}/sa/{name}", o.namespace)],
+            Target::Selector(_) => vec![format!("{td}/ns/{}/sa/*", o.namespace)],
         }
     } else {
         o.principals.clone()
