@@ -118,6 +118,39 @@ async fn requests_outside_the_scope_pass_untouched() {
     assert_eq!(r.json()["error"]["code"], "model_not_found");
 }
 
+/// A `model` query parameter is a model too (OpenAI Realtime's WebSocket GET; LiteLLM prefers it
+/// to the body's): checked, and never a way to name one model to the filter and another to the
+/// server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_in_the_query_does_not_get_past_access_control() {
+    let s = Scenario::start(json!({
+        "models": [
+            {"name": "private", "allow": ["spiffe://td/ns/a/*"], "destinations": [{"name": "private"}]},
+            {"name": "open", "destinations": [{"name": "open"}]}
+        ]
+    }))
+    .await;
+    // LiteLLM serves the query's model: a body naming another is refused.
+    for path in ["/v1/chat/completions?model=private", "/chat/completions?x=1&Model=priv%61te"] {
+        let r = s.post(path, chat("open"), &[]).await;
+        assert_eq!(r.status, 400, "{path}: {}", r.text());
+        assert_eq!(r.json()["error"]["code"], "duplicate_model", "{path}");
+    }
+    // Only in the query: that model's rules.
+    let r = s.post("/v1/chat/completions?model=private", r#"{"messages":[]}"#, &[]).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    // A WebSocket-style GET names its model in the query.
+    let r = s
+        .send("GET", "/v1/realtime?model=private", Vec::new(), &[("upgrade", "websocket")])
+        .await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "model_access_denied");
+    assert_eq!(reached(&s), 0, "nothing reached a backend");
+    // The same model in both is served.
+    let r = s.post("/v1/chat/completions?model=open", chat("open"), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
 /// Paths that servers still read as inference endpoints (uvicorn decodes `%2F` for vLLM and
 /// KServe; Envoy passes them as sent unless `normalize_path` is on) get the filter's checks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
