@@ -58,6 +58,7 @@ impl Registry {
         if opts.insecure {
             eprintln!("warning: --insecure: TLS certificates are not verified");
         }
+        crate::commands::apply::install_crypto_provider();
         let config = ClientConfig {
             protocol: if opts.plain_http {
                 ClientProtocol::Http

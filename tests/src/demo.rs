@@ -173,7 +173,7 @@ fn route_of(r: &reqwest::Response) -> String {
 
 /// Sends the demo's mix of real OpenAI-style requests through Envoy.
 pub async fn traffic(d: &Demo) -> Result<Traffic> {
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(20)).build()?;
+    let client = crate::http_client().timeout(Duration::from_secs(20)).build()?;
     let url = |p: &str| format!("http://{}{p}", d.run.listen);
     let mut t = Traffic::default();
     let post = |path: &str, body: Value, user: Option<&str>| {

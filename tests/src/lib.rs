@@ -196,7 +196,7 @@ impl Scenario {
             Ok(e) => e,
             Err(e) => panic!("{e:#}"),
         };
-        let client = reqwest::Client::builder()
+        let client = http_client()
             .timeout(std::time::Duration::from_secs(20))
             .build()
             .unwrap_or_else(|e| panic!("{e}"));
@@ -300,6 +300,13 @@ impl Scenario {
         }
         None
     }
+}
+
+/// A reqwest client builder, with the process's one crypto provider (ring, as `wasmpack` uses)
+/// installed first: reqwest is built without a bundled provider.
+pub fn http_client() -> reqwest::ClientBuilder {
+    wasmpack::commands::apply::install_crypto_provider();
+    reqwest::Client::builder()
 }
 
 /// The project's Python (`.venv`, made by `scripts/setup.sh`) with the official `openai` client.

@@ -130,7 +130,7 @@ impl Pki {
     /// A client presenting a certificate for `spiffe_id` (or none).
     pub fn client(&self, name: &str, spiffe_id: Option<&str>) -> reqwest::Client {
         let ca = std::fs::read(self.path("ca.pem")).unwrap_or_else(|e| panic!("{e}"));
-        let mut b = reqwest::Client::builder()
+        let mut b = crate::http_client()
             .tls_certs_only([reqwest::Certificate::from_pem(&ca).unwrap_or_else(|e| panic!("{e}"))])
             .timeout(std::time::Duration::from_secs(20));
         if let Some(id) = spiffe_id {

@@ -131,17 +131,27 @@ async fn a_model_in_the_query_does_not_get_past_access_control() {
     }))
     .await;
     // LiteLLM serves the query's model: a body naming another is refused.
-    for path in ["/v1/chat/completions?model=private", "/chat/completions?x=1&Model=priv%61te"] {
+    for path in [
+        "/v1/chat/completions?model=private",
+        "/chat/completions?x=1&Model=priv%61te",
+    ] {
         let r = s.post(path, chat("open"), &[]).await;
         assert_eq!(r.status, 400, "{path}: {}", r.text());
         assert_eq!(r.json()["error"]["code"], "duplicate_model", "{path}");
     }
     // Only in the query: that model's rules.
-    let r = s.post("/v1/chat/completions?model=private", r#"{"messages":[]}"#, &[]).await;
+    let r = s
+        .post("/v1/chat/completions?model=private", r#"{"messages":[]}"#, &[])
+        .await;
     assert_eq!(r.status, 403, "{}", r.text());
     // A WebSocket-style GET names its model in the query.
     let r = s
-        .send("GET", "/v1/realtime?model=private", Vec::new(), &[("upgrade", "websocket")])
+        .send(
+            "GET",
+            "/v1/realtime?model=private",
+            Vec::new(),
+            &[("upgrade", "websocket")],
+        )
         .await;
     assert_eq!(r.status, 403, "{}", r.text());
     assert_eq!(r.json()["error"]["code"], "model_access_denied");

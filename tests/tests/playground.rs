@@ -158,10 +158,7 @@ async fn the_page_decides_as_the_cli_does() {
             .unwrap(),
     );
     wait_port(driver_port, "chromedriver");
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .unwrap();
+    let http = e2e::http_client().timeout(Duration::from_secs(60)).build().unwrap();
     let base = format!("http://127.0.0.1:{driver_port}");
     let profile = dir.path().join("profile");
     let caps = json!({"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": {

@@ -18,9 +18,10 @@ use crate::settings::RenderSettings;
 
 pub const FIELD_MANAGER: &str = "wasmpack";
 
-/// rustls is linked with two crypto providers (ring and aws-lc-rs, through different
-/// dependencies), so it cannot pick one itself and panics at the first TLS handshake. Install
-/// one, once, before any client is made.
+/// The one crypto provider of every TLS client `wasmpack` makes (kube, the registry client,
+/// reqwest): ring. oci-client and reqwest are built without their bundled aws-lc-rs
+/// (`rustls-tls-no-provider`), so rustls has no default: install it, once, before any client is
+/// made (`cargo tree -i aws-lc-rs` is empty).
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
