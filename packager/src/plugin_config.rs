@@ -281,24 +281,10 @@ fn closest(bad: &str, known: &[String]) -> Option<String> {
     let lower = bad.to_ascii_lowercase();
     known
         .iter()
-        .map(|k| (edit_distance(&lower, &k.to_ascii_lowercase()), k))
+        .map(|k| (strsim::levenshtein(&lower, &k.to_ascii_lowercase()), k))
         .filter(|(d, k)| *d <= (k.len() / 3).max(2))
         .min_by_key(|(d, _)| *d)
         .map(|(_, k)| k.clone())
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.iter().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }
 
 /// Headers that are unique per request (so stickiness never happens) or never reach the filter.
