@@ -6,7 +6,8 @@
 //! counter per `caller` value; envoyproxy/ratelimit matches the same entries as a tree.
 
 use model_router::config::{Config, LimitKey, Limits};
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 
 /// The window of every rendered limit: the configuration's limits are per minute.
 pub const WINDOW_SECONDS: u64 = 60;
@@ -48,71 +49,82 @@ fn kinds(l: &Limits) -> impl Iterator<Item = (&'static str, u64)> {
         .filter_map(|(k, v)| v.map(|v| (k, v)))
 }
 
-/// Limitador's limits (the list its `LIMITS_FILE` holds), one per model and kind.
-pub fn limits(config: &Config) -> Vec<Value> {
+/// One of Limitador's limits, its fields in Limitador's own order.
+#[derive(Serialize)]
+struct Limit {
+    namespace: String,
+    name: String,
+    max_value: u64,
+    seconds: u64,
+    conditions: Vec<String>,
+    variables: Vec<&'static str>,
+}
+
+fn limit_list(config: &Config) -> Vec<Limit> {
     let Some(rls) = &config.rate_limit_service else {
         return Vec::new();
     };
     let mut out = Vec::new();
     for (model, l) in global_limits(config) {
         for (kind, max) in kinds(l) {
-            let variables: Vec<&str> = match l.by {
-                LimitKey::Global => Vec::new(),
-                _ => vec!["descriptors[0]['caller']"],
-            };
-            out.push(json!({
-                "namespace": rls.domain,
-                "name": format!("{model} {kind} per minute"),
-                "max_value": max,
-                "seconds": WINDOW_SECONDS,
-                "conditions": [
+            out.push(Limit {
+                namespace: rls.domain.clone(),
+                name: format!("{model} {kind} per minute"),
+                max_value: max,
+                seconds: WINDOW_SECONDS,
+                conditions: vec![
                     format!("descriptors[0]['model'] == {}", cel(model)),
                     format!("descriptors[0]['kind'] == '{kind}'"),
                 ],
-                "variables": variables,
-            }));
+                variables: match l.by {
+                    LimitKey::Global => Vec::new(),
+                    _ => vec!["descriptors[0]['caller']"],
+                },
+            });
         }
     }
     out
 }
 
-/// A YAML scalar: a JSON string is one, whatever it holds.
-fn q(s: &str) -> String {
-    Value::from(s).to_string()
+/// Limitador's limits (the list its `LIMITS_FILE` holds), one per model and kind.
+pub fn limits(config: &Config) -> Vec<Value> {
+    limit_list(config)
+        .iter()
+        .filter_map(|l| serde_json::to_value(l).ok())
+        .collect()
 }
 
-/// The limits file as YAML (written by hand: in Limitador's own key order, easy to read).
+/// The limits file as YAML, serialised from the limits themselves (Limitador's own key order).
 pub fn limits_yaml(config: &Config) -> String {
-    let mut out = String::new();
-    for l in limits(config) {
-        let str_of = |k: &str| l[k].as_str().map(q).unwrap_or_default();
-        out.push_str(&format!(
-            "- namespace: {}\n  name: {}\n",
-            str_of("namespace"),
-            str_of("name")
-        ));
-        out.push_str(&format!(
-            "  max_value: {}\n  seconds: {}\n",
-            l["max_value"], l["seconds"]
-        ));
-        for list in ["conditions", "variables"] {
-            let items: Vec<String> = l[list]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|v| v.as_str().map(|s| format!("\n    - {}", q(s))))
-                .collect();
-            if items.is_empty() {
-                out.push_str(&format!("  {list}: []\n"));
-            } else {
-                out.push_str(&format!("  {list}:{}\n", items.concat()));
-            }
-        }
+    let limits = limit_list(config);
+    if limits.is_empty() {
+        return "[]\n".to_string();
     }
-    if out.is_empty() {
-        out.push_str("[]\n");
-    }
-    out
+    serde_yaml::to_string(&limits).unwrap_or_default()
+}
+
+/// One level of envoyproxy/ratelimit's descriptor tree.
+#[derive(Serialize)]
+struct Descriptor {
+    key: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    value: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rate_limit: Option<RateLimit>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    descriptors: Vec<Descriptor>,
+}
+
+#[derive(Serialize)]
+struct RateLimit {
+    unit: &'static str,
+    requests_per_unit: u64,
+}
+
+#[derive(Serialize)]
+struct RatelimitConfig {
+    domain: String,
+    descriptors: Vec<Descriptor>,
 }
 
 /// The same request limits for envoyproxy/ratelimit (token limits need Limitador's
@@ -121,24 +133,44 @@ pub fn envoy_ratelimit_yaml(config: &Config) -> String {
     let Some(rls) = &config.rate_limit_service else {
         return String::new();
     };
-    let mut out = format!("domain: {}\ndescriptors:\n", q(&rls.domain));
+    let mut descriptors = Vec::new();
     for (model, l) in global_limits(config) {
         let Some(rpm) = l.requests_per_minute else {
             continue;
         };
-        let limit = format!("rate_limit: {{unit: minute, requests_per_unit: {rpm}}}");
-        out.push_str(&format!(
-            "  - key: model\n    value: {}\n    descriptors:\n      - key: kind\n        value: requests\n",
-            q(model)
-        ));
-        match l.by {
-            LimitKey::Global => out.push_str(&format!("        {limit}\n")),
-            _ => out.push_str(&format!(
-                "        descriptors:\n          - key: caller\n            {limit}\n"
-            )),
-        }
+        let limit = Some(RateLimit {
+            unit: "minute",
+            requests_per_unit: u64::from(rpm),
+        });
+        let leaf = |key, value| Descriptor {
+            key,
+            value,
+            rate_limit: None,
+            descriptors: Vec::new(),
+        };
+        let kind = match l.by {
+            LimitKey::Global => Descriptor {
+                rate_limit: limit,
+                ..leaf("kind", Some("requests".into()))
+            },
+            _ => Descriptor {
+                descriptors: vec![Descriptor {
+                    rate_limit: limit,
+                    ..leaf("caller", None)
+                }],
+                ..leaf("kind", Some("requests".into()))
+            },
+        };
+        descriptors.push(Descriptor {
+            descriptors: vec![kind],
+            ..leaf("model", Some(model.to_string()))
+        });
     }
-    out
+    serde_yaml::to_string(&RatelimitConfig {
+        domain: rls.domain.clone(),
+        descriptors,
+    })
+    .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -162,7 +194,7 @@ mod tests {
         assert_eq!(l[1]["conditions"][1], "descriptors[0]['kind'] == 'tokens'");
         assert_eq!(l[1]["variables"][0], "descriptors[0]['caller']");
         assert_eq!(l[2]["conditions"][0], "descriptors[0]['model'] == 'it\\'s'");
-        assert_eq!(l[2]["variables"], json!([]));
+        assert_eq!(l[2]["variables"], serde_json::json!([]));
         let back: Value = serde_yaml::from_str(&limits_yaml(&c)).unwrap();
         assert_eq!(back, Value::from(l.clone()), "the YAML says the same");
         let e: Value = serde_yaml::from_str(&envoy_ratelimit_yaml(&c)).unwrap();
