@@ -140,7 +140,7 @@ pub fn envoy_ratelimit_yaml(config: &Config) -> String {
         };
         let limit = Some(RateLimit {
             unit: "minute",
-            requests_per_unit: u64::from(rpm),
+            requests_per_unit: rpm,
         });
         let leaf = |key, value| Descriptor {
             key,
