@@ -70,9 +70,11 @@ const ROUTE_NOW_MS: u64 = 1_700_000_000_000;
 /// stands for that destination in every model that has it.
 pub fn destination_states(config: &Config, states: &[(String, String)]) -> Result<SharedMem, String> {
     use crate::health::{Health, Table, HALF_OPEN, OPEN};
-    if config.failover.is_none() {
+    let Some(failover) = &config.failover else {
         return Err("the configuration has no `failover` section: destinations have no state".into());
-    }
+    };
+    // An open destination has just opened: its first probation (what a client's retry-after says).
+    let probation = u64::from(failover.probation_ms);
     let mut t = Table(Vec::new());
     for m in &config.models {
         for d in &m.destinations {
@@ -82,7 +84,7 @@ pub fn destination_states(config: &Config, states: &[(String, String)]) -> Resul
                         state: OPEN,
                         level: 1,
                         count: 0,
-                        at_ms: ROUTE_NOW_MS + 60_000,
+                        at_ms: ROUTE_NOW_MS + probation,
                     },
                     Some("half-open") => Health {
                         state: HALF_OPEN,

@@ -249,15 +249,19 @@ impl Vm {
         };
         let Some(d) = m.destinations.get(d) else { return };
         host.metric(&telemetry::destination_state(&m.name, &d.name, after.state));
+        let said = |what: &str| "destination `".to_string() + &d.name + "` of model `" + &m.name + "` " + what;
         if after.state == crate::health::OPEN {
+            let seconds = self
+                .config
+                .failover
+                .as_ref()
+                .map_or(0, |f| crate::health::probation_ms(f, after.level).div_ceil(1000));
             host.log(
                 LogLevel::Warn,
-                &("model-router: destination `".to_string()
-                    + &d.name
-                    + "` of model `"
-                    + &m.name
-                    + "` is failing: no new requests until its probation ends"),
+                &said(&("is failing: no new requests for its probation of ".to_string() + &seconds.to_string() + " s")),
             );
+        } else if after.state == crate::health::CLOSED {
+            host.log(LogLevel::Info, &said("recovered: it takes new requests again"));
         }
     }
 

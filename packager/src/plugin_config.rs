@@ -592,13 +592,13 @@ fn failover_warnings(config: &Config) -> Vec<(String, String)> {
         .flat_map(|m| &m.destinations)
         .any(|d| d.host.is_some());
     for (i, m) in config.models.iter().enumerate() {
-        let lists = std::iter::once((format!("models[{i}].fallbacks"), &m.fallbacks)).chain(
+        let lists = std::iter::once((format!("models[{i}].fallbacks"), None, &m.fallbacks)).chain(
             m.destinations
                 .iter()
                 .enumerate()
-                .map(move |(j, d)| (format!("models[{i}].destinations[{j}].fallbacks"), &d.fallbacks)),
+                .map(move |(j, d)| (format!("models[{i}].destinations[{j}].fallbacks"), Some(j), &d.fallbacks)),
         );
-        for (at, list) in lists {
+        for (at, own, list) in lists {
             for (k, f) in list.iter().enumerate() {
                 let fm = &config.models[f.model];
                 let targets: Vec<_> = match f.destination {
@@ -620,6 +620,15 @@ fn failover_warnings(config: &Config) -> Vec<(String, String)> {
                         format!("{at}[{k}]"),
                         "names its own model without a destination: its destinations are tried anyway".into(),
                     ));
+                }
+                if f.model == i && f.destination.is_some() && (own.is_none() || own == f.destination) {
+                    let why = if own.is_none() {
+                        "a destination of its own model: the model's fallbacks are tried only when every one of its \
+                         destinations is open, so this one never serves"
+                    } else {
+                        "its own destination: it is open whenever this fallback is tried, so it never serves"
+                    };
+                    w.push((format!("{at}[{k}]"), format!("names {why}")));
                 }
             }
         }
