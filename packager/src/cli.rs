@@ -321,7 +321,7 @@ pub struct RenderArgs {
     /// FAIL_OPEN instead of FAIL_CLOSE when the module cannot be loaded
     #[arg(long)]
     pub fail_open: bool,
-    /// Filter phase (WasmPlugin installs only; default UNSPECIFIED_PHASE, just before the router)
+    /// Filter phase (WasmPlugin installs only; default UNSPECIFIED_PHASE: after Istio's authn/authz, before grpc_stats, fault, cors and the router)
     #[arg(long, value_enum)]
     pub phase: Option<Phase>,
     /// Filter priority within its phase

@@ -6,11 +6,12 @@
 //!   field paths, or a summary of models, aliases, weights, access rules and limits.
 //! - `route(config, request)`: the decision for one request, the JSON `wasmpack route` prints
 //!   (`model_router::decide`, the same code).
-//! - `simulate(config, model, users)`: the weighted (and sticky) split over `users` callers.
+//! - `simulate(config, model, users, identity)`: the weighted (and sticky) split over `users`
+//!   callers, each with the caller identity `identity` (empty: none), so `allow` lists apply.
 
 use std::collections::BTreeMap;
 
-use model_router::config::{Config, LimitKey};
+use model_router::config::{AllowRule, Config, LimitKey};
 use model_router::decide::{decide_repeated, Proxy, RouteRequest};
 use serde_json::{json, Value};
 use wasm_bindgen::prelude::wasm_bindgen;
@@ -63,8 +64,15 @@ pub fn check(config: &str) -> String {
                                            LimitKey::Header(h) => format!("header:{h}") },
                        "mode": if l.global { "global" } else { "local" }})
             });
+            // One identity the allow list lets in (the page's presets use it).
+            let allowed = m.allow.as_ref().and_then(|rules| rules.first()).map(|r| match r {
+                AllowRule::Any => "spiffe://cluster.local/ns/default/sa/app".to_string(),
+                AllowRule::Prefix(p) => format!("{p}app"),
+                AllowRule::Exact(e) => e.clone(),
+            });
             json!({"name": m.name, "aliases": m.aliases, "upstreamModel": m.upstream_model,
-                   "destinations": destinations, "restricted": m.allow.is_some(), "limits": limits})
+                   "destinations": destinations, "restricted": m.allow.is_some(),
+                   "allowedIdentity": allowed, "limits": limits})
         })
         .collect();
     json!({"valid": true, "bodyRouting": c.body_routing, "stickyHeader": c.sticky_header,
@@ -132,9 +140,11 @@ pub fn route(config: &str, request: &str) -> String {
 }
 
 /// Where `users` callers (each its own sticky value, if the configuration has a sticky header)
-/// asking for `model` are sent: `{"users": n, "sticky": bool, "destinations": {name: count}}`.
+/// asking for `model` as the caller identity `identity` (empty: no identity) are sent:
+/// `{"users": n, "sticky": bool, "destinations": {name: count}}`.
 #[wasm_bindgen]
-pub fn simulate(config: &str, model: &str, users: u32) -> String {
+pub fn simulate(config: &str, model: &str, users: u32, identity: &str) -> String {
+    let identity = Some(identity.trim()).filter(|i| !i.is_empty());
     let c = match parse(config) {
         Ok(c) => c,
         Err(e) => return json!({"configError": e}).to_string(),
@@ -152,7 +162,7 @@ pub fn simulate(config: &str, model: &str, users: u32) -> String {
             path: "/v1/chat/completions",
             headers: &headers,
             body: Some(body.as_bytes()),
-            peer_identity: None,
+            peer_identity: identity,
             proxy: Proxy::default(),
             workload: None,
         };
@@ -202,9 +212,20 @@ mod tests {
 
     #[test]
     fn the_split_follows_the_weights_and_stickiness() {
-        let s: Value = serde_json::from_str(&simulate(CONFIG, "llama-3-8b", 2000)).unwrap();
+        let s: Value = serde_json::from_str(&simulate(CONFIG, "llama-3-8b", 2000, "")).unwrap();
         let v1 = s["destinations"]["v1"].as_u64().unwrap();
         assert!((1700..=1900).contains(&v1), "{s}");
         assert_eq!(s["sticky"], true);
+    }
+
+    #[test]
+    fn the_split_uses_the_caller_identity() {
+        let cfg = "models:\n- name: m\n  allow: [\"spiffe://td/ns/a/*\"]\n  destinations:\n  - {name: d}\n";
+        let s: Value = serde_json::from_str(&simulate(cfg, "m", 10, "spiffe://td/ns/a/sa/x")).unwrap();
+        assert_eq!(s["destinations"]["d"], 10, "{s}");
+        let s: Value = serde_json::from_str(&simulate(cfg, "m", 10, "")).unwrap();
+        assert!(s["destinations"].get("d").is_none(), "{s}");
+        let c: Value = serde_json::from_str(&check(cfg)).unwrap();
+        assert_eq!(c["models"][0]["allowedIdentity"], "spiffe://td/ns/a/app");
     }
 }

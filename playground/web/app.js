@@ -25,26 +25,58 @@ models:
       - {name: anthropic-proxy}
 `;
 
-// The presets; the browser test reads them (window.playgroundPresets) and asks `wasmpack route`
-// the same questions.
-const PRESETS = [
-  { id: "chat", label: "OpenAI chat", method: "POST", path: "/v1/chat/completions",
-    headers: "x-user-id: alice", body: '{"model": "gpt-3.5-turbo", "messages": [{"role": "user", "content": "Hello"}]}' },
-  { id: "stream", label: "streaming chat", method: "POST", path: "/v1/chat/completions",
-    headers: "x-user-id: bob", body: '{"model": "llama-3-8b", "stream": true, "messages": [{"role": "user", "content": "Hi"}]}' },
-  { id: "embeddings", label: "embeddings", method: "POST", path: "/v1/embeddings",
-    headers: "", body: '{"model": "bge-small", "input": "The quick brown fox"}' },
-  { id: "anthropic", label: "Anthropic messages", method: "POST", path: "/v1/messages",
-    headers: "anthropic-version: 2023-06-01", identity: "spiffe://cluster.local/ns/research/sa/notebook",
-    body: '{"model": "claude-internal", "max_tokens": 64, "messages": [{"role": "user", "content": "Hi"}]}' },
-  { id: "kserve", label: "KServe v2", method: "POST", path: "/v2/models/resnet-50/infer",
-    headers: "", body: '{"inputs": [{"name": "input0", "shape": [1, 3], "datatype": "FP32", "data": [0.1, 0.2, 0.3]}]}' },
-  { id: "duplicate", label: "duplicate-key attack", method: "POST", path: "/v1/chat/completions",
-    headers: "", body: '{"model": "gpt-3.5-turbo", "messages": [], "model": "claude-internal"}' },
-  { id: "missing", label: "missing model", method: "POST", path: "/v1/chat/completions",
-    headers: "", body: '{"messages": [{"role": "user", "content": "Hi"}]}' },
-];
+// The presets, made from the models of the configuration on the page (first model, its alias,
+// an allow-listed model with an identity it lets in, ...), so they fit whatever `--config` gave or
+// was typed. The browser test reads them (window.playgroundPresets) and asks `wasmpack route` the
+// same questions.
+function presetsFor(models) {
+  const first = models[0] || { name: "my-model", aliases: [] };
+  const other = (m) => models.find((x) => x !== m && !x.restricted) || m;
+  const chat = first.aliases[0] || first.name;
+  const second = other(first);
+  const third = models.find((x) => x !== first && x !== second && !x.restricted) || second;
+  const locked = models.find((m) => m.restricted) || other(first);
+  const body = (model, extra) => JSON.stringify(Object.assign({ model }, extra));
+  const hi = [{ role: "user", content: "Hi" }];
+  return [
+    { id: "chat", label: "OpenAI chat", method: "POST", path: "/v1/chat/completions",
+      headers: "x-user-id: alice", body: body(chat, { messages: [{ role: "user", content: "Hello" }] }) },
+    { id: "stream", label: "streaming chat", method: "POST", path: "/v1/chat/completions",
+      headers: "x-user-id: bob", body: body(first.name, { stream: true, messages: hi }) },
+    { id: "embeddings", label: "embeddings", method: "POST", path: "/v1/embeddings",
+      headers: "", body: body(second.name, { input: "The quick brown fox" }) },
+    { id: "anthropic", label: "Anthropic messages", method: "POST", path: "/v1/messages",
+      headers: "anthropic-version: 2023-06-01", identity: locked.allowedIdentity || undefined,
+      body: body(locked.name, { max_tokens: 64, messages: hi }) },
+    { id: "kserve", label: "KServe v2", method: "POST", path: `/v2/models/${third.name}/infer`,
+      headers: "", body: '{"inputs": [{"name": "input0", "shape": [1, 3], "datatype": "FP32", "data": [0.1, 0.2, 0.3]}]}' },
+    { id: "duplicate", label: "duplicate-key attack", method: "POST", path: "/v1/chat/completions",
+      headers: "", body: `{"model": ${JSON.stringify(chat)}, "messages": [], "model": ${JSON.stringify(locked.name)}}` },
+    { id: "missing", label: "missing model", method: "POST", path: "/v1/chat/completions",
+      headers: "", body: '{"messages": [{"role": "user", "content": "Hi"}]}' },
+  ];
+}
+let PRESETS = [];
 window.playgroundPresets = PRESETS;
+let presetModels = null;
+
+// Rebuilds the preset buttons when the (valid) configuration's models change.
+function refreshPresets(models) {
+  const key = JSON.stringify(models.map((m) => [m.name, m.aliases, m.restricted, m.allowedIdentity]));
+  if (key === presetModels) return;
+  presetModels = key;
+  PRESETS = presetsFor(models);
+  window.playgroundPresets = PRESETS;
+  const bar = $("presets");
+  bar.innerHTML = "";
+  for (const p of PRESETS) {
+    const b = document.createElement("button");
+    b.textContent = p.label;
+    b.dataset.preset = p.id;
+    b.addEventListener("click", () => applyPreset(p));
+    bar.appendChild(b);
+  }
+}
 
 function headersObject(text) {
   const out = {};
@@ -138,9 +170,11 @@ function run() {
   const config = $("config").value;
   const checked = JSON.parse(check(config));
   showCheck(checked);
+  if (checked.valid) refreshPresets(checked.models);
   showDecision(JSON.parse(route(config, JSON.stringify(currentRequest()))));
   if (checked.valid && $("split-model").value) {
-    showSplit(JSON.parse(simulate(config, $("split-model").value, Number($("users").value) || 1000)));
+    showSplit(JSON.parse(simulate(config, $("split-model").value, Number($("users").value) || 1000,
+      $("identity").value.trim())));
   } else {
     showSplit({ configError: true });
   }
@@ -167,13 +201,8 @@ async function main() {
     if (r.ok) config = await r.text();
   } catch (_) { /* a static copy of the page: the example */ }
   $("config").value = config;
-  for (const p of PRESETS) {
-    const b = document.createElement("button");
-    b.textContent = p.label;
-    b.dataset.preset = p.id;
-    b.addEventListener("click", () => applyPreset(p));
-    $("presets").appendChild(b);
-  }
+  const checked = JSON.parse(check(config));
+  refreshPresets(checked.valid ? checked.models : []);
   for (const id of ["config", "method", "path", "headers", "identity", "body", "users", "split-model"]) {
     $(id).addEventListener("input", update);
   }

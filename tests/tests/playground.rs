@@ -121,6 +121,8 @@ impl Driver {
 
 const CONFIG: &str = "stickyHeader: x-user-id\nmodels:\n  - name: llama-3-8b\n    aliases: [gpt-3.5-turbo]\n    upstreamModel: meta-llama/Meta-Llama-3-8B-Instruct\n    destinations:\n      - {name: llama-v1, weight: 90}\n      - {name: llama-v2, weight: 10}\n  - name: bge-small\n    destinations:\n      - {name: embeddings}\n  - name: resnet-50\n    destinations:\n      - {name: triton}\n  - name: claude-internal\n    allow: [\"spiffe://cluster.local/ns/research/*\"]\n    destinations:\n      - {name: anthropic-proxy}\n";
 
+const OTHER: &str = "models:\n  - name: mistral-7b\n    aliases: [gpt-4o]\n    destinations:\n      - {name: mistral-a}\n  - name: e5-large\n    destinations:\n      - {name: e5}\n  - name: yolo\n    destinations:\n      - {name: triton-2}\n  - name: secret\n    allow: [\"spiffe://td/ns/vault/sa/reader\"]\n    destinations:\n      - {name: vault}\n";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_decides_as_the_cli_does() {
     let root = e2e::envoy::repo_root();
@@ -277,6 +279,33 @@ async fn the_page_decides_as_the_cli_does() {
     let pct: f64 = share.as_str().unwrap().trim_end_matches('%').parse().unwrap();
     assert!((85.0..=95.0).contains(&pct), "llama-v1 got {pct}%");
 
+    // The split of an allow-listed model follows the caller identity typed in (issue #31).
+    d.js(
+        "const s = document.getElementById('split-model'); s.value = 'claude-internal'; s.dispatchEvent(new Event('input'))",
+        json!([]),
+    )
+    .await;
+    d.type_into("#identity", "spiffe://cluster.local/ns/research/sa/notebook").await;
+    d.until(
+        "return !!document.querySelector('#split .bar[data-destination=\"anthropic-proxy\"]') && document.querySelectorAll('#split .bar').length === 1",
+        "the split of an allowed caller to reach anthropic-proxy only",
+    )
+    .await;
+    d.type_into("#identity", "spiffe://cluster.local/ns/sales/sa/crm").await;
+    d.until(
+        "return !document.querySelector('#split .bar[data-destination=\"anthropic-proxy\"]') && document.querySelectorAll('#split .bar').length === 1",
+        "the split of a caller outside the allow list to be refused",
+    )
+    .await;
+    let denied = d.text("#split").await;
+    assert!(denied.contains("denied"), "{denied}");
+    // Back to the example's first preset and model for the screenshot.
+    d.js(
+        "const s = document.getElementById('split-model'); s.value = 'llama-3-8b'; document.querySelector('#presets button[data-preset=\"chat\"]').click()",
+        json!([]),
+    )
+    .await;
+
     // A screenshot for the docs (docs/playground.png is refreshed with UPDATE_SCREENSHOT=1).
     let png = d.call(reqwest::Method::GET, "/screenshot", None).await;
     let bytes = base64_decode(png.as_str().unwrap());
@@ -287,6 +316,32 @@ async fn the_page_decides_as_the_cli_does() {
         dir.path().join("playground.png")
     };
     std::fs::write(&target, &bytes).unwrap();
+
+    // Another configuration: the presets name its models, not the example's (issue #31).
+    d.type_into("#config", OTHER).await;
+    d.until(
+        "return JSON.stringify(window.playgroundPresets).includes('gpt-4o')",
+        "the presets to follow the configuration",
+    )
+    .await;
+    let presets = d.js("return window.playgroundPresets", json!([])).await;
+    let text = presets.to_string();
+    for old in ["llama-3-8b", "gpt-3.5-turbo", "bge-small", "resnet-50", "claude-internal"] {
+        assert!(!text.contains(old), "a preset still names {old}: {text}");
+    }
+    for (id, verdict) in [
+        ("chat", "routed to mistral-a (model mistral-7b)"),
+        ("embeddings", "routed to e5 (model e5-large)"),
+        ("kserve", "routed to triton-2 (model yolo)"),
+        ("anthropic", "routed to vault (model secret)"),
+    ] {
+        d.js(
+            "document.querySelector(`#presets button[data-preset='${arguments[0]}']`).click()",
+            json!([id]),
+        )
+        .await;
+        assert_eq!(d.text("#verdict").await, verdict, "preset {id} on the other configuration");
+    }
     d.call(reqwest::Method::DELETE, "", None).await;
 }
 
