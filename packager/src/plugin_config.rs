@@ -593,10 +593,13 @@ fn failover_warnings(config: &Config) -> Vec<(String, String)> {
         .any(|d| d.host.is_some());
     for (i, m) in config.models.iter().enumerate() {
         let lists = std::iter::once((format!("models[{i}].fallbacks"), None, &m.fallbacks)).chain(
-            m.destinations
-                .iter()
-                .enumerate()
-                .map(move |(j, d)| (format!("models[{i}].destinations[{j}].fallbacks"), Some(j), &d.fallbacks)),
+            m.destinations.iter().enumerate().map(move |(j, d)| {
+                (
+                    format!("models[{i}].destinations[{j}].fallbacks"),
+                    Some(j),
+                    &d.fallbacks,
+                )
+            }),
         );
         for (at, own, list) in lists {
             for (k, f) in list.iter().enumerate() {

@@ -285,7 +285,8 @@ async fn the_page_decides_as_the_cli_does() {
         json!([]),
     )
     .await;
-    d.type_into("#identity", "spiffe://cluster.local/ns/research/sa/notebook").await;
+    d.type_into("#identity", "spiffe://cluster.local/ns/research/sa/notebook")
+        .await;
     d.until(
         "return !!document.querySelector('#split .bar[data-destination=\"anthropic-proxy\"]') && document.querySelectorAll('#split .bar').length === 1",
         "the split of an allowed caller to reach anthropic-proxy only",
@@ -326,7 +327,13 @@ async fn the_page_decides_as_the_cli_does() {
     .await;
     let presets = d.js("return window.playgroundPresets", json!([])).await;
     let text = presets.to_string();
-    for old in ["llama-3-8b", "gpt-3.5-turbo", "bge-small", "resnet-50", "claude-internal"] {
+    for old in [
+        "llama-3-8b",
+        "gpt-3.5-turbo",
+        "bge-small",
+        "resnet-50",
+        "claude-internal",
+    ] {
         assert!(!text.contains(old), "a preset still names {old}: {text}");
     }
     for (id, verdict) in [
@@ -340,7 +347,11 @@ async fn the_page_decides_as_the_cli_does() {
             json!([id]),
         )
         .await;
-        assert_eq!(d.text("#verdict").await, verdict, "preset {id} on the other configuration");
+        assert_eq!(
+            d.text("#verdict").await,
+            verdict,
+            "preset {id} on the other configuration"
+        );
     }
     d.call(reqwest::Method::DELETE, "", None).await;
 }
