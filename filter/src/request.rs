@@ -512,8 +512,7 @@ impl RequestFlow {
     }
 
     fn duplicate_model(&mut self, message: &str) -> BodyAction {
-        self.outcome = Outcome::Rejected(RejectReason::DuplicateModel);
-        BodyAction::Reject(Reject::new(RejectReason::DuplicateModel, message))
+        BodyAction::Reject(self.conflict(message))
     }
 
     /// A form upload's `model` field: routed, admitted and rewritten as a JSON body's `model` is.
