@@ -9,6 +9,7 @@
 use std::cell::{Cell, OnceCell, RefCell};
 
 use crate::config::{Config, IdentitySource, InferenceModelHeader, ResponseHeaders, INFERENCE_MODEL_HEADER};
+use crate::failover::Failover;
 use crate::header_map::HeaderMap;
 use crate::health::Event;
 use crate::hold::{HoldNet, Permit, TICK_MS};
@@ -151,6 +152,17 @@ pub struct Vm {
     health_slots: usize,
     /// The breakers' gauges were set from the shared table.
     announced: Cell<bool>,
+    /// Failover with `firstByteTimeout`: requests sent upstream whose response headers have not
+    /// come, by context, with their deadline and breaker (the tick counts the overdue ones).
+    awaiting: RefCell<Vec<Awaiting>>,
+}
+
+/// A request waiting for its first byte (`Vm::awaiting`).
+#[derive(Debug, Clone, Copy)]
+struct Awaiting {
+    id: u32,
+    deadline_ns: u64,
+    at: (usize, usize, usize),
 }
 
 /// What the proxy's node tells about where the filter runs.
@@ -217,6 +229,7 @@ impl Vm {
             health_key,
             health_slots,
             announced: Cell::new(false),
+            awaiting: RefCell::new(Vec::new()),
         }
     }
 
@@ -402,7 +415,8 @@ impl Vm {
             callouts.retain(|(_, d)| *d > now);
             expired
         };
-        if tick.stop && self.callouts.borrow().is_empty() {
+        self.first_byte_overdue(host, now);
+        if tick.stop && self.callouts.borrow().is_empty() && self.awaiting.borrow().is_empty() {
             host.set_tick_ms(0);
             self.ticking.set(false);
         }
@@ -410,6 +424,62 @@ impl Vm {
             self.release_held(host, tick);
         }
         expired
+    }
+
+    /// Failover: a request sent upstream is awaited until its response headers come; the tick
+    /// counts it as a timeout once its `firstByteTimeout` passed (the request goes on).
+    fn await_first_byte<H: Host>(&self, host: &mut H, id: u32, at: (usize, usize, usize), now: u64) {
+        let Some(t) = self.config.failover.as_ref().and_then(|f| f.first_byte_timeout_ms) else {
+            return;
+        };
+        let deadline_ns = now.saturating_add(u64::from(t) * 1_000_000);
+        self.awaiting.borrow_mut().push(Awaiting { id, deadline_ns, at });
+        if !self.ticking.replace(true) {
+            host.set_tick_ms(TICK_MS);
+        }
+    }
+
+    /// The request's first byte came (or it ended): `false` when the tick already counted it.
+    fn first_byte_came(&self, id: u32) -> bool {
+        if self
+            .config
+            .failover
+            .as_ref()
+            .is_none_or(|f| f.first_byte_timeout_ms.is_none())
+        {
+            return true;
+        }
+        let mut awaiting = self.awaiting.borrow_mut();
+        let before = awaiting.len();
+        awaiting.retain(|a| a.id != id);
+        awaiting.len() != before
+    }
+
+    /// The tick: every awaited request past its deadline is a timeout failure of its destination.
+    fn first_byte_overdue<H: Host>(&self, host: &mut H, now: u64) {
+        let overdue: Vec<Awaiting> = {
+            let mut awaiting = self.awaiting.borrow_mut();
+            if awaiting.iter().all(|a| a.deadline_ns >= now) {
+                return;
+            }
+            let overdue = awaiting.iter().filter(|a| a.deadline_ns < now).copied().collect();
+            awaiting.retain(|a| a.deadline_ns >= now);
+            overdue
+        };
+        let Some(p) = self.config.failover.as_ref() else { return };
+        for a in overdue {
+            self.failed(host, p, a.at, "timeout", now);
+        }
+    }
+
+    /// One outcome of a destination on its breaker (`failure`: its reason), counted.
+    fn failed<H: Host>(&self, host: &mut H, p: &Failover, at: (usize, usize, usize), failure: &str, now: u64) {
+        self.breaker(host, at, Event::Outcome(p, false, now / 1_000_000));
+        if let Some(m) = self.config.models.get(at.0) {
+            if let Some(d) = m.destinations.get(at.1) {
+                host.metric(&telemetry::destination_failure(&m.name, &d.name, failure));
+            }
+        }
     }
 
     fn release_held<H: Host>(&self, host: &mut H, tick: crate::hold::Tick) {
@@ -1276,6 +1346,7 @@ impl Stream {
             host.set_filter_state(FS_FAILOVER, label.as_bytes());
         }
         self.sent = Some((at, now));
+        vm.await_first_byte(host, self.id, at, now);
     }
 
     /// Failover: what the response (`status`: its headers' status; `None`: none came) tells of
@@ -1285,6 +1356,10 @@ impl Stream {
         let (Some((at, sent_ns)), Some(p)) = (self.sent.take(), vm.config.failover.as_ref()) else {
             return;
         };
+        if !vm.first_byte_came(self.id) {
+            // The tick counted it as a timeout already.
+            return;
+        }
         let now = host.now_ns();
         let late = p
             .first_byte_timeout_ms
@@ -1309,12 +1384,9 @@ impl Stream {
             },
         }
         .or(late.then_some("timeout"));
-        let now_ms = now / 1_000_000;
-        vm.breaker(host, at, Event::Outcome(p, failure.is_none(), now_ms));
-        if let (Some(reason), Some(m)) = (failure, vm.config.models.get(at.0)) {
-            if let Some(d) = m.destinations.get(at.1) {
-                host.metric(&telemetry::destination_failure(&m.name, &d.name, reason));
-            }
+        match failure {
+            Some(reason) => vm.failed(host, p, at, reason, now),
+            None => vm.breaker(host, at, Event::Outcome(p, true, now / 1_000_000)),
         }
     }
 
@@ -2715,6 +2787,76 @@ mod failover_tests {
             ),
             3
         );
+    }
+
+    #[test]
+    fn the_tick_counts_a_request_whose_first_byte_is_overdue_once_and_lets_it_go_on() {
+        let mut w = World::with(&CFG.replace(
+            r#""maxProbation":"40s""#,
+            r#""maxProbation":"40s","firstByteTimeout":"2s""#,
+        ));
+        let canary = to_canary(&w);
+        let mut h = MemoryHost::new();
+        h.now_ns = w.now_ns;
+        let body = br#"{"model":"llama","messages":[]}"#;
+        let mut streams = Vec::new();
+        for (id, random, route) in [
+            (1, canary, "canary"),
+            (2, canary, "canary"),
+            (3, canary, "canary"),
+            (4, TO_STABLE, "stable"),
+        ] {
+            h.request_headers = vec![
+                (":method".into(), "POST".into()),
+                (":path".into(), "/v1/chat/completions".into()),
+                (":authority".into(), "llm".into()),
+                ("content-length".into(), body.len().to_string()),
+            ];
+            h.request_body = body.to_vec();
+            w.vm.rng.set(random);
+            let mut s = Stream::new(id);
+            s.on_request_headers(&w.vm, &mut h, false);
+            assert_eq!(s.on_request_body(&w.vm, &mut h, body.len(), true), Action::Continue);
+            assert_eq!(h.header(Map::Request, "x-ai-route"), Some(route));
+            streams.push(s);
+        }
+        assert_eq!(h.tick_ms, TICK_MS, "awaiting first bytes keeps the timer on");
+        let answer = |s: &mut Stream, h: &mut MemoryHost| {
+            h.response_headers = vec![(":status".into(), "200".into())];
+            s.on_response_headers(&w.vm, h, true);
+            s.on_log(&w.vm, h);
+        };
+        h.now_ns += 1_000_000_000;
+        answer(&mut streams[3], &mut h);
+        w.vm.on_tick(&mut h);
+        h.now_ns += 1_000_000_000;
+        w.vm.on_tick(&mut h);
+        w.metrics = h.metrics.clone();
+        assert_eq!(w.state("canary"), 0, "not yet overdue at the deadline itself");
+        h.now_ns += 1_000_000;
+        w.vm.on_tick(&mut h);
+        w.metrics = h.metrics.clone();
+        assert_eq!(
+            w.state("canary"),
+            1,
+            "three requests without a first byte open it, still in flight"
+        );
+        let timeouts = |w: &World, d: &str| {
+            w.metric(
+                telemetry::DESTINATION_FAILURES_TOTAL,
+                &[("model", "llama"), ("destination", d), ("reason", "timeout")],
+            )
+        };
+        assert_eq!((timeouts(&w, "canary"), timeouts(&w, "stable")), (3, 0));
+        // Their answers come late, successfully: not counted again, and the breaker stays open.
+        let (late, _) = streams.split_at_mut(3);
+        for s in late {
+            answer(s, &mut h);
+        }
+        w.metrics = h.metrics.clone();
+        assert_eq!((timeouts(&w, "canary"), w.state("canary")), (3, 1));
+        w.vm.on_tick(&mut h);
+        assert_eq!(h.tick_ms, 0, "nothing awaited: the timer stops");
     }
 
     #[test]

@@ -55,13 +55,21 @@ pub struct Backend {
     pub addr: SocketAddr,
     log: Arc<Mutex<Vec<Exchange>>>,
     task: tokio::task::JoinHandle<()>,
-    /// `set_failing`: `u32::MAX` answers normally, 0 closes every connection, else a status.
+    /// `set_failing`: `u32::MAX` answers normally, 0 closes every connection, `HANG` holds
+    /// every answer until the mode changes, else a status.
     failing: Arc<std::sync::atomic::AtomicU32>,
+    /// Wakes held answers when the mode changes.
+    changed: Arc<tokio::sync::Notify>,
+    /// The connections' tasks (`stop` ends them with the listener).
+    connections: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
 }
+
+/// `Backend::failing`: answers wait (a backend that accepted the request and never answers).
+const HANG: u32 = 1;
 
 impl Drop for Backend {
     fn drop(&mut self) {
-        self.task.abort();
+        self.stop();
     }
 }
 
@@ -75,17 +83,19 @@ impl Backend {
         let log: Arc<Mutex<Vec<Exchange>>> = Arc::default();
         let (n, l) = (name.to_string(), log.clone());
         let failing = Arc::new(std::sync::atomic::AtomicU32::new(u32::MAX));
-        let f = failing.clone();
+        let changed = Arc::new(tokio::sync::Notify::new());
+        let connections: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let (f, c, conns) = (failing.clone(), changed.clone(), connections.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let (n, l, f) = (n.clone(), l.clone(), f.clone());
-                tokio::spawn(async move {
+                let (n, l, f, c) = (n.clone(), l.clone(), f.clone(), c.clone());
+                let conn = tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
                         let now = f.load(std::sync::atomic::Ordering::SeqCst);
-                        let (n, l) = (n.clone(), l.clone());
+                        let (n, l, f, c) = (n.clone(), l.clone(), f.clone(), c.clone());
                         if now != u32::MAX {
                             // Counted like any request it received.
                             if let Ok(mut log) = l.lock() {
@@ -100,6 +110,15 @@ impl Backend {
                             }
                         }
                         async move {
+                            let mut now = now;
+                            while now == HANG {
+                                let woken = c.notified();
+                                now = f.load(std::sync::atomic::Ordering::SeqCst);
+                                if now == HANG {
+                                    woken.await;
+                                    now = f.load(std::sync::atomic::Ordering::SeqCst);
+                                }
+                            }
                             match now {
                                 u32::MAX => handle(n, l, req).await.map_err(|e| match e {}),
                                 // An upstream reset: hyper closes the connection on a service error.
@@ -123,6 +142,10 @@ impl Backend {
                         .serve_connection(TokioIo::new(stream), svc)
                         .await;
                 });
+                if let Ok(mut conns) = conns.lock() {
+                    conns.retain(|h| !h.is_finished());
+                    conns.push(conn.abort_handle());
+                }
             }
         });
         Backend {
@@ -131,14 +154,39 @@ impl Backend {
             log,
             task,
             failing,
+            changed,
+            connections,
         }
     }
 
     /// From now on: `Some(status)` answers every request with it, `Some(0)` resets every
-    /// request (closes its connection without an answer), `None` answers normally.
+    /// request (closes its connection without an answer), `None` answers normally. Answers
+    /// held by `hang` go on in the new mode.
     pub fn set_failing(&self, how: Option<u16>) {
         let v = how.map_or(u32::MAX, u32::from);
         self.failing.store(v, std::sync::atomic::Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+
+    /// From now on every request is received (and recorded) but not answered, until the next
+    /// `set_failing`: a backend that hangs before its first byte.
+    pub fn hang(&self) {
+        self.failing.store(HANG, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Closes the listener and every connection: from now on connecting to it is refused.
+    pub fn stop(&self) {
+        self.task.abort();
+        if let Ok(mut conns) = self.connections.lock() {
+            for c in conns.drain(..) {
+                c.abort();
+            }
+        }
+    }
+
+    /// Connecting to the backend's port is refused (`stop` took effect).
+    pub fn refuses_connections(&self) -> bool {
+        std::net::TcpStream::connect(self.addr).is_err()
     }
 
     pub fn port(&self) -> u16 {

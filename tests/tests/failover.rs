@@ -178,3 +178,128 @@ async fn failing_destinations_are_skipped_probed_and_return_and_fallbacks_take_o
         1.0
     );
 }
+
+/// Sends a chat request for `model` in its own task (it may wait long for its answer).
+fn ask_in_background(s: &Scenario, model: &str) -> tokio::task::JoinHandle<u16> {
+    let (client, url, body) = (s.client.clone(), s.url("/v1/chat/completions"), chat(model, false));
+    tokio::spawn(async move {
+        match client
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+        {
+            Ok(r) => r.status().as_u16(),
+            Err(e) => panic!("{e}"),
+        }
+    })
+}
+
+fn destination_failures(p: &str, d: &str, reason: &str) -> f64 {
+    e2e::metric_if_made(
+        p,
+        "model_router_destination_failures_total",
+        &[("model", "llama"), ("destination", d), ("reason", reason)],
+        "model_router_destination_state",
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_that_hangs_before_its_first_byte_stops_getting_requests_while_they_wait() {
+    let mut cfg = config();
+    cfg["failover"]["firstByteTimeout"] = "1s".into();
+    cfg["failover"]["probation"] = "30s".into();
+    cfg["failover"]["maxProbation"] = "60s".into();
+    let s = Scenario::start_with(
+        cfg,
+        Options {
+            concurrency: 2,
+            ..Options::default()
+        },
+    )
+    .await;
+    // The canary takes requests and never answers: three of them are in flight when its
+    // breaker opens, by the filter's timer, before any of them ends.
+    s.backend("canary").hang();
+    let mut hung = Vec::new();
+    while received(&s, "canary") < 3 {
+        let seen = received(&s, "canary") + received(&s, "stable");
+        let task = ask_in_background(&s, "llama");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while received(&s, "canary") + received(&s, "stable") == seen {
+            assert!(Instant::now() < deadline, "the request reached no backend");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if received(&s, "canary") > hung.len() {
+            hung.push(task);
+        } else {
+            assert_eq!(task.await.unwrap(), 200);
+        }
+    }
+    let p = s
+        .prometheus_when("the canary opens while its requests still wait", |p| {
+            e2e::metric_if_made(
+                p,
+                "model_router_destination_state",
+                &[("model", "llama"), ("destination", "canary")],
+                "model_router_destination_state",
+            ) == 1.0
+        })
+        .await;
+    assert!(hung.iter().all(|t| !t.is_finished()), "requests are not cut short");
+    assert_eq!(destination_failures(&p, "canary", "timeout"), 3.0, "{p}");
+    // New requests go to stable only.
+    for _ in 0..10 {
+        let r = ask(&s, "llama").await;
+        assert_eq!((r.status, r.header("x-ai-route")), (200, Some("stable")));
+    }
+    assert_eq!(received(&s, "canary"), 3);
+    // The canary answers at last: the waiting requests get their answers, and a late success
+    // is not a second count (nor does it close the breaker before its probation).
+    s.backend("canary").set_failing(None);
+    for t in hung {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    let p = s.prometheus();
+    assert_eq!(destination_failures(&p, "canary", "timeout"), 3.0, "{p}");
+    assert_eq!(state(&s, "llama", "canary"), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_that_refuses_connections_is_skipped_after_its_threshold() {
+    let s = Scenario::start_with(
+        config(),
+        Options {
+            concurrency: 2,
+            ..Options::default()
+        },
+    )
+    .await;
+    for _ in 0..10 {
+        assert_eq!(ask(&s, "llama").await.status, 200);
+    }
+    s.backend("canary").stop();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !s.backend("canary").refuses_connections() {
+        assert!(Instant::now() < deadline, "the canary still accepts connections");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Envoy answers 503 with its connect-failure flag for exactly the threshold's requests;
+    // then every request goes to stable.
+    let mut refused = 0;
+    for _ in 0..40 {
+        let r = ask(&s, "llama").await;
+        match r.header("x-ai-route") {
+            Some("canary") => {
+                assert_eq!(r.status, 503, "{}", r.text());
+                refused += 1;
+            }
+            route => assert_eq!((r.status, route), (200, Some("stable"))),
+        }
+    }
+    assert_eq!(refused, 3);
+    let p = s.prometheus();
+    assert_eq!(destination_failures(&p, "canary", "connect_failure"), 3.0, "{p}");
+    assert_eq!(state(&s, "llama", "canary"), 1.0);
+}
