@@ -42,25 +42,31 @@ pub enum LogLevel {
     Error,
 }
 
-/// What the exchange needs from the proxy. Calls never fail loudly: a host that refuses
-/// something is handled by the caller's defaults (nothing read, nothing written).
+/// What the exchange needs from the proxy. Reads that fail give nothing (the caller's defaults
+/// apply); writes say whether the host took them (`false`: refused, counted in
+/// `model_router_host_errors_total{call}`).
 pub trait Host: Store {
     fn now_ns(&mut self) -> u64;
     fn log(&mut self, level: LogLevel, message: &str);
     /// All headers of a map (one crossing).
     fn headers(&mut self, map: Map) -> HeaderMap;
-    fn set_header(&mut self, map: Map, name: &str, value: &str);
-    fn remove_header(&mut self, map: Map, name: &str);
+    #[must_use]
+    fn set_header(&mut self, map: Map, name: &str, value: &str) -> bool;
+    #[must_use]
+    fn remove_header(&mut self, map: Map, name: &str) -> bool;
     /// Bytes `start..start + len` of the buffered body (request) or the current chunk (response).
     fn body(&mut self, which: Buffer, start: usize, len: usize) -> Vec<u8>;
     /// Replaces the whole buffered body; false if the host refused.
     fn replace_body(&mut self, which: Buffer, bytes: &[u8]) -> bool;
     fn property(&mut self, path: &[&str]) -> Option<Vec<u8>>;
     /// Filter state for access logs (`%FILTER_STATE(wasm.<key>:PLAIN)%`).
-    fn set_filter_state(&mut self, key: &str, value: &[u8]);
+    #[must_use]
+    fn set_filter_state(&mut self, key: &str, value: &[u8]) -> bool;
     /// A local reply to the current request; false if the host refused.
     fn send_reply(&mut self, status: u32, details: &str, headers: &[(&str, &str)], body: &[u8]) -> bool;
-    fn clear_route_cache(&mut self);
+    /// The route is chosen again with the request's headers as they are now.
+    #[must_use]
+    fn clear_route_cache(&mut self) -> bool;
     fn metric(&mut self, op: &MetricOp);
     /// The root context's timer (0 stops it).
     fn set_tick_ms(&mut self, ms: u32);
@@ -76,6 +82,35 @@ pub trait Host: Store {
     /// The VM's linear memory, in bytes (0 where unknown).
     fn memory_bytes(&mut self) -> u64;
 }
+
+/// The host's writes, each refusal counted (`model_router_host_errors_total{call}`): what the
+/// exchange calls instead of the raw `Host` writes.
+trait Writes: Host {
+    fn put_header(&mut self, map: Map, name: &str, value: &str) -> bool {
+        let ok = self.set_header(map, name, value);
+        self.counted(ok, "set_header")
+    }
+    fn del_header(&mut self, map: Map, name: &str) -> bool {
+        let ok = self.remove_header(map, name);
+        self.counted(ok, "remove_header")
+    }
+    fn put_filter_state(&mut self, key: &str, value: &[u8]) -> bool {
+        let ok = self.set_filter_state(key, value);
+        self.counted(ok, "set_filter_state")
+    }
+    fn reroute(&mut self) -> bool {
+        let ok = self.clear_route_cache();
+        self.counted(ok, "clear_route_cache")
+    }
+    fn counted(&mut self, ok: bool, call: &str) -> bool {
+        if !ok {
+            self.metric(&telemetry::host_error(call));
+        }
+        ok
+    }
+}
+
+impl<H: Host> Writes for H {}
 
 /// A unary gRPC call for `Host::grpc_call`.
 #[derive(Debug, Clone, Copy)]
@@ -691,7 +726,7 @@ impl Stream {
             .chain(inference)
         {
             if h.get(name).is_some() {
-                host.remove_header(Map::Request, name);
+                host.del_header(Map::Request, name);
             }
         }
         let method = h.get_str(":method").unwrap_or_default();
@@ -743,7 +778,7 @@ impl Stream {
         }
         if self.flow.counted() && !matches!(action, HeadersAction::Reject(_)) && h.get("accept-encoding").is_some() {
             // The response's usage is read: ask the backend for an uncompressed answer.
-            host.remove_header(Map::Request, "accept-encoding");
+            host.del_header(Map::Request, "accept-encoding");
         }
         match action {
             HeadersAction::Continue { set, remove } => {
@@ -752,9 +787,11 @@ impl Stream {
                     Err(r) => return self.reject(vm, host, &r),
                 };
                 for name in remove {
-                    host.remove_header(Map::Request, name);
+                    host.del_header(Map::Request, name);
                 }
-                self.set_request_headers(host, &set);
+                if !self.set_request_headers(host, &set) {
+                    return self.route_failed(vm, host);
+                }
                 self.go_on(vm, host, admission)
             }
             HeadersAction::Hold => {
@@ -801,7 +838,9 @@ impl Stream {
                         host.log(LogLevel::Warn, "model-router: the host refused the body rewrite");
                     }
                 }
-                self.set_request_headers(host, &set);
+                if !self.set_request_headers(host, &set) {
+                    return self.route_failed(vm, host);
+                }
                 self.go_on(vm, host, admission)
             }
             BodyAction::Reject(r) => self.reject(vm, host, &r),
@@ -821,14 +860,14 @@ impl Stream {
         let mode = vm.config.response_headers;
         if mode != ResponseHeaders::None {
             if let Some((_, d)) = self.flow.routed(&vm.config) {
-                host.set_header(Map::Response, ROUTE_RESPONSE_HEADER, &d.name);
+                host.put_header(Map::Response, ROUTE_RESPONSE_HEADER, &d.name);
             }
             if let (ResponseHeaders::RouteAndModel, Some((m, _))) = (mode, self.flow.matched(&vm.config)) {
-                host.set_header(Map::Response, MODEL_RESPONSE_HEADER, &m.name);
+                host.put_header(Map::Response, MODEL_RESPONSE_HEADER, &m.name);
             }
         }
         for (k, v) in self.rate_info.headers() {
-            host.set_header(Map::Response, &k, &v);
+            host.put_header(Map::Response, &k, &v);
         }
         if self.flow.counted() {
             let h = host.headers(Map::Response);
@@ -837,7 +876,7 @@ impl Stream {
                 // (Only requests the filter decided about have a decision to give away.)
                 for name in [ROUTE_RESPONSE_HEADER, MODEL_RESPONSE_HEADER] {
                     if h.get(name).is_some() {
-                        host.remove_header(Map::Response, name);
+                        host.del_header(Map::Response, name);
                     }
                 }
             }
@@ -860,7 +899,7 @@ impl Stream {
                 self.restorer = self.restorer_for(vm, ct.as_deref());
                 if self.restorer.is_some() && h.get("content-length").is_some() {
                     // The body's length changes: it goes on chunked (or with HTTP/2 framing).
-                    host.remove_header(Map::Response, "content-length");
+                    host.del_header(Map::Response, "content-length");
                 }
             }
             if end_of_stream {
@@ -1029,10 +1068,10 @@ impl Stream {
         if end_of_stream && vm.config.filter_state {
             let u = self.meter.usage();
             if let Some(n) = u.input {
-                host.set_filter_state(FS_INPUT_TOKENS, n.to_string().as_bytes());
+                host.put_filter_state(FS_INPUT_TOKENS, n.to_string().as_bytes());
             }
             if let Some(n) = u.output {
-                host.set_filter_state(FS_OUTPUT_TOKENS, n.to_string().as_bytes());
+                host.put_filter_state(FS_OUTPUT_TOKENS, n.to_string().as_bytes());
             }
         }
     }
@@ -1077,13 +1116,13 @@ impl Stream {
         if r.reason == RejectReason::ModelUnavailable {
             host.metric(&telemetry::failover(model, "unavailable"));
             if vm.config.filter_state {
-                host.set_filter_state(FS_FAILOVER, b"unavailable");
+                host.put_filter_state(FS_FAILOVER, b"unavailable");
             }
         }
         if vm.config.filter_state {
             // The access log names the model a refusal was for (`other` when none was known).
-            host.set_filter_state(FS_MODEL, model.as_bytes());
-            host.set_filter_state(FS_DESTINATION, telemetry::NO_DESTINATION.as_bytes());
+            host.put_filter_state(FS_MODEL, model.as_bytes());
+            host.put_filter_state(FS_DESTINATION, telemetry::NO_DESTINATION.as_bytes());
         }
         let body = r.body();
         let mut headers: Vec<(&str, &str)> = vec![("content-type", "application/json")];
@@ -1096,14 +1135,42 @@ impl Stream {
         Action::Pause
     }
 
-    fn set_request_headers<H: Host>(&self, host: &mut H, set: &[(String, String)]) {
+    /// Sets the routing headers; false if the host refused one (or refused to choose the route
+    /// again): the request would not go where the filter chose.
+    fn set_request_headers<H: Host>(&self, host: &mut H, set: &[(String, String)]) -> bool {
+        let mut ok = true;
         for (k, v) in set {
-            host.set_header(Map::Request, k, v);
+            ok &= host.put_header(Map::Request, k, v);
         }
-        if !set.is_empty() {
-            // Envoy >= 1.33: make sure the route is chosen again with the new headers.
-            host.clear_route_cache();
+        // Envoy >= 1.33: make sure the route is chosen again with the new headers.
+        ok && (set.is_empty() || host.reroute())
+    }
+
+    /// The host refused the routing headers: refused, not sent somewhere the filter did not
+    /// choose (and not counted as routed).
+    fn route_failed<H: Host>(&mut self, vm: &Vm, host: &mut H) -> Action {
+        host.log(
+            LogLevel::Error,
+            "model-router: the proxy refused to set the routing header; request refused",
+        );
+        let r = Reject::new(
+            RejectReason::RouteFailed,
+            "The proxy could not route this request to the model's destination.",
+        );
+        self.flow.deny(r.reason);
+        if !self.waiting.is_empty() {
+            // Its rate limit answers no longer matter.
+            self.waiting.clear();
+            vm.callout_done(self.id);
         }
+        self.reject(
+            vm,
+            host,
+            &Reject {
+                error_type: "server_error".into(),
+                ..r
+            },
+        )
     }
 
     /// Access control and rate limits for a matched request (no-op for models without them).
@@ -1343,7 +1410,7 @@ impl Stream {
             host.metric(&telemetry::failover(name, label));
         }
         if cfg.filter_state && !label.is_empty() {
-            host.set_filter_state(FS_FAILOVER, label.as_bytes());
+            host.put_filter_state(FS_FAILOVER, label.as_bytes());
         }
         self.sent = Some((at, now));
         vm.await_first_byte(host, self.id, at, now);
@@ -1405,8 +1472,8 @@ impl Stream {
             }
             if vm.config.filter_state {
                 let (m, d) = telemetry::labels(&vm.config, self.flow.outcome());
-                host.set_filter_state(FS_MODEL, m.as_bytes());
-                host.set_filter_state(FS_DESTINATION, d.as_bytes());
+                host.put_filter_state(FS_MODEL, m.as_bytes());
+                host.put_filter_state(FS_DESTINATION, d.as_bytes());
             }
         }
     }
@@ -1482,6 +1549,64 @@ mod tests {
 
     fn ok_json() -> Vec<(&'static str, &'static str)> {
         vec![(":status", "200"), ("content-type", "application/json")]
+    }
+
+    #[test]
+    fn a_refused_route_header_is_a_500_not_a_misroute_and_refusals_are_counted() {
+        let vm = vm("");
+        let body = br#"{"model":"qwen","messages":[]}"#;
+        let calls = ["set_header", "clear_route_cache"];
+        for refused in calls {
+            let mut h = request(
+                "POST",
+                "/v1/chat/completions",
+                &[("content-type", "application/json")],
+                body,
+            );
+            h.refuse = vec![refused];
+            let mut s = Stream::new(1);
+            assert!(!send(&vm, &mut h, &mut s), "{refused}: not sent on");
+            let reply = h.reply.clone().unwrap();
+            assert_eq!(reply.status, 500, "{refused}");
+            let v: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+            assert_eq!(
+                (v["error"]["code"].as_str(), v["error"]["type"].as_str()),
+                (Some("route_failed"), Some("server_error"))
+            );
+            s.on_log(&vm, &mut h);
+            let n = |name: &str, labels: &[(&str, &str)]| h.metrics.get(&telemetry::stat_name(name, labels)).copied();
+            assert!(
+                n(telemetry::HOST_ERRORS_TOTAL, &[("call", refused)]) >= Some(1),
+                "{refused}: {:?}",
+                h.metrics
+            );
+            assert_eq!(
+                n(REJECTED_TOTAL, &[("model", "qwen"), ("reason", "route_failed")]),
+                Some(1)
+            );
+            assert!(
+                !h.metrics.keys().any(|k| k.contains("destination=.=qwen;")),
+                "{refused}: never counted as routed to qwen: {:?}",
+                h.metrics
+            );
+        }
+        // A refused access-log write is counted; the request goes on.
+        let mut h = request(
+            "POST",
+            "/v1/chat/completions",
+            &[("content-type", "application/json")],
+            body,
+        );
+        h.refuse = vec!["set_filter_state"];
+        let mut s = Stream::new(1);
+        assert!(send(&vm, &mut h, &mut s));
+        assert_eq!(h.header(Map::Request, "x-ai-route"), Some("qwen"));
+        assert!(
+            h.metrics.get(&telemetry::stat_name(
+                telemetry::HOST_ERRORS_TOTAL,
+                &[("call", "set_filter_state")]
+            )) >= Some(&1)
+        );
     }
 
     #[test]

@@ -75,11 +75,11 @@ impl Host for ProxyHost<'_> {
     fn headers(&mut self, map: Map) -> HeaderMap {
         host::headers(map_id(map))
     }
-    fn set_header(&mut self, map: Map, name: &str, value: &str) {
-        let _ = host::set_header(map_id(map), name, value);
+    fn set_header(&mut self, map: Map, name: &str, value: &str) -> bool {
+        host::set_header(map_id(map), name, value).is_ok()
     }
-    fn remove_header(&mut self, map: Map, name: &str) {
-        let _ = host::remove_header(map_id(map), name);
+    fn remove_header(&mut self, map: Map, name: &str) -> bool {
+        host::remove_header(map_id(map), name).is_ok()
     }
     fn body(&mut self, which: Buffer, start: usize, len: usize) -> Vec<u8> {
         host::buffer(buffer_id(which), start, len)
@@ -95,14 +95,14 @@ impl Host for ProxyHost<'_> {
     fn property(&mut self, path: &[&str]) -> Option<Vec<u8>> {
         host::property(path)
     }
-    fn set_filter_state(&mut self, key: &str, value: &[u8]) {
-        let _ = host::set_property(&[key], value);
+    fn set_filter_state(&mut self, key: &str, value: &[u8]) -> bool {
+        host::set_property(&[key], value).is_ok()
     }
     fn send_reply(&mut self, status: u32, details: &str, headers: &[(&str, &str)], body: &[u8]) -> bool {
         host::send_local_response(status, details, headers, body).is_ok()
     }
-    fn clear_route_cache(&mut self) {
-        let _ = host::call_foreign("clear_route_cache", &[]);
+    fn clear_route_cache(&mut self) -> bool {
+        host::call_foreign("clear_route_cache", &[]).is_ok()
     }
     fn metric(&mut self, op: &MetricOp) {
         let stat = op.stat();

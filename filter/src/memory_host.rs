@@ -97,6 +97,9 @@ pub struct MemoryHost {
     pub refuse_grpc: bool,
     /// What `memory_bytes` answers.
     pub memory: u64,
+    /// Host calls to refuse (`set_header`, `remove_header`, `set_filter_state`,
+    /// `clear_route_cache`), as a proxy may.
+    pub refuse: Vec<&'static str>,
 }
 
 /// A gRPC call the filter started.
@@ -117,6 +120,10 @@ impl MemoryHost {
 
     fn cross(&mut self, call: &'static str) {
         *self.crossings_by_call.entry(call).or_default() += 1;
+    }
+
+    fn refused(&self, call: &str) -> bool {
+        self.refuse.contains(&call)
     }
 
     /// Host calls made in all.
@@ -175,18 +182,26 @@ impl Host for MemoryHost {
         HeaderMap::from_pairs(self.map(map))
     }
 
-    fn set_header(&mut self, map: Map, name: &str, value: &str) {
+    fn set_header(&mut self, map: Map, name: &str, value: &str) -> bool {
         self.cross("set_header");
+        if self.refused("set_header") {
+            return false;
+        }
         self.header_edits.push((map, name.to_string(), Some(value.to_string())));
         let pairs = self.map(map);
         pairs.retain(|(k, _)| k != name);
         pairs.push((name.to_string(), value.to_string()));
+        true
     }
 
-    fn remove_header(&mut self, map: Map, name: &str) {
+    fn remove_header(&mut self, map: Map, name: &str) -> bool {
         self.cross("remove_header");
+        if self.refused("remove_header") {
+            return false;
+        }
         self.header_edits.push((map, name.to_string(), None));
         self.map(map).retain(|(k, _)| k != name);
+        true
     }
 
     fn body(&mut self, which: Buffer, start: usize, len: usize) -> Vec<u8> {
@@ -216,9 +231,13 @@ impl Host for MemoryHost {
         self.properties.get(&path.join(".")).cloned()
     }
 
-    fn set_filter_state(&mut self, key: &str, value: &[u8]) {
+    fn set_filter_state(&mut self, key: &str, value: &[u8]) -> bool {
         self.cross("set_filter_state");
+        if self.refused("set_filter_state") {
+            return false;
+        }
         self.filter_state.insert(key.to_string(), value.to_vec());
+        true
     }
 
     fn send_reply(&mut self, status: u32, details: &str, headers: &[(&str, &str)], body: &[u8]) -> bool {
@@ -232,9 +251,13 @@ impl Host for MemoryHost {
         true
     }
 
-    fn clear_route_cache(&mut self) {
+    fn clear_route_cache(&mut self) -> bool {
         self.cross("clear_route_cache");
+        if self.refused("clear_route_cache") {
+            return false;
+        }
         self.route_cache_cleared += 1;
+        true
     }
 
     fn metric(&mut self, op: &MetricOp) {

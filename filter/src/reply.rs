@@ -20,10 +20,13 @@ pub enum RejectReason {
     RateLimitUnavailable,
     /// Every destination of the model and every fallback is open (`failover`).
     ModelUnavailable,
+    /// The proxy refused to set the routing header (or to recompute the route): the request
+    /// would go wherever the headers it has lead, not where the filter chose.
+    RouteFailed,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 11] = [
+    pub const ALL: [RejectReason; 12] = [
         RejectReason::ModelNotFound,
         RejectReason::InvalidJson,
         RejectReason::InvalidForm,
@@ -35,6 +38,7 @@ impl RejectReason {
         RejectReason::BodyNotReceived,
         RejectReason::RateLimitUnavailable,
         RejectReason::ModelUnavailable,
+        RejectReason::RouteFailed,
     ];
 
     pub fn code(self) -> &'static str {
@@ -50,6 +54,7 @@ impl RejectReason {
             RejectReason::BodyNotReceived => "body_not_received",
             RejectReason::RateLimitUnavailable => "rate_limit_unavailable",
             RejectReason::ModelUnavailable => "model_unavailable",
+            RejectReason::RouteFailed => "route_failed",
         }
     }
 
@@ -64,6 +69,7 @@ impl RejectReason {
             RejectReason::ModelAccessDenied => 403,
             RejectReason::RateLimitExceeded => 429,
             RejectReason::BodyNotReceived | RejectReason::RateLimitUnavailable | RejectReason::ModelUnavailable => 503,
+            RejectReason::RouteFailed => 500,
         }
     }
 }
@@ -100,7 +106,8 @@ impl Reject {
             RejectReason::RateLimitExceeded
             | RejectReason::BodyNotReceived
             | RejectReason::RateLimitUnavailable
-            | RejectReason::ModelUnavailable => "null",
+            | RejectReason::ModelUnavailable
+            | RejectReason::RouteFailed => "null",
             _ => "\"model\"",
         };
         let mut out = String::from("{\"error\":{\"message\":");
@@ -130,6 +137,6 @@ mod tests {
         assert_eq!(v["error"]["message"], "The model `x\"y` does not exist.");
         assert_eq!(r.status(), 404);
         let statuses: Vec<u32> = RejectReason::ALL.iter().map(|r| r.status()).collect();
-        assert_eq!(statuses, [404, 400, 400, 400, 413, 403, 429, 400, 503, 503, 503]);
+        assert_eq!(statuses, [404, 400, 400, 400, 413, 403, 429, 400, 503, 503, 503, 500]);
     }
 }

@@ -40,6 +40,9 @@ pub const FAILOVERS_TOTAL: &str = "model_router_failovers_total";
 /// Failures the breakers counted, by model, destination and reason (`status`, `reset`,
 /// `connect_failure`, `timeout`).
 pub const DESTINATION_FAILURES_TOTAL: &str = "model_router_destination_failures_total";
+/// Host calls the proxy refused, by call (`set_header`, `remove_header`, `set_filter_state`,
+/// `clear_route_cache`).
+pub const HOST_ERRORS_TOTAL: &str = "model_router_host_errors_total";
 /// The filter's Wasm linear memory, summed over the worker VMs of a proxy.
 pub const VM_MEMORY_BYTES: &str = "model_router_vm_memory_bytes";
 
@@ -66,6 +69,7 @@ pub const COUNTERS_AND_GAUGES: &[&str] = &[
     DESTINATION_STATE,
     FAILOVERS_TOTAL,
     DESTINATION_FAILURES_TOTAL,
+    HOST_ERRORS_TOTAL,
 ];
 pub const HISTOGRAMS: &[&str] = &[DURATION_MS, TTFT_MS];
 
@@ -440,6 +444,11 @@ pub fn rejected(reason: RejectReason, model: &str) -> MetricOp {
         name: stat_name(REJECTED_TOTAL, &[("model", model), ("reason", reason.code())]).into(),
         delta: 1,
     }
+}
+
+/// A host call the proxy refused.
+pub fn host_error(call: &str) -> MetricOp {
+    count(stat_name(HOST_ERRORS_TOTAL, &[("call", call)]))
 }
 
 pub fn hold_released() -> MetricOp {
