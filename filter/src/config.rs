@@ -473,6 +473,7 @@ impl Config {
     }
 
     /// Looks up a model by canonical name or alias (exact, case-sensitive: model ids are).
+    #[cfg(test)]
     pub fn resolve(&self, name: &str) -> Option<&Model> {
         self.resolve_index(name).and_then(|i| self.models.get(i))
     }

@@ -13,6 +13,7 @@ pub fn mime_type(content_type: Option<&str>) -> Cow<'_, str> {
 }
 
 /// The proxy-wasm encoding of these pairs (for the host: local replies, gRPC metadata).
+#[cfg(any(test, feature = "decide", all(target_arch = "wasm32", target_os = "wasi")))]
 pub fn encode<K: AsRef<[u8]>, V: AsRef<[u8]>>(pairs: &[(K, V)]) -> Vec<u8> {
     let size: usize = pairs
         .iter()
@@ -45,6 +46,7 @@ pub struct HeaderMap {
 
 impl HeaderMap {
     /// The map of these pairs (encoded as the host would).
+    #[cfg(any(test, feature = "decide"))]
     pub fn from_pairs<K: AsRef<[u8]>, V: AsRef<[u8]>>(pairs: &[(K, V)]) -> HeaderMap {
         HeaderMap::parse(encode(pairs))
     }

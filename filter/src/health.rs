@@ -18,9 +18,6 @@ pub const CLOSED: u8 = 0;
 pub const OPEN: u8 = 1;
 pub const HALF_OPEN: u8 = 2;
 
-/// The state's name (`wasmpack`, logs, docs): index = state.
-pub const STATE_NAMES: [&str; 3] = ["closed", "open", "half-open"];
-
 /// Bytes of one destination in the shared table.
 pub const RECORD: usize = 12;
 

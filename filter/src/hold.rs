@@ -75,6 +75,7 @@ impl Default for HoldNet {
 }
 
 impl HoldNet {
+    #[cfg(test)]
     pub fn state(&self) -> State {
         self.state
     }

@@ -83,6 +83,7 @@ pub enum Source {
 
 impl Source {
     /// The name `wasmpack route` shows.
+    #[cfg(any(test, feature = "decide"))]
     pub fn name(self) -> &'static str {
         match self {
             Source::Peer => "peerCertificate",

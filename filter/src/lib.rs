@@ -6,31 +6,35 @@
 //! `memory_host` implements it in memory for tests, benches and `wasmpack route`.
 
 pub mod config;
+#[cfg(any(test, feature = "decide"))]
 pub mod decide;
-pub mod eventstream;
+mod eventstream;
 pub mod exchange;
-pub mod failover;
-pub mod fast_hash;
-pub mod form_scan;
-pub mod header_map;
-pub mod health;
-pub mod hold;
-pub mod identity;
+mod failover;
+// The glue's maps (wasm32-wasip1), and its tests.
+#[cfg(any(test, all(target_arch = "wasm32", target_os = "wasi")))]
+mod fast_hash;
+mod form_scan;
+mod header_map;
+mod health;
+mod hold;
+mod identity;
 pub mod json;
 pub mod json_scan;
-pub mod json_seq;
+mod json_seq;
+#[cfg(any(test, feature = "decide"))]
 pub mod memory_host;
-pub mod models;
+mod models;
 pub mod path_model;
-pub mod policy;
-pub mod proto;
+mod policy;
+mod proto;
 pub mod reply;
 pub mod request;
 pub mod restore;
-pub mod rls;
-pub mod routing;
-pub mod scope;
-pub mod sse;
+mod rls;
+mod routing;
+mod scope;
+mod sse;
 pub mod telemetry;
 pub mod usage;
 

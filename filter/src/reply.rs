@@ -26,6 +26,7 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
+    #[cfg(test)]
     pub const ALL: [RejectReason; 12] = [
         RejectReason::ModelNotFound,
         RejectReason::InvalidJson,

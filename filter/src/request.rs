@@ -299,11 +299,13 @@ impl RequestFlow {
     }
 
     /// The body asked for a streamed response.
+    #[cfg(test)]
     pub fn streaming(&self) -> bool {
         self.streaming
     }
 
     /// Body bytes read so far.
+    #[cfg(test)]
     pub fn body_bytes(&self) -> u64 {
         self.seen
     }
@@ -335,6 +337,7 @@ impl RequestFlow {
     }
 
     /// The configured model the request named, matched or refused.
+    #[cfg(any(test, feature = "decide"))]
     pub fn model<'c>(&self, cfg: &'c Config) -> Option<&'c Model> {
         match self.outcome {
             Outcome::Matched { model, .. } | Outcome::Denied { model, .. } => cfg.models.get(model),

@@ -227,6 +227,7 @@ pub fn answer(bytes: &[u8]) -> Option<Answer> {
 }
 
 /// The descriptor entries and hits of a serialized `RateLimitRequest` (for `wasmpack route`).
+#[cfg(any(test, feature = "decide"))]
 pub fn describe(msg: &[u8]) -> Option<(Vec<(String, String)>, u64)> {
     let mut entries = Vec::new();
     let mut hits = 0;

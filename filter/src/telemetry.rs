@@ -313,6 +313,7 @@ impl StatNames {
     }
 }
 
+#[cfg(test)]
 pub fn code_class(status: u32) -> &'static str {
     CODE_CLASSES[code_class_index(status)]
 }

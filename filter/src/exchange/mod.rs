@@ -290,10 +290,12 @@ impl Stream {
         }
     }
 
+    #[cfg(any(test, feature = "decide"))]
     pub fn flow(&self) -> &RequestFlow {
         &self.flow
     }
 
+    #[cfg(any(test, feature = "decide"))]
     /// The caller's identity as the filter determined it, and its source (`None`: not read,
     /// the request needed no identity).
     pub fn caller(&self) -> Option<(Option<&str>, Source)> {

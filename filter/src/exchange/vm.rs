@@ -159,7 +159,8 @@ impl Vm {
         host.metric(&telemetry::rate_limit_service_failure(Call::Report.label(), reason));
     }
 
-    pub fn hold_state(&self) -> crate::hold::State {
+    #[cfg(test)]
+    pub(crate) fn hold_state(&self) -> crate::hold::State {
         self.hold.borrow().state()
     }
 
