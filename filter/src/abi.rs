@@ -11,7 +11,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 
 use crate::exchange::Action;
-use crate::glue::{self, Http, Root};
+use crate::glue::{Http, Root};
 use crate::host;
 
 thread_local! {
@@ -98,10 +98,10 @@ pub extern "C" fn proxy_on_tick(root_id: u32) {
     let Some(shared) = ROOTS.with(|r| r.borrow().get(&root_id).and_then(|root| root.shared())) else {
         return;
     };
-    for id in Root::on_tick(&shared) {
+    for (id, calls) in Root::on_tick(&shared) {
         // A request whose rate limit answer never came: it decides in its own context.
         if host::set_effective_context(id).is_ok() {
-            with_stream(id, |h| h.on_callout_expired());
+            with_stream(id, |h| h.on_callout_expired(&calls));
         }
     }
 }
@@ -110,14 +110,16 @@ pub extern "C" fn proxy_on_tick(root_id: u32) {
 /// delivers every answer to the root context, whichever context made the call: the request is
 /// found by the call's token, and made the effective context so it can reply or resume.
 fn grpc_result(context_id: u32, token: u32, result: Result<&[u8], u32>) {
-    if let Some(stream) = glue::take_callout(token) {
-        if host::set_effective_context(stream).is_ok() {
-            with_stream(stream, |h| h.on_grpc(token, result));
-        }
+    let Some(shared) = ROOTS.with(|r| r.borrow().get(&context_id).and_then(|root| root.shared())) else {
         return;
-    }
-    if let Some(shared) = ROOTS.with(|r| r.borrow().get(&context_id).and_then(|root| root.shared())) {
-        Root::on_grpc(&shared, result);
+    };
+    match Root::caller_of(&shared, token) {
+        Some(stream) => {
+            if host::set_effective_context(stream).is_ok() {
+                with_stream(stream, |h| h.on_grpc(token, result));
+            }
+        }
+        None => Root::on_grpc(&shared, result),
     }
 }
 
@@ -189,7 +191,6 @@ pub extern "C" fn proxy_on_done(_id: u32) -> u32 {
 
 #[no_mangle]
 pub extern "C" fn proxy_on_delete(id: u32) {
-    glue::forget_callouts(id);
     if STREAMS.with(|s| s.borrow_mut().remove(&id)).is_none() {
         ROOTS.with(|r| r.borrow_mut().remove(&id));
     }

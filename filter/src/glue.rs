@@ -10,22 +10,8 @@ use crate::fast_hash::FastMap;
 use crate::header_map::HeaderMap;
 use crate::host;
 use crate::policy::Store;
+use crate::rls::Call;
 use crate::telemetry::{Kind, MetricOp};
-
-thread_local! {
-    /// Calls a request made, by token: the host answers them on the root context.
-    static CALLOUTS: RefCell<FastMap<u32, u32>> = RefCell::new(FastMap::default());
-}
-
-/// The request that made the call `token` (forgotten as it is answered).
-pub fn take_callout(token: u32) -> Option<u32> {
-    CALLOUTS.with(|c| c.borrow_mut().remove(&token))
-}
-
-/// A request went away: its calls were cancelled with it.
-pub fn forget_callouts(stream: u32) {
-    CALLOUTS.with(|c| c.borrow_mut().retain(|_, s| *s != stream));
-}
 
 /// The proxy-wasm host, as the core sees it. Metric ids are defined once per stat name (the
 /// cache is the VM's; borrowed only for a lookup, so re-entrant calls are fine).
@@ -159,9 +145,6 @@ impl Host for ProxyHost<'_> {
         if switch {
             let _ = host::set_effective_context(self.current_id);
         }
-        if let (Some(t), false) = (token, call.detached) {
-            CALLOUTS.with(|c| c.borrow_mut().insert(t, self.current_id));
-        }
         token
     }
 }
@@ -200,6 +183,11 @@ impl Root {
         self.shared.clone()
     }
 
+    /// The request waiting for the answer `token` (the VM's table of calls), if any.
+    pub fn caller_of(shared: &Shared, token: u32) -> Option<u32> {
+        shared.vm.caller_of(token)
+    }
+
     /// The answer to a call the root made (a `Report`).
     pub fn on_grpc(shared: &Shared, result: Result<&[u8], u32>) {
         shared.with(shared.root_id, |vm, h| vm.on_root_grpc(h, result));
@@ -228,8 +216,9 @@ impl Root {
         }
     }
 
-    /// Returns the requests whose rate limit answer is overdue (see `Vm::on_tick`).
-    pub fn on_tick(shared: &Shared) -> Vec<u32> {
+    /// Returns the requests whose rate limit answers are overdue, with those calls (see
+    /// `Vm::on_tick`).
+    pub fn on_tick(shared: &Shared) -> Vec<(u32, Vec<Call>)> {
         shared.with(shared.root_id, |vm, h| vm.on_tick(h))
     }
 }
@@ -263,9 +252,9 @@ impl Http {
         });
     }
 
-    pub fn on_callout_expired(&mut self) {
+    pub fn on_callout_expired(&mut self, calls: &[Call]) {
         self.run(|s, vm, h| {
-            s.on_callout_expired(vm, h);
+            s.on_callout_expired(vm, h, calls);
             Action::Continue
         });
     }

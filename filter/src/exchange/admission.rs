@@ -41,12 +41,11 @@ impl Stream {
                 if global {
                     self.ask_service(vm, host, model, now);
                     if let Some(r) = self.refusal.take() {
-                        self.waiting.clear();
-                        vm.callout_done(self.id);
+                        vm.calls_done(self.id);
                         self.flow.deny(r.reason);
                         return Err(r);
                     }
-                    if !self.waiting.is_empty() {
+                    if vm.waiting(self.id) {
                         return Ok(Admission::Waiting);
                     }
                 }
@@ -82,14 +81,11 @@ impl Stream {
             }
             let msg = rls::request(call, &r.domain, &m.name, caller.as_deref(), 1);
             match vm.rls_call(call, &msg).and_then(|c| host.grpc_call(&c)) {
-                Some(token) => self.waiting.push((token, call)),
+                Some(token) => vm.call_started(host, token, self.id, call, now),
                 None => self.service_failed(vm, host, call, "unreachable"),
             }
         }
-        if !self.waiting.is_empty() {
-            self.asked_ns = now;
-            vm.watch_callout(host, self.id, now);
-        }
+        self.asked_ns = now;
     }
 
     /// The rate limit service could not say: counted, then `failureMode` decides.
@@ -112,10 +108,9 @@ impl Stream {
     /// The answer to a call this request made (`result`: the response message, or the gRPC
     /// status it failed with).
     pub fn on_grpc_answer<H: Host>(&mut self, vm: &Vm, host: &mut H, token: u32, result: Result<&[u8], u32>) {
-        let Some(pos) = self.waiting.iter().position(|(t, _)| *t == token) else {
+        let Some(call) = vm.call_answered(self.id, token) else {
             return;
         };
-        let (_, call) = self.waiting.remove(pos);
         match result.map(rls::answer) {
             Ok(Some(a)) if a.code != rls::Code::Unknown => self.answered(vm, call, a),
             Ok(_) => self.service_failed(vm, host, call, "invalid_response"),
@@ -130,20 +125,23 @@ impl Stream {
                 self.service_failed(vm, host, call, reason);
             }
         }
-        if self.waiting.is_empty() {
+        if !vm.waiting(self.id) {
             self.decided(vm, host);
         }
     }
 
-    /// The host never answered in time (the tick's backstop): every call still out failed.
-    pub fn on_callout_expired<H: Host>(&mut self, vm: &Vm, host: &mut H) {
-        if self.waiting.is_empty() {
+    /// The host never answered in time (the tick's backstop): `calls`, which the tick took
+    /// out of the table, failed.
+    pub fn on_callout_expired<H: Host>(&mut self, vm: &Vm, host: &mut H, calls: &[Call]) {
+        if calls.is_empty() {
             return;
         }
-        for (_, call) in std::mem::take(&mut self.waiting) {
-            self.service_failed(vm, host, call, "timeout");
+        for call in calls {
+            self.service_failed(vm, host, *call, "timeout");
         }
-        self.decided(vm, host);
+        if !vm.waiting(self.id) {
+            self.decided(vm, host);
+        }
     }
 
     pub(super) fn answered(&mut self, vm: &Vm, call: Call, a: rls::Answer) {
@@ -188,7 +186,7 @@ impl Stream {
 
     /// Every answer is in: refuse, or let the stopped request go on.
     pub(super) fn decided<H: Host>(&mut self, vm: &Vm, host: &mut H) {
-        vm.callout_done(self.id);
+        vm.calls_done(self.id);
         if let Some(r) = self.refusal.take() {
             self.flow.deny(r.reason);
             if self.reject(vm, host, &r) == Action::Continue {

@@ -176,9 +176,10 @@ pub struct Vm {
     policies: bool,
     /// When the configuration was loaded, seconds since the epoch (the models list's `created`).
     loaded_s: u64,
-    /// Requests waiting for the rate limit service, and when the tick gives up on it for them
-    /// (a backstop: the host's own gRPC timeout answers first).
-    callouts: RefCell<Vec<(u32, u64)>>,
+    /// The rate limit service's calls that requests wait for: the one table of calls in flight
+    /// (by token: the request's context, the call, and when the tick gives up on it — a
+    /// backstop: the host's own gRPC timeout answers first).
+    callouts: RefCell<Vec<Callout>>,
     /// The serialized `GrpcService` of the rate limit service.
     rls_service: Vec<u8>,
     /// The linear memory this VM last added to `model_router_vm_memory_bytes`.
@@ -224,6 +225,15 @@ pub const FLAG_CONNECTION_TERMINATION: u64 = 0x40;
 /// How long past its timeout the tick waits for a rate limit answer the host never delivered.
 pub const CALLOUT_GRACE_NS: u64 = 1_000_000_000;
 
+/// A call to the rate limit service that a request waits for (`Vm::callouts`).
+#[derive(Debug, Clone, Copy)]
+struct Callout {
+    token: u32,
+    context: u32,
+    call: Call,
+    deadline_ns: u64,
+}
+
 /// One request/response exchange.
 #[derive(Debug)]
 pub struct Stream {
@@ -247,8 +257,6 @@ pub struct Stream {
     admitted: bool,
     /// Puts the client's model name back into the response (`restoreModelName`).
     restorer: Option<ModelRestorer>,
-    /// Calls to the rate limit service this request waits for before it goes on: (token, call).
-    waiting: Vec<(u32, Call)>,
     /// What the answers so far refuse the request with (over a limit, or the service failed
     /// with `failureMode: deny`).
     refusal: Option<Reject>,
@@ -283,7 +291,6 @@ impl Stream {
             status: None,
             admitted: false,
             restorer: None,
-            waiting: Vec::new(),
             refusal: None,
             asked_ns: 0,
             sent: None,

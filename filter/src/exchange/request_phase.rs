@@ -172,7 +172,7 @@ impl Stream {
         if self.take_released(vm) {
             return Action::Continue;
         }
-        if !self.waiting.is_empty() {
+        if vm.waiting(self.id) {
             // Still waiting for the rate limit service: going on now would let the headers go too.
             return Action::Pause;
         }
@@ -310,11 +310,8 @@ impl Stream {
             "The proxy could not route this request to the model's destination.",
         );
         self.flow.deny(r.reason);
-        if !self.waiting.is_empty() {
-            // Its rate limit answers no longer matter.
-            self.waiting.clear();
-            vm.callout_done(self.id);
-        }
+        // Its rate limit answers no longer matter.
+        vm.calls_done(self.id);
         self.reject(
             vm,
             host,

@@ -89,11 +89,9 @@ impl Stream {
     pub fn on_log<H: Host>(&mut self, vm: &Vm, host: &mut H) {
         self.take_released(vm);
         vm.hold.borrow_mut().forget(self.id);
-        if !self.waiting.is_empty() {
-            // Ended (the client went away) before the rate limit service answered.
-            self.waiting.clear();
-            vm.callout_done(self.id);
-        }
+        // Ended (the client went away) before the rate limit service answered: its answers are
+        // ignored.
+        vm.calls_done(self.id);
         if self.sent.is_some() {
             self.outcome(vm, host, None);
         }

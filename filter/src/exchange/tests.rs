@@ -1082,8 +1082,9 @@ fn no_request_waits_past_the_timeout_even_if_the_host_never_answers() {
     h.now_ns += 150_000_000 + CALLOUT_GRACE_NS - 1;
     assert!(vm.on_tick(&mut h).is_empty());
     h.now_ns += 1;
-    assert_eq!(vm.on_tick(&mut h), vec![9]);
-    s.on_callout_expired(&vm, &mut h);
+    let expired = vm.on_tick(&mut h);
+    assert_eq!(expired, vec![(9, vec![Call::Requests, Call::Tokens])]);
+    s.on_callout_expired(&vm, &mut h, &expired[0].1);
     assert_eq!(h.reply.as_ref().map(|r| r.status), Some(503));
     assert_eq!(
         h.metric(

@@ -133,18 +133,46 @@ impl Vm {
             .map_or(0, |r| u64::from(r.timeout_ms) * 1_000_000)
     }
 
-    pub(super) fn watch_callout<H: Host>(&self, host: &mut H, id: u32, now: u64) {
-        let deadline = now
+    /// A request (`context`) waits for the answer to `call` (`token`).
+    pub(super) fn call_started<H: Host>(&self, host: &mut H, token: u32, context: u32, call: Call, now: u64) {
+        let deadline_ns = now
             .saturating_add(self.rls_timeout_ns())
             .saturating_add(CALLOUT_GRACE_NS);
-        self.callouts.borrow_mut().push((id, deadline));
+        self.callouts.borrow_mut().push(Callout {
+            token,
+            context,
+            call,
+            deadline_ns,
+        });
         if !self.ticking.replace(true) {
             host.set_tick_ms(TICK_MS);
         }
     }
 
-    pub(super) fn callout_done(&self, id: u32) {
-        self.callouts.borrow_mut().retain(|(i, _)| *i != id);
+    /// The request that waits for the answer `token` (the host delivers answers to the root).
+    pub fn caller_of(&self, token: u32) -> Option<u32> {
+        self.callouts
+            .borrow()
+            .iter()
+            .find(|c| c.token == token)
+            .map(|c| c.context)
+    }
+
+    /// The answer `token` of `context` came: the call it answers (`None`: not waited for).
+    pub(super) fn call_answered(&self, context: u32, token: u32) -> Option<Call> {
+        let mut calls = self.callouts.borrow_mut();
+        let i = calls.iter().position(|c| c.token == token && c.context == context)?;
+        Some(calls.remove(i).call)
+    }
+
+    /// `context` still waits for an answer.
+    pub(super) fn waiting(&self, context: u32) -> bool {
+        self.callouts.borrow().iter().any(|c| c.context == context)
+    }
+
+    /// `context` no longer waits (decided, refused, or gone): its calls' answers are ignored.
+    pub(super) fn calls_done(&self, context: u32) {
+        self.callouts.borrow_mut().retain(|c| c.context != context);
     }
 
     /// An answer to a call the root made (a `Report`): only failures are worth a count.
@@ -174,18 +202,14 @@ impl Vm {
         x.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
-    /// The root context's timer: lets go of held requests whose body never came. Returns the
-    /// requests whose rate limit answer is overdue: the caller runs `Stream::on_callout_expired`
-    /// on each (in its context).
-    pub fn on_tick<H: Host>(&self, host: &mut H) -> Vec<u32> {
+    /// The root context's timer: lets go of held requests whose body never came, counts first
+    /// bytes that are overdue. Returns the requests whose rate limit answers are overdue, with
+    /// those calls (out of the table now): the caller runs `Stream::on_callout_expired` on each
+    /// (in its context).
+    pub fn on_tick<H: Host>(&self, host: &mut H) -> Vec<(u32, Vec<Call>)> {
         let now = host.now_ns();
         let tick = self.hold.borrow_mut().tick(now);
-        let expired: Vec<u32> = {
-            let mut callouts = self.callouts.borrow_mut();
-            let expired = callouts.iter().filter(|(_, d)| *d <= now).map(|(id, _)| *id).collect();
-            callouts.retain(|(_, d)| *d > now);
-            expired
-        };
+        let expired = self.overdue_calls(now);
         self.first_byte_overdue(host, now);
         if tick.stop && self.callouts.borrow().is_empty() && self.awaiting.borrow().is_empty() {
             host.set_tick_ms(0);
@@ -195,6 +219,20 @@ impl Vm {
             self.release_held(host, tick);
         }
         expired
+    }
+
+    /// The calls past their deadline, by request, taken out of the table.
+    fn overdue_calls(&self, now: u64) -> Vec<(u32, Vec<Call>)> {
+        let mut calls = self.callouts.borrow_mut();
+        let mut out: Vec<(u32, Vec<Call>)> = Vec::new();
+        for c in calls.iter().filter(|c| c.deadline_ns <= now) {
+            match out.iter_mut().find(|(id, _)| *id == c.context) {
+                Some((_, list)) => list.push(c.call),
+                None => out.push((c.context, vec![c.call])),
+            }
+        }
+        calls.retain(|c| c.deadline_ns > now);
+        out
     }
 
     pub(super) fn release_held<H: Host>(&self, host: &mut H, tick: crate::hold::Tick) {
