@@ -115,6 +115,11 @@ async fn the_installed_cli_works_from_anywhere() {
     );
     let wasm = e2e::envoy::wasm_path();
     let envoy = e2e::envoy::envoy_bin();
+    assert!(
+        envoy.is_file(),
+        "{} is not a file: set ENVOY_BIN to Envoy 1.40, or install it with scripts/setup.sh",
+        envoy.display()
+    );
     let venv_bin = root.join(".venv/bin");
     assert!(
         venv_bin.join("envoy").is_file(),
