@@ -43,17 +43,28 @@ fn embed_playground() {
     }
 }
 
-fn main() {
-    embed_playground();
-    let commit = std::process::Command::new("git")
-        .args(["rev-parse", "--short=12", "HEAD"])
+fn git(args: &[&str]) -> Option<String> {
+    std::process::Command::new("git")
+        .args(args)
         .output()
         .ok()
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "unknown".into());
+}
+
+fn main() {
+    embed_playground();
+    let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=WASMPACK_GIT_COMMIT={commit}");
-    println!("cargo:rerun-if-changed=../.git/HEAD");
-    println!("cargo:rerun-if-changed=../.git/refs");
+    // Built again when the commit changes: HEAD and the current branch's ref, where git keeps them
+    // for this checkout (a `git worktree` has its own HEAD, and the main checkout's refs); not when
+    // another branch moves. Only paths that exist: cargo reruns a build script that names a missing
+    // one on every build, and so rebuilds wasmpack every time.
+    let branch = git(&["symbolic-ref", "-q", "HEAD"]);
+    for name in ["HEAD", "packed-refs"].into_iter().chain(branch.as_deref()) {
+        if let Some(p) = git(&["rev-parse", "--git-path", name]).filter(|p| Path::new(p).exists()) {
+            println!("cargo:rerun-if-changed={p}");
+        }
+    }
 }

@@ -7,6 +7,7 @@ pub mod commands;
 pub mod image;
 pub mod limitador;
 pub mod module;
+pub mod places;
 pub mod plugin_config;
 pub mod prom;
 pub mod registry;

@@ -7,6 +7,8 @@ use model_router::config::Config;
 use model_router::json::Json;
 use serde_json::Value;
 
+pub use crate::places::{At, Places};
+
 pub struct Loaded {
     pub config: Config,
     /// The configuration as JSON, exactly as the filter will receive it.
@@ -15,14 +17,9 @@ pub struct Loaded {
 
 pub fn load(path: &Path) -> Result<Loaded> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    parse(&text).map_err(|e| {
-        let mut h = human(&e);
-        if h.starts_with(": ") {
-            if let Some(at) = locate(&text, &e) {
-                h = format!("{at}{h}");
-            }
-        }
-        anyhow!("{}{h}", path.display())
+    read(&text).map_err(|(e, at)| {
+        let at = at.map(|a| format!(":{}:{}", a.line, a.column)).unwrap_or_default();
+        anyhow!("{}{at}: {}", path.display(), human(&e))
     })
 }
 
@@ -36,12 +33,18 @@ pub struct Diagnostic {
     pub column: Option<usize>,
 }
 
-/// `:LINE[:COLUMN]` → (line, column).
-fn split_at(at: &str) -> (Option<usize>, Option<usize>) {
-    let mut parts = at.trim_start_matches(':').split(':');
-    let line = parts.next().and_then(|l| l.parse().ok());
-    let column = parts.next().and_then(|c| c.parse().ok());
-    (line, column)
+impl Diagnostic {
+    /// A problem (an error the core or `render::plan` found, or a warning) at a field path,
+    /// placed in the file by the parser's positions.
+    pub fn at(places: &Places, path: &str, message: &str) -> Diagnostic {
+        let at = places.locate(path, message);
+        Diagnostic {
+            message: message.to_string(),
+            path: if path == "." { String::new() } else { path.to_string() },
+            line: at.map(|a| a.line),
+            column: at.map(|a| a.column),
+        }
+    }
 }
 
 /// `load`, with the problem as data: a file that cannot be read says why (the OS error), a
@@ -53,157 +56,87 @@ pub fn load_diagnosed(path: &Path) -> Result<Loaded, Diagnostic> {
         line: None,
         column: None,
     })?;
-    parse(&text).map_err(|e| {
-        let h = human(&e);
-        // `:LINE:COLUMN: path: message`, or `: path: message` (then located in the text).
-        let (at, rest) = match h.find(": ") {
-            Some(i) => (h[..i].to_string(), h[i + 2..].to_string()),
-            None => (String::new(), h.clone()),
-        };
-        let at = if at.is_empty() {
-            locate(&text, &e).unwrap_or_default()
-        } else {
-            at
-        };
-        let (line, column) = split_at(&at);
-        let field = if e.path == "." { String::new() } else { e.path.clone() };
-        let message = rest
-            .strip_prefix(&format!("{field}: "))
-            .map(str::to_string)
-            .unwrap_or(rest);
-        Diagnostic {
-            message,
-            path: field,
-            line,
-            column,
-        }
+    read(&text).map_err(|(e, at)| Diagnostic {
+        message: words_for(e.message.trim()),
+        path: if e.path == "." { String::new() } else { e.path.clone() },
+        line: at.map(|a| a.line),
+        column: at.map(|a| a.column),
     })
 }
 
-/// The line of a field path (`models[1].name`) in the text, when its last key appears once.
-pub fn line_of(text: &str, field: &str) -> Option<usize> {
-    let e = model_router::config::ConfigError {
-        path: field.to_string(),
-        message: String::new(),
-    };
-    locate(text, &e).and_then(|at| split_at(&at).0)
+/// How YAML is read: as `serde_yaml` 0.9 read it (and the playground still does; a test compares
+/// the two), so a file means the same everywhere: YAML 1.2 scalars (`yes` is a string, `0755` too),
+/// `<<` an ordinary key, repeated keys passed to the filter's reader (which names them), NaN and
+/// infinities refused by the document model.
+fn yaml_options() -> serde_saphyr::Options {
+    let mut o = serde_saphyr::Options::default();
+    o.duplicate_keys = serde_saphyr::DuplicateKeyPolicy::PassThrough;
+    o.merge_keys = serde_saphyr::MergeKeyPolicy::AsOrdinary;
+    o.strict_booleans = true;
+    o.leading_zero_numbers_as_strings = true;
+    o.underscored_numbers_as_strings = true;
+    o.non_finite_float_policy = serde_saphyr::NonFiniteFloatPolicy::PassThrough;
+    o.with_snippet = false;
+    o
 }
 
-/// `:LINE:COLUMN` of the field an error names (the key for an unknown or repeated field, the
-/// value for a wrong one), or `:LINE` for other errors; when the key appears exactly once in
-/// the text, in block (`key: v`) or flow (`{key: v}`) style.
-fn locate(text: &str, e: &model_router::config::ConfigError) -> Option<String> {
-    let key = e.path.rsplit('.').next()?.split('[').next()?;
-    if key.is_empty() || e.path == "." {
-        return None;
+/// serde-saphyr's message without its `at line L, column C` (the position is reported apart).
+struct Unplaced;
+
+impl serde_saphyr::Localizer for Unplaced {
+    fn attach_location<'a>(
+        &self,
+        base: std::borrow::Cow<'a, str>,
+        _: serde_saphyr::Location,
+    ) -> std::borrow::Cow<'a, str> {
+        base
     }
-    let mut hits = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        let mut from = 0;
-        while let Some(i) = line[from..].find(key).map(|i| i + from) {
-            from = i + key.len();
-            let quoted = i > 0 && line[..i].ends_with(['"', '\'']);
-            let before = line[..i - usize::from(quoted)].trim_end_matches(' ');
-            let starts = before.is_empty() || before.ends_with(['{', ',', '-']);
-            let rest = line[from..]
-                .strip_prefix(['"', '\''])
-                .filter(|_| quoted)
-                .unwrap_or(&line[from..]);
-            let Some(value) = rest.trim_start().strip_prefix(':') else {
-                continue;
-            };
-            if starts {
-                let key_col = line[..i - usize::from(quoted)].chars().count() + 1;
-                let value_col = line.chars().count() - value.trim_start().chars().count() + 1;
-                hits.push((n + 1, key_col, value_col));
-            }
-        }
-    }
-    let m = e.message.as_str();
-    if hits.len() > 1 {
-        // The same key in several places: the one holding the value the error quotes.
-        let found = m
-            .split_once("`")
-            .and_then(|(_, r)| r.split_once('`'))
-            .map(|(v, _)| v.to_string())
-            .or_else(|| {
-                m.split_once("string \"")
-                    .and_then(|(_, r)| r.split_once('"'))
-                    .map(|(v, _)| v.to_string())
-            });
-        if let Some(v) = found.filter(|_| m.starts_with("invalid")) {
-            hits.retain(|&(n, _, col)| {
-                let line: String = text.lines().nth(n - 1).unwrap_or("").chars().skip(col - 1).collect();
-                let line = line.trim_start_matches(['"', '\'']);
-                line.starts_with(&v) && !line[v.len()..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '.')
-            });
-        }
-    }
-    let [(line, key_col, value_col)] = hits[..] else {
-        return None;
-    };
-    let col = if m.starts_with("unknown field") {
-        Some(key_col)
-    } else if !e.path.ends_with(']')
-        && ["invalid type", "invalid value", "unknown variant"]
-            .iter()
-            .any(|p| m.starts_with(p))
-    {
-        Some(value_col)
-    } else {
-        None
-    };
-    Some(match col {
-        Some(c) => format!(":{line}:{c}"),
-        None => format!(":{line}"),
-    })
 }
 
-/// YAML is a superset of JSON, so one parser takes both. Errors name the field path, and the
-/// line when the YAML itself is at fault.
-pub fn parse(text: &str) -> Result<Loaded, model_router::config::ConfigError> {
-    let whole = |e: &dyn std::fmt::Display| model_router::config::ConfigError {
-        path: ".".into(),
-        message: e.to_string(),
+/// YAML is a superset of JSON, so one parser takes both. Errors name the field path; the
+/// position is the YAML reader's for a file that is not YAML, else the field's, from the parser's
+/// positions (`places`).
+fn read(text: &str) -> Result<Loaded, (model_router::config::ConfigError, Option<At>)> {
+    let whole = |message: String, at: Option<At>| {
+        (
+            model_router::config::ConfigError {
+                path: ".".into(),
+                message,
+            },
+            at,
+        )
     };
-    let doc: Json = serde_yaml::from_str(text).map_err(|e| whole(&e))?;
-    let config = Config::from_document(&doc)?;
+    let doc: Json = serde_saphyr::from_str_with_options(text, yaml_options()).map_err(|e| {
+        let at = e.location().filter(|l| l.line() > 0).map(|l| At {
+            line: usize::try_from(l.line()).unwrap_or(usize::MAX),
+            column: usize::try_from(l.column()).unwrap_or(usize::MAX),
+        });
+        let formatter = serde_saphyr::DefaultMessageFormatter.with_localizer(&Unplaced);
+        whole(e.render_with_formatter(&formatter), at)
+    })?;
+    let config = Config::from_document(&doc).map_err(|e| {
+        let at = Places::of(text).locate(&e.path, &e.message);
+        (e, at)
+    })?;
     // The text the filter receives, read back as a value (the YAML is parsed once).
-    let json: Value = serde_json::from_str(&doc.to_string()).map_err(|e| whole(&e))?;
+    let json: Value = serde_json::from_str(&doc.to_string()).map_err(|e| whole(e.to_string(), None))?;
     Ok(Loaded { config, json })
 }
 
-/// A parser error for people, to follow the file name: `:LINE:COLUMN: path: what is wrong`, the
+/// Reads a configuration (YAML or JSON) with the filter's own parser.
+pub fn parse(text: &str) -> Result<Loaded, model_router::config::ConfigError> {
+    read(text).map_err(|(e, _)| e)
+}
+
+/// A parser error for people, to follow the file name and position: `path: what is wrong`, the
 /// path once, types in words, and a suggestion for a misspelt field or value.
 pub fn human(e: &model_router::config::ConfigError) -> String {
-    let mut msg = e.message.trim().to_string();
-    // The YAML deserializer prefixes the path it was at; the error carries the path already.
-    if let Some((head, rest)) = msg.split_once(": ") {
-        if !head.is_empty() && head.chars().all(|c| c.is_ascii_alphanumeric() || "[]._".contains(c)) {
-            msg = rest.to_string();
-        }
-    }
-    let mut at = String::new();
-    if let Some(i) = msg.find(" at line ") {
-        let tail = msg[i + 9..].to_string();
-        let mut words = tail.split_whitespace();
-        if let (Some(line), Some("column"), Some(col)) = (words.next(), words.next(), words.next()) {
-            let col = col.trim_end_matches(',');
-            at = format!(":{line}:{col}");
-            let rest: Vec<&str> = words.collect();
-            msg.truncate(i);
-            if !rest.is_empty() {
-                msg.push(' ');
-                msg.push_str(&rest.join(" "));
-            }
-        }
-    }
-    let path = if e.path == "." {
-        String::new()
+    let msg = words_for(e.message.trim());
+    if e.path == "." {
+        msg
     } else {
-        format!(" {}:", e.path)
-    };
-    format!("{at}:{path} {}", words_for(&msg))
+        format!("{}: {msg}", e.path)
+    }
 }
 
 /// serde's phrasing, in a user's words.
@@ -661,33 +594,142 @@ mod tests {
         assert!(failover_warnings(&fine).is_empty());
     }
 
+    /// `(path, line, column)` of the error `text` has.
+    fn placed(text: &str) -> (String, Option<usize>, Option<usize>) {
+        match read(text) {
+            Ok(_) => panic!("valid: {text}"),
+            Err((e, at)) => (e.path, at.map(|a| a.line), at.map(|a| a.column)),
+        }
+    }
+
     #[test]
     fn yaml_errors_name_field_and_line() {
+        let p = |path: &str, line: usize, column: usize| (path.to_string(), Some(line), Some(column));
         let text = "models:\n  - name: a\n    destinations:\n      - name: x\n        weight: lots\n";
-        let e = parse(text).err().unwrap();
-        assert_eq!(e.path, "models[0].destinations[0].weight");
-        assert_eq!(locate(text, &e).as_deref(), Some(":5:17"), "the value's column");
-        let text = "models: []\nbogus: 1\n";
-        let e = parse(text).err().unwrap();
-        assert_eq!(e.path, "bogus");
-        assert_eq!(locate(text, &e).as_deref(), Some(":2:1"), "the key's column");
-        let text = "models:\n- {name: a, destinations: [{\"name\": x, \"weight\": -3}]}\n";
-        let e = parse(text).err().unwrap();
-        assert_eq!(locate(text, &e).as_deref(), Some(":2:50"), "flow style, quoted key");
-        let text = "models:\n- name: a\n  destinations:\n  - {name: x, weight: 90.5}\n  - name: y\n    weight: 10\n";
-        let e = parse(text).err().unwrap();
         assert_eq!(
-            locate(text, &e).as_deref(),
-            Some(":4:23"),
-            "the key twice: the one with the value"
+            placed(text),
+            p("models[0].destinations[0].weight", 5, 17),
+            "the value's column"
+        );
+        assert_eq!(placed("models: []\nbogus: 1\n"), p("bogus", 2, 1), "the key's column");
+        let text = "models:\n- {name: a, destinations: [{\"name\": x, \"weight\": -3}]}\n";
+        assert_eq!(
+            placed(text),
+            p("models[0].destinations[0].weight", 2, 50),
+            "flow style, quoted key"
+        );
+        let text = "models:\n- name: a\n  destinations:\n  - {name: x, weight: 90.5}\n  - name: y\n    weight: 10\n";
+        assert_eq!(
+            placed(text),
+            p("models[0].destinations[0].weight", 4, 23),
+            "the key twice: the one at the path"
+        );
+        let (path, line, column) = placed("models: [}");
+        assert_eq!(
+            (path.as_str(), line, column),
+            (".", Some(1), Some(9)),
+            "syntax errors: YAML's own position"
         );
         let e = parse("models: [}").err().unwrap();
         assert!(
-            e.message.contains("line 1 column"),
-            "syntax errors: YAML's own position: {e}"
+            !e.message.contains("line"),
+            "the position is not repeated in the message: {e}"
         );
         let ok = parse("{\"models\": []}").unwrap();
         assert_eq!(ok.json["models"], serde_json::json!([]));
+    }
+
+    /// Errors whose key appears more than once in the file (every model has a `name`): the old
+    /// text search gave up on them (`"line": null`); the parser's positions place each one.
+    #[test]
+    fn errors_at_keys_that_repeat_are_placed() {
+        let p = |path: &str, line: usize, column: usize| (path.to_string(), Some(line), Some(column));
+        // Two models with the same keys.
+        let two = "models:\n\
+                   - name: a\n  limits: {requestsPerMinute: 10}\n  destinations:\n  - name: x\n    weight: 1\n\
+                   - name: b\n  limits: {requestsPerMinute: 10}\n  destinations:\n  - name: y\n    weight: 1\n";
+        let second = |from: &str, to: &str| {
+            let at = two.rfind(from).unwrap();
+            format!("{}{to}{}", &two[..at], &two[at + from.len()..])
+        };
+        // A repeated model name: the second one.
+        assert_eq!(placed(&second("name: b", "name: a")), p("models[1].name", 7, 9));
+        // A repeated destination name in one model.
+        let text = "models:\n- name: a\n  destinations:\n  - name: x\n  - name: x\n";
+        assert_eq!(placed(text), p("models[0].destinations[1].name", 5, 11));
+        // An invalid name.
+        assert_eq!(placed(&second("name: b", "name: b c")), p("models[1].name", 7, 9));
+        // A repeated key: the second occurrence.
+        let text = second("- name: b\n", "- name: b\n  name: c\n");
+        assert_eq!(placed(&text), p("models[1]", 8, 3));
+        // An error inside the second of two models with the same keys.
+        let text = second("requestsPerMinute: 10", "requestsPerMinute: 0");
+        assert_eq!(placed(&text), p("models[1].limits.requestsPerMinute", 8, 31));
+        // The same in JSON, on one line.
+        let text = r#"{"models": [{"name": "a", "destinations": [{"name": "x"}]}, {"name": "b", "destinations": [{"name": "y", "weight": -1}]}]}"#;
+        assert_eq!(placed(text), p("models[1].destinations[0].weight", 1, 116));
+        // A warning at a field that repeats: the one of its own destination.
+        let text = second("weight: 1\n", "weight: 0\n  - name: z\n");
+        let l = parse(&text).unwrap();
+        let places = Places::of(&text);
+        let w: Vec<Diagnostic> = warnings(&l.config)
+            .iter()
+            .map(|(p, m)| Diagnostic::at(&places, p, m))
+            .collect();
+        let weight = w.iter().find(|d| d.path == "models[1].destinations[0].weight").unwrap();
+        assert_eq!((weight.line, weight.column), (Some(11), Some(13)), "{w:?}");
+        // A warning about a field that is absent (no `host`): the destination it belongs to.
+        let host = w.iter().find(|d| d.path == "models[1].destinations[0].host").unwrap();
+        assert_eq!((host.line, host.column), (Some(10), Some(5)), "{w:?}");
+    }
+
+    /// The playground (and wasmpack before serde-saphyr) reads YAML with serde_yaml: both read a
+    /// file into the same document, so a configuration means the same in the page and the CLI.
+    #[test]
+    fn yaml_is_read_as_serde_yaml_read_it() {
+        for text in [
+            "a: yes",
+            "a: No",
+            "a: on",
+            "a: True",
+            "a: 0755",
+            "a: 00",
+            "a: 1_000",
+            "a: 0x1F",
+            "a: 0o17",
+            "a: 0b101",
+            "a: ~",
+            "a: null",
+            "a:",
+            "a: 1.0",
+            "a: 1.",
+            "a: 1e3",
+            "a: +1",
+            "a: -0",
+            "a: '1'",
+            "a: \"x\\ty\"",
+            "a: !!str 12",
+            "a: 2001-12-14",
+            "a: |\n  x\n  y\n",
+            "a: >\n  x\n  y\n",
+            "a: &x {b: 1}\nc: *x",
+            "b: &b {x: 1}\nd:\n  <<: *b\n  y: 2",
+            "a: 1\na: 2",
+            "1: x",
+            "true: x",
+            "1.5: x",
+            "",
+            "{\"models\": [{\"name\": \"a\", \"weight\": 1.5e-3, \"x\": [true, null]}]}",
+        ] {
+            let ours: Json = serde_saphyr::from_str_with_options(text, yaml_options()).unwrap();
+            let theirs: Json = serde_yaml::from_str(text).unwrap();
+            assert_eq!(ours, theirs, "{text:?}");
+        }
+        // NaN and infinities are refused either way (the document model has no such number).
+        for text in ["a: .inf", "a: -.inf", "a: .nan", "? [a]\n: 1"] {
+            assert!(read(text).is_err(), "{text:?}");
+            assert!(serde_yaml::from_str::<Json>(text).is_err(), "{text:?}");
+        }
     }
 
     #[test]

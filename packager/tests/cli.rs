@@ -190,6 +190,73 @@ fn configuration_errors_in_words() {
     insta::assert_snapshot!("configuration_errors", out);
 }
 
+/// Every error and warning with a place in the file has its line and column, from the YAML
+/// parser's positions: also where its key appears many times in the file (every model has a
+/// `name`, every destination a `weight`), where the text search before them gave `"line": null`.
+#[test]
+fn every_problem_is_placed_in_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Two models with the same keys; each case changes the second one.
+    let two = "models:\n\
+               - name: a\n  limits: {requestsPerMinute: 10}\n  destinations:\n  - {name: x, host: x.ai, weight: 1}\n\
+               - name: b\n  limits: {requestsPerMinute: 10}\n  destinations:\n  - {name: y, host: y.ai, weight: 1}\n";
+    let second = |from: &str, to: &str| {
+        let at = two.rfind(from).unwrap();
+        format!("{}{to}{}", &two[..at], &two[at + from.len()..])
+    };
+    let cases: Vec<(&str, String)> = vec![
+        ("duplicate-model.yaml", second("name: b", "name: a")),
+        (
+            "duplicate-destination.yaml",
+            second("{name: y, host: y.ai, weight: 1}", "{name: y}\n  - {name: y}"),
+        ),
+        ("invalid-name.yaml", second("name: b", "name: b;c")),
+        ("duplicate-key.yaml", second("- name: b\n", "- name: b\n  name: c\n")),
+        (
+            "second-model.yaml",
+            second("requestsPerMinute: 10", "requestsPerMinute: 0"),
+        ),
+        (
+            "second-model.json",
+            r#"{"models": [
+  {"name": "a", "destinations": [{"name": "x", "weight": 1}]},
+  {"name": "b", "destinations": [{"name": "y", "weight": -1}]}]}
+"#
+            .to_string(),
+        ),
+        (
+            "warnings.yaml",
+            second("weight: 1}", "weight: 0}\n  - {name: z, host: z.ai}").replace("name: x, host: x.ai, ", "name: x, "),
+        ),
+    ];
+    let mut out = String::new();
+    for (name, text) in &cases {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        let o = wasmpack(&["check", "--config", p.to_str().unwrap(), "--output", "json"], "", &[]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        for (kind, list) in [("error", &v["errors"]), ("warning", &v["warnings"])] {
+            for d in list.as_array().unwrap() {
+                assert!(d["line"].is_u64() && d["column"].is_u64(), "{name}: not placed: {d}");
+                out.push_str(&format!(
+                    "{kind}: {name}:{}:{}: {}: {}\n",
+                    d["line"],
+                    d["column"],
+                    d["path"].as_str().unwrap(),
+                    d["message"].as_str().unwrap()
+                ));
+            }
+        }
+        // The human output says the same place.
+        let o = wasmpack(&["check", "--config", p.to_str().unwrap()], "", &[]);
+        let human = format!("{}{}", stdout(&o), stderr(&o)).replace(&format!("{}/", tmp.path().display()), "");
+        let first = out.lines().rev().find(|l| l.contains(&format!(" {name}:"))).unwrap();
+        let place = first.split(": ").nth(1).unwrap();
+        assert!(human.contains(place), "{name}: {place} not in\n{human}");
+    }
+    insta::assert_snapshot!("problems_placed", out);
+}
+
 /// docs/configuration.schema.json is what `wasmpack schema` prints (regenerate with
 /// `wasmpack schema > docs/configuration.schema.json`), and it accepts the example configurations
 /// and refuses a misspelt field, as the parser does.

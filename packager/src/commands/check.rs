@@ -38,15 +38,6 @@ fn item(d: &plugin_config::Diagnostic) -> serde_json::Value {
     serde_json::json!({"message": d.message, "path": d.path, "line": d.line, "column": d.column})
 }
 
-fn diag(text: &str, path: &str, message: &str) -> plugin_config::Diagnostic {
-    plugin_config::Diagnostic {
-        message: message.to_string(),
-        path: path.to_string(),
-        line: plugin_config::line_of(text, path),
-        column: None,
-    }
-}
-
 pub fn run(args: &CheckArgs) -> Result<()> {
     let path = args.config.path();
     let json = args.output == Output::Json;
@@ -69,12 +60,13 @@ pub fn run(args: &CheckArgs) -> Result<()> {
             bail!("{}: not valid", path.display());
         }
     };
-    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    // Warnings and the problems `manifests` would find are placed in the file as the parser's
+    // errors are: by the field path, with the YAML parser's positions.
+    let places = plugin_config::Places::of(&std::fs::read_to_string(&path).unwrap_or_default());
+    let diag = |p: &str, m: &str| plugin_config::Diagnostic::at(&places, p, m);
     let c = &loaded.config;
-    let mut warnings: Vec<plugin_config::Diagnostic> = plugin_config::warnings(c)
-        .iter()
-        .map(|(p, m)| diag(&text, p, m))
-        .collect();
+    let mut warnings: Vec<plugin_config::Diagnostic> =
+        plugin_config::warnings(c).iter().map(|(p, m)| diag(p, m)).collect();
     let problems: Vec<plugin_config::Diagnostic> = match render::plan(c, &standalone()) {
         Ok(_) => Vec::new(),
         Err(p) => p
@@ -84,15 +76,11 @@ pub fn run(args: &CheckArgs) -> Result<()> {
                 // Envoy: `manifests` refuses it, `check` warns.
                 let istio_only = p.at == "rateLimitService.cluster";
                 if istio_only {
-                    warnings.push(diag(
-                        &text,
-                        &p.at,
-                        &format!("{} (needed for `wasmpack manifests`)", p.message),
-                    ));
+                    warnings.push(diag(&p.at, &format!("{} (needed for `wasmpack manifests`)", p.message)));
                 }
                 !istio_only
             })
-            .map(|p| diag(&text, &p.at, &p.message))
+            .map(|p| diag(&p.at, &p.message))
             .collect(),
     };
     let destinations: usize = c.models.iter().map(|m| m.destinations.len()).sum();
@@ -116,9 +104,10 @@ pub fn run(args: &CheckArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let at = |d: &plugin_config::Diagnostic| match d.line {
-        Some(l) => format!("{}:{l}: {}: {}", path.display(), d.path, d.message),
-        None => format!("{}: {}", d.path, d.message),
+    let at = |d: &plugin_config::Diagnostic| match (d.line, d.column) {
+        (Some(l), Some(c)) => format!("{}:{l}:{c}: {}: {}", path.display(), d.path, d.message),
+        (Some(l), None) => format!("{}:{l}: {}: {}", path.display(), d.path, d.message),
+        _ => format!("{}: {}", d.path, d.message),
     };
     if !problems.is_empty() {
         bail!(
