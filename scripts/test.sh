@@ -11,6 +11,11 @@ bash scripts/build-playground.sh
 cargo clippy -p playground --target wasm32-unknown-unknown --release -q -- -D warnings
 echo "== building wasmpack (the end-to-end tests drive the binary)"
 cargo build -p wasmpack
+echo "== cargo fmt --check"
+cargo fmt --check || { echo "test.sh: cargo fmt --check failed: run cargo fmt" >&2; exit 1; }
+echo "== cargo deny check bans licenses sources (deny.toml; advisories need the network: README.md, Tests)"
+cargo deny check bans licenses sources ||
+  { echo "test.sh: cargo deny failed: a licence, a duplicate crate version or a source that deny.toml does not allow (see above)" >&2; exit 1; }
 echo "== clippy (no unwrap/expect/panic outside tests)"
 cargo clippy --workspace --all-targets -q -- -D warnings
 cargo clippy -p model-router --target wasm32-wasip1 --release -q -- -D warnings
