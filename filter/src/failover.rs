@@ -165,6 +165,16 @@ pub fn resolve(
             let Some(&model) = index.get(&f.model) else {
                 return Err(err(&path(Some(k), "model"), "not a configured model or alias"));
             };
+            if model != i && (models[model].allow.is_some() || models[model].limits.is_some()) {
+                // A caller is checked and charged as the model it asked for: serving it from a
+                // model with its own rules would bypass them (or refuse it for a model it never
+                // asked for).
+                return Err(err(
+                    &path(Some(k), "model"),
+                    "a model with `allow` or `limits` cannot be another model's fallback: its callers \
+                     would be served without its access rules and limits; fall back to a model without them",
+                ));
+            }
             let destination = match &f.destination {
                 None => None,
                 Some(name) => match models[model].destinations.iter().position(|x| x.name == *name) {
@@ -192,6 +202,28 @@ mod tests {
     }
 
     const MODELS: &str = r#""models":[{"name":"m","destinations":[{"name":"a"},{"name":"b"}]},{"name":"f","aliases":["g"],"destinations":[{"name":"f1"}]}]"#;
+
+    #[test]
+    fn a_model_with_access_rules_or_limits_is_no_other_models_fallback() {
+        for rules in [
+            r#""allow":["spiffe://td/ns/vip/*"]"#,
+            r#""limits":{"requestsPerMinute":10}"#,
+        ] {
+            let json = format!(
+                r#"{{"failover":{{}},"models":[{{"name":"m","destinations":[{{"name":"a"}}],"fallbacks":[{{"model":"p"}}]}},
+                   {{"name":"p",{rules},"destinations":[{{"name":"p1"}}]}}]}}"#
+            );
+            let (path, message) = err(&json);
+            assert_eq!(path, "models[0].fallbacks[0].model", "{rules}");
+            assert!(message.contains("`allow` or `limits`"), "{message}");
+        }
+        // Within one model (a canary falling back to its stable), its own rules apply anyway.
+        Config::from_json(
+            br#"{"failover":{},"models":[{"name":"m","allow":["spiffe://td/ns/a/*"],
+                "destinations":[{"name":"a"},{"name":"b","fallbacks":[{"model":"m","destination":"a"}]}]}]}"#,
+        )
+        .unwrap();
+    }
 
     #[test]
     fn defaults_and_fallbacks_resolve() {

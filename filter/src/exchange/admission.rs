@@ -11,6 +11,9 @@ impl Stream {
         let Outcome::Matched { model, .. } = *self.flow.outcome() else {
             return Ok(Admission::Admitted);
         };
+        // The caller is checked and charged as the model it asked for, also when a fallback
+        // serves it (a fallback model has no rules of its own: `failover::resolve`).
+        let model = self.flow.asked_model().unwrap_or(model);
         let cfg = &vm.config;
         if cfg
             .models
@@ -168,7 +171,8 @@ impl Stream {
         {
             let model = self
                 .flow
-                .model_index()
+                .asked_model()
+                .or(self.flow.model_index())
                 .and_then(|i| vm.config.models.get(i))
                 .map_or("", |m| m.name.as_str());
             // Limitador's windows are fixed: a minute at most when it does not say.

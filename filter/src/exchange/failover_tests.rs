@@ -323,3 +323,24 @@ fn all_open_goes_to_the_fallback_model_rewritten_and_restored_then_503() {
         1
     );
 }
+
+#[test]
+fn a_caller_served_by_a_fallback_is_checked_and_charged_as_the_model_it_asked_for() {
+    let mut w = World::with(
+        r#"{"failover":{"consecutiveFailures":3,"probation":"10s","maxProbation":"40s"},
+          "models":[
+            {"name":"llama","limits":{"requestsPerMinute":4,"by":"global"},
+             "destinations":[{"name":"stable"}],"fallbacks":[{"model":"qwen"}]},
+            {"name":"qwen","destinations":[{"name":"qwen-a"}]}]}"#,
+    );
+    for _ in 0..3 {
+        assert_eq!(w.send("llama", 0, Some(503), 0).route.as_deref(), Some("stable"));
+    }
+    // Open: the fallback serves it, charged to llama's limit (the fourth request of four).
+    let s = w.send("llama", 0, Some(200), 0);
+    assert_eq!((s.route.as_deref(), s.reply.map(|r| r.0)), (Some("qwen-a"), None));
+    // The fifth is over llama's limit, whoever would serve it.
+    let s = w.send("llama", 0, Some(200), 0);
+    assert_eq!(s.reply.map(|r| r.0), Some(429));
+    assert_eq!(s.route, None);
+}
