@@ -916,6 +916,10 @@ pub(crate) fn parse_duration_ms(t: &str) -> Option<u32> {
         (n, 1u64)
     } else if let Some(n) = t.strip_suffix('s') {
         (n, 1000u64)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60_000u64)
+    } else if let Some(n) = t.strip_suffix('h') {
+        (n, 3_600_000u64)
     } else {
         return None;
     };

@@ -79,13 +79,14 @@ fn err(path: &str, message: &str) -> ConfigError {
     }
 }
 
-fn duration(path: &str, v: Option<&str>, default: u32, none_ok: bool) -> Result<u32, ConfigError> {
+fn duration(path: &str, v: Option<&str>, default: u32) -> Result<u32, ConfigError> {
     match v {
         None => Ok(default),
         Some(t) => match crate::config::parse_duration_ms(t) {
-            Some(ms) if ms > 0 && ms <= 86_400_000 => Ok(ms),
-            _ if none_ok => Err(err(path, "a duration like `30s` or `500ms`, at most 24h")),
-            _ => Err(err(path, "a duration like `5s` or `500ms`, at most 24h")),
+            Some(0) => Err(err(path, "must be more than 0")),
+            Some(ms) if ms <= 86_400_000 => Ok(ms),
+            Some(_) => Err(err(path, "at most 24h")),
+            None => Err(err(path, "a duration like `500ms`, `30s`, `5m` or `1h`")),
         },
     }
 }
@@ -102,14 +103,19 @@ pub fn failover(raw: &RawFailover) -> Result<Failover, ConfigError> {
         Some(n @ 1..=100) => n as u8,
         Some(_) => return Err(err("failover.trialRequests", "between 1 and 100")),
     };
-    let probation_ms = duration("failover.probation", raw.probation.as_deref(), 5_000, false)?;
-    let max_probation_ms = duration("failover.maxProbation", raw.max_probation.as_deref(), 60_000, false)?;
+    let probation_ms = duration("failover.probation", raw.probation.as_deref(), 5_000)?;
+    // Unset, the longest probation is 60 s, or the first probation when that is longer.
+    let max_probation_ms = duration(
+        "failover.maxProbation",
+        raw.max_probation.as_deref(),
+        probation_ms.max(60_000),
+    )?;
     if max_probation_ms < probation_ms {
         return Err(err("failover.maxProbation", "must not be shorter than probation"));
     }
     let first_byte_timeout_ms = match raw.first_byte_timeout.as_deref() {
         None => None,
-        t => Some(duration("failover.firstByteTimeout", t, 0, true)?),
+        t => Some(duration("failover.firstByteTimeout", t, 0)?),
     };
     let mut statuses = Vec::new();
     match &raw.failure_statuses {
@@ -202,6 +208,38 @@ mod tests {
     }
 
     const MODELS: &str = r#""models":[{"name":"m","destinations":[{"name":"a"},{"name":"b"}]},{"name":"f","aliases":["g"],"destinations":[{"name":"f1"}]}]"#;
+
+    #[test]
+    fn durations_in_ms_s_m_h_more_than_0_at_most_a_day() {
+        let with = |f: &str| format!(r#"{{"failover":{{{f}}},{MODELS}}}"#);
+        let ok = |f: &str| Config::from_json(with(f).as_bytes()).unwrap().failover.unwrap();
+        let f = ok(r#""probation":"2m","maxProbation":"1h","firstByteTimeout":"1.5s""#);
+        assert_eq!(
+            (f.probation_ms, f.max_probation_ms, f.first_byte_timeout_ms),
+            (120_000, 3_600_000, Some(1_500))
+        );
+        assert_eq!(ok(r#""maxProbation":"24h""#).max_probation_ms, 86_400_000);
+        // A first probation over the 60 s default raises the default longest one with it.
+        let f = ok(r#""probation":"90s""#);
+        assert_eq!((f.probation_ms, f.max_probation_ms), (90_000, 90_000));
+        for (field, value, message) in [
+            ("probation", "0s", "must be more than 0"),
+            ("maxProbation", "25h", "at most 24h"),
+            (
+                "firstByteTimeout",
+                "soon",
+                "a duration like `500ms`, `30s`, `5m` or `1h`",
+            ),
+            ("probation", "1m30s", "a duration like `500ms`, `30s`, `5m` or `1h`"),
+        ] {
+            let json = with(&format!(r#""{field}":"{value}""#));
+            assert_eq!(
+                err(&json),
+                (format!("failover.{field}"), message.to_string()),
+                "{value}"
+            );
+        }
+    }
 
     #[test]
     fn a_model_with_access_rules_or_limits_is_no_other_models_fallback() {

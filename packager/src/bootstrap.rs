@@ -113,6 +113,8 @@ fn cluster(u: &Upstream) -> Value {
     json!({
         "name": u.name,
         "type": kind,
+        // `localhost` is often IPv4 only on the backend's side: try IPv4 first.
+        "dns_lookup_family": "V4_PREFERRED",
         "connect_timeout": "2s",
         "load_assignment": {"cluster_name": u.name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address(&u.host, u.port)}}]}]}
     })
@@ -177,6 +179,9 @@ pub fn render(spec: &Spec) -> Value {
             "listeners": [{
                 "name": "main",
                 "address": address(&spec.listen.0, spec.listen.1),
+                // A second Envoy on the same port fails to start instead of silently sharing it
+                // (and splitting traffic and failover state).
+                "enable_reuse_port": false,
                 "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}]
             }],
             "clusters": spec.upstreams.iter().map(cluster).chain(spec.grpc_clusters.iter().map(grpc_cluster)).collect::<Vec<_>>()

@@ -53,7 +53,8 @@ impl Vm {
                 &said(&("is failing: no new requests for its probation of ".to_string() + &seconds.to_string() + " s")),
             );
         } else if after.state == crate::health::CLOSED {
-            host.log(LogLevel::Info, &said("recovered: it takes new requests again"));
+            // As visible as its opening (a proxy that logs warnings shows both).
+            host.log(LogLevel::Warn, &said("recovered: it takes new requests again"));
         }
     }
 
