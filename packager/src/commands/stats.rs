@@ -125,7 +125,7 @@ fn summary_json(summary: &stats::Summary) -> serde_json::Value {
                 "errors": count(r.errors), "classes": counts(&r.classes), "inputTokens": count(r.input_tokens),
                 "outputTokens": count(r.output_tokens), "outputTokensPerSecond": r.tokens_per_second,
                 "p50Ms": r.p50_ms, "p99Ms": r.p99_ms, "ttftP50Ms": r.ttft_p50_ms, "ttftP99Ms": r.ttft_p99_ms,
-                "inFlight": count(r.in_flight)})
+                "inFlight": count(r.in_flight), "state": r.state})
         })
         .collect();
     serde_json::json!({"rows": rows, "rejected": counts(&summary.rejected), "holdReleased": count(summary.hold_released)})
