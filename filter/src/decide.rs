@@ -66,7 +66,8 @@ pub fn decide_repeated(config: &Config, req: &RouteRequest, seed: u64, repeat: u
 const ROUTE_NOW_MS: u64 = 1_700_000_000_000;
 
 /// Shared data holding failover's breakers as given: `(destination, state)` with the state
-/// `closed`, `open` (in its probation) or `half-open` (a trial under way); a destination name
+/// `closed`, `open` (in its probation), `probation-over` (open, the next request that lands on it
+/// is a trial) or `half-open` (a trial under way); a destination name
 /// stands for that destination in every model that has it.
 pub fn destination_states(config: &Config, states: &[(String, String)]) -> Result<SharedMem, String> {
     use crate::health::{Health, Table, HALF_OPEN, OPEN};
@@ -86,6 +87,14 @@ pub fn destination_states(config: &Config, states: &[(String, String)]) -> Resul
                         count: 0,
                         at_ms: ROUTE_NOW_MS + probation,
                     },
+                    // Its probation is over: the next request that lands on it is a trial.
+                    Some("probation-over") => Health {
+                        state: OPEN,
+                        level: 1,
+                        count: 0,
+                        at_ms: ROUTE_NOW_MS,
+                    },
+                    // A trial is under way: no other request goes to it meanwhile.
                     Some("half-open") => Health {
                         state: HALF_OPEN,
                         level: 1,
@@ -97,7 +106,10 @@ pub fn destination_states(config: &Config, states: &[(String, String)]) -> Resul
             );
         }
     }
-    for (n, st) in states {
+    for (i, (n, st)) in states.iter().enumerate() {
+        if states.iter().take(i).any(|(m, _)| m == n) {
+            return Err(format!("{n}: given more than once"));
+        }
         if !config
             .models
             .iter()
@@ -105,8 +117,8 @@ pub fn destination_states(config: &Config, states: &[(String, String)]) -> Resul
         {
             return Err(format!("{n}: no configured destination has that name"));
         }
-        if !matches!(st.as_str(), "closed" | "open" | "half-open") {
-            return Err(format!("{n}={st}: expected closed, open or half-open"));
+        if !matches!(st.as_str(), "closed" | "open" | "half-open" | "probation-over") {
+            return Err(format!("{n}={st}: expected closed, open, probation-over or half-open"));
         }
     }
     let mut shared = SharedMem::default();
@@ -373,6 +385,16 @@ mod tests {
             st(&[("a", "open"), ("b", "open"), ("f1", "open")]).unwrap(),
         );
         assert_eq!(d["reject"]["code"], "model_unavailable");
+        // A probation that is over: the request is that destination's trial.
+        let d = decide_in(&cfg, &req, 1, 1, st(&[("a", "probation-over"), ("b", "open")]).unwrap());
+        assert_eq!(
+            (d["destination"].as_str(), d["failover"].as_str()),
+            (Some("a"), Some("trial"))
+        );
+        assert_eq!(
+            st(&[("a", "open"), ("a", "closed")]).unwrap_err(),
+            "a: given more than once"
+        );
         assert!(st(&[("zz", "open")]).is_err());
         assert!(st(&[("a", "broken")]).is_err());
     }

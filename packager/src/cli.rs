@@ -220,8 +220,10 @@ pub struct RouteArgs {
     /// prints the last decision and the statuses of all
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100000))]
     pub repeat: u32,
-    /// Failover: destinations' breaker states, DEST=open|half-open|closed, comma-separated
-    /// (the others closed): explains where a request goes while they fail
+    /// Failover: destinations' breaker states, DEST=open|probation-over|half-open|closed,
+    /// comma-separated (the others closed): explains where a request goes while they fail.
+    /// probation-over: the next request that lands on it is its trial; half-open: a trial is
+    /// under way (no other request goes to it)
     #[arg(long, value_name = "DEST=STATE,...", value_delimiter = ',')]
     pub destination_state: Vec<String>,
 }

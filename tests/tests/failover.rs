@@ -21,6 +21,15 @@ fn config() -> Value {
     })
 }
 
+/// Envoy with two workers (one breaker table shared by both) and the backends `cfg` names.
+async fn start(cfg: Value) -> Scenario {
+    let opts = Options {
+        concurrency: 2,
+        ..Options::default()
+    };
+    Scenario::start_with(cfg, opts).await
+}
+
 fn chat(model: &str, stream: bool) -> String {
     json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "hi"}]}).to_string()
 }
@@ -43,14 +52,7 @@ fn received(s: &Scenario, d: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_destinations_are_skipped_probed_and_return_and_fallbacks_take_over() {
-    let s = Scenario::start_with(
-        config(),
-        Options {
-            concurrency: 2,
-            ..Options::default()
-        },
-    )
-    .await;
+    let s = start(config()).await;
     for _ in 0..20 {
         assert_eq!(ask(&s, "llama").await.status, 200);
     }
@@ -211,14 +213,7 @@ async fn a_destination_that_hangs_before_its_first_byte_stops_getting_requests_w
     cfg["failover"]["firstByteTimeout"] = "1s".into();
     cfg["failover"]["probation"] = "30s".into();
     cfg["failover"]["maxProbation"] = "60s".into();
-    let s = Scenario::start_with(
-        cfg,
-        Options {
-            concurrency: 2,
-            ..Options::default()
-        },
-    )
-    .await;
+    let s = start(cfg).await;
     // The canary takes requests and never answers: three of them are in flight when its
     // breaker opens, by the filter's timer, before any of them ends.
     s.backend("canary").hang();
@@ -268,14 +263,7 @@ async fn a_destination_that_hangs_before_its_first_byte_stops_getting_requests_w
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_destination_that_refuses_connections_is_skipped_after_its_threshold() {
-    let s = Scenario::start_with(
-        config(),
-        Options {
-            concurrency: 2,
-            ..Options::default()
-        },
-    )
-    .await;
+    let s = start(config()).await;
     for _ in 0..10 {
         assert_eq!(ask(&s, "llama").await.status, 200);
     }

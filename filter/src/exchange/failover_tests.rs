@@ -18,6 +18,17 @@ struct World {
     next: u32,
 }
 
+/// A chat request with `body` on `h` (its headers and its buffered body).
+fn chat_request(h: &mut MemoryHost, body: &[u8]) {
+    h.request_headers = vec![
+        (":method".into(), "POST".into()),
+        (":path".into(), "/v1/chat/completions".into()),
+        (":authority".into(), "llm".into()),
+        ("content-length".into(), body.len().to_string()),
+    ];
+    h.request_body = body.to_vec();
+}
+
 /// What happened to one request.
 #[derive(Debug)]
 struct Sent {
@@ -56,13 +67,7 @@ impl World {
         h.now_ns = self.now_ns;
         h.shared = std::mem::take(&mut self.shared);
         h.metrics = std::mem::take(&mut self.metrics);
-        h.request_headers = vec![
-            (":method".into(), "POST".into()),
-            (":path".into(), "/v1/chat/completions".into()),
-            (":authority".into(), "llm".into()),
-            ("content-length".into(), body.len().to_string()),
-        ];
-        h.request_body = body.into_bytes();
+        chat_request(&mut h, body.as_bytes());
         self.vm.rng.set(random);
         let mut s = Stream::new(self.next);
         self.next += 1;
@@ -203,13 +208,7 @@ fn the_tick_counts_a_request_whose_first_byte_is_overdue_once_and_lets_it_go_on(
         (3, canary, "canary"),
         (4, TO_STABLE, "stable"),
     ] {
-        h.request_headers = vec![
-            (":method".into(), "POST".into()),
-            (":path".into(), "/v1/chat/completions".into()),
-            (":authority".into(), "llm".into()),
-            ("content-length".into(), body.len().to_string()),
-        ];
-        h.request_body = body.to_vec();
+        chat_request(&mut h, body);
         w.vm.rng.set(random);
         let mut s = Stream::new(id);
         s.on_request_headers(&w.vm, &mut h, false);
