@@ -22,16 +22,25 @@ cargo clippy -p model-router --target wasm32-wasip1 --release -q -- -D warnings
 echo "== tests"
 log=$(mktemp)
 status=0
-cargo test --workspace --no-fail-fast 2>&1 | tee "$log" || status=$?
+# The steps that failed (a target that does not build or a script that fails has no test count).
+failed_steps=()
+step_failed() { status=$1; failed_steps+=("$2"); }
+cargo test --workspace --no-fail-fast 2>&1 | tee "$log" || step_failed $? "cargo test --workspace"
 echo "== the filter core's unit tests again, inside Wasm (node's V8, the engine Envoy embeds)"
-cargo test -p model-router --lib --target wasm32-wasip1 --release 2>&1 | tee -a "$log" || status=$?
+cargo test -p model-router --lib --target wasm32-wasip1 --release 2>&1 | tee -a "$log" ||
+  step_failed $? "the core's tests in Wasm"
 echo "== Istio in a box: the renders through istiod's own code, its sidecar config in Envoy (tests/istio, Go)"
-bash scripts/test-istio.sh || status=$?
+bash scripts/test-istio.sh || step_failed $? "scripts/test-istio.sh"
 echo "== benchmarks, smoke mode (checks they run; numbers: scripts/bench.sh, docs/performance.md)"
-bash scripts/bench.sh --smoke || status=$?
+bash scripts/bench.sh --smoke || step_failed $? "scripts/bench.sh --smoke"
 # One closing line for the whole suite (cargo prints a result line per test binary).
 summary=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
                END { printf "%d passed, %d failed", p, f }' "$log")
+targets=$(grep -E '^error: [0-9]+ targets? failed' "$log" | head -n1 || true)
 rm -f "$log"
 echo "tests: $summary"
+if [ "$status" -ne 0 ]; then
+  joined=$(printf '%s; ' "${failed_steps[@]}")
+  echo "FAILED: ${joined%; }${targets:+ ($targets: see above)}"
+fi
 exit "$status"
