@@ -174,6 +174,22 @@ pub async fn run(args: &RunArgs) -> Result<()> {
             port,
         });
     }
+    let names: Vec<&str> = loaded
+        .config
+        .models
+        .iter()
+        .flat_map(|m| m.destinations.iter().map(|d| d.name.as_str()))
+        .collect();
+    for u in &upstreams {
+        if !names.contains(&u.name.as_str()) {
+            let near = names.iter().find(|n| strsim::levenshtein(n, &u.name) <= 2);
+            eprintln!(
+                "warning: --upstream {}: no destination of the configuration has that name, nothing is routed to it{}",
+                u.name,
+                near.map(|n| format!(" (did you mean `{n}`?)")).unwrap_or_default()
+            );
+        }
+    }
     for m in &loaded.config.models {
         for d in &m.destinations {
             if !upstreams.iter().any(|u| u.name == d.name) {
