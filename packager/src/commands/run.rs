@@ -290,6 +290,10 @@ pub async fn run(args: &RunArgs) -> Result<()> {
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("starting {}", envoy.display()))?;
+    if let Err(e) = until_ready(&args.admin, &mut child).await {
+        let _ = std::fs::remove_dir_all(&dir);
+        return Err(e);
+    }
     eprintln!(
         "model-router: Envoy listening on http://{}, admin on http://{} (Ctrl-C stops)",
         args.listen, args.admin
@@ -330,6 +334,30 @@ pub async fn run(args: &RunArgs) -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     eprintln!("model-router: stopped ({stopped})");
     Ok(())
+}
+
+/// Waits until Envoy's admin says it is live (its listener bound): an Envoy that cannot start
+/// (a port in use) is an error here, never announced as listening.
+async fn until_ready(admin: &str, child: &mut tokio::process::Child) -> Result<()> {
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(2))
+        .build()?;
+    let url = format!("http://{admin}/ready");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            bail!("envoy exited with {status} before it was ready (its log above says why)");
+        }
+        if let Ok(r) = client.get(&url).send().await {
+            if r.status().is_success() {
+                return Ok(());
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("envoy did not become ready within 60 s ({url})");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 fn tempfile_dir() -> Result<PathBuf> {
