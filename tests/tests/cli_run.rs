@@ -177,3 +177,37 @@ fn print_config_and_missing_envoy() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains(&bin.join("model_router.wasm").display().to_string()));
 }
+
+#[test]
+fn a_port_in_use_is_an_error_never_announced_as_listening() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.yaml");
+    std::fs::write(&cfg, demo::CONFIG).unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let admin_port = admin.local_addr().unwrap().port();
+    drop(admin);
+    let out = Command::new(demo::wasmpack_bin())
+        .args([
+            "run",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--upstream",
+            "gpt-4o=127.0.0.1:9",
+        ])
+        .args(["--wasm", e2e::envoy::wasm_path().to_str().unwrap()])
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--admin",
+            &format!("127.0.0.1:{admin_port}"),
+        ])
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{e}");
+    assert!(e.contains("before it was ready"), "{e}");
+    assert!(!e.contains("Envoy listening on"), "{e}");
+    drop(taken);
+}
