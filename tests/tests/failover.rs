@@ -291,3 +291,52 @@ async fn a_destination_that_refuses_connections_is_skipped_after_its_threshold()
     assert_eq!(destination_failures(&p, "canary", "connect_failure"), 3.0, "{p}");
     assert_eq!(state(&s, "llama", "canary"), 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_breaks_off_its_streams_mid_answer_stops_getting_requests() {
+    let s = start(json!({
+        "restoreModelName": true,
+        "failover": {"consecutiveFailures": 3, "probation": "30s", "maxProbation": "60s"},
+        "models": [
+            {"name": "llama", "destinations": [{"name": "solo"}], "fallbacks": [{"model": "qwen"}]},
+            {"name": "qwen", "destinations": [{"name": "qwen-a"}]}
+        ]
+    }))
+    .await;
+    let cut = || async {
+        let r = s
+            .client
+            .post(s.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .header("x-test-reset-after", "2")
+            .body(chat("llama", true))
+            .send()
+            .await
+            .unwrap();
+        let route = r.headers().get("x-ai-route").map(|v| v.to_str().unwrap().to_string());
+        (r.status().as_u16(), route, r.bytes().await.is_err())
+    };
+    // Headers 200, then the backend aborts the stream: three of those open it.
+    for _ in 0..3 {
+        assert_eq!(cut().await, (200, Some("solo".to_string()), true));
+    }
+    let p = s
+        .prometheus_when("solo opens", |p| {
+            e2e::metric_if_made(
+                p,
+                "model_router_destination_state",
+                &[("model", "llama"), ("destination", "solo")],
+                "model_router_destination_state",
+            ) == 1.0
+        })
+        .await;
+    assert_eq!(
+        destination_failures(&p, "solo", "reset"),
+        3.0,
+        "{p}\n{}",
+        s.access_log()
+    );
+    // The next one goes to the fallback (which breaks it off too: the header asks the backend to).
+    let (status, route, _) = cut().await;
+    assert_eq!((status, route.as_deref()), (200, Some("qwen-a")));
+}

@@ -165,6 +165,21 @@ impl Stream {
         let (Some((at, sent_ns)), Some(p)) = (self.sent.take(), vm.config.failover.as_ref()) else {
             return;
         };
+        if self.answered {
+            // The end of an answer whose headers were fine: did the backend finish it?
+            let now = host.now_ns();
+            let flags = host
+                .property(&["response", "flags"])
+                .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+                .map_or(0, u64::from_le_bytes);
+            match flags {
+                f if f & (FLAG_REMOTE_RESET | FLAG_CONNECTION_TERMINATION | FLAG_UPSTREAM_PROTOCOL_ERROR) != 0 => {
+                    vm.failed(host, p, at, "reset", now)
+                }
+                _ => vm.breaker(host, at, Event::Outcome(p, true, now / 1_000_000)),
+            }
+            return;
+        }
         if !vm.first_byte_came(self.id) {
             // The tick counted it as a timeout already.
             return;
@@ -186,6 +201,12 @@ impl Stream {
         };
         let failure = match status {
             Some(s) if s >= 500 || p.fails(s) => from_flags(flags()).or(p.fails(s).then_some("status")),
+            Some(_) if !late => {
+                // In time and no failure status: the end of the body decides (on_log).
+                self.sent = Some((at, sent_ns));
+                self.answered = true;
+                return;
+            }
             Some(_) => None,
             None => match from_flags(flags()) {
                 None if !late => return,

@@ -99,6 +99,9 @@ impl World {
                 }
             }
         }
+        // Envoy's flags as the exchange ends (with a status: how its body ended).
+        h.properties
+            .insert("response.flags".into(), flags.to_le_bytes().to_vec());
         s.on_log(&self.vm, &mut h);
         self.now_ns = h.now_ns;
         self.shared = std::mem::take(&mut h.shared);
@@ -342,4 +345,34 @@ fn a_caller_served_by_a_fallback_is_checked_and_charged_as_the_model_it_asked_fo
     let s = w.send("llama", 0, Some(200), 0);
     assert_eq!(s.reply.map(|r| r.0), Some(429));
     assert_eq!(s.route, None);
+}
+
+#[test]
+fn an_answer_that_the_backend_breaks_off_mid_body_is_a_failure() {
+    let mut w = World::new();
+    let canary = to_canary(&w);
+    // A client that leaves mid-answer (downstream termination) is no failure of the backend.
+    for _ in 0..3 {
+        w.send("llama", canary, Some(200), 0x4000);
+    }
+    assert_eq!(w.state("canary"), 0);
+    // A backend that resets or breaks its chunked body after its 200 headers fails.
+    for flags in [
+        FLAG_REMOTE_RESET,
+        FLAG_UPSTREAM_PROTOCOL_ERROR,
+        FLAG_CONNECTION_TERMINATION,
+    ] {
+        assert_eq!(
+            w.send("llama", canary, Some(200), flags).route.as_deref(),
+            Some("canary")
+        );
+    }
+    assert_eq!(w.state("canary"), 1, "three broken answers open it");
+    assert_eq!(
+        w.metric(
+            telemetry::DESTINATION_FAILURES_TOTAL,
+            &[("model", "llama"), ("destination", "canary"), ("reason", "reset")]
+        ),
+        3
+    );
 }

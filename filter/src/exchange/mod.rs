@@ -221,6 +221,8 @@ pub const FLAG_REQUEST_TIMEOUT: u64 = 0x4;
 pub const FLAG_REMOTE_RESET: u64 = 0x10;
 pub const FLAG_CONNECT_FAILURE: u64 = 0x20;
 pub const FLAG_CONNECTION_TERMINATION: u64 = 0x40;
+/// `UPE`: the upstream broke the protocol, e.g. closed a chunked body before its end.
+pub const FLAG_UPSTREAM_PROTOCOL_ERROR: u64 = 0x80_0000;
 
 /// How long past its timeout the tick waits for a rate limit answer the host never delivered.
 pub const CALLOUT_GRACE_NS: u64 = 1_000_000_000;
@@ -266,6 +268,9 @@ pub struct Stream {
     /// Failover: the (model, destination, breaker slot) the request went to and when, until its
     /// outcome is counted.
     sent: Option<((usize, usize, usize), u64)>,
+    /// Failover: its response headers came in time with a status that is no failure; the
+    /// outcome waits for the end of the body (a backend that dies mid-answer fails).
+    answered: bool,
 }
 
 /// What admission decided.
@@ -294,6 +299,7 @@ impl Stream {
             refusal: None,
             asked_ns: 0,
             sent: None,
+            answered: false,
         }
     }
 
