@@ -108,6 +108,13 @@ pub fn warn(settings: &RenderSettings, opts: &Options) {
     for (path, message) in plugin_config::identity_warnings(&settings.loaded.config, place) {
         eprintln!("warning: {path}: {message}");
     }
+    if matches!(opts.target, Target::EnvoyGateway { .. }) {
+        eprintln!(
+            "warning: metrics: Envoy Gateway's Envoy does not read Istio's stats annotations: the filter's \
+             series keep their labels inside the stat name until its bootstrap has the `stats_tags` that \
+             `wasmpack run --print-config` shows (EnvoyProxy `spec.bootstrap`; not rendered, see docs/reach.md)"
+        );
+    }
 }
 
 pub async fn run(args: &ManifestsArgs) -> Result<()> {
