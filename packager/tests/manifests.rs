@@ -1036,6 +1036,8 @@ fn the_buffer_limit_warning_names_what_is_left_undone() {
         args.extend(target);
         let o = wasmpack(&args, "", &[]);
         assert!(o.status.success(), "{}", stderr(&o));
+        let metrics = stderr(&o).contains("warning: metrics: Envoy Gateway's Envoy does not read");
+        assert_eq!(metrics, target.contains(&"--envoy-gateway"), "{}", stderr(&o));
         let warning = stderr(&o)
             .lines()
             .find(|l| l.starts_with("warning: maxBodyBytes"))
