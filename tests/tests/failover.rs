@@ -46,6 +46,16 @@ fn state(s: &Scenario, model: &str, d: &str) -> f64 {
     )
 }
 
+/// A destination's breaker state in Prometheus text (0 before the gauges are made).
+fn state_in(p: &str, model: &str, d: &str) -> f64 {
+    e2e::metric_if_made(
+        p,
+        "model_router_destination_state",
+        &[("model", model), ("destination", d)],
+        "model_router_destination_state",
+    )
+}
+
 fn received(s: &Scenario, d: &str) -> usize {
     s.backend(d).exchanges().len()
 }
@@ -234,12 +244,7 @@ async fn a_destination_that_hangs_before_its_first_byte_stops_getting_requests_w
     }
     let p = s
         .prometheus_when("the canary opens while its requests still wait", |p| {
-            e2e::metric_if_made(
-                p,
-                "model_router_destination_state",
-                &[("model", "llama"), ("destination", "canary")],
-                "model_router_destination_state",
-            ) == 1.0
+            state_in(p, "llama", "canary") == 1.0
         })
         .await;
     assert!(hung.iter().all(|t| !t.is_finished()), "requests are not cut short");
@@ -321,14 +326,7 @@ async fn a_backend_that_breaks_off_its_streams_mid_answer_stops_getting_requests
         assert_eq!(cut().await, (200, Some("solo".to_string()), true));
     }
     let p = s
-        .prometheus_when("solo opens", |p| {
-            e2e::metric_if_made(
-                p,
-                "model_router_destination_state",
-                &[("model", "llama"), ("destination", "solo")],
-                "model_router_destination_state",
-            ) == 1.0
-        })
+        .prometheus_when("solo opens", |p| state_in(p, "llama", "solo") == 1.0)
         .await;
     assert_eq!(
         destination_failures(&p, "solo", "reset"),

@@ -66,9 +66,7 @@ impl Vm {
         };
         let deadline_ns = now.saturating_add(u64::from(t) * 1_000_000);
         self.awaiting.borrow_mut().push(Awaiting { id, deadline_ns, at });
-        if !self.ticking.replace(true) {
-            host.set_tick_ms(TICK_MS);
-        }
+        self.tick_on(host);
     }
 
     /// The request's first byte came (or it ended): `false` when the tick already counted it.
@@ -122,6 +120,13 @@ impl Vm {
     }
 }
 
+/// Envoy's response flags (`StreamInfo::legacyResponseFlags()`; 0 where unknown).
+fn response_flags<H: Host>(host: &mut H) -> u64 {
+    host.property(&["response", "flags"])
+        .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+        .map_or(0, u64::from_le_bytes)
+}
+
 impl Stream {
     /// Failover: a routed request goes upstream; a trial is marked on its breaker, a failover
     /// counted, and the outcome awaited.
@@ -168,11 +173,7 @@ impl Stream {
         if self.answered {
             // The end of an answer whose headers were fine: did the backend finish it?
             let now = host.now_ns();
-            let flags = host
-                .property(&["response", "flags"])
-                .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
-                .map_or(0, u64::from_le_bytes);
-            match flags {
+            match response_flags(host) {
                 f if f & (FLAG_REMOTE_RESET | FLAG_CONNECTION_TERMINATION | FLAG_UPSTREAM_PROTOCOL_ERROR) != 0 => {
                     vm.failed(host, p, at, "reset", now)
                 }
@@ -188,11 +189,6 @@ impl Stream {
         let late = p
             .first_byte_timeout_ms
             .is_some_and(|t| now.saturating_sub(sent_ns) > u64::from(t) * 1_000_000);
-        let mut flags = || {
-            host.property(&["response", "flags"])
-                .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
-                .map_or(0, u64::from_le_bytes)
-        };
         let from_flags = |f: u64| match f {
             _ if f & (FLAG_NO_HEALTHY_UPSTREAM | FLAG_CONNECT_FAILURE) != 0 => Some("connect_failure"),
             _ if f & (FLAG_REMOTE_RESET | FLAG_CONNECTION_TERMINATION) != 0 => Some("reset"),
@@ -200,7 +196,7 @@ impl Stream {
             _ => None,
         };
         let failure = match status {
-            Some(s) if s >= 500 || p.fails(s) => from_flags(flags()).or(p.fails(s).then_some("status")),
+            Some(s) if s >= 500 || p.fails(s) => from_flags(response_flags(host)).or(p.fails(s).then_some("status")),
             Some(_) if !late => {
                 // In time and no failure status: the end of the body decides (on_log).
                 self.sent = Some((at, sent_ns));
@@ -208,7 +204,7 @@ impl Stream {
                 return;
             }
             Some(_) => None,
-            None => match from_flags(flags()) {
+            None => match from_flags(response_flags(host)) {
                 None if !late => return,
                 f => f,
             },

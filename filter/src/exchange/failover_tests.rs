@@ -172,12 +172,17 @@ fn a_failing_destination_opens_at_its_threshold_then_is_tried_and_returns() {
     assert_eq!(w.send("llama", canary, Some(200), 0).route.as_deref(), Some("canary"));
 }
 
-#[test]
-fn late_first_bytes_count_as_failures() {
-    let mut w = World::with(&CFG.replace(
+/// The test configuration with `firstByteTimeout: 2s`.
+fn with_first_byte_timeout() -> World {
+    World::with(&CFG.replace(
         r#""maxProbation":"40s""#,
         r#""maxProbation":"40s","firstByteTimeout":"2s""#,
-    ));
+    ))
+}
+
+#[test]
+fn late_first_bytes_count_as_failures() {
+    let mut w = with_first_byte_timeout();
     let canary = to_canary(&w);
     w.send_after("llama", canary, Some(200), 0, 2_000);
     assert_eq!(w.state("canary"), 0);
@@ -196,10 +201,7 @@ fn late_first_bytes_count_as_failures() {
 
 #[test]
 fn the_tick_counts_a_request_whose_first_byte_is_overdue_once_and_lets_it_go_on() {
-    let mut w = World::with(&CFG.replace(
-        r#""maxProbation":"40s""#,
-        r#""maxProbation":"40s","firstByteTimeout":"2s""#,
-    ));
+    let mut w = with_first_byte_timeout();
     let canary = to_canary(&w);
     let mut h = MemoryHost::new();
     h.now_ns = w.now_ns;

@@ -305,20 +305,14 @@ impl Stream {
             LogLevel::Error,
             "model-router: the proxy refused to set the routing header; request refused",
         );
-        let r = Reject::new(
+        let mut r = Reject::new(
             RejectReason::RouteFailed,
             "The proxy could not route this request to the model's destination.",
         );
+        r.error_type = "server_error".into();
         self.flow.deny(r.reason);
         // Its rate limit answers no longer matter.
         vm.calls_done(self.id);
-        self.reject(
-            vm,
-            host,
-            &Reject {
-                error_type: "server_error".into(),
-                ..r
-            },
-        )
+        self.reject(vm, host, &r)
     }
 }

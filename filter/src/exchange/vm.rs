@@ -144,9 +144,7 @@ impl Vm {
             call,
             deadline_ns,
         });
-        if !self.ticking.replace(true) {
-            host.set_tick_ms(TICK_MS);
-        }
+        self.tick_on(host);
     }
 
     /// The request that waits for the answer `token` (the host delivers answers to the root).
@@ -273,7 +271,14 @@ impl Vm {
     }
 
     pub(super) fn watch_held<H: Host>(&self, host: &mut H, id: u32, now: u64) {
-        if self.hold.borrow_mut().held(id, now) && !self.ticking.replace(true) {
+        if self.hold.borrow_mut().held(id, now) {
+            self.tick_on(host);
+        }
+    }
+
+    /// Starts the root's timer unless it runs (the tick stops it once nothing needs it).
+    pub(super) fn tick_on<H: Host>(&self, host: &mut H) {
+        if !self.ticking.replace(true) {
             host.set_tick_ms(TICK_MS);
         }
     }
