@@ -210,7 +210,7 @@ fn found_words(f: &str) -> String {
 }
 
 /// The known name closest to `bad`, if it is close enough to be a typo.
-fn closest(bad: &str, known: &[String]) -> Option<String> {
+pub(crate) fn closest(bad: &str, known: &[String]) -> Option<String> {
     let lower = bad.to_ascii_lowercase();
     known
         .iter()

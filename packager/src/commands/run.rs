@@ -174,15 +174,15 @@ pub async fn run(args: &RunArgs) -> Result<()> {
             port,
         });
     }
-    let names: Vec<&str> = loaded
+    let names: Vec<String> = loaded
         .config
         .models
         .iter()
-        .flat_map(|m| m.destinations.iter().map(|d| d.name.as_str()))
+        .flat_map(|m| m.destinations.iter().map(|d| d.name.clone()))
         .collect();
     for u in &upstreams {
-        if !names.contains(&u.name.as_str()) {
-            let near = names.iter().find(|n| strsim::levenshtein(n, &u.name) <= 2);
+        if !names.contains(&u.name) {
+            let near = plugin_config::closest(&u.name, &names);
             eprintln!(
                 "warning: --upstream {}: no destination of the configuration has that name, nothing is routed to it{}",
                 u.name,
