@@ -3,49 +3,7 @@
 
 use std::collections::HashMap;
 
-use serde::Deserialize;
-
-use crate::config::{ConfigError, Model};
-
-/// `failover`: when a destination stops getting new requests, and when it is tried again.
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RawFailover {
-    #[serde(default)]
-    /// Failures in a row that open a destination's breaker (default 5).
-    pub consecutive_failures: Option<u64>,
-    #[serde(default)]
-    /// How long an open destination gets no new requests, the first time (default `5s`); it
-    /// doubles each time the destination opens again before it recovered.
-    pub probation: Option<String>,
-    #[serde(default)]
-    /// The longest probation (default `60s`).
-    pub max_probation: Option<String>,
-    #[serde(default)]
-    /// Successful trial requests after a probation that close the breaker (default 1).
-    pub trial_requests: Option<u64>,
-    #[serde(default)]
-    /// Response statuses that count as failures (default `[500, 502, 503, 504]`; add 429 to fail
-    /// over from a rate-limited backend). Upstream resets and connect failures always count.
-    pub failure_statuses: Option<Vec<u64>>,
-    #[serde(default)]
-    /// A response whose headers come later than this after the request went upstream counts as
-    /// a failure (`30s`; default: none). The request itself is not cut short.
-    pub first_byte_timeout: Option<String>,
-}
-
-/// One entry of `fallbacks`.
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RawFallback {
-    /// A configured model (canonical name or alias); its `upstreamModel` rewrite applies.
-    pub model: String,
-    #[serde(default)]
-    /// One of its destinations (default: its destinations by their weights).
-    pub destination: Option<String>,
-}
+use crate::config::{ConfigError, Model, RawFailover, RawFallback};
 
 /// The validated `failover` section.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,10 +31,7 @@ pub struct Fallback {
 }
 
 fn err(path: &str, message: &str) -> ConfigError {
-    ConfigError {
-        path: path.to_string(),
-        message: message.to_string(),
-    }
+    ConfigError::invalid(path, message)
 }
 
 fn duration(path: &str, v: Option<&str>, default: u32) -> Result<u32, ConfigError> {
@@ -204,7 +159,7 @@ mod tests {
 
     fn err(json: &str) -> (String, String) {
         let e = Config::from_json(json.as_bytes()).expect_err(json);
-        (e.path, e.message)
+        (e.path, e.kind.to_string())
     }
 
     const MODELS: &str = r#""models":[{"name":"m","destinations":[{"name":"a"},{"name":"b"}]},{"name":"f","aliases":["g"],"destinations":[{"name":"f1"}]}]"#;
