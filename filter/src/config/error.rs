@@ -76,20 +76,22 @@ fn one_of(f: &mut fmt::Formatter<'_>, names: &[&str]) -> fmt::Result {
 }
 
 impl fmt::Display for ErrorKind {
+    // Few formatting calls: each costs the Wasm module code of its own.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ErrorKind::Syntax(m) | ErrorKind::Invalid(m) => f.write_str(m),
-            ErrorKind::InvalidType { found, expected } => write!(f, "invalid type: {found}, expected {expected}"),
-            ErrorKind::InvalidValue { found, expected } => write!(f, "invalid value: {found}, expected {expected}"),
-            ErrorKind::UnknownField { field, expected } => {
-                write!(f, "unknown field `{field}`, ")?;
-                one_of(f, expected)
-            }
-            ErrorKind::DuplicateField { field } => write!(f, "duplicate field `{field}`"),
-            ErrorKind::MissingField { field } => write!(f, "missing field `{field}`"),
-            ErrorKind::UnknownVariant { variant, expected } => {
-                write!(f, "unknown variant `{variant}`, ")?;
-                one_of(f, expected)
+        let (what, found, expected) = match self {
+            ErrorKind::Syntax(m) | ErrorKind::Invalid(m) => return f.write_str(m),
+            ErrorKind::DuplicateField { field } => return write!(f, "duplicate field `{field}`"),
+            ErrorKind::MissingField { field } => return write!(f, "missing field `{field}`"),
+            ErrorKind::InvalidType { found, expected } => ("invalid type: ", found, Err(*expected)),
+            ErrorKind::InvalidValue { found, expected } => ("invalid value: ", found, Err(*expected)),
+            ErrorKind::UnknownField { field, expected } => ("unknown field ", field, Ok(*expected)),
+            ErrorKind::UnknownVariant { variant, expected } => ("unknown variant ", variant, Ok(*expected)),
+        };
+        match expected {
+            Err(expected) => write!(f, "{what}{found}, expected {expected}"),
+            Ok(names) => {
+                write!(f, "{what}`{found}`, ")?;
+                one_of(f, names)
             }
         }
     }

@@ -5,7 +5,7 @@
 //! descriptions from the doc comments, defaults from the declared defaults, required fields);
 //! `config_enum!` does the same for the enums of names (`Policy` …, in `super`).
 
-use super::read::{boolean, list, string, u16_, u32_, u64_, variant, Fields, R};
+use super::read::{boolean, invalid_type, list, name_index, string, u16_, u32_, u64_, Fields, R};
 use super::{IdentitySource, InferenceModelHeader, Policy, ResponseHeaders};
 use crate::json::Json;
 
@@ -18,7 +18,12 @@ pub(crate) trait Variants: Copy + 'static {
 
 /// One of the names of `T`.
 pub(crate) fn one<T: Variants>(v: &Json, path: &str) -> R<T> {
-    variant(T::NAMES, T::VALUES)(v, path)
+    let i = name_index(v, path, T::NAMES)?;
+    // `NAMES` and `VALUES` have one length (`config_enum!`): never `None`.
+    T::VALUES
+        .get(i)
+        .copied()
+        .ok_or_else(|| invalid_type(v, path, "a string"))
 }
 
 /// A unit enum whose variants are read and written by name: `Variant = "name"`.

@@ -22,7 +22,7 @@ pub(crate) fn join(path: &str, key: &str) -> String {
 }
 
 #[inline(never)]
-fn invalid_type(v: &Json, path: &str, expected: &'static str) -> ConfigError {
+pub(crate) fn invalid_type(v: &Json, path: &str, expected: &'static str) -> ConfigError {
     ConfigError {
         path: path.to_string(),
         kind: ErrorKind::InvalidType {
@@ -152,21 +152,18 @@ pub(crate) fn list<T>(read: impl Fn(&Json, &str) -> R<T>) -> impl Fn(&Json, &str
     }
 }
 
-/// A unit enum by name: `names` and `values` are the enum's variants, in one order.
-pub(crate) fn variant<T: Copy>(names: &'static [&'static str], values: &'static [T]) -> impl Fn(&Json, &str) -> R<T> {
-    move |v, path| match v {
-        Json::Str(s) => names
-            .iter()
-            .zip(values)
-            .find(|(n, _)| *n == s)
-            .map(|(_, x)| *x)
-            .ok_or_else(|| ConfigError {
-                path: path.to_string(),
-                kind: ErrorKind::UnknownVariant {
-                    variant: s.clone(),
-                    expected: names,
-                },
-            }),
+/// The index in `names` of a string that is one of them (the generic part of reading a unit
+/// enum is only the index's value, `raw::one`).
+#[inline(never)]
+pub(crate) fn name_index(v: &Json, path: &str, names: &'static [&'static str]) -> R<usize> {
+    match v {
+        Json::Str(s) => names.iter().position(|n| n == s).ok_or_else(|| ConfigError {
+            path: path.to_string(),
+            kind: ErrorKind::UnknownVariant {
+                variant: s.clone(),
+                expected: names,
+            },
+        }),
         _ => Err(invalid_type(v, path, "a string")),
     }
 }
