@@ -5,6 +5,8 @@
 
 use std::collections::HashMap;
 
+use model_router::config::{ConfigError, ErrorKind};
+
 use serde_saphyr::granit_parser::{Event, Parser, Span};
 
 /// A position in the file, both 1-based (the column counts characters).
@@ -161,29 +163,31 @@ impl Places {
         }
     }
 
-    /// Where the problem `message` at field path `path` is (the core's wording,
-    /// `model_router::config::ConfigError`): the key of an unknown field, the second key of a
-    /// repeated one, the value for everything else (a wrong value, a missing field's object, a
-    /// warning). `None` for the file as a whole.
-    pub fn locate(&self, path: &str, message: &str) -> Option<At> {
-        let quoted = |prefix: &str| {
-            message
-                .strip_prefix(prefix)
-                .and_then(|r| r.strip_prefix('`'))
-                .and_then(|r| r.split_once('`'))
-                .map(|(name, _)| name.to_string())
-        };
-        if let Some(k) = quoted("duplicate field ") {
-            let all = self.occurrences(&join(path, &k));
-            if let Some(second) = all.get(1).or(all.first()) {
-                return second.key.or(Some(second.value));
+    /// Where the field at `path` is (a wrong value, a warning): its value, else what holds it.
+    /// `None` for the file as a whole.
+    pub fn locate(&self, path: &str) -> Option<At> {
+        self.nearest(path).map(|p| p.value)
+    }
+
+    /// Where the core's error `e` is (`model_router::config::ConfigError`), by its kind: the key
+    /// of an unknown field, the second key of a repeated one, the object a missing field belongs
+    /// to (its path is the object's), the value for everything else. `None` for the file as a
+    /// whole.
+    pub fn locate_error(&self, e: &ConfigError) -> Option<At> {
+        match &e.kind {
+            ErrorKind::DuplicateField { field } => {
+                let all = self.occurrences(&join(&e.path, field));
+                match all.get(1).or(all.first()) {
+                    Some(second) => second.key.or(Some(second.value)),
+                    None => self.locate(&e.path),
+                }
             }
+            ErrorKind::UnknownField { .. } => match self.occurrences(&e.path).first() {
+                Some(first) => first.key.or(Some(first.value)),
+                None => self.locate(&e.path),
+            },
+            _ => self.locate(&e.path),
         }
-        let place = self.nearest(path)?;
-        if message.starts_with("unknown field") && !self.occurrences(path).is_empty() {
-            return place.key.or(Some(place.value));
-        }
-        Some(place.value)
     }
 }
 
@@ -195,49 +199,77 @@ mod tests {
         Some(At { line, column })
     }
 
+    fn error(path: &str, kind: ErrorKind) -> ConfigError {
+        ConfigError {
+            path: path.into(),
+            kind,
+        }
+    }
+
+    fn unknown(path: &str, field: &str) -> ConfigError {
+        error(
+            path,
+            ErrorKind::UnknownField {
+                field: field.into(),
+                expected: &[],
+            },
+        )
+    }
+
     #[test]
     fn block_flow_and_json_alike() {
         let block = "models:\n- name: a\n  destinations:\n  - name: x\n    weight: 3\n";
         let flow = "models: [{name: a, destinations: [{name: x, weight: 3}]}]\n";
         let json = "{\"models\": [{\"name\": \"a\", \"destinations\": [\n  {\"name\": \"x\", \"weight\": 3}]}]}";
         let p = Places::of(block);
-        assert_eq!(p.locate("models[0].destinations[0].weight", "x"), at(5, 13));
+        assert_eq!(p.locate("models[0].destinations[0].weight"), at(5, 13));
         assert_eq!(
-            p.locate("models[0].destinations[0].weight", "unknown field `weight`"),
+            p.locate_error(&unknown("models[0].destinations[0].weight", "weight")),
             at(5, 5)
         );
-        assert_eq!(p.locate("models[0]", "missing field `x`"), at(2, 3), "the object");
-        let p = Places::of(flow);
-        assert_eq!(p.locate("models[0].destinations[0].weight", "x"), at(1, 53));
-        assert_eq!(p.locate("models[0].name", "x"), at(1, 17));
-        let p = Places::of(json);
-        assert_eq!(p.locate("models[0].destinations[0].weight", "x"), at(2, 27));
         assert_eq!(
-            p.locate("models[0].destinations[0].weight", "unknown field `weight`"),
+            p.locate_error(&error("models[0]", ErrorKind::MissingField { field: "x" })),
+            at(2, 3),
+            "the object"
+        );
+        let p = Places::of(flow);
+        assert_eq!(p.locate("models[0].destinations[0].weight"), at(1, 53));
+        assert_eq!(p.locate("models[0].name"), at(1, 17));
+        let p = Places::of(json);
+        assert_eq!(p.locate("models[0].destinations[0].weight"), at(2, 27));
+        assert_eq!(
+            p.locate_error(&unknown("models[0].destinations[0].weight", "weight")),
             at(2, 17),
             "a quoted key: its quote"
         );
-        assert_eq!(p.locate(".", "missing field `models`"), None, "the file as a whole");
+        assert_eq!(
+            p.locate_error(&error(".", ErrorKind::MissingField { field: "models" })),
+            None,
+            "the file as a whole"
+        );
     }
 
     #[test]
     fn a_repeated_key_is_placed_at_its_second_occurrence() {
         let text = "models:\n- name: a\n  destinations: [{name: x}]\n  name: b\n";
         let p = Places::of(text);
-        assert_eq!(p.locate("models[0]", "duplicate field `name`"), at(4, 3));
-        assert_eq!(p.locate("models[0].name", "x"), at(2, 9), "reads use the first");
+        assert_eq!(
+            p.locate_error(&error("models[0]", ErrorKind::DuplicateField { field: "name".into() })),
+            at(4, 3)
+        );
+        assert_eq!(p.locate("models[0].name"), at(2, 9), "reads use the first");
     }
 
     #[test]
     fn absent_fields_and_aliases_are_placed_at_what_holds_them() {
         let text = "d: &d [{name: x}]\nmodels:\n- name: a\n  destinations: *d\n";
         let p = Places::of(text);
-        assert_eq!(p.locate("models[0].destinations[0].weight", "x"), at(4, 17));
-        assert_eq!(p.locate("models[0].limits", "x"), at(3, 3));
-        assert_eq!(p.locate("identitySource", "x"), None);
+        assert_eq!(p.locate("models[0].destinations[0].weight"), at(4, 17));
+        assert_eq!(p.locate("models[0].limits"), at(3, 3));
+        assert_eq!(p.locate("identitySource"), None);
         // A key that is itself a list names no field; what follows it is still found.
         let p = Places::of("? [a, b]\n: 1\nmodels: []\n");
-        assert_eq!(p.locate("models", "x"), at(3, 9));
+        assert_eq!(p.locate("models"), at(3, 9));
         assert_eq!(parent("a.b[2]"), Some("a.b"));
         assert_eq!(parent("a[2]"), Some("a"));
         assert_eq!(parent("a"), Some("."));

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
-use model_router::config::Config;
+use model_router::config::{Config, ConfigError, ErrorKind};
 use model_router::json::Json;
 use serde_json::Value;
 
@@ -24,25 +24,65 @@ pub fn load(path: &Path) -> Result<Loaded> {
 }
 
 /// A problem in a configuration file, as data (`check --output json`): what is wrong, the field
-/// path (`models[0].name`; empty for the file as a whole), and where in the file when known.
+/// path (`models[0].name`; empty for the file as a whole), and where in the file when known;
+/// `kind` says which problem it is (the core's `ErrorKind` name for a parser error, `invalid`
+/// for a problem `manifests` would find, `warning`, or `unreadable`), with what was `expected`
+/// and `found` where the kind has them.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Diagnostic {
     pub message: String,
     pub path: String,
     pub line: Option<usize>,
     pub column: Option<usize>,
+    pub kind: &'static str,
+    /// A type (`u32`, `a string`) for `invalidType`/`invalidValue`; the names allowed (a list)
+    /// for `unknownField`/`unknownVariant`; the field for `missingField`/`duplicateField`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected: Option<Value>,
+    /// What the file has instead: the value as the parser describes it (`floating point `1.5``),
+    /// the unknown key or name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub found: Option<String>,
 }
 
 impl Diagnostic {
-    /// A problem (an error the core or `render::plan` found, or a warning) at a field path,
-    /// placed in the file by the parser's positions.
-    pub fn at(places: &Places, path: &str, message: &str) -> Diagnostic {
-        let at = places.locate(path, message);
+    /// A problem (an error `render::plan` found, or a warning: `kind`) at a field path, placed in
+    /// the file by the parser's positions.
+    pub fn at(places: &Places, path: &str, message: &str, kind: &'static str) -> Diagnostic {
+        let at = places.locate(path);
         Diagnostic {
             message: message.to_string(),
             path: if path == "." { String::new() } else { path.to_string() },
             line: at.map(|a| a.line),
             column: at.map(|a| a.column),
+            kind,
+            expected: None,
+            found: None,
+        }
+    }
+
+    /// The core's error, in a user's words (`human`), with its kind's data.
+    fn of(e: &ConfigError, at: Option<At>) -> Diagnostic {
+        let (expected, found) = match &e.kind {
+            ErrorKind::InvalidType { found, expected } | ErrorKind::InvalidValue { found, expected } => {
+                (Some(Value::from(*expected)), Some(found.clone()))
+            }
+            ErrorKind::UnknownField { field, expected } => (Some(Value::from(expected.to_vec())), Some(field.clone())),
+            ErrorKind::UnknownVariant { variant, expected } => {
+                (Some(Value::from(expected.to_vec())), Some(variant.clone()))
+            }
+            ErrorKind::MissingField { field } => (Some(Value::from(*field)), None),
+            ErrorKind::DuplicateField { field } => (Some(Value::from(field.as_str())), None),
+            ErrorKind::Syntax(_) | ErrorKind::Invalid(_) => (None, None),
+        };
+        Diagnostic {
+            message: words_for(&e.kind),
+            path: if e.path == "." { String::new() } else { e.path.clone() },
+            line: at.map(|a| a.line),
+            column: at.map(|a| a.column),
+            kind: e.kind.name(),
+            expected,
+            found,
         }
     }
 }
@@ -55,13 +95,11 @@ pub fn load_diagnosed(path: &Path) -> Result<Loaded, Diagnostic> {
         path: String::new(),
         line: None,
         column: None,
+        kind: "unreadable",
+        expected: None,
+        found: None,
     })?;
-    read(&text).map_err(|(e, at)| Diagnostic {
-        message: words_for(e.message.trim()),
-        path: if e.path == "." { String::new() } else { e.path.clone() },
-        line: at.map(|a| a.line),
-        column: at.map(|a| a.column),
-    })
+    read(&text).map_err(|(e, at)| Diagnostic::of(&e, at))
 }
 
 /// How YAML is read: as `serde_yaml` 0.9 read it (and the playground still does; a test compares
@@ -96,16 +134,8 @@ impl serde_saphyr::Localizer for Unplaced {
 /// YAML is a superset of JSON, so one parser takes both. Errors name the field path; the
 /// position is the YAML reader's for a file that is not YAML, else the field's, from the parser's
 /// positions (`places`).
-fn read(text: &str) -> Result<Loaded, (model_router::config::ConfigError, Option<At>)> {
-    let whole = |message: String, at: Option<At>| {
-        (
-            model_router::config::ConfigError {
-                path: ".".into(),
-                message,
-            },
-            at,
-        )
-    };
+fn read(text: &str) -> Result<Loaded, (ConfigError, Option<At>)> {
+    let whole = |message: String, at: Option<At>| (ConfigError::syntax(message), at);
     let doc: Json = serde_saphyr::from_str_with_options(text, yaml_options()).map_err(|e| {
         let at = e.location().filter(|l| l.line() > 0).map(|l| At {
             line: usize::try_from(l.line()).unwrap_or(usize::MAX),
@@ -115,7 +145,7 @@ fn read(text: &str) -> Result<Loaded, (model_router::config::ConfigError, Option
         whole(e.render_with_formatter(&formatter), at)
     })?;
     let config = Config::from_document(&doc).map_err(|e| {
-        let at = Places::of(text).locate(&e.path, &e.message);
+        let at = Places::of(text).locate_error(&e);
         (e, at)
     })?;
     // The text the filter receives, read back as a value (the YAML is parsed once).
@@ -124,14 +154,14 @@ fn read(text: &str) -> Result<Loaded, (model_router::config::ConfigError, Option
 }
 
 /// Reads a configuration (YAML or JSON) with the filter's own parser.
-pub fn parse(text: &str) -> Result<Loaded, model_router::config::ConfigError> {
+pub fn parse(text: &str) -> Result<Loaded, ConfigError> {
     read(text).map_err(|(e, _)| e)
 }
 
 /// A parser error for people, to follow the file name and position: `path: what is wrong`, the
 /// path once, types in words, and a suggestion for a misspelt field or value.
-pub fn human(e: &model_router::config::ConfigError) -> String {
-    let msg = words_for(e.message.trim());
+pub fn human(e: &ConfigError) -> String {
+    let msg = words_for(&e.kind);
     if e.path == "." {
         msg
     } else {
@@ -139,41 +169,30 @@ pub fn human(e: &model_router::config::ConfigError) -> String {
     }
 }
 
-/// serde's phrasing, in a user's words.
-fn words_for(msg: &str) -> String {
-    let quoted = |s: &str| -> Vec<String> { s.split('`').skip(1).step_by(2).map(str::to_string).collect() };
-    if let Some(rest) = msg.strip_prefix("unknown field ") {
-        let names = quoted(rest);
-        let (bad, known) = names
-            .split_first()
-            .map_or((String::new(), Vec::new()), |(b, k)| (b.clone(), k.to_vec()));
-        return match closest(&bad, &known) {
-            Some(s) => format!("unknown field `{bad}`; did you mean `{s}`?"),
-            None if known.is_empty() => format!("unknown field `{bad}`: nothing is expected here"),
-            None => format!("unknown field `{bad}`; the fields here are `{}`", known.join("`, `")),
-        };
-    }
-    if let Some(rest) = msg.strip_prefix("unknown variant ") {
-        let names = quoted(rest);
-        let (bad, known) = names
-            .split_first()
-            .map_or((String::new(), Vec::new()), |(b, k)| (b.clone(), k.to_vec()));
-        let hint = closest(&bad, &known)
-            .map(|s| format!("; did you mean `{s}`?"))
-            .unwrap_or_default();
-        return format!("`{bad}` is not one of `{}`{hint}", known.join("`, `"));
-    }
-    for prefix in ["invalid type: ", "invalid value: "] {
-        if let Some(rest) = msg.strip_prefix(prefix) {
-            if let Some((found, expected)) = rest.split_once(", expected ") {
-                return format!("expected {}, found {}", expected_words(expected), found_words(found));
-            }
+/// The core's error (serde's phrasing on display), in a user's words.
+fn words_for(kind: &ErrorKind) -> String {
+    let names = |known: &[&str]| known.iter().map(|k| k.to_string()).collect::<Vec<_>>();
+    match kind {
+        ErrorKind::UnknownField { field, expected } => match closest(field, &names(expected)) {
+            Some(s) => format!("unknown field `{field}`; did you mean `{s}`?"),
+            None if expected.is_empty() => format!("unknown field `{field}`: nothing is expected here"),
+            None => format!(
+                "unknown field `{field}`; the fields here are `{}`",
+                expected.join("`, `")
+            ),
+        },
+        ErrorKind::UnknownVariant { variant, expected } => {
+            let hint = closest(variant, &names(expected))
+                .map(|s| format!("; did you mean `{s}`?"))
+                .unwrap_or_default();
+            format!("`{variant}` is not one of `{}`{hint}", expected.join("`, `"))
         }
+        ErrorKind::InvalidType { found, expected } | ErrorKind::InvalidValue { found, expected } => {
+            format!("expected {}, found {}", expected_words(expected), found_words(found))
+        }
+        ErrorKind::MissingField { field } => format!("missing field `{field}` (it is required)"),
+        other => other.to_string().trim().to_string(),
     }
-    if let Some(rest) = msg.strip_prefix("missing field ") {
-        return format!("missing field {rest} (it is required)");
-    }
-    msg.to_string()
 }
 
 fn expected_words(e: &str) -> String {
@@ -632,7 +651,7 @@ mod tests {
         );
         let e = parse("models: [}").err().unwrap();
         assert!(
-            !e.message.contains("line"),
+            !e.kind.to_string().contains("line"),
             "the position is not repeated in the message: {e}"
         );
         let ok = parse("{\"models\": []}").unwrap();
@@ -674,7 +693,7 @@ mod tests {
         let places = Places::of(&text);
         let w: Vec<Diagnostic> = warnings(&l.config)
             .iter()
-            .map(|(p, m)| Diagnostic::at(&places, p, m))
+            .map(|(p, m)| Diagnostic::at(&places, p, m, "warning"))
             .collect();
         let weight = w.iter().find(|d| d.path == "models[1].destinations[0].weight").unwrap();
         assert_eq!((weight.line, weight.column), (Some(11), Some(13)), "{w:?}");

@@ -673,9 +673,63 @@ fn check_and_route() {
     assert_eq!(v["errors"][0]["path"], "models[0].destinations[0].weight", "{v}");
     assert_eq!(v["errors"][0]["line"], 5, "{v}");
     assert!(v["errors"][0]["message"].as_str().unwrap().contains("expected"), "{v}");
+    // And as data: the parser's kind, what it expected and what it found.
+    assert_eq!(v["errors"][0]["kind"], "invalidValue", "{v}");
+    assert_eq!(v["errors"][0]["expected"], "u32", "{v}");
+    assert_eq!(v["errors"][0]["found"], "integer `-3`", "{v}");
+    // An unknown key: the key, and the keys allowed there.
+    let typo = tmp.path().join("typo.yaml");
+    std::fs::write(
+        &typo,
+        "models: []
+bodyRoutng: false
+",
+    )
+    .unwrap();
+    let o4 = wasmpack(&["check", typo.to_str().unwrap(), "--output", "json"], "", &[]);
+    let v4: serde_json::Value = serde_json::from_slice(&o4.stdout).unwrap();
+    let e4 = &v4["errors"][0];
+    assert_eq!(
+        (&e4["kind"], &e4["found"], &e4["path"], &e4["line"], &e4["column"]),
+        (
+            &serde_json::json!("unknownField"),
+            &serde_json::json!("bodyRoutng"),
+            &serde_json::json!("bodyRoutng"),
+            &serde_json::json!(2),
+            &serde_json::json!(1)
+        ),
+        "{v4}"
+    );
+    assert!(
+        e4["expected"].as_array().unwrap().contains(&"bodyRouting".into()),
+        "{v4}"
+    );
+    // A missing field: the field, placed at its object.
+    std::fs::write(
+        &typo,
+        "models:
+  - destinations: []
+",
+    )
+    .unwrap();
+    let o5 = wasmpack(&["check", typo.to_str().unwrap(), "--output", "json"], "", &[]);
+    let v5: serde_json::Value = serde_json::from_slice(&o5.stdout).unwrap();
+    let e5 = &v5["errors"][0];
+    assert_eq!(
+        (&e5["kind"], &e5["expected"], &e5["path"], &e5["line"]),
+        (
+            &serde_json::json!("missingField"),
+            &serde_json::json!("name"),
+            &serde_json::json!("models[0]"),
+            &serde_json::json!(2)
+        ),
+        "{v5}"
+    );
+    assert!(e5.get("found").is_none(), "{v5}");
     // A file that cannot be read says why (the OS error), in the same shape.
     let o3 = wasmpack(&["check", "--output", "json", "/nonexistent/x.yaml"], "", &[]);
     let v: serde_json::Value = serde_json::from_slice(&o3.stdout).unwrap();
+    assert_eq!(v["errors"][0]["kind"], "unreadable", "{v}");
     assert!(
         v["errors"][0]["message"]
             .as_str()

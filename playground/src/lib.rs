@@ -21,19 +21,17 @@ use wasm_bindgen::prelude::wasm_bindgen;
 pub const SEED: u64 = 42;
 
 fn parse(config: &str) -> Result<Config, Value> {
-    let doc = serde_yaml::from_str::<model_router::json::Json>(config).map_err(|e| model_router::config::ConfigError {
-        path: ".".into(),
-        message: e.to_string(),
-    });
+    let doc = serde_yaml::from_str::<model_router::json::Json>(config)
+        .map_err(|e| model_router::config::ConfigError::syntax(e.to_string()));
     doc.and_then(|d| Config::from_document(&d)).map_err(|e| {
+        let message = e.kind.to_string();
         // serde_yaml puts the position in its message ("at line 3 column 5").
-        let line = e
-            .message
+        let line = message
             .split("at line ")
             .nth(1)
             .and_then(|r| r.split_whitespace().next())
             .and_then(|n| n.parse::<u64>().ok());
-        json!({"path": e.path, "message": e.message, "line": line})
+        json!({"path": e.path, "message": message, "line": line})
     })
 }
 

@@ -33,9 +33,9 @@ fn standalone() -> Options {
     }
 }
 
-/// One error or warning, the same shape for both (`check --output json`).
+/// One error or warning, the same shape for both (`check --output json`; docs/configuration.md).
 fn item(d: &plugin_config::Diagnostic) -> serde_json::Value {
-    serde_json::json!({"message": d.message, "path": d.path, "line": d.line, "column": d.column})
+    serde_json::to_value(d).unwrap_or_default()
 }
 
 pub fn run(args: &CheckArgs) -> Result<()> {
@@ -63,10 +63,12 @@ pub fn run(args: &CheckArgs) -> Result<()> {
     // Warnings and the problems `manifests` would find are placed in the file as the parser's
     // errors are: by the field path, with the YAML parser's positions.
     let places = plugin_config::Places::of(&std::fs::read_to_string(&path).unwrap_or_default());
-    let diag = |p: &str, m: &str| plugin_config::Diagnostic::at(&places, p, m);
+    let diag = |p: &str, m: &str, kind| plugin_config::Diagnostic::at(&places, p, m, kind);
     let c = &loaded.config;
-    let mut warnings: Vec<plugin_config::Diagnostic> =
-        plugin_config::warnings(c).iter().map(|(p, m)| diag(p, m)).collect();
+    let mut warnings: Vec<plugin_config::Diagnostic> = plugin_config::warnings(c)
+        .iter()
+        .map(|(p, m)| diag(p, m, "warning"))
+        .collect();
     let problems: Vec<plugin_config::Diagnostic> = match render::plan(c, &standalone()) {
         Ok(_) => Vec::new(),
         Err(p) => p
@@ -76,11 +78,15 @@ pub fn run(args: &CheckArgs) -> Result<()> {
                 // Envoy: `manifests` refuses it, `check` warns.
                 let istio_only = p.at == "rateLimitService.cluster";
                 if istio_only {
-                    warnings.push(diag(&p.at, &format!("{} (needed for `wasmpack manifests`)", p.message)));
+                    warnings.push(diag(
+                        &p.at,
+                        &format!("{} (needed for `wasmpack manifests`)", p.message),
+                        "warning",
+                    ));
                 }
                 !istio_only
             })
-            .map(|p| diag(&p.at, &p.message))
+            .map(|p| diag(&p.at, &p.message, "invalid"))
             .collect(),
     };
     let destinations: usize = c.models.iter().map(|m| m.destinations.len()).sum();
