@@ -38,11 +38,11 @@ pub struct Diagnostic {
     /// A type (`u32`, `a string`) for `invalidType`/`invalidValue`; the names allowed (a list)
     /// for `unknownField`/`unknownVariant`; the field for `missingField`/`duplicateField`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub expected: Option<Value>,
+    pub expected: Option<Box<Value>>,
     /// What the file has instead: the value as the parser describes it (`floating point `1.5``),
     /// the unknown key or name.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub found: Option<String>,
+    pub found: Option<Box<str>>,
 }
 
 impl Diagnostic {
@@ -75,6 +75,7 @@ impl Diagnostic {
             ErrorKind::DuplicateField { field } => (Some(Value::from(field.as_str())), None),
             ErrorKind::Syntax(_) | ErrorKind::Invalid(_) => (None, None),
         };
+        let (expected, found) = (expected.map(Box::new), found.map(String::into_boxed_str));
         Diagnostic {
             message: words_for(&e.kind),
             path: if e.path == "." { String::new() } else { e.path.clone() },

@@ -311,9 +311,9 @@ fn allow_rules(path: &str, list: &[String]) -> Result<Vec<AllowRule>, ConfigErro
                     format!("`{e}` has spaces or non-ASCII characters"),
                 ));
             }
-            match e.find('*') {
+            match e.split_once('*') {
                 None => Ok(AllowRule::Exact(e.clone())),
-                Some(at) if at == e.len() - 1 => Ok(AllowRule::Prefix(e[..at].to_string())),
+                Some((prefix, "")) => Ok(AllowRule::Prefix(prefix.to_string())),
                 Some(_) => Err(ConfigError::invalid(
                     p,
                     format!("`{e}`: `*` is only allowed at the end"),
