@@ -441,7 +441,7 @@ pub struct ClusterArgs {
     #[arg(long)]
     pub context: Option<String>,
     /// Server-side dry run: the API server validates, nothing is stored or deleted; prints what
-    /// would be applied and pruned
+    /// would be applied and pruned. Needs the cluster (`wasmpack manifests` renders without one)
     #[arg(long)]
     pub dry_run: bool,
 }
