@@ -357,7 +357,7 @@ impl TopLevelScanner {
             Lex::Num(n) => {
                 if let Some(next) = n.next(b) {
                     self.lex = Lex::Num(next);
-                    self.keep(std::slice::from_ref(&b));
+                    self.keep(chunk.get(i..=i).unwrap_or_default());
                     return Ok(i + 1);
                 }
                 if !n.complete() {
@@ -371,7 +371,7 @@ impl TopLevelScanner {
                 if word.get(n as usize) != Some(&b) {
                     return Err("malformed literal");
                 }
-                self.keep(std::slice::from_ref(&b));
+                self.keep(chunk.get(i..=i).unwrap_or_default());
                 if n as usize + 1 == word.len() {
                     self.value_done(at + 1);
                 } else {
@@ -383,7 +383,7 @@ impl TopLevelScanner {
         }
         // Inside a captured container every byte is kept, so `raw` is the value as sent.
         if self.capture.is_some() {
-            self.keep(std::slice::from_ref(&b));
+            self.keep(chunk.get(i..=i).unwrap_or_default());
         }
         if matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
             return Ok(i + 1);
@@ -397,7 +397,7 @@ impl TopLevelScanner {
                     return Err("trailing data after the JSON value");
                 }
                 if self.begin_value(b, at) {
-                    self.keep(std::slice::from_ref(&b));
+                    self.keep(chunk.get(i..=i).unwrap_or_default());
                 }
                 match b {
                     b'{' | b'[' => self.open(b)?,
@@ -474,7 +474,7 @@ impl TopLevelScanner {
                     }
                     return Ok(i + n);
                 }
-                self.string_bytes(std::slice::from_ref(&b));
+                self.string_bytes(end.get(..1).unwrap_or_default());
                 if b == b'\\' {
                     self.lex = Lex::Str(StrState::Escape);
                 } else {
@@ -483,7 +483,7 @@ impl TopLevelScanner {
                 Ok(i + n + 1)
             }
             StrState::Escape => {
-                self.string_bytes(std::slice::from_ref(&b));
+                self.string_bytes(chunk.get(i..=i).unwrap_or_default());
                 self.lex = match b {
                     b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Lex::Str(StrState::Plain),
                     b'u' => Lex::Str(StrState::Hex(4)),
@@ -495,7 +495,7 @@ impl TopLevelScanner {
                 if !b.is_ascii_hexdigit() {
                     return Err("invalid \\u escape in string");
                 }
-                self.string_bytes(std::slice::from_ref(&b));
+                self.string_bytes(chunk.get(i..=i).unwrap_or_default());
                 self.lex = Lex::Str(if left == 1 {
                     StrState::Plain
                 } else {
@@ -559,7 +559,7 @@ impl TopLevelScanner {
                 self.top_not_object = true;
             }
         }
-        if self.stack[..] == [b'{'] {
+        if self.stack.len() == 1 && self.stack.first() == Some(&b'{') {
             if let Some(key) = self.pending_key.take() {
                 self.capture = Some(Found {
                     key,
