@@ -16,6 +16,16 @@ cargo fmt --check || { echo "test.sh: cargo fmt --check failed: run cargo fmt" >
 echo "== cargo deny check bans licenses sources (deny.toml; advisories need the network: README.md, Tests)"
 cargo deny check bans licenses sources ||
   { echo "test.sh: cargo deny failed: a licence, a duplicate crate version or a source that deny.toml does not allow (see above)" >&2; exit 1; }
+# Advisories need the RustSec database, which only `cargo deny check advisories` with GitHub
+# reachable fetches: checked against it when this machine has one, and said when it has none.
+if ls -d "${CARGO_HOME:-$HOME/.cargo}"/advisory-dbs/*/.git >/dev/null 2>&1; then
+  db=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/advisory-dbs/*/ | head -1)
+  echo "== cargo deny --offline check advisories (the database here is of $(git -C "$db" log -1 --format=%cs))"
+  cargo deny --offline check advisories ||
+    { echo "test.sh: cargo deny found an advisory for a crate in the tree (see above; deny.toml lists the ignored ones)" >&2; exit 1; }
+else
+  echo "== advisories NOT checked: no RustSec database on this machine (fetch it with \`cargo deny check advisories\` where GitHub is reachable: README.md, Tests)"
+fi
 echo "== clippy (no unwrap/expect/panic outside tests)"
 cargo clippy --workspace --all-targets -q -- -D warnings
 cargo clippy -p model-router --target wasm32-wasip1 --release -q -- -D warnings

@@ -135,14 +135,21 @@ pub fn decide_in(config: &Config, req: &RouteRequest, seed: u64, repeat: u32, sh
     for i in 0..repeat.max(1) {
         let (v, s) = decide_on(&vm, req, shared, i + 1);
         shared = s;
-        let status = v["reject"]["status"].as_u64().unwrap_or(200);
+        let status = v.pointer("/reject/status").and_then(Value::as_u64).unwrap_or(200);
         *statuses.entry(status.to_string()).or_default() += 1;
         last = v;
     }
     if repeat > 1 {
-        last["repeat"] = json!({"requests": repeat, "statuses": statuses});
+        put(&mut last, "repeat", json!({"requests": repeat, "statuses": statuses}));
     }
     last
+}
+
+/// Sets `key` of the object `out` (not an object: nothing; serde_json's `out[key] = ` panics).
+fn put(out: &mut Value, key: &str, value: Value) {
+    if let Some(o) = out.as_object_mut() {
+        o.insert(key.to_owned(), value);
+    }
 }
 
 fn decide_on(vm: &Vm, req: &RouteRequest, shared: SharedMem, id: u32) -> (Value, SharedMem) {
@@ -230,23 +237,35 @@ fn decide_on(vm: &Vm, req: &RouteRequest, shared: SharedMem, id: u32) -> (Value,
         "outcome": outcome_name(flow.outcome()),
     });
     if let Some(p) = req.peer_identity {
-        out["peerIdentity"] = json!(p);
+        put(&mut out, "peerIdentity", json!(p));
     }
     if let Some((principal, source)) = s.caller() {
-        out["caller"] = json!({"identity": principal, "source": source.name()});
+        put(
+            &mut out,
+            "caller",
+            json!({"identity": principal, "source": source.name()}),
+        );
     }
     if !calls.is_empty() {
-        out["rateLimitService"] = json!({"calls": calls, "answer": "OK (assumed: route does not call the service)"});
+        put(
+            &mut out,
+            "rateLimitService",
+            json!({"calls": calls, "answer": "OK (assumed: route does not call the service)"}),
+        );
     }
     if let Some(r) = h.reply.take() {
         let body: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
         let headers: BTreeMap<String, String> = r.headers.into_iter().filter(|(k, _)| k != "content-type").collect();
-        out["reject"] = json!({
-            "status": r.status,
-            "code": body["error"]["code"],
-            "headers": headers,
-            "body": body,
-        });
+        put(
+            &mut out,
+            "reject",
+            json!({
+                "status": r.status,
+                "code": body.pointer("/error/code"),
+                "headers": headers,
+                "body": body,
+            }),
+        );
         s.on_log(vm, &mut h);
         return (out, h.shared);
     }
@@ -257,15 +276,19 @@ fn decide_on(vm: &Vm, req: &RouteRequest, shared: SharedMem, id: u32) -> (Value,
                 (crate::routing::Via::First, Some(_)) => "trial",
                 (v, _) => v.label(),
             };
-            out["failover"] = json!(how);
+            put(&mut out, "failover", json!(how));
             if flow.asked_model().is_some() {
-                out["servedBy"] = json!(m.name);
+                put(&mut out, "servedBy", json!(m.name));
             }
         }
-        out["destination"] = json!(d.name);
-        out["routedBy"] = json!(if flow.model_from_body() { "body" } else { "path" });
+        put(&mut out, "destination", json!(d.name));
+        put(
+            &mut out,
+            "routedBy",
+            json!(if flow.model_from_body() { "body" } else { "path" }),
+        );
     } else if let Some(note) = note(cfg.body_routing, flow.outcome()) {
-        out["note"] = json!(note);
+        put(&mut out, "note", json!(note));
     }
     let mut set: BTreeMap<String, String> = BTreeMap::new();
     let mut removed: Vec<String> = Vec::new();
@@ -281,12 +304,16 @@ fn decide_on(vm: &Vm, req: &RouteRequest, shared: SharedMem, id: u32) -> (Value,
             None => {}
         }
     }
-    out["setHeaders"] = json!(set);
+    put(&mut out, "setHeaders", json!(set));
     if !removed.is_empty() {
-        out["removeHeaders"] = json!(removed);
+        put(&mut out, "removeHeaders", json!(removed));
     }
     if h.request_body != body {
-        out["rewrittenBody"] = json!(String::from_utf8_lossy(&h.request_body));
+        put(
+            &mut out,
+            "rewrittenBody",
+            json!(String::from_utf8_lossy(&h.request_body)),
+        );
     }
     if went_on {
         // What the client would see on a 200 from the backend.
@@ -302,7 +329,7 @@ fn decide_on(vm: &Vm, req: &RouteRequest, shared: SharedMem, id: u32) -> (Value,
             .cloned()
             .collect();
         if !resp.is_empty() {
-            out["responseHeaders"] = json!(resp);
+            put(&mut out, "responseHeaders", json!(resp));
         }
     }
     s.on_log(vm, &mut h);

@@ -24,13 +24,19 @@ const CRC_NIBBLES: [u32; 16] = {
             c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
             k += 1;
         }
-        t[i] = c;
+        // Evaluated at compile time: out of bounds fails the build (and i < 16 by the loop).
+        #[allow(clippy::indexing_slicing)]
+        {
+            t[i] = c;
+        }
         i += 1;
     }
     t
 };
 
 /// Continues CRC-32 `crc` (0 to start) over `bytes`.
+// Its indexes are `c & 15`, under the table's length 16.
+#[allow(clippy::indexing_slicing)]
 #[inline(never)]
 pub fn crc32(crc: u32, bytes: &[u8]) -> u32 {
     let mut c = !crc;
@@ -60,6 +66,16 @@ pub struct EventStreamParser {
     pub dropped: u64,
 }
 
+/// Copies what fits of `src` into `dst` from `at` on; returns how many bytes.
+fn fill(dst: &mut [u8], at: usize, src: &[u8]) -> usize {
+    let dst = dst.get_mut(at..).unwrap_or_default();
+    let n = dst.len().min(src.len());
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = *s;
+    }
+    n
+}
+
 impl EventStreamParser {
     pub fn new() -> Self {
         Self::default()
@@ -70,10 +86,9 @@ impl EventStreamParser {
         while !chunk.is_empty() && !self.broken {
             let at = self.at as usize;
             if at < PRELUDE {
-                let n = (PRELUDE - at).min(chunk.len());
-                self.prelude[at..at + n].copy_from_slice(&chunk[..n]);
+                let n = fill(&mut self.prelude, at, chunk);
                 self.at += n as u32;
-                chunk = &chunk[n..];
+                chunk = chunk.get(n..).unwrap_or_default();
                 if self.at as usize == PRELUDE {
                     self.start_message();
                 }
@@ -82,21 +97,20 @@ impl EventStreamParser {
             let crc_at = self.total - 4;
             if self.at < crc_at {
                 let n = ((crc_at - self.at) as usize).min(chunk.len());
-                let bytes = &chunk[..n];
+                let (bytes, rest) = chunk.split_at_checked(n).unwrap_or((chunk, &[]));
                 self.crc = crc32(self.crc, bytes);
                 if self.total - MIN_MESSAGE <= MAX_PAYLOAD_BYTES as u32 {
-                    let skip = (self.payload_at.saturating_sub(self.at) as usize).min(n);
-                    self.payload.extend_from_slice(&bytes[skip..]);
+                    let skip = self.payload_at.saturating_sub(self.at) as usize;
+                    self.payload.extend_from_slice(bytes.get(skip..).unwrap_or_default());
                 }
-                self.at += n as u32;
-                chunk = &chunk[n..];
+                self.at += bytes.len() as u32;
+                chunk = rest;
                 continue;
             }
-            let n = ((self.total - self.at) as usize).min(chunk.len());
-            let t = (self.at - crc_at) as usize;
-            self.tail[t..t + n].copy_from_slice(&chunk[..n]);
+            // The tail's four bytes end the message: what fits of them is what is left of it.
+            let n = fill(&mut self.tail, (self.at - crc_at) as usize, chunk);
             self.at += n as u32;
-            chunk = &chunk[n..];
+            chunk = chunk.get(n..).unwrap_or_default();
             if self.at == self.total {
                 if u32::from_be_bytes(self.tail) != self.crc {
                     self.broken = true;
@@ -115,16 +129,16 @@ impl EventStreamParser {
 
     /// The prelude is whole: check it and set up the message.
     fn start_message(&mut self) {
-        let word = |i: usize| {
-            u32::from_be_bytes([
-                self.prelude[i],
-                self.prelude[i + 1],
-                self.prelude[i + 2],
-                self.prelude[i + 3],
-            ])
-        };
-        let (total, headers) = (word(0), word(4));
-        if crc32(0, &self.prelude[..8]) != word(8) || total < MIN_MESSAGE || headers > total - MIN_MESSAGE {
+        let [t0, t1, t2, t3, h0, h1, h2, h3, c0, c1, c2, c3] = self.prelude;
+        let (total, headers) = (
+            u32::from_be_bytes([t0, t1, t2, t3]),
+            u32::from_be_bytes([h0, h1, h2, h3]),
+        );
+        let lengths = [t0, t1, t2, t3, h0, h1, h2, h3];
+        if crc32(0, &lengths) != u32::from_be_bytes([c0, c1, c2, c3])
+            || total < MIN_MESSAGE
+            || headers > total - MIN_MESSAGE
+        {
             self.broken = true;
             return;
         }

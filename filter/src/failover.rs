@@ -123,10 +123,10 @@ pub fn resolve(
         }
         let mut out = Vec::with_capacity(list.len());
         for (k, f) in list.iter().enumerate() {
-            let Some(&model) = index.get(&f.model) else {
+            let Some((model, target)) = index.get(&f.model).and_then(|&m| Some((m, models.get(m)?))) else {
                 return Err(err(&path(Some(k), "model"), "not a configured model or alias"));
             };
-            if model != i && (models[model].allow.is_some() || models[model].limits.is_some()) {
+            if model != i && (target.allow.is_some() || target.limits.is_some()) {
                 // A caller is checked and charged as the model it asked for: serving it from a
                 // model with its own rules would bypass them (or refuse it for a model it never
                 // asked for).
@@ -138,16 +138,20 @@ pub fn resolve(
             }
             let destination = match &f.destination {
                 None => None,
-                Some(name) => match models[model].destinations.iter().position(|x| x.name == *name) {
+                Some(name) => match target.destinations.iter().position(|x| x.name == *name) {
                     Some(j) => Some(j),
                     None => return Err(err(&path(Some(k), "destination"), "not a destination of that model")),
                 },
             };
             out.push(Fallback { model, destination });
         }
-        match d {
-            None => models[i].fallbacks = out,
-            Some(j) => models[i].destinations[j].fallbacks = out,
+        let m = models.get_mut(i);
+        let slot = match d {
+            None => m.map(|m| &mut m.fallbacks),
+            Some(j) => m.and_then(|m| m.destinations.get_mut(j)).map(|x| &mut x.fallbacks),
+        };
+        if let Some(slot) = slot {
+            *slot = out;
         }
     }
     Ok(())

@@ -43,7 +43,9 @@ impl Hasher for FastHasher {
         let rest = words.remainder();
         if !rest.is_empty() {
             let mut b = [0u8; 8];
-            b[..rest.len()].copy_from_slice(rest);
+            for (d, s) in b.iter_mut().zip(rest) {
+                *d = *s;
+            }
             self.add(u64::from_le_bytes(b));
         }
     }

@@ -29,11 +29,14 @@ pub struct FormError {
 pub fn boundary(content_type: &str) -> Option<Vec<u8>> {
     let mut found: Option<&[u8]> = None;
     for param in content_type.as_bytes().split(|&b| b == b';').skip(1) {
-        let eq = find(b'=', param)?;
-        if !same(trim(&param[..eq]), b"boundary") {
+        let mut kv = param.splitn(2, |&b| b == b'=');
+        let (Some(key), Some(v)) = (kv.next(), kv.next()) else {
+            return None;
+        };
+        if !same(trim(key), b"boundary") {
             continue;
         }
-        let v = trim(&param[eq + 1..]);
+        let v = trim(v);
         let v = match v.strip_prefix(b"\"") {
             Some(q) => q.strip_suffix(b"\"")?,
             None => v,
@@ -128,8 +131,8 @@ impl FormScanner {
             return Err(e.clone());
         }
         let mut i = 0;
-        while i < chunk.len() {
-            match self.step(chunk, i) {
+        while let Some(&b) = chunk.get(i) {
+            match self.step(chunk, i, b) {
                 Ok(next) => i = next,
                 Err(reason) => return Err(self.fail(self.offset + i as u64, reason)),
             }
@@ -160,12 +163,12 @@ impl FormScanner {
         e
     }
 
-    /// Consumes input from `chunk[i..]`, returns the index of the next unconsumed byte.
-    fn step(&mut self, chunk: &[u8], i: usize) -> Result<usize, &'static str> {
-        let b = chunk[i];
+    /// Consumes input from `chunk[i..]` (`b` is `chunk[i]`), returns the index of the next
+    /// unconsumed byte.
+    fn step(&mut self, chunk: &[u8], i: usize, b: u8) -> Result<usize, &'static str> {
         match self.state {
             State::Start => {
-                if b != self.delimiter[self.matched] {
+                if self.delimiter.get(self.matched) != Some(&b) {
                     return Err("the body does not begin with the boundary");
                 }
                 self.matched += 1;
@@ -198,16 +201,17 @@ impl FormScanner {
             }
             State::Headers => {
                 // The header line up to its CR, at once.
-                let rest = &chunk[i..];
+                let rest = chunk.get(i..).unwrap_or_default();
                 let n = find(b'\r', rest).unwrap_or(rest.len());
+                let (line, end) = rest.split_at_checked(n).unwrap_or((rest, &[]));
                 if self.line.len() + n > MAX_HEADER_LINE {
                     return Err("a part header line is too long");
                 }
-                if rest[..n].contains(&b'\n') {
+                if line.contains(&b'\n') {
                     return Err("a part header line not ended by CRLF");
                 }
-                self.line.extend_from_slice(&rest[..n]);
-                if n < rest.len() {
+                self.line.extend_from_slice(line);
+                if !end.is_empty() {
                     self.state = State::HeaderLf;
                     return Ok(i + n + 1);
                 }
@@ -225,27 +229,27 @@ impl FormScanner {
                     self.state = State::Headers;
                 }
             }
-            State::Content => return self.content(chunk, i),
+            State::Content => return self.content(chunk, i, b),
             State::Epilogue => return Ok(chunk.len()),
         }
         Ok(i + 1)
     }
 
     /// Content bytes: everything up to a delimiter, which ends the part.
-    fn content(&mut self, chunk: &[u8], i: usize) -> Result<usize, &'static str> {
+    fn content(&mut self, chunk: &[u8], i: usize, b: u8) -> Result<usize, &'static str> {
         if self.matched == 0 {
             // Skip to the next CR, the only byte that can begin a delimiter.
-            let rest = &chunk[i..];
+            let rest = chunk.get(i..).unwrap_or_default();
             let n = memchr(b'\r', rest).unwrap_or(rest.len());
-            self.keep(&rest[..n]);
-            if n == rest.len() {
+            let (content, end) = rest.split_at_checked(n).unwrap_or((rest, &[]));
+            self.keep(content);
+            if end.is_empty() {
                 return Ok(chunk.len());
             }
             self.matched = 1;
             return Ok(i + n + 1);
         }
-        let b = chunk[i];
-        if b == self.delimiter[self.matched] {
+        if self.delimiter.get(self.matched) == Some(&b) {
             self.matched += 1;
             if self.matched == self.delimiter.len() {
                 let end = self.offset + i as u64 + 1 - self.delimiter.len() as u64;
@@ -258,7 +262,10 @@ impl FormScanner {
         // Not a delimiter after all: what matched was content. Only its first byte is a CR, so
         // a new match can begin only at this byte.
         if let Some(f) = &mut self.capture {
-            f.keep(&self.delimiter[..self.matched], self.capture_limit);
+            f.keep(
+                self.delimiter.get(..self.matched).unwrap_or_default(),
+                self.capture_limit,
+            );
         }
         self.matched = 0;
         Ok(i)
@@ -305,11 +312,12 @@ impl FormScanner {
 /// One part header line, into what the part's headers said (`field`: the wanted name).
 #[inline(never)]
 fn header(part: &mut Part, field: &str, line: &[u8]) -> Result<(), &'static str> {
-    if line[0] == b' ' || line[0] == b'\t' {
+    if matches!(line.first(), Some(b' ' | b'\t')) {
         return Err("a folded part header line");
     }
-    let colon = find(b':', line).ok_or("a part header line without `:`")?;
-    let (name, value) = (&line[..colon], trim(&line[colon + 1..]));
+    let mut kv = line.splitn(2, |&b| b == b':');
+    let name = kv.next().unwrap_or_default();
+    let value = trim(kv.next().ok_or("a part header line without `:`")?);
     if same(name, b"content-disposition") {
         if part.disposition {
             return Err("a part with two Content-Disposition headers");
@@ -327,39 +335,42 @@ fn header(part: &mut Part, field: &str, line: &[u8]) -> Result<(), &'static str>
 fn disposition(part: &mut Part, field: &str, v: &[u8]) -> Result<(), &'static str> {
     let blank = |b: u8| b == b' ' || b == b'\t';
     let skip_blanks = |mut j: usize| {
-        while j < v.len() && blank(v[j]) {
+        while v.get(j).is_some_and(|&c| blank(c)) {
             j += 1;
         }
         j
     };
+    // `v[a..z]` and `v[a..]`, empty where out of bounds (every index below is within `v`).
+    let span = |a: usize, z: usize| v.get(a..z).unwrap_or_default();
+    let from = |a: usize| v.get(a..).unwrap_or_default();
     let mut i = find(b';', v).unwrap_or(v.len());
-    if !same(trim(&v[..i]), b"form-data") {
+    if !same(trim(span(0, i)), b"form-data") {
         return Err("a part that is not form-data");
     }
     let mut name = None;
-    while i < v.len() {
-        if v[i] == b';' || blank(v[i]) {
+    while let Some(&c) = v.get(i) {
+        if c == b';' || blank(c) {
             i += 1;
             continue;
         }
-        let eq = i + find(b'=', &v[i..]).ok_or("a Content-Disposition parameter without a value")?;
-        let key = trim(&v[i..eq]);
+        let eq = i + find(b'=', from(i)).ok_or("a Content-Disposition parameter without a value")?;
+        let key = trim(span(i, eq));
         let mut j = skip_blanks(eq + 1);
         let value;
         if v.get(j) == Some(&b'"') {
-            let close = j + 1 + find(b'"', &v[j + 1..]).ok_or("an unclosed quoted Content-Disposition parameter")?;
-            value = &v[j + 1..close];
+            let close = j + 1 + find(b'"', from(j + 1)).ok_or("an unclosed quoted Content-Disposition parameter")?;
+            value = span(j + 1, close);
             if value.contains(&b'\\') {
                 // Parsers unescape differently (`\e`: `e` for one, `\e` for another).
                 return Err("a backslash in a Content-Disposition parameter");
             }
             j = skip_blanks(close + 1);
-            if j < v.len() && v[j] != b';' {
+            if v.get(j).is_some_and(|&c| c != b';') {
                 return Err("bytes after a Content-Disposition parameter");
             }
         } else {
-            let end = find(b';', &v[j..]).map_or(v.len(), |e| j + e);
-            value = trim(&v[j..end]);
+            let end = find(b';', from(j)).map_or(v.len(), |e| j + e);
+            value = trim(span(j, end));
             if value.iter().any(|&c| c == b'"' || c == b'\\') {
                 return Err("a quote or backslash in an unquoted Content-Disposition parameter");
             }

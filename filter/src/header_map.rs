@@ -87,8 +87,8 @@ impl HeaderMap {
     pub fn get(&self, name: &str) -> Option<&[u8]> {
         self.index
             .iter()
-            .find(|[ks, ke, _, _]| &self.raw[*ks..*ke] == name.as_bytes())
-            .map(|[_, _, vs, ve]| &self.raw[*vs..*ve])
+            .find(|[ks, ke, _, _]| self.raw.get(*ks..*ke) == Some(name.as_bytes()))
+            .and_then(|[_, _, vs, ve]| self.raw.get(*vs..*ve))
     }
 
     /// The first value of `name` as text (bytes that are not UTF-8 replaced).

@@ -52,14 +52,16 @@ impl Health {
         out.extend_from_slice(&self.at_ms.to_le_bytes());
     }
 
+    /// One `RECORD` (`chunks_exact`); anything else reads as the default.
     fn decode(b: &[u8]) -> Health {
-        let mut at = [0u8; 8];
-        at.copy_from_slice(&b[4..12]);
+        let &[state, level, c0, c1, a0, a1, a2, a3, a4, a5, a6, a7] = b else {
+            return Health::default();
+        };
         Health {
-            state: if b[0] <= HALF_OPEN { b[0] } else { CLOSED },
-            level: b[1],
-            count: u16::from_le_bytes([b[2], b[3]]),
-            at_ms: u64::from_le_bytes(at),
+            state: if state <= HALF_OPEN { state } else { CLOSED },
+            level,
+            count: u16::from_le_bytes([c0, c1]),
+            at_ms: u64::from_le_bytes([a0, a1, a2, a3, a4, a5, a6, a7]),
         }
     }
 
@@ -198,7 +200,7 @@ pub fn update<S: Store>(store: &mut S, key: &str, n: usize, slot: usize, event: 
         if after == before {
             return None;
         }
-        t.0[slot] = after;
+        *t.0.get_mut(slot)? = after;
         match store.set(key, &t.encode(), cas) {
             Ok(()) => return Some((before, after)),
             Err(true) => continue,

@@ -163,8 +163,11 @@ pub fn write_str(out: &mut String, s: &str) {
             const HEX: &[u8; 16] = b"0123456789abcdef";
             let b = c as u8;
             out.push_str("\\u00");
-            out.push(HEX[usize::from(b >> 4)] as char);
-            out.push(HEX[usize::from(b & 15)] as char);
+            // A nibble is under 16, the table's length.
+            #[allow(clippy::indexing_slicing)]
+            let (hi, lo) = (HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]);
+            out.push(hi as char);
+            out.push(lo as char);
         } else {
             out.push_str(esc);
         }
@@ -188,7 +191,7 @@ struct Parser<'a> {
 
 impl Parser<'_> {
     fn err(&self, message: &'static str) -> JsonError {
-        let upto = &self.b[..self.i.min(self.b.len())];
+        let upto = self.b.get(..self.i).unwrap_or(self.b);
         let line = 1 + upto.iter().filter(|&&c| c == b'\n').count();
         let start = upto.iter().rposition(|&c| c == b'\n').map_or(0, |p| p + 1);
         JsonError {
@@ -196,6 +199,16 @@ impl Parser<'_> {
             line,
             column: self.i.min(self.b.len()) - start + 1,
         }
+    }
+
+    /// The input from `self.i` on.
+    fn rest(&self) -> &[u8] {
+        self.b.get(self.i..).unwrap_or_default()
+    }
+
+    /// The input from `from` to `self.i`.
+    fn since(&self, from: usize) -> &[u8] {
+        self.b.get(from..self.i).unwrap_or_default()
     }
 
     fn peek(&self) -> Option<u8> {
@@ -209,7 +222,7 @@ impl Parser<'_> {
     }
 
     fn literal(&mut self, word: &[u8], v: Json) -> Result<Json, JsonError> {
-        if self.b[self.i..].starts_with(word) {
+        if self.rest().starts_with(word) {
             self.i += word.len();
             Ok(v)
         } else {
@@ -312,7 +325,7 @@ impl Parser<'_> {
             }
         }
         // ASCII only, checked above.
-        Ok(Json::Num(String::from_utf8_lossy(&self.b[from..self.i]).into_owned()))
+        Ok(Json::Num(String::from_utf8_lossy(self.since(from)).into_owned()))
     }
 
     fn hex4(&mut self) -> Result<u32, JsonError> {
@@ -342,7 +355,7 @@ impl Parser<'_> {
                 }
                 self.i += 1;
             }
-            out.extend_from_slice(&self.b[start..self.i]);
+            out.extend_from_slice(self.since(start));
             match self.peek() {
                 None => return Err(self.err("EOF while parsing a string")),
                 Some(b'"') => {
@@ -365,7 +378,7 @@ impl Parser<'_> {
                             self.i += 1;
                             let hi = self.hex4()?;
                             let cp = if (0xD800..0xDC00).contains(&hi) {
-                                if !self.b[self.i..].starts_with(b"\\u") {
+                                if !self.rest().starts_with(b"\\u") {
                                     return Err(self.err("lone leading surrogate in hex escape"));
                                 }
                                 self.i += 2;

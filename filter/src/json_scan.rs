@@ -35,7 +35,7 @@ impl Found {
         if bytes.len() > room {
             self.truncated = true;
         }
-        self.raw.extend_from_slice(&bytes[..bytes.len().min(room)]);
+        self.raw.extend_from_slice(bytes.get(..room).unwrap_or(bytes));
     }
 }
 
@@ -244,14 +244,14 @@ impl TopLevelScanner {
             (at.saturating_sub(self.offset) as usize).min(chunk.len())
         });
         let chunk_len = chunk.len();
-        let chunk = &chunk[..limit];
+        let chunk = chunk.get(..limit).unwrap_or(chunk);
         let mut i = 0;
-        while i < chunk.len() {
+        while let Some(&b) = chunk.get(i) {
             if self.stop_early && self.all_found() && !self.closed {
                 // Nothing more is needed; the rest is not looked at.
                 break;
             }
-            match self.step(chunk, i) {
+            match self.step(chunk, i, b) {
                 Ok(next) => i = next,
                 Err(reason) => {
                     let e = JsonError {
@@ -322,8 +322,9 @@ impl TopLevelScanner {
                 _ => 4,
             };
             let take = (want - self.utf8_carry.len()).min(rest.len());
-            self.utf8_carry.extend_from_slice(&rest[..take]);
-            rest = &rest[take..];
+            let (head, tail) = rest.split_at_checked(take).unwrap_or((rest, &[]));
+            self.utf8_carry.extend_from_slice(head);
+            rest = tail;
             if self.utf8_carry.len() < want {
                 // Still incomplete; the bytes so far must be a valid prefix.
                 return match std::str::from_utf8(&self.utf8_carry) {
@@ -339,23 +340,24 @@ impl TopLevelScanner {
         match std::str::from_utf8(rest) {
             Ok(_) => Ok(()),
             Err(e) if e.error_len().is_none() => {
-                self.utf8_carry.extend_from_slice(&rest[e.valid_up_to()..]);
+                self.utf8_carry
+                    .extend_from_slice(rest.get(e.valid_up_to()..).unwrap_or_default());
                 Ok(())
             }
             Err(e) => Err(self.offset + (chunk.len() - rest.len() + e.valid_up_to()) as u64),
         }
     }
 
-    /// Consumes input from `chunk[i..]`, returns the index of the next unconsumed byte.
-    fn step(&mut self, chunk: &[u8], i: usize) -> Result<usize, &'static str> {
-        let b = chunk[i];
+    /// Consumes input from `chunk[i..]` (`b` is `chunk[i]`), returns the index of the next
+    /// unconsumed byte.
+    fn step(&mut self, chunk: &[u8], i: usize, b: u8) -> Result<usize, &'static str> {
         let at = self.offset + i as u64;
         match self.lex {
-            Lex::Str(s) => return self.string(chunk, i, s),
+            Lex::Str(s) => return self.string(chunk, i, b, s),
             Lex::Num(n) => {
                 if let Some(next) = n.next(b) {
                     self.lex = Lex::Num(next);
-                    self.keep(&chunk[i..i + 1]);
+                    self.keep(chunk.get(i..=i).unwrap_or_default());
                     return Ok(i + 1);
                 }
                 if !n.complete() {
@@ -369,7 +371,7 @@ impl TopLevelScanner {
                 if word.get(n as usize) != Some(&b) {
                     return Err("malformed literal");
                 }
-                self.keep(&chunk[i..i + 1]);
+                self.keep(chunk.get(i..=i).unwrap_or_default());
                 if n as usize + 1 == word.len() {
                     self.value_done(at + 1);
                 } else {
@@ -381,7 +383,7 @@ impl TopLevelScanner {
         }
         // Inside a captured container every byte is kept, so `raw` is the value as sent.
         if self.capture.is_some() {
-            self.keep(&chunk[i..i + 1]);
+            self.keep(chunk.get(i..=i).unwrap_or_default());
         }
         if matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
             return Ok(i + 1);
@@ -395,7 +397,7 @@ impl TopLevelScanner {
                     return Err("trailing data after the JSON value");
                 }
                 if self.begin_value(b, at) {
-                    self.keep(&chunk[i..i + 1]);
+                    self.keep(chunk.get(i..=i).unwrap_or_default());
                 }
                 match b {
                     b'{' | b'[' => self.open(b)?,
@@ -452,18 +454,18 @@ impl TopLevelScanner {
         }
     }
 
-    fn string(&mut self, chunk: &[u8], i: usize, s: StrState) -> Result<usize, &'static str> {
+    fn string(&mut self, chunk: &[u8], i: usize, b: u8, s: StrState) -> Result<usize, &'static str> {
         match s {
             StrState::Plain => {
                 // Skip to the next quote, backslash or control character in one pass: this is
                 // where the time goes.
-                let rest = &chunk[i..];
+                let rest = chunk.get(i..).unwrap_or_default();
                 let n = string_end(rest);
-                self.string_bytes(&rest[..n]);
-                if n == rest.len() {
+                let (plain, end) = rest.split_at_checked(n).unwrap_or((rest, &[]));
+                self.string_bytes(plain);
+                let Some(&b) = end.first() else {
                     return Ok(chunk.len());
-                }
-                let b = rest[n];
+                };
                 if b < 0x20 {
                     // RFC 8259: control characters must be escaped inside strings. The bytes
                     // before it were consumed, so the error names its exact offset.
@@ -472,7 +474,7 @@ impl TopLevelScanner {
                     }
                     return Ok(i + n);
                 }
-                self.string_bytes(&rest[n..n + 1]);
+                self.string_bytes(end.get(..1).unwrap_or_default());
                 if b == b'\\' {
                     self.lex = Lex::Str(StrState::Escape);
                 } else {
@@ -481,8 +483,7 @@ impl TopLevelScanner {
                 Ok(i + n + 1)
             }
             StrState::Escape => {
-                let b = chunk[i];
-                self.string_bytes(&chunk[i..i + 1]);
+                self.string_bytes(chunk.get(i..=i).unwrap_or_default());
                 self.lex = match b {
                     b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Lex::Str(StrState::Plain),
                     b'u' => Lex::Str(StrState::Hex(4)),
@@ -491,11 +492,10 @@ impl TopLevelScanner {
                 Ok(i + 1)
             }
             StrState::Hex(left) => {
-                let b = chunk[i];
                 if !b.is_ascii_hexdigit() {
                     return Err("invalid \\u escape in string");
                 }
-                self.string_bytes(&chunk[i..i + 1]);
+                self.string_bytes(chunk.get(i..=i).unwrap_or_default());
                 self.lex = Lex::Str(if left == 1 {
                     StrState::Plain
                 } else {
@@ -559,7 +559,7 @@ impl TopLevelScanner {
                 self.top_not_object = true;
             }
         }
-        if self.stack.len() == 1 && self.stack[0] == b'{' {
+        if self.stack.len() == 1 && self.stack.first() == Some(&b'{') {
             if let Some(key) = self.pending_key.take() {
                 self.capture = Some(Found {
                     key,
@@ -643,7 +643,7 @@ fn string_end(b: &[u8]) -> usize {
         }
         i += 16;
     }
-    i + string_end_portable(&b[i..])
+    i + string_end_portable(b.get(i..).unwrap_or_default())
 }
 
 #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
@@ -657,7 +657,7 @@ fn string_end(b: &[u8]) -> usize {
 fn string_end_portable(b: &[u8]) -> usize {
     let n = memchr2(b'"', b'\\', b).unwrap_or(b.len());
     const BLOCK: usize = 32;
-    let plain = &b[..n];
+    let plain = b.get(..n).unwrap_or(b);
     let mut blocks = plain.chunks_exact(BLOCK);
     for (i, block) in blocks.by_ref().enumerate() {
         if block.iter().fold(false, |acc, &x| acc | (x < 0x20)) {

@@ -48,9 +48,10 @@ pub struct Lines {
 impl Lines {
     pub fn feed(&mut self, mut chunk: &[u8], on_line: &mut dyn FnMut(&[u8])) {
         while let Some(i) = memchr(b'\n', chunk) {
-            self.item.push(&chunk[..i]);
+            let (line, rest) = chunk.split_at_checked(i).unwrap_or((chunk, &[]));
+            self.item.push(line);
             self.item.end(&mut self.dropped, on_line);
-            chunk = &chunk[i + 1..];
+            chunk = rest.get(1..).unwrap_or_default();
         }
         self.item.push(chunk);
     }
@@ -99,7 +100,7 @@ impl Elements {
                 b'}' | b']' => {
                     if self.depth == 2 {
                         if let Some(f) = from.take() {
-                            self.item.push(&chunk[f..=i]);
+                            self.item.push(chunk.get(f..=i).unwrap_or_default());
                         }
                         self.item.end(&mut self.dropped, on_element);
                     }
@@ -109,7 +110,7 @@ impl Elements {
             }
         }
         if let Some(f) = from {
-            self.item.push(&chunk[f..]);
+            self.item.push(chunk.get(f..).unwrap_or_default());
         }
     }
 

@@ -5,6 +5,11 @@
 //! (wasm32 only) implements that trait with proxy-wasm calls and holds no logic of its own, and
 //! `memory_host` implements it in memory for tests, benches and `wasmpack route`.
 
+// An index or slice out of bounds traps the VM: every `x[i]` outside tests is checked (`get`,
+// iterators, patterns) or carries a narrow allow with the reason its bound holds.
+#![deny(clippy::indexing_slicing)]
+
+#[allow(clippy::indexing_slicing)] // config/: its own change
 pub mod config;
 #[cfg(any(test, feature = "decide"))]
 pub mod decide;

@@ -40,7 +40,7 @@ fn shapes(path: &str) -> Option<Cow<'_, str>> {
         *segments.get_mut(n)? = s;
         n += 1;
     }
-    let ["", rest @ ..] = &segments[..n] else {
+    let Some(["", rest @ ..]) = segments.get(..n) else {
         return None;
     };
     let name = kserve_v2(rest)
@@ -216,18 +216,20 @@ fn bedrock(path: &str) -> Option<Cow<'static, str>> {
     let mut p = resolved.as_slice();
     let starts = |p: &[u8], w: &[u8]| p.get(..w.len()).is_some_and(|h| h.eq_ignore_ascii_case(w));
     if starts(p, b"/bedrock/") {
-        p = &p[8..];
+        // Keeps the slash that starts `/model/`.
+        p = p.get(8..).unwrap_or_default();
     }
     if !starts(p, b"/model/") {
         return None;
     }
-    let rest = &p[7..];
+    let rest = p.get(7..).unwrap_or_default();
     let slash = rest.iter().rposition(|b| *b == b'/')?;
-    let op = std::str::from_utf8(&rest[slash + 1..]).ok()?;
+    let (model, op) = rest.split_at_checked(slash)?;
+    let op = std::str::from_utf8(op.get(1..)?).ok()?;
     if slash == 0 || !one_of(op, BEDROCK_OPERATIONS) {
         return None;
     }
-    String::from_utf8(rest[..slash].to_vec()).ok().map(Cow::Owned)
+    String::from_utf8(model.to_vec()).ok().map(Cow::Owned)
 }
 
 /// Whether `s` is one of `words`, in any case (not inlined: the word lists stay data).
@@ -283,23 +285,23 @@ fn resolve(decoded: &[u8]) -> Vec<u8> {
 /// `path` without its trailing slashes.
 pub fn trim_slashes(path: &[u8]) -> &[u8] {
     let end = path.iter().rposition(|b| *b != b'/').map_or(0, |i| i + 1);
-    &path[..end]
+    path.get(..end).unwrap_or(path)
 }
 
 /// `%XX` escapes decoded; a `%` that starts none is kept.
 fn decode(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
-    while i < bytes.len() {
+    while let Some(&b) = bytes.get(i) {
         let hex = |b: u8| (b as char).to_digit(16);
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+        if let (b'%', Some(&h), Some(&l)) = (b, bytes.get(i + 1), bytes.get(i + 2)) {
+            if let (Some(h), Some(l)) = (hex(h), hex(l)) {
                 out.push((h * 16 + l) as u8);
                 i += 3;
                 continue;
             }
         }
-        out.push(bytes[i]);
+        out.push(b);
         i += 1;
     }
     out

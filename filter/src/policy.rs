@@ -260,7 +260,7 @@ fn place(model: &Model, limits: &Limits, caller: &Caller) -> Place {
             .headers
             .iter()
             .find(|(k, _)| k == h)
-            .map(|(_, v)| &v[..v.len().min(MAX_ID)])
+            .map(|(_, v)| v.get(..MAX_ID).unwrap_or(v))
             .unwrap_or_default(),
     };
     let mut keyed = Vec::with_capacity(8 + who.len());

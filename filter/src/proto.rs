@@ -63,7 +63,7 @@ pub fn fields(buf: &[u8]) -> Option<Vec<(u32, Value<'_>)>> {
             2 => {
                 let len = usize::try_from(varint(buf, &mut at)?).ok()?;
                 let end = at.checked_add(len).filter(|end| *end <= buf.len())?;
-                let v = Value::Bytes(&buf[at..end]);
+                let v = Value::Bytes(buf.get(at..end)?);
                 at = end;
                 v
             }

@@ -55,7 +55,7 @@ impl JsonRestorer {
             return;
         }
         let found = self.scanner.found();
-        for f in &found[self.handled..] {
+        for f in found.get(self.handled..).unwrap_or_default() {
             if !f.truncated && f.raw == names.from {
                 self.replace.push((f.start, f.end));
             }
@@ -74,17 +74,22 @@ impl JsonRestorer {
         let end_abs = self.pending_at + self.pending.len() as u64;
         let upto = upto.min(end_abs);
         let mut at = self.pending_at;
+        // The pending bytes from absolute offset `a` to `z` (both within them, as below).
+        let (pending, base) = (&self.pending, self.pending_at);
+        let span = |a: u64, z: u64| {
+            pending
+                .get((a - base) as usize..(z - base) as usize)
+                .unwrap_or_default()
+        };
         for &(start, end) in self.replace.iter().filter(|(_, e)| *e <= upto) {
             if start < at {
                 continue;
             }
-            out.extend_from_slice(&self.pending[(at - self.pending_at) as usize..(start - self.pending_at) as usize]);
+            out.extend_from_slice(span(at, start));
             out.extend_from_slice(&names.to);
             at = end;
         }
-        out.extend_from_slice(
-            &self.pending[(at - self.pending_at) as usize..(upto.max(at) - self.pending_at) as usize],
-        );
+        out.extend_from_slice(span(at, upto.max(at)));
         let consumed = (upto.max(at) - self.pending_at) as usize;
         self.pending.drain(..consumed);
         self.pending_at += consumed as u64;
@@ -110,12 +115,12 @@ fn restore_event(names: &Names, event: &[u8], out: &mut Vec<u8>) {
             .position(|&b| b == b'\n' || b == b'\r')
             .map_or(rest.len(), |i| i + 1);
         // A CRLF pair stays together.
-        let end = if end < rest.len() && rest[end - 1] == b'\r' && rest[end] == b'\n' {
+        let end = if rest.get(end - 1..=end) == Some(&b"\r\n"[..]) {
             end + 1
         } else {
             end
         };
-        let line = &rest[..end];
+        let (line, after) = rest.split_at_checked(end).unwrap_or((rest, &[]));
         let body_len = line
             .iter()
             .rposition(|&b| b != b'\n' && b != b'\r')
@@ -124,21 +129,21 @@ fn restore_event(names: &Names, event: &[u8], out: &mut Vec<u8>) {
         match text.strip_prefix(b"data:") {
             Some(data) => {
                 let space = usize::from(data.first() == Some(&b' '));
-                out.extend_from_slice(&text[..5 + space]);
-                out.extend_from_slice(&restore_whole(names, &data[space..]));
+                out.extend_from_slice(text.get(..5 + space).unwrap_or_default());
+                out.extend_from_slice(&restore_whole(names, data.get(space..).unwrap_or_default()));
                 out.extend_from_slice(eol);
             }
             None => out.extend_from_slice(line),
         }
-        rest = &rest[end..];
+        rest = after;
     }
 }
 
 /// The end of the first complete event in `b` (just past its blank line), if any.
 fn event_end(b: &[u8]) -> Option<usize> {
     let mut i = 0;
-    while i < b.len() {
-        match b[i] {
+    while let Some(&c) = b.get(i) {
+        match c {
             b'\n' => {
                 if b.get(i + 1) == Some(&b'\n') {
                     return Some(i + 2);
@@ -211,8 +216,8 @@ impl ModelRestorer {
             Mode::Sse(held) => {
                 held.extend_from_slice(chunk);
                 let mut start = 0;
-                while let Some(n) = event_end(&held[start..]) {
-                    restore_event(&self.names, &held[start..start + n], &mut out);
+                while let Some(n) = event_end(held.get(start..).unwrap_or_default()) {
+                    restore_event(&self.names, held.get(start..start + n).unwrap_or_default(), &mut out);
                     start += n;
                 }
                 held.drain(..start);

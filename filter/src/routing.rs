@@ -130,19 +130,25 @@ pub fn choose(cfg: &Config, health: &Table, now_ms: u64, model: usize, how: Pick
             None => {
                 // Renormalised over the destinations that take requests; else a trial of one.
                 let ok: Vec<Option<Option<usize>>> = (0..fm.destinations.len()).map(|d| admit(f.model, d)).collect();
-                let weight = |d: usize| u64::from(fm.destinations[d].weight);
-                let total: u64 = (0..ok.len()).filter(|&d| ok[d] == Some(None)).map(weight).sum();
+                // `ok` has one entry per destination.
+                let weight = |d: usize| fm.destinations.get(d).map_or(0, |x| u64::from(x.weight));
+                let open = |d: usize| ok.get(d) == Some(&Some(None));
+                let total: u64 = (0..ok.len()).filter(|&d| open(d)).map(weight).sum();
                 let mut at = point(fm, how, total);
                 (0..ok.len())
                     .find(|&d| {
-                        let here = ok[d] == Some(None) && total > 0 && at < weight(d);
-                        if ok[d] == Some(None) && !here {
+                        let here = open(d) && total > 0 && at < weight(d);
+                        if open(d) && !here {
                             at = at.saturating_sub(weight(d));
                         }
                         here
                     })
                     .map(|d| (d, None))
-                    .or_else(|| (0..ok.len()).find_map(|d| Some((d, ok[d]?)).filter(|_| weight(d) > 0)))
+                    .or_else(|| {
+                        ok.iter()
+                            .enumerate()
+                            .find_map(|(d, t)| Some((d, (*t)?)).filter(|_| weight(d) > 0))
+                    })
             }
         };
         if let Some((destination, trial)) = found {

@@ -79,7 +79,7 @@ fn is_version(s: &[u8]) -> bool {
     if digits == 0 {
         return false;
     }
-    let tail = &rest[digits..];
+    let tail = rest.get(digits..).unwrap_or_default();
     let tail = tail
         .strip_prefix(b"alpha")
         .or_else(|| tail.strip_prefix(b"beta"))

@@ -48,22 +48,26 @@ impl SseParser {
         if self.at_start {
             // One U+FEFF only at the start of the stream, possibly split across chunks.
             const BOM: &[u8] = b"\xEF\xBB\xBF";
-            let have = self.line.len();
-            let take = chunk.len().min(BOM.len() - have);
-            if BOM[have..have + take] == chunk[..take] {
-                if have + take == BOM.len() {
-                    self.line.clear();
-                    self.at_start = false;
-                } else {
-                    self.line.extend_from_slice(&chunk[..take]);
+            // The line holds the BOM's bytes seen so far (fewer than three) while at the start.
+            let rest = BOM.get(self.line.len()..).unwrap_or_default();
+            let take = chunk.len().min(rest.len());
+            match chunk.split_at_checked(take) {
+                Some((got, tail)) if rest.starts_with(got) => {
+                    if got.len() == rest.len() {
+                        self.line.clear();
+                        self.at_start = false;
+                    } else {
+                        self.line.extend_from_slice(got);
+                    }
+                    chunk = tail;
                 }
-                chunk = &chunk[take..];
-            } else {
-                self.at_start = false;
+                _ => self.at_start = false,
             }
         }
-        if self.after_cr && chunk.first() == Some(&b'\n') {
-            chunk = &chunk[1..];
+        if self.after_cr {
+            if let Some(rest) = chunk.strip_prefix(b"\n") {
+                chunk = rest;
+            }
         }
         self.after_cr = false;
         while !chunk.is_empty() {
@@ -72,6 +76,8 @@ impl SseParser {
                     self.push_line_bytes(chunk);
                     return;
                 }
+                // i < chunk.len(): memchr2 found a byte there.
+                #[allow(clippy::indexing_slicing)]
                 Some(i) => {
                     self.push_line_bytes(&chunk[..i]);
                     let was_cr = chunk[i] == b'\r';
@@ -80,8 +86,8 @@ impl SseParser {
                     if was_cr {
                         if chunk.is_empty() {
                             self.after_cr = true;
-                        } else if chunk[0] == b'\n' {
-                            chunk = &chunk[1..];
+                        } else if let Some(rest) = chunk.strip_prefix(b"\n") {
+                            chunk = rest;
                         }
                     }
                 }
@@ -117,14 +123,10 @@ impl SseParser {
         let line = std::mem::take(&mut self.line);
         if line.is_empty() {
             self.dispatch(on_event);
-        } else if line[0] != b':' {
-            let (field, value) = match line.iter().position(|&b| b == b':') {
-                Some(i) => {
-                    let v = &line[i + 1..];
-                    (&line[..i], v.strip_prefix(b" ").unwrap_or(v))
-                }
-                None => (&line[..], &b""[..]),
-            };
+        } else if line.first() != Some(&b':') {
+            let mut parts = line.splitn(2, |&b| b == b':');
+            let field = parts.next().unwrap_or_default();
+            let value = parts.next().map_or(&b""[..], |v| v.strip_prefix(b" ").unwrap_or(v));
             match field {
                 b"data" => {
                     if self.data.len() + value.len() + 1 > MAX_EVENT_BYTES {

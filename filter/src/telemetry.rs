@@ -220,6 +220,8 @@ impl PairStats {
         }
     }
 
+    // `at` comes from the methods below, each under the array's length (3 + 5 + 5).
+    #[allow(clippy::indexing_slicing)]
     fn stat(&self, at: usize, metric: &str, label: Option<(&str, &str)>) -> &Stat {
         self.stats[at].get_or_init(|| {
             let mut name = String::from(&*self.labels);
@@ -244,12 +246,16 @@ impl PairStats {
     }
 
     /// Requests answered with `status`.
+    // `code_class_index` is under 5, `CODE_CLASSES`' length.
+    #[allow(clippy::indexing_slicing)]
     pub fn requests(&self, status: u32) -> &Stat {
         let i = code_class_index(status);
         self.stat(3 + i, REQUESTS_TOTAL, Some(("code_class", CODE_CLASSES[i])))
     }
 
     /// Tokens of the type `TOKEN_TYPES[i]`.
+    // Its only caller enumerates `Usage::counts`, one per token type.
+    #[allow(clippy::indexing_slicing)]
     fn tokens(&self, i: usize) -> &Stat {
         self.stat(3 + CODE_CLASSES.len() + i, TOKENS_TOTAL, Some(("type", TOKEN_TYPES[i])))
     }
@@ -302,13 +308,16 @@ impl StatNames {
         };
         let mut slots = self.slots.borrow_mut();
         // Anything else is (`other`, `other`), the last slot.
-        let at = slot.min(slots.len() - 1);
-        if let Some(p) = &slots[at] {
+        let last = slots.len() - 1;
+        // `slots` has n + 1 entries (never none): `slot.min(last)` is one of them.
+        #[allow(clippy::indexing_slicing)]
+        let cell = &mut slots[slot.min(last)];
+        if let Some(p) = cell {
             return Rc::clone(p);
         }
         let (model, destination) = labels(cfg, outcome);
         let p = Rc::new(PairStats::new(model, destination));
-        slots[at] = Some(Rc::clone(&p));
+        *cell = Some(Rc::clone(&p));
         p
     }
 }

@@ -181,10 +181,13 @@ impl RawUsage {
                     }
                     None
                 }
-                (_, Some(d)) => opt(members(d, &DETAIL[i - COUNTS..=i - COUNTS])?[0], Count::read)?,
+                (_, Some(d)) => opt(
+                    members(d, std::slice::from_ref(DETAIL.get(i - COUNTS)?))?[0],
+                    Count::read,
+                )?,
             };
-            if let (Some(c), Some(&slot)) = (count, SLOT.get(i)) {
-                u.0[usize::from(slot)].get_or_insert(c);
+            if let (Some(c), Some(slot)) = (count, SLOT.get(i).and_then(|&s| u.0.get_mut(usize::from(s)))) {
+                slot.get_or_insert(c);
             }
         }
         Some(u)
@@ -436,10 +439,8 @@ impl ResponseUsage {
                 let mut whole = true;
                 for f in s.found() {
                     whole &= !f.truncated;
-                    m.push((
-                        BODY_KEYS[f.key].to_string(),
-                        json::parse(&f.raw).unwrap_or(Json::Arr(Vec::new())),
-                    ));
+                    let Some(key) = BODY_KEYS.get(f.key) else { continue };
+                    m.push((key.to_string(), json::parse(&f.raw).unwrap_or(Json::Arr(Vec::new()))));
                 }
                 if !m.is_empty() {
                     match read_message(&Json::Obj(m)).filter(|_| whole) {
@@ -486,13 +487,13 @@ fn apply(counts: &mut Counts, complete: &mut bool, reports: Reports) {
 fn mentions_usage(data: &[u8]) -> bool {
     let mut rest = data;
     while let Some(i) = memchr::memchr(b'"', rest) {
-        rest = &rest[i + 1..];
+        rest = rest.get(i + 1..).unwrap_or_default();
         if let Some(r) = rest.strip_prefix(b"usage\"") {
             let after = r
                 .iter()
                 .position(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n' | b':'))
                 .unwrap_or(r.len());
-            if !r[after..].starts_with(b"null") {
+            if !r.get(after..).unwrap_or_default().starts_with(b"null") {
                 return true;
             }
         } else if NEEDLES.iter().any(|n| rest.starts_with(n)) {

@@ -47,6 +47,8 @@ pub struct Spec {
     /// gRPC (HTTP/2) clusters the filter calls, e.g. the rate limit service (named as the
     /// configuration's `rateLimitService.cluster`).
     pub grpc_clusters: Vec<Upstream>,
+    /// The routes' timeout: how long a request may take, streaming included (0: none).
+    pub route_timeout_s: u64,
 }
 
 /// Model, destination and token counts from the filter's filter state, then status and timing.
@@ -135,12 +137,13 @@ pub fn histogram_buckets() -> Value {
 }
 
 pub fn render(spec: &Spec) -> Value {
+    let timeout = format!("{}s", spec.route_timeout_s);
     let mut routes: Vec<Value> = spec
         .upstreams
         .iter()
         .map(|u| {
             json!({"match": {"prefix": "/", "headers": [{"name": spec.route_header, "string_match": {"exact": u.name}}]},
-                   "route": {"cluster": u.name, "timeout": "300s"}})
+                   "route": {"cluster": u.name, "timeout": timeout}})
         })
         .collect();
     let default = spec
@@ -148,7 +151,7 @@ pub fn render(spec: &Spec) -> Value {
         .clone()
         .or_else(|| spec.upstreams.first().map(|u| u.name.clone()));
     match default {
-        Some(d) => routes.push(json!({"match": {"prefix": "/"}, "route": {"cluster": d, "timeout": "300s"}})),
+        Some(d) => routes.push(json!({"match": {"prefix": "/"}, "route": {"cluster": d, "timeout": timeout}})),
         None => routes.push(json!({"match": {"prefix": "/"}, "direct_response": {"status": 404}})),
     }
     let mut hcm = json!({
@@ -235,6 +238,7 @@ mod tests {
             transport_socket: None,
             pre_filters: Vec::new(),
             grpc_clusters: Vec::new(),
+            route_timeout_s: 300,
         };
         let b = render(&spec);
         let routes = &b["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
@@ -242,6 +246,7 @@ mod tests {
         assert_eq!(routes.as_array().unwrap().len(), 3);
         assert_eq!(routes[1]["match"]["headers"][0]["string_match"]["exact"], "b");
         assert_eq!(routes[2]["route"]["cluster"], "b");
+        assert_eq!(routes[0]["route"]["timeout"], "300s");
         let clusters = &b["static_resources"]["clusters"];
         assert_eq!(clusters[0]["type"], "STATIC");
         assert_eq!(clusters[1]["type"], "STRICT_DNS");
@@ -259,5 +264,15 @@ mod tests {
             ..spec
         };
         assert_eq!(limit(&render(&big)), json!(8388608));
+        // `run --route-timeout 0`: no limit (Envoy reads 0s as none).
+        let unlimited = Spec {
+            route_timeout_s: 0,
+            ..big
+        };
+        let b = render(&unlimited);
+        let routes = &b["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+            ["route_config"]["virtual_hosts"][0]["routes"];
+        assert_eq!(routes[0]["route"]["timeout"], "0s");
+        assert_eq!(routes[2]["route"]["timeout"], "0s");
     }
 }

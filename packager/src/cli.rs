@@ -118,6 +118,10 @@ pub struct RunArgs {
     /// Envoy worker threads
     #[arg(long, default_value_t = 2)]
     pub concurrency: u32,
+    /// How long a request may take upstream, a whole streamed answer included, in seconds
+    /// (0: no limit); Envoy answers 504 past it
+    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+    pub route_timeout: u64,
     /// Envoy log level
     #[arg(long, default_value = "warning")]
     pub log_level: String,
@@ -441,7 +445,7 @@ pub struct ClusterArgs {
     #[arg(long)]
     pub context: Option<String>,
     /// Server-side dry run: the API server validates, nothing is stored or deleted; prints what
-    /// would be applied and pruned
+    /// would be applied and pruned. Needs the cluster (`wasmpack manifests` renders without one)
     #[arg(long)]
     pub dry_run: bool,
 }

@@ -327,3 +327,38 @@ async fn the_pull_secret_comes_from_the_docker_credentials() {
         "model-router-pull-secret"
     );
 }
+
+/// A cluster that does not answer: the error names the server and the kubeconfig context (which
+/// cluster was meant is the first question), once, with the cause once.
+#[test]
+fn an_unreachable_cluster_is_named_with_its_context() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = support::free_port();
+    let kc = tmp.path().join("kubeconfig");
+    std::fs::write(
+        &kc,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: prod\n  cluster:\n    server: https://127.0.0.1:{port}\n    insecure-skip-tls-verify: true\ncontexts:\n- name: prod-admin\n  context: {{cluster: prod, user: admin}}\ncurrent-context: prod-admin\nusers:\n- name: admin\n  user: {{token: t}}\n"
+        ),
+    )
+    .unwrap();
+    let cfg = write_config(tmp.path(), false, false);
+    let kcs = kc.display().to_string();
+    for args in [
+        install_args("apply", &cfg, &["--dry-run"]),
+        vec!["delete", "--namespace", "ai"],
+    ] {
+        let o = wasmpack(&args, "", &[("KUBECONFIG", kcs.as_str())]);
+        assert!(!o.status.success());
+        let e = stderr(&o);
+        assert!(
+            e.contains(&format!(
+                "the Kubernetes API at https://127.0.0.1:{port}/ (context prod-admin)"
+            )),
+            "{e}"
+        );
+        assert!(e.contains("no answer:") && e.contains("Connection refused"), "{e}");
+        assert_eq!(e.matches("client error (Connect)").count(), 1, "{e}");
+        assert!(!e.contains("ServiceError"), "{e}");
+    }
+}

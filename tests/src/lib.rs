@@ -182,6 +182,7 @@ impl Scenario {
             transport_socket: opts.tls.as_ref().map(|p| p.transport_socket()),
             pre_filters: opts.pre_filters,
             grpc_clusters: opts.grpc_clusters,
+            route_timeout_s: 300,
         });
         if opts.http1_trailers {
             let hcm = &mut boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];

@@ -26,7 +26,9 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-pub async fn client(cluster: &ClusterArgs, namespace: &str) -> Result<Client> {
+/// A client of the kubeconfig's cluster, and where it is for messages: `the Kubernetes API at
+/// https://… (context NAME)`.
+pub async fn client(cluster: &ClusterArgs, namespace: &str) -> Result<(Client, String)> {
     install_crypto_provider();
     let options = kube::config::KubeConfigOptions {
         context: cluster.context.clone(),
@@ -37,8 +39,17 @@ pub async fn client(cluster: &ClusterArgs, namespace: &str) -> Result<Client> {
         let msg = e.to_string().replace("'\"", "'").replace("\"'", "'");
         anyhow!("loading the kubeconfig (KUBECONFIG, ~/.kube/config, --context): {msg}")
     })?;
+    let context = match &cluster.context {
+        Some(c) => Some(c.clone()),
+        None => kube::config::Kubeconfig::read().ok().and_then(|k| k.current_context),
+    };
+    let at = match context {
+        Some(c) => format!("the Kubernetes API at {} (context {c})", config.cluster_url),
+        None => format!("the Kubernetes API at {}", config.cluster_url),
+    };
     config.default_namespace = namespace.to_string();
-    Client::try_from(config).context("creating the Kubernetes client")
+    let client = Client::try_from(config).context("creating the Kubernetes client")?;
+    Ok((client, at))
 }
 
 /// One object of an installation: what the inventory records.
@@ -147,8 +158,11 @@ pub async fn run_apply(args: &ApplyArgs) -> Result<()> {
         values.push(pull_secret_doc(&registry, name, &opts)?);
     }
     values.extend(docs.into_iter().map(|d| d.value));
-    let client = client(&args.cluster, &opts.namespace).await?;
-    for line in apply(&client, &opts, &values, args.cluster.dry_run, args.force_conflicts).await? {
+    let (client, at) = client(&args.cluster, &opts.namespace).await?;
+    let lines = apply(&client, &opts, &values, args.cluster.dry_run, args.force_conflicts)
+        .await
+        .context(at)?;
+    for line in lines {
         println!("{line}");
     }
     Ok(())
@@ -188,8 +202,8 @@ pub async fn run_delete(args: &DeleteArgs) -> Result<()> {
         namespace: args.namespace.clone(),
         name: args.name.clone(),
     };
-    let client = client(&args.cluster, &i.namespace).await?;
-    let Some((objects, mode)) = read_inventory(&client, &i).await? else {
+    let (client, at) = client(&args.cluster, &i.namespace).await?;
+    let Some((objects, mode)) = read_inventory(&client, &i).await.context(at.clone())? else {
         bail!(
             "no installation `{}` in namespace `{}`: its inventory ConfigMap {}/{} does not exist (`wasmpack apply` \
              records it; check --namespace and --name). Objects installed without it carry the label {}={} \
@@ -214,7 +228,7 @@ pub async fn run_delete(args: &DeleteArgs) -> Result<()> {
             );
         }
     }
-    for line in delete(&client, &i, &objects, args.cluster.dry_run).await? {
+    for line in delete(&client, &i, &objects, args.cluster.dry_run).await.context(at)? {
         println!("{line}");
     }
     Ok(())
@@ -423,6 +437,19 @@ fn explain(e: kube::Error) -> anyhow::Error {
             s.message
         ),
         kube::Error::Api(s) => anyhow!("the API server answered {} {}: {}", s.code, s.reason, s.message),
-        other => anyhow!("{}", crate::registry::error_chain(&other)),
+        other => transport(&other),
     }
+}
+
+/// A request that got no answer: one line, each cause once (hyper's chain repeats
+/// `client error (Connect)`, and kube wraps it all in `ServiceError`).
+fn transport(e: &kube::Error) -> anyhow::Error {
+    let chain = crate::registry::error_chain(e);
+    let mut parts: Vec<&str> = Vec::new();
+    for p in chain.split(": ") {
+        if p != "ServiceError" && parts.last() != Some(&p) {
+            parts.push(p);
+        }
+    }
+    anyhow!("no answer: {}", parts.join(": "))
 }

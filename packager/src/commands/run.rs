@@ -242,6 +242,7 @@ pub async fn run(args: &RunArgs) -> Result<()> {
         transport_socket: None,
         pre_filters: Vec::new(),
         grpc_clusters,
+        route_timeout_s: args.route_timeout,
     };
     let boot = bootstrap::render(&spec);
     if args.print_config {

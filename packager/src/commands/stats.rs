@@ -11,6 +11,8 @@ use crate::{prom, stats};
 /// (`stats_flush_on_admin`, as `wasmpack run` configures) but does not wait for: read twice.
 pub async fn scrape(admin: &str) -> Result<Vec<prom::Sample>> {
     let url = format!("{}/stats/prometheus", admin_url(admin));
+    // reqwest is built without a crypto provider of its own (one provider in wasmpack: ring).
+    crate::commands::apply::install_crypto_provider();
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(3))
         .timeout(Duration::from_secs(10))
@@ -27,14 +29,25 @@ pub async fn scrape(admin: &str) -> Result<Vec<prom::Sample>> {
             anyhow::anyhow!("cannot reach Envoy's admin at {url}: {why}")
         })?;
         if !r.status().is_success() {
-            bail!("{url} answered {}", r.status());
+            bail!("{url} answered {}: {NOT_ADMIN}", r.status());
         }
         r.text().await.context("reading the stats")
     };
     get().await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    prom::parse(&get().await?).map_err(|e| anyhow::anyhow!("{url}: not Prometheus text: {e}"))
+    let text = get().await?;
+    match prom::parse(&text) {
+        // Envoy's admin always has its own server stats: an empty page is something else.
+        Ok(samples) if !samples.is_empty() => Ok(samples),
+        Ok(_) => bail!("{url} answered with no metrics: {NOT_ADMIN}"),
+        Err(e) => bail!("{url}: not Prometheus text ({e}): {NOT_ADMIN}"),
+    }
 }
+
+/// What an answer that is not Envoy's stats most likely means.
+const NOT_ADMIN: &str = "is this Envoy's admin address? Not the listener: `wasmpack run` prints \
+     both; in a pod, the sidecar's admin listens on 127.0.0.1:15000 (`kubectl port-forward POD 15000`, \
+     then `--admin 127.0.0.1:15000`)";
 
 /// `127.0.0.1:9901`, `localhost:9901` or a URL → the admin's base URL.
 pub fn admin_url(admin: &str) -> String {
@@ -138,5 +151,40 @@ mod tests {
         assert_eq!(super::count(54.0).to_string(), "54");
         assert_eq!(super::count(0.5).to_string(), "0.5");
         assert_eq!(super::count(f64::NAN).to_string(), "null");
+    }
+
+    /// A local server that answers every request with `status` and `body`, as the listener (the
+    /// filter or its backend) would; its address.
+    async fn answering(status: &'static str, body: &'static str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = l.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = c.read(&mut buf).await;
+                let reply = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = c.write_all(reply.as_bytes()).await;
+            }
+        });
+        addr
+    }
+
+    /// Pointed at the listener instead of the admin, the error says which address to use.
+    #[tokio::test]
+    async fn the_listener_is_not_taken_for_the_admin() {
+        for (status, body) in [
+            ("404 Not Found", r#"{"error":{"message":"no route"}}"#),
+            ("200 OK", r#"{"error":{"message":"model_required"}}"#),
+            ("200 OK", ""),
+        ] {
+            let addr = answering(status, body).await;
+            let e = super::scrape(&addr).await.unwrap_err().to_string();
+            assert!(e.contains("is this Envoy's admin address?"), "{status} {body:?}: {e}");
+            assert!(e.contains("127.0.0.1:15000"), "{e}");
+        }
     }
 }
