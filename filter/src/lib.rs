@@ -9,7 +9,6 @@
 // iterators, patterns) or carries a narrow allow with the reason its bound holds.
 #![deny(clippy::indexing_slicing)]
 
-#[allow(clippy::indexing_slicing)] // config/: its own change
 pub mod config;
 #[cfg(any(test, feature = "decide"))]
 pub mod decide;
