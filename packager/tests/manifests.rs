@@ -926,8 +926,23 @@ fn sidecar_installs_are_scoped_to_the_model_hosts() {
             &[],
         );
         assert!(o.status.success(), "{}", stderr(&o));
+        // The filter's configuration is a string (JSON text) in the rendered YAML.
         let out = stdout(&o);
-        assert!(out.contains(want), "want {want} in:\n{out}");
+        let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&out).unwrap();
+        assert!(
+            docs.iter().any(|d| strings(d).iter().any(|s| s.contains(want))),
+            "want {want} in:\n{out}"
+        );
+    }
+}
+
+/// Every string in a document.
+fn strings(v: &serde_json::Value) -> Vec<&str> {
+    match v {
+        serde_json::Value::String(s) => vec![s.as_str()],
+        serde_json::Value::Array(a) => a.iter().flat_map(strings).collect(),
+        serde_json::Value::Object(o) => o.values().flat_map(strings).collect(),
+        _ => Vec::new(),
     }
 }
 
