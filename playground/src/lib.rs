@@ -201,12 +201,22 @@ mod tests {
             let v: Value = serde_json::from_str(&check(config)).unwrap();
             assert_eq!(v["valid"], false, "{v}");
             let e = &v["errors"][0];
-            (e["path"].as_str().unwrap().to_string(), e["line"].clone(), e["column"].clone())
+            (
+                e["path"].as_str().unwrap().to_string(),
+                e["line"].clone(),
+                e["column"].clone(),
+            )
         };
         let weight = "models:\n- name: m\n  destinations:\n  - name: d\n    weight: -1\n";
-        assert_eq!(placed(weight), ("models[0].destinations[0].weight".into(), json!(5), json!(13)));
+        assert_eq!(
+            placed(weight),
+            ("models[0].destinations[0].weight".into(), json!(5), json!(13))
+        );
         let unknown = "models:\n- name: m\n  destinations:\n  - name: d\n    wieght: 1\n";
-        assert_eq!(placed(unknown), ("models[0].destinations[0].wieght".into(), json!(5), json!(5)));
+        assert_eq!(
+            placed(unknown),
+            ("models[0].destinations[0].wieght".into(), json!(5), json!(5))
+        );
         let missing = "stickyHeader: x\nmodels:\n- name: m\n";
         assert_eq!(placed(missing), ("models[0]".into(), json!(3), json!(3)));
         let syntax = "models:\n- name: m\n  destinations: [\n";
