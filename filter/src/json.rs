@@ -468,8 +468,8 @@ pub fn is_one(n: &str) -> bool {
     decimal(n).is_some_and(|(neg, digits, point)| !neg && digits == [1] && point == 1)
 }
 
-// The CLI and the playground read YAML into the same document model (serde-saphyr and serde_yaml,
-// configured to read alike, → `Json`), so one reader checks every configuration. Unused by the
+// The CLI and the playground read YAML into the same document model (serde-saphyr, through the
+// `config-yaml` crate, → `Json`), so one reader checks every configuration. Unused by the
 // Wasm filter (and dropped from it).
 impl<'de> serde::Deserialize<'de> for Json {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

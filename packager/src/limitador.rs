@@ -100,7 +100,7 @@ pub fn limits_yaml(config: &Config) -> String {
     if limits.is_empty() {
         return "[]\n".to_string();
     }
-    serde_yaml::to_string(&limits).unwrap_or_default()
+    crate::yaml::to_string(&limits).unwrap_or_default()
 }
 
 /// One level of envoyproxy/ratelimit's descriptor tree.
@@ -166,7 +166,7 @@ pub fn envoy_ratelimit_yaml(config: &Config) -> String {
             ..leaf("model", Some(model.to_string()))
         });
     }
-    serde_yaml::to_string(&RatelimitConfig {
+    crate::yaml::to_string(&RatelimitConfig {
         domain: rls.domain.clone(),
         descriptors,
     })
@@ -195,9 +195,9 @@ mod tests {
         assert_eq!(l[1]["variables"][0], "descriptors[0]['caller']");
         assert_eq!(l[2]["conditions"][0], "descriptors[0]['model'] == 'it\\'s'");
         assert_eq!(l[2]["variables"], serde_json::json!([]));
-        let back: Value = serde_yaml::from_str(&limits_yaml(&c)).unwrap();
+        let back: Value = serde_saphyr::from_str(&limits_yaml(&c)).unwrap();
         assert_eq!(back, Value::from(l.clone()), "the YAML says the same");
-        let e: Value = serde_yaml::from_str(&envoy_ratelimit_yaml(&c)).unwrap();
+        let e: Value = serde_saphyr::from_str(&envoy_ratelimit_yaml(&c)).unwrap();
         assert_eq!(e["domain"], "llm");
         assert_eq!(
             e["descriptors"][0]["descriptors"][0]["descriptors"][0]["rate_limit"]["requests_per_unit"],

@@ -4,10 +4,9 @@ use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
 use model_router::config::{Config, ConfigError, ErrorKind};
-use model_router::json::Json;
 use serde_json::Value;
 
-pub use crate::places::{At, Places};
+pub use config_yaml::{At, Places};
 
 pub struct Loaded {
     pub config: Config,
@@ -103,54 +102,13 @@ pub fn load_diagnosed(path: &Path) -> Result<Loaded, Diagnostic> {
     read(&text).map_err(|(e, at)| Diagnostic::of(&e, at))
 }
 
-/// How YAML is read: as `serde_yaml` 0.9 read it (and the playground still does; a test compares
-/// the two), so a file means the same everywhere: YAML 1.2 scalars (`yes` is a string, `0755` too),
-/// `<<` an ordinary key, repeated keys passed to the filter's reader (which names them), NaN and
-/// infinities refused by the document model.
-fn yaml_options() -> serde_saphyr::Options {
-    let mut o = serde_saphyr::Options::default();
-    o.duplicate_keys = serde_saphyr::DuplicateKeyPolicy::PassThrough;
-    o.merge_keys = serde_saphyr::MergeKeyPolicy::AsOrdinary;
-    o.strict_booleans = true;
-    o.leading_zero_numbers_as_strings = true;
-    o.underscored_numbers_as_strings = true;
-    o.non_finite_float_policy = serde_saphyr::NonFiniteFloatPolicy::PassThrough;
-    o.with_snippet = false;
-    o
-}
-
-/// serde-saphyr's message without its `at line L, column C` (the position is reported apart).
-struct Unplaced;
-
-impl serde_saphyr::Localizer for Unplaced {
-    fn attach_location<'a>(
-        &self,
-        base: std::borrow::Cow<'a, str>,
-        _: serde_saphyr::Location,
-    ) -> std::borrow::Cow<'a, str> {
-        base
-    }
-}
-
-/// YAML is a superset of JSON, so one parser takes both. Errors name the field path; the
-/// position is the YAML reader's for a file that is not YAML, else the field's, from the parser's
-/// positions (`places`).
+/// YAML is a superset of JSON, so one reader takes both (`config_yaml`, the playground's too).
+/// Errors name the field path; the position is the YAML reader's for a file that is not YAML,
+/// else the field's, from the parser's positions (`Places`).
 fn read(text: &str) -> Result<Loaded, (ConfigError, Option<At>)> {
-    let whole = |message: String, at: Option<At>| (ConfigError::syntax(message), at);
-    let doc: Json = serde_saphyr::from_str_with_options(text, yaml_options()).map_err(|e| {
-        let at = e.location().filter(|l| l.line() > 0).map(|l| At {
-            line: usize::try_from(l.line()).unwrap_or(usize::MAX),
-            column: usize::try_from(l.column()).unwrap_or(usize::MAX),
-        });
-        let formatter = serde_saphyr::DefaultMessageFormatter.with_localizer(&Unplaced);
-        whole(e.render_with_formatter(&formatter), at)
-    })?;
-    let config = Config::from_document(&doc).map_err(|e| {
-        let at = Places::of(text).locate_error(&e);
-        (e, at)
-    })?;
+    let (config, doc) = config_yaml::config(text)?;
     // The text the filter receives, read back as a value (the YAML is parsed once).
-    let json: Value = serde_json::from_str(&doc.to_string()).map_err(|e| whole(e.to_string(), None))?;
+    let json: Value = serde_json::from_str(&doc.to_string()).map_err(|e| (ConfigError::syntax(e.to_string()), None))?;
     Ok(Loaded { config, json })
 }
 
@@ -701,55 +659,6 @@ mod tests {
         // A warning about a field that is absent (no `host`): the destination it belongs to.
         let host = w.iter().find(|d| d.path == "models[1].destinations[0].host").unwrap();
         assert_eq!((host.line, host.column), (Some(10), Some(5)), "{w:?}");
-    }
-
-    /// The playground (and wasmpack before serde-saphyr) reads YAML with serde_yaml: both read a
-    /// file into the same document, so a configuration means the same in the page and the CLI.
-    #[test]
-    fn yaml_is_read_as_serde_yaml_read_it() {
-        for text in [
-            "a: yes",
-            "a: No",
-            "a: on",
-            "a: True",
-            "a: 0755",
-            "a: 00",
-            "a: 1_000",
-            "a: 0x1F",
-            "a: 0o17",
-            "a: 0b101",
-            "a: ~",
-            "a: null",
-            "a:",
-            "a: 1.0",
-            "a: 1.",
-            "a: 1e3",
-            "a: +1",
-            "a: -0",
-            "a: '1'",
-            "a: \"x\\ty\"",
-            "a: !!str 12",
-            "a: 2001-12-14",
-            "a: |\n  x\n  y\n",
-            "a: >\n  x\n  y\n",
-            "a: &x {b: 1}\nc: *x",
-            "b: &b {x: 1}\nd:\n  <<: *b\n  y: 2",
-            "a: 1\na: 2",
-            "1: x",
-            "true: x",
-            "1.5: x",
-            "",
-            "{\"models\": [{\"name\": \"a\", \"weight\": 1.5e-3, \"x\": [true, null]}]}",
-        ] {
-            let ours: Json = serde_saphyr::from_str_with_options(text, yaml_options()).unwrap();
-            let theirs: Json = serde_yaml::from_str(text).unwrap();
-            assert_eq!(ours, theirs, "{text:?}");
-        }
-        // NaN and infinities are refused either way (the document model has no such number).
-        for text in ["a: .inf", "a: -.inf", "a: .nan", "? [a]\n: 1"] {
-            assert!(read(text).is_err(), "{text:?}");
-            assert!(serde_yaml::from_str::<Json>(text).is_err(), "{text:?}");
-        }
     }
 
     #[test]

@@ -6,8 +6,6 @@
 
 mod support;
 
-use serde::Deserialize;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -243,9 +241,9 @@ fn every_rendered_resource_validates() {
             .filter(|p| p.is_file())
             .collect();
         names.sort();
-        let k: serde_yaml::Value =
-            serde_yaml::from_str(&std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap()).unwrap();
-        let listed = k["resources"].as_sequence().unwrap().len();
+        let k: serde_json::Value =
+            serde_saphyr::from_str(&std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap()).unwrap();
+        let listed = k["resources"].as_array().unwrap().len();
         assert_eq!(listed + 1, names.len(), "kustomization lists every file");
         let component = std::fs::read_to_string(dir.join("stats/kustomization.yaml")).unwrap();
         assert!(component.contains("sidecar.istio.io/extraStatTags"), "{component}");
@@ -332,7 +330,7 @@ fn the_stats_component_patches_the_callers_and_the_gateway() {
         if mode == "sidecar" {
             assert!(y.contains("kept: \"yes\""), "existing annotations stay: {y}");
             // The Deployment's own proxy settings survive the Component (issue #31).
-            let d: serde_yaml::Value = serde_yaml::from_str(&y).unwrap();
+            let d: serde_json::Value = serde_saphyr::from_str(&y).unwrap();
             let config = d["spec"]["template"]["metadata"]["annotations"]["proxy.istio.io/config"]
                 .as_str()
                 .unwrap_or_default();
@@ -585,11 +583,10 @@ fn envoy_bin() -> PathBuf {
 
 #[test]
 fn envoy_validates_the_rendered_wasm_config() {
-    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(
         &std::fs::read_to_string(root().join("manifests/llm-gateway/install.yaml")).unwrap(),
     )
-    .map(|d| serde::Deserialize::deserialize(d).unwrap())
-    .collect();
+    .unwrap();
     let ext = docs
         .iter()
         .find(|d| d["metadata"]["name"] == "model-router-extension")
@@ -937,9 +934,7 @@ fn gateway_installs_get_client_facing_defaults() {
             &[],
         );
         assert!(o.status.success(), "{}", stderr(&o));
-        let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&stdout(&o))
-            .map(|d| serde_yaml::Value::deserialize(d).unwrap())
-            .collect();
+        let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&stdout(&o)).unwrap();
         let plugin = docs.iter().find(|d| d["kind"] == "WasmPlugin").unwrap();
         assert_eq!(
             plugin["spec"]["pluginConfig"]["serveModelList"].as_bool(),
@@ -984,8 +979,23 @@ fn sidecar_installs_are_scoped_to_the_model_hosts() {
             &[],
         );
         assert!(o.status.success(), "{}", stderr(&o));
+        // The filter's configuration is a string (JSON text) in the rendered YAML.
         let out = stdout(&o);
-        assert!(out.contains(want), "want {want} in:\n{out}");
+        let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&out).unwrap();
+        assert!(
+            docs.iter().any(|d| strings(d).iter().any(|s| s.contains(want))),
+            "want {want} in:\n{out}"
+        );
+    }
+}
+
+/// Every string in a document.
+fn strings(v: &serde_json::Value) -> Vec<&str> {
+    match v {
+        serde_json::Value::String(s) => vec![s.as_str()],
+        serde_json::Value::Array(a) => a.iter().flat_map(strings).collect(),
+        serde_json::Value::Object(o) => o.values().flat_map(strings).collect(),
+        _ => Vec::new(),
     }
 }
 
@@ -1024,13 +1034,11 @@ fn inference_pools_as_gateway_backends() {
     );
     assert!(o.status.success(), "{}", stderr(&o));
     std::fs::write(&out, stdout(&o)).unwrap();
-    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&stdout(&o))
-        .map(|d| serde_yaml::Value::deserialize(d).unwrap())
-        .collect();
-    let routes: Vec<&serde_yaml::Value> = docs.iter().filter(|d| d["kind"] == "HTTPRoute").collect();
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&stdout(&o)).unwrap();
+    let routes: Vec<&serde_json::Value> = docs.iter().filter(|d| d["kind"] == "HTTPRoute").collect();
     assert_eq!(routes.len(), 1, "both in `ai`");
     let refs: Vec<String> = routes[0]["spec"]["rules"]
-        .as_sequence()
+        .as_array()
         .unwrap()
         .iter()
         .map(|r| r["backendRefs"][0]["kind"].as_str().unwrap_or("Service").to_string())

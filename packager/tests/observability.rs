@@ -148,14 +148,14 @@ fn dashboard_queries_parse_and_use_emitted_metrics() {
 #[test]
 fn alert_rules_are_well_formed() {
     let text = std::fs::read_to_string(dir().join("prometheus-rules.yaml")).unwrap();
-    let r: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let r: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
     assert_eq!(r["apiVersion"], "monitoring.coreos.com/v1");
     assert_eq!(r["kind"], "PrometheusRule");
     assert!(r["metadata"]["name"].is_string());
     let mut alerts = Vec::new();
-    for g in r["spec"]["groups"].as_sequence().unwrap() {
+    for g in r["spec"]["groups"].as_array().unwrap() {
         assert!(g["name"].is_string());
-        for rule in g["rules"].as_sequence().unwrap() {
+        for rule in g["rules"].as_array().unwrap() {
             let name = rule["alert"].as_str().unwrap();
             alerts.push(name.to_string());
             check_query(rule["expr"].as_str().unwrap().trim());

@@ -20,18 +20,12 @@ use wasm_bindgen::prelude::wasm_bindgen;
 /// agree on every decision.
 pub const SEED: u64 = 42;
 
+/// The configuration read as `wasmpack check` reads it (`config_yaml`): an error names its field
+/// path, and its line and column in the text (the parser's for a syntax error, else the field's).
 fn parse(config: &str) -> Result<Config, Value> {
-    let doc = serde_yaml::from_str::<model_router::json::Json>(config)
-        .map_err(|e| model_router::config::ConfigError::syntax(e.to_string()));
-    doc.and_then(|d| Config::from_document(&d)).map_err(|e| {
-        let message = e.kind.to_string();
-        // serde_yaml puts the position in its message ("at line 3 column 5").
-        let line = message
-            .split("at line ")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|n| n.parse::<u64>().ok());
-        json!({"path": e.path, "message": message, "line": line})
+    config_yaml::config(config).map(|(c, _)| c).map_err(|(e, at)| {
+        json!({"path": e.path, "message": e.kind.to_string(),
+               "line": at.map(|a| a.line), "column": at.map(|a| a.column)})
     })
 }
 
@@ -191,9 +185,49 @@ mod tests {
         .unwrap();
         assert_eq!(bad["valid"], false);
         assert_eq!(bad["errors"][0]["path"], "models[0].destinations[0].weight");
+        assert_eq!(bad["errors"][0]["line"], 4, "{bad}");
+        assert_eq!(bad["errors"][0]["column"], 23, "{bad}");
         let good: Value = serde_json::from_str(&check(CONFIG)).unwrap();
         assert_eq!(good["models"][0]["destinations"][0]["share"], 90.0);
         assert_eq!(good["models"][0]["aliases"][0], "gpt-3.5-turbo");
+    }
+
+    /// Every error is placed, as `wasmpack check` places it (not only syntax errors): a wrong
+    /// value at the value, an unknown field at its key, a missing field at its object, a syntax
+    /// error where the parser stopped.
+    #[test]
+    fn every_error_has_its_line_and_column() {
+        let placed = |config: &str| {
+            let v: Value = serde_json::from_str(&check(config)).unwrap();
+            assert_eq!(v["valid"], false, "{v}");
+            let e = &v["errors"][0];
+            (
+                e["path"].as_str().unwrap().to_string(),
+                e["line"].clone(),
+                e["column"].clone(),
+            )
+        };
+        let weight = "models:\n- name: m\n  destinations:\n  - name: d\n    weight: -1\n";
+        assert_eq!(
+            placed(weight),
+            ("models[0].destinations[0].weight".into(), json!(5), json!(13))
+        );
+        let unknown = "models:\n- name: m\n  destinations:\n  - name: d\n    wieght: 1\n";
+        assert_eq!(
+            placed(unknown),
+            ("models[0].destinations[0].wieght".into(), json!(5), json!(5))
+        );
+        let missing = "stickyHeader: x\nmodels:\n- name: m\n";
+        assert_eq!(placed(missing), ("models[0]".into(), json!(3), json!(3)));
+        let syntax = "models:\n- name: m\n  destinations: [\n";
+        let (path, line, _) = placed(syntax);
+        assert_eq!(path, ".");
+        assert!(line.as_u64().is_some_and(|l| l >= 3), "{line}");
+        // The same through `route` and `simulate`.
+        let r: Value = serde_json::from_str(&route(weight, "{}")).unwrap();
+        assert_eq!(r["configError"]["line"], 5, "{r}");
+        let s: Value = serde_json::from_str(&simulate(weight, "m", 1, "")).unwrap();
+        assert_eq!(s["configError"]["line"], 5, "{s}");
     }
 
     #[test]

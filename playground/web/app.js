@@ -108,7 +108,8 @@ function showCheck(result) {
   if (!result.valid) {
     for (const e of result.errors) {
       const li = document.createElement("li");
-      li.innerHTML = `<code>${escape(e.path)}</code>: ${escape(e.message)}`;
+      const at = e.line ? ` (line ${e.line}${e.column ? `, column ${e.column}` : ""})` : "";
+      li.innerHTML = `<code>${escape(e.path)}</code>${at}: ${escape(e.message)}`;
       errors.appendChild(li);
     }
     $("summary").innerHTML = "";

@@ -131,12 +131,12 @@ fn print_config_and_missing_envoy() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let y: serde_yaml::Value = serde_yaml::from_slice(&out.stdout).unwrap();
+    let y: serde_json::Value = serde_saphyr::from_slice(&out.stdout).unwrap();
     let filters =
         &y["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"];
     assert_eq!(
         filters[0]["typed_config"]["config"]["allow_on_headers_stop_iteration"],
-        serde_yaml::Value::Bool(true)
+        serde_json::Value::Bool(true)
     );
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("has no --upstream"),

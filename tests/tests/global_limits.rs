@@ -59,7 +59,7 @@ fn rendered_limits(config: &Value) -> String {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
     for doc in text.split("\n---") {
-        let v: serde_yaml::Value = serde_yaml::from_str(doc).unwrap_or(serde_yaml::Value::Null);
+        let v: Value = serde_saphyr::from_str(doc).unwrap_or(Value::Null);
         if v["kind"].as_str() == Some("ConfigMap") {
             assert_eq!(
                 v["metadata"]["namespace"].as_str(),

@@ -11,12 +11,7 @@ use serde_json::{json, Value};
 
 fn rendered() -> Vec<Value> {
     let text = std::fs::read_to_string(repo_root().join("manifests/llm-gateway/install.yaml")).unwrap();
-    serde_yaml::Deserializer::from_str(&text)
-        .map(|d| {
-            let v: serde_yaml::Value = serde::Deserialize::deserialize(d).unwrap();
-            serde_json::to_value(v).unwrap()
-        })
-        .collect()
+    serde_saphyr::from_multiple(&text).unwrap()
 }
 
 fn patch_value(docs: &[Value], name: &str) -> Value {
@@ -47,11 +42,10 @@ async fn rendered_ecds_config_routes_in_real_envoy() {
     filter["config_discovery"]["config_source"] =
         json!({"path_config_source": {"path": ecds}, "resource_api_version": "V3"});
 
-    let config: Value = {
-        let text = std::fs::read_to_string(repo_root().join("manifests/llm-gateway/config.yaml")).unwrap();
-        let y: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
-        serde_json::to_value(y).unwrap()
-    };
+    // The configuration as wasmpack reads it (and the filter receives it).
+    let config: Value = wasmpack::plugin_config::load(&repo_root().join("manifests/llm-gateway/config.yaml"))
+        .unwrap()
+        .json;
     let s = Scenario::start_with(
         config,
         e2e::Options {

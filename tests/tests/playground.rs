@@ -206,6 +206,18 @@ async fn the_page_decides_as_the_cli_does() {
     .await;
     let errors = d.text("#config-errors").await;
     assert!(errors.contains("models[0].destinations[1].weight"), "{errors}");
+    assert!(errors.contains("(line 8, column 34)"), "placed at the value: {errors}");
+    // A semantic error (valid YAML, a weight out of range) is placed too, as `wasmpack check`
+    // places it.
+    let negative = CONFIG.replace("weight: 90}", "weight: -1}");
+    d.type_into("#config", &negative).await;
+    d.until(
+        "return document.getElementById('config-errors').textContent.includes('models[0].destinations[0].weight')",
+        "the semantic error with its path",
+    )
+    .await;
+    let errors = d.text("#config-errors").await;
+    assert!(errors.contains("(line 7, column 34)"), "placed at the value: {errors}");
     // Fixed: the error goes, the decision comes back.
     d.type_into("#config", CONFIG).await;
     d.until(

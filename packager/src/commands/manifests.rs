@@ -46,7 +46,7 @@ async fn pin_image(settings: &RenderSettings) -> Result<(String, String)> {
 }
 
 pub fn to_yaml(value: &Value) -> Result<String> {
-    Ok(serde_yaml::to_string(value)?)
+    Ok(crate::yaml::to_string(value)?)
 }
 
 fn commented(d: &Doc) -> Result<String> {

@@ -246,13 +246,13 @@ pub async fn run(args: &RunArgs) -> Result<()> {
     };
     let boot = bootstrap::render(&spec);
     if args.print_config {
-        print!("{}", serde_yaml::to_string(&boot)?);
+        print!("{}", crate::yaml::to_string(&boot)?);
         return Ok(());
     }
     let envoy = find_envoy(args.envoy.as_deref())?;
     let dir = tempfile_dir()?;
     let cfg = dir.join("envoy.yaml");
-    std::fs::write(&cfg, serde_yaml::to_string(&boot)?).with_context(|| format!("writing {}", cfg.display()))?;
+    std::fs::write(&cfg, crate::yaml::to_string(&boot)?).with_context(|| format!("writing {}", cfg.display()))?;
 
     let check = tokio::process::Command::new(&envoy)
         .args(["--mode", "validate", "-c"])

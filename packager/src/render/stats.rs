@@ -39,7 +39,7 @@ pub fn stats_annotations() -> BTreeMap<String, String> {
 /// The stats annotations as a YAML `annotations:` block (for a comment a user can paste).
 pub fn stats_annotations_yaml() -> String {
     let v = json!({"annotations": stats_annotations()});
-    serde_yaml::to_string(&v).unwrap_or_default()
+    crate::yaml::to_string(&v).unwrap_or_default()
 }
 
 /// A kustomize Component that adds the stats annotations where the filter runs: to the callers'
@@ -62,6 +62,6 @@ pub fn stats_component(o: &Options) -> Value {
     json!({
         "apiVersion": "kustomize.config.k8s.io/v1alpha1",
         "kind": "Component",
-        "patches": [{"target": target, "patch": serde_yaml::to_string(&patch).unwrap_or_default()}]
+        "patches": [{"target": target, "patch": crate::yaml::to_string(&patch).unwrap_or_default()}]
     })
 }

@@ -245,7 +245,7 @@ impl KubeApi {
             "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test", "namespace": "default"}}]
         });
         let p = dir.join("kubeconfig");
-        std::fs::write(&p, serde_yaml::to_string(&cfg).unwrap()).unwrap();
+        std::fs::write(&p, serde_saphyr::to_string(&cfg).unwrap()).unwrap();
         p
     }
 
@@ -356,7 +356,7 @@ async fn handle(
         .map(|b| b.to_bytes())
         .unwrap_or_default();
     let body: Value = serde_json::from_slice(&bytes)
-        .or_else(|_| serde_yaml::from_slice(&bytes))
+        .or_else(|_| serde_saphyr::from_slice(&bytes).map_err(|_| ()))
         .unwrap_or(Value::Null);
     let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
     st.requests.push(Recorded {
