@@ -99,7 +99,8 @@ pub enum Kind {
 /// One thing for the glue to do to a metric.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MetricOp {
-    /// Add to a counter (always > 0: Envoy rejects other increments) or a gauge (any sign).
+    /// Add to a counter (> 0: Envoy rejects other increments; 0 only makes it, `zero`) or a
+    /// gauge (any sign).
     Add { kind: Kind, name: Stat, delta: i64 },
     /// Record a histogram value.
     Record { name: Stat, value: u64 },
@@ -432,6 +433,28 @@ pub fn destination_state(model: &str, destination: &str, state: u8) -> MetricOp 
 /// A request that failover sent elsewhere (or refused).
 pub fn failover(model: &str, reason: &str) -> MetricOp {
     count(stat_name(FAILOVERS_TOTAL, &[("model", model), ("reason", reason)]))
+}
+
+/// The `reason`s of `model_router_failovers_total` and of `model_router_destination_failures_total`:
+/// each VM makes their series at zero when failover starts (`zero`), so `rate()` and alerts see
+/// a series before its first count.
+pub const FAILOVER_REASONS: [&str; 3] = ["destination", "fallback", "unavailable"];
+pub const FAILURE_REASONS: [&str; 4] = ["status", "reset", "connect_failure", "timeout"];
+
+/// The counter of `op` made, at zero, without counting (the glue defines it and adds nothing).
+pub fn zero(op: MetricOp) -> MetricOp {
+    match op {
+        MetricOp::Add {
+            kind: Kind::Counter,
+            name,
+            ..
+        } => MetricOp::Add {
+            kind: Kind::Counter,
+            name,
+            delta: 0,
+        },
+        other => other,
+    }
 }
 
 /// A failure a breaker counted.

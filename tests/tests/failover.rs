@@ -67,6 +67,19 @@ async fn failing_destinations_are_skipped_probed_and_return_and_fallbacks_take_o
         assert_eq!(ask(&s, "llama").await.status, 200);
     }
     assert!(received(&s, "canary") > 0 && received(&s, "stable") > 0);
+    // Every failover counter is in the scrape, at zero, before the first failure (`increase()`
+    // and alerts see the first one).
+    let p = s.prometheus();
+    for d in ["stable", "canary"] {
+        for reason in ["status", "reset", "connect_failure", "timeout"] {
+            assert_eq!(destination_failures(&p, d, reason), 0.0, "{d} {reason}");
+        }
+    }
+    for reason in ["destination", "fallback", "unavailable"] {
+        let labels = [("model", "llama"), ("reason", reason)];
+        assert_eq!(series(&p, "model_router_failovers_total", &labels), 1, "{reason}");
+        assert_eq!(metric(&p, "model_router_failovers_total", &labels), 0.0, "{reason}");
+    }
 
     // The canary answers 503 from now on: after exactly 3 failures it gets no new requests
     // (two workers, one shared state), and its share goes to stable.
@@ -208,13 +221,26 @@ fn ask_in_background(s: &Scenario, model: &str) -> tokio::task::JoinHandle<u16> 
     })
 }
 
+/// How many series of `name` have `labels`.
+fn series(p: &str, name: &str, labels: &[(&str, &str)]) -> usize {
+    e2e::prom::parse(p)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_iter()
+        .filter(|x| x.name == name)
+        .filter(|x| {
+            labels
+                .iter()
+                .all(|(k, v)| x.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .count()
+}
+
+/// A failure counter (made at zero with failover: it must be in the scrape).
 fn destination_failures(p: &str, d: &str, reason: &str) -> f64 {
-    e2e::metric_if_made(
-        p,
-        "model_router_destination_failures_total",
-        &[("model", "llama"), ("destination", d), ("reason", reason)],
-        "model_router_destination_state",
-    )
+    let name = "model_router_destination_failures_total";
+    let labels = [("model", "llama"), ("destination", d), ("reason", reason)];
+    assert_eq!(series(p, name, &labels), 1, "no series of {labels:?} in the scrape");
+    metric(p, name, &labels)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,15 +12,24 @@ pub(super) struct Awaiting {
 }
 
 impl Vm {
-    /// The breakers' gauges, once per VM, from the shared table; the table for this request.
+    /// The breakers' gauges, once per VM, from the shared table, and the failover counters made
+    /// at zero (a series exists before its first count); the table for this request.
     #[inline(never)]
     pub(super) fn health<H: Host>(&self, host: &mut H) -> crate::health::Table {
         let t = crate::health::read(host, &self.health_key, self.health_slots);
         if !self.announced.replace(true) {
             let mut i = 0;
             for m in &self.config.models {
+                for reason in telemetry::FAILOVER_REASONS {
+                    host.metric(&telemetry::zero(telemetry::failover(&m.name, reason)));
+                }
                 for d in &m.destinations {
                     host.metric(&telemetry::destination_state(&m.name, &d.name, t.get(i).state));
+                    for reason in telemetry::FAILURE_REASONS {
+                        host.metric(&telemetry::zero(telemetry::destination_failure(
+                            &m.name, &d.name, reason,
+                        )));
+                    }
                     i += 1;
                 }
             }

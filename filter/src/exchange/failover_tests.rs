@@ -1,6 +1,6 @@
 use super::*;
 use crate::memory_host::{MemoryHost, SharedMem};
-use crate::telemetry::{DESTINATION_STATE, FAILOVERS_TOTAL, REJECTED_TOTAL};
+use crate::telemetry::{DESTINATION_FAILURES_TOTAL, DESTINATION_STATE, FAILOVERS_TOTAL, REJECTED_TOTAL};
 
 const CFG: &str = r#"{"filterState":true,"restoreModelName":true,
   "failover":{"consecutiveFailures":3,"probation":"10s","maxProbation":"40s"},
@@ -377,4 +377,40 @@ fn an_answer_that_the_backend_breaks_off_mid_body_is_a_failure() {
         ),
         3
     );
+}
+
+/// Every failover counter of every model and destination exists, at zero, from the VM's first
+/// request on: `rate()` and alerts see a series before its first count (Prometheus counters
+/// that appear only at their first increment hide the first failures from `increase()`).
+#[test]
+fn the_failover_counters_exist_at_zero_before_any_failure() {
+    let mut w = World::new();
+    assert_eq!(
+        w.send("llama", TO_STABLE, Some(200), 0).route.as_deref(),
+        Some("stable")
+    );
+    let cfg = Config::from_json(CFG.as_bytes()).unwrap();
+    for m in &cfg.models {
+        for reason in telemetry::FAILOVER_REASONS {
+            let name = telemetry::stat_name(FAILOVERS_TOTAL, &[("model", &m.name), ("reason", reason)]);
+            assert_eq!(w.metrics.get(&name), Some(&0), "{name}");
+        }
+        for d in &m.destinations {
+            for reason in telemetry::FAILURE_REASONS {
+                let labels = [
+                    ("model", m.name.as_str()),
+                    ("destination", d.name.as_str()),
+                    ("reason", reason),
+                ];
+                let name = telemetry::stat_name(DESTINATION_FAILURES_TOTAL, &labels);
+                assert_eq!(w.metrics.get(&name), Some(&0), "{name}");
+            }
+        }
+    }
+    // Made once per VM: counts go on from there.
+    for _ in 0..2 {
+        w.send("llama", to_canary(&w), Some(503), 0);
+    }
+    let failures = [("model", "llama"), ("destination", "canary"), ("reason", "status")];
+    assert_eq!(w.metric(DESTINATION_FAILURES_TOTAL, &failures), 2);
 }
