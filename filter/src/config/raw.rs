@@ -284,7 +284,7 @@ config_struct! {
         /// How long an open destination gets no new requests, the first time (default `5s`); it
         /// doubles each time the destination opens again before it recovered.
         probation: Option<String> = "probation" (string) optional,
-        /// The longest probation (default `60s`).
+        /// The longest probation (default `60s`, or `probation` when that is longer).
         max_probation: Option<String> = "maxProbation" (string) optional,
         /// Successful trial requests after a probation that close the breaker (default 1).
         trial_requests: Option<u64> = "trialRequests" (u64_) optional,
