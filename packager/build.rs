@@ -27,6 +27,9 @@ fn embed_playground() {
     if dist.join("index.html").is_file() && dist.join("pkg/playground_bg.wasm").is_file() {
         files(&dist, &dist, &mut found);
     }
+    if !found.is_empty() {
+        warn_if_stale(&manifest, &dist);
+    }
     let mut code =
         String::from("/// The built playground page: (path, bytes).\npub static PAGE: &[(&str, &[u8])] = &[\n");
     for (rel, path) in &found {
@@ -40,6 +43,38 @@ fn embed_playground() {
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap_or_default()).join("playground_page.rs");
     if let Err(e) = std::fs::write(&out, code) {
         println!("cargo:warning=writing {}: {e}", out.display());
+    }
+}
+
+/// The newest modification time of the files under `dir`.
+fn newest(dir: &Path) -> Option<std::time::SystemTime> {
+    let mut all = Vec::new();
+    files(dir, dir, &mut all);
+    all.iter()
+        .filter_map(|(_, p)| p.metadata().and_then(|m| m.modified()).ok())
+        .max()
+}
+
+/// A page built before its sources changed would be embedded as it is: say so, with the fix.
+fn warn_if_stale(manifest: &Path, dist: &Path) {
+    let sources = [
+        "../playground/src",
+        "../playground/web",
+        "../config-yaml/src",
+        "../filter/src",
+    ];
+    for s in sources {
+        println!("cargo:rerun-if-changed={}", manifest.join(s).display());
+    }
+    let built = newest(&dist.join("pkg"));
+    let changed = sources.iter().filter_map(|s| newest(&manifest.join(s))).max();
+    if let (Some(built), Some(changed)) = (built, changed) {
+        if changed > built {
+            println!(
+                "cargo:warning=playground/dist is older than its sources: `wasmpack playground` will serve \
+                 the old page; run scripts/build-playground.sh, then build wasmpack again"
+            );
+        }
     }
 }
 

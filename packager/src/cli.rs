@@ -118,9 +118,9 @@ pub struct RunArgs {
     /// Envoy worker threads
     #[arg(long, default_value_t = 2)]
     pub concurrency: u32,
-    /// How long a request may take upstream, a whole streamed answer included, in seconds
-    /// (0: no limit); Envoy answers 504 past it
-    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+    /// How long a request may take upstream, a whole streamed answer included: `300s`, `5m`,
+    /// `1h`, or seconds (`0`: no limit); Envoy answers 504 past it
+    #[arg(long, default_value = "300s", value_name = "DURATION", value_parser = parse_seconds)]
     pub route_timeout: u64,
     /// Envoy log level
     #[arg(long, default_value = "warning")]
@@ -503,6 +503,32 @@ pub struct DeleteArgs {
 }
 
 /// `KEY=VALUE`.
+/// Whole seconds: `300`, `300s`, `5m`, `1h` (`0`: none).
+pub fn parse_seconds(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (n, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => t.split_at(i),
+        None => (t, "s"),
+    };
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => {
+            return Err(format!(
+                "`{s}`: expected whole seconds, or a number with s, m or h (`300s`, `5m`)"
+            ))
+        }
+    };
+    n.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .filter(|&secs| secs <= 7 * 24 * 3600)
+        .ok_or_else(|| {
+            format!("`{s}`: expected whole seconds, or a number with s, m or h (`300s`, `5m`), at most a week")
+        })
+}
+
 pub fn parse_label(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
@@ -637,6 +663,26 @@ impl FormatArg {
         match self {
             FormatArg::Image => Format::Image,
             FormatArg::Oci => Format::Oci,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn durations_in_seconds() {
+        for (s, want) in [
+            ("300", 300),
+            ("300s", 300),
+            ("5m", 300),
+            ("1h", 3600),
+            ("0", 0),
+            (" 2s ", 2),
+        ] {
+            assert_eq!(super::parse_seconds(s), Ok(want), "{s}");
+        }
+        for s in ["", "s", "1.5s", "-1", "2 s", "5d", "1000h", "99999999999999999999"] {
+            assert!(super::parse_seconds(s).is_err(), "{s}");
         }
     }
 }

@@ -183,31 +183,54 @@ fn a_port_in_use_is_an_error_never_announced_as_listening() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("c.yaml");
     std::fs::write(&cfg, demo::CONFIG).unwrap();
+    let run = |listen: u16, admin: u16| {
+        Command::new(demo::wasmpack_bin())
+            .args([
+                "run",
+                "--config",
+                cfg.to_str().unwrap(),
+                "--upstream",
+                "gpt-4o=127.0.0.1:9",
+            ])
+            .args(["--wasm", e2e::envoy::wasm_path().to_str().unwrap()])
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{listen}"),
+                "--admin",
+                &format!("127.0.0.1:{admin}"),
+            ])
+            .output()
+            .unwrap()
+    };
+    let free = || {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    // The listener's port is taken.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let admin_port = admin.local_addr().unwrap().port();
-    drop(admin);
-    let out = Command::new(demo::wasmpack_bin())
-        .args([
-            "run",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--upstream",
-            "gpt-4o=127.0.0.1:9",
-        ])
-        .args(["--wasm", e2e::envoy::wasm_path().to_str().unwrap()])
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--admin",
-            &format!("127.0.0.1:{admin_port}"),
-        ])
-        .output()
-        .unwrap();
+    let out = run(port, free());
     let e = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{e}");
-    assert!(e.contains("before it was ready"), "{e}");
+    assert!(e.contains(&format!("--listen 127.0.0.1:{port}:")), "{e}");
+    assert!(e.contains("pass a free --listen"), "{e}");
     assert!(!e.contains("Envoy listening on"), "{e}");
     drop(taken);
+    // The admin's port is another Envoy's admin (here: anything answering 200 to /ready): its
+    // answer must not be taken for this Envoy's readiness.
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let admin = other.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for mut c in other.incoming().flatten() {
+            let mut buf = [0u8; 1024];
+            let _ = c.read(&mut buf);
+            let _ = c.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nLIVE\n");
+        }
+    });
+    let out = run(free(), admin);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{e}");
+    assert!(e.contains(&format!("--admin 127.0.0.1:{admin}:")), "{e}");
+    assert!(!e.contains("Envoy listening on"), "{e}");
 }
