@@ -112,7 +112,7 @@ impl Host for ProxyHost<'_> {
         };
         stat.set_host_id(id);
         let _ = match op {
-            // A counter made at zero (`telemetry::zero`): defined above, nothing to add.
+            // A counter made at zero (`telemetry::failover_zeros`): defined above, nothing to add.
             MetricOp::Add { delta: 0, .. } => Ok(()),
             MetricOp::Add { delta, .. } => host::increment_metric(id, *delta),
             MetricOp::Record { value, .. } | MetricOp::Set { value, .. } => host::record_metric(id, *value),

@@ -99,7 +99,7 @@ pub enum Kind {
 /// One thing for the glue to do to a metric.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MetricOp {
-    /// Add to a counter (> 0: Envoy rejects other increments; 0 only makes it, `zero`) or a
+    /// Add to a counter (> 0: Envoy rejects other increments; 0 only makes it, `failover_zeros`) or a
     /// gauge (any sign).
     Add { kind: Kind, name: Stat, delta: i64 },
     /// Record a histogram value.
@@ -436,25 +436,31 @@ pub fn failover(model: &str, reason: &str) -> MetricOp {
 }
 
 /// The `reason`s of `model_router_failovers_total` and of `model_router_destination_failures_total`:
-/// each VM makes their series at zero when failover starts (`zero`), so `rate()` and alerts see
+/// each VM makes their series at zero when failover starts (`failover_zeros`), so `rate()` and alerts see
 /// a series before its first count.
 pub const FAILOVER_REASONS: [&str; 3] = ["destination", "fallback", "unavailable"];
 pub const FAILURE_REASONS: [&str; 4] = ["status", "reset", "connect_failure", "timeout"];
 
-/// The counter of `op` made, at zero, without counting (the glue defines it and adds nothing).
-pub fn zero(op: MetricOp) -> MetricOp {
-    match op {
-        MetricOp::Add {
-            kind: Kind::Counter,
-            name,
-            ..
-        } => MetricOp::Add {
-            kind: Kind::Counter,
-            name,
-            delta: 0,
-        },
-        other => other,
+/// Every failover counter of `model` and its `destinations`, made at zero without counting (the
+/// glue defines each and adds nothing).
+#[inline(never)]
+pub fn failover_zeros<'a>(model: &str, destinations: impl Iterator<Item = &'a str>) -> Vec<MetricOp> {
+    let zero = |name: String| MetricOp::Add {
+        kind: Kind::Counter,
+        name: name.into(),
+        delta: 0,
+    };
+    let mut ops: Vec<MetricOp> = FAILOVER_REASONS
+        .iter()
+        .map(|r| zero(stat_name(FAILOVERS_TOTAL, &[("model", model), ("reason", r)])))
+        .collect();
+    for d in destinations {
+        for r in FAILURE_REASONS {
+            let labels = [("model", model), ("destination", d), ("reason", r)];
+            ops.push(zero(stat_name(DESTINATION_FAILURES_TOTAL, &labels)));
+        }
     }
+    ops
 }
 
 /// A failure a breaker counted.

@@ -20,17 +20,13 @@ impl Vm {
         if !self.announced.replace(true) {
             let mut i = 0;
             for m in &self.config.models {
-                for reason in telemetry::FAILOVER_REASONS {
-                    host.metric(&telemetry::zero(telemetry::failover(&m.name, reason)));
-                }
                 for d in &m.destinations {
                     host.metric(&telemetry::destination_state(&m.name, &d.name, t.get(i).state));
-                    for reason in telemetry::FAILURE_REASONS {
-                        host.metric(&telemetry::zero(telemetry::destination_failure(
-                            &m.name, &d.name, reason,
-                        )));
-                    }
                     i += 1;
+                }
+                let names = m.destinations.iter().map(|d| d.name.as_str());
+                for op in telemetry::failover_zeros(&m.name, names) {
+                    host.metric(&op);
                 }
             }
         }
