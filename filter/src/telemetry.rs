@@ -443,24 +443,29 @@ pub const FAILURE_REASONS: [&str; 4] = ["status", "reset", "connect_failure", "t
 
 /// Every failover counter of `model` and its `destinations`, made at zero without counting (the
 /// glue defines each and adds nothing).
-#[inline(never)]
-pub fn failover_zeros<'a>(model: &str, destinations: impl Iterator<Item = &'a str>) -> Vec<MetricOp> {
-    let zero = |name: String| MetricOp::Add {
-        kind: Kind::Counter,
-        name: name.into(),
-        delta: 0,
-    };
-    let mut ops: Vec<MetricOp> = FAILOVER_REASONS
-        .iter()
-        .map(|r| zero(stat_name(FAILOVERS_TOTAL, &[("model", model), ("reason", r)])))
-        .collect();
+pub fn failover_zeros(model: &str, destinations: &[crate::config::Destination], made: &mut dyn FnMut(&MetricOp)) {
+    for r in FAILOVER_REASONS {
+        zero(made, FAILOVERS_TOTAL, &[("model", model), ("reason", r)]);
+    }
     for d in destinations {
         for r in FAILURE_REASONS {
-            let labels = [("model", model), ("destination", d), ("reason", r)];
-            ops.push(zero(stat_name(DESTINATION_FAILURES_TOTAL, &labels)));
+            zero(
+                made,
+                DESTINATION_FAILURES_TOTAL,
+                &[("model", model), ("destination", &d.name), ("reason", r)],
+            );
         }
     }
-    ops
+}
+
+/// One counter made at zero (one copy of the code for every name).
+#[inline(never)]
+fn zero(made: &mut dyn FnMut(&MetricOp), metric: &str, labels: &[(&str, &str)]) {
+    made(&MetricOp::Add {
+        kind: Kind::Counter,
+        name: stat_name(metric, labels).into(),
+        delta: 0,
+    });
 }
 
 /// A failure a breaker counted.

@@ -24,10 +24,7 @@ impl Vm {
                     host.metric(&telemetry::destination_state(&m.name, &d.name, t.get(i).state));
                     i += 1;
                 }
-                let names = m.destinations.iter().map(|d| d.name.as_str());
-                for op in telemetry::failover_zeros(&m.name, names) {
-                    host.metric(&op);
-                }
+                telemetry::failover_zeros(&m.name, &m.destinations, &mut |op| host.metric(op));
             }
         }
         t
