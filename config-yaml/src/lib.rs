@@ -5,11 +5,13 @@
 //! filter itself stays YAML-free: it receives JSON.
 
 pub mod places;
+pub mod words;
 
 use model_router::config::{Config, ConfigError};
 use model_router::json::Json;
 
 pub use places::{At, Place, Places};
+pub use words::{closest, shown_path, words};
 
 /// A text that is not YAML: the parser's message (without its position) and where it stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,19 +48,76 @@ impl serde_saphyr::Localizer for Unplaced {
     }
 }
 
-/// The first document of `text` as the filter's document model.
+/// The document of `text` as the filter's document model. A text that is not one YAML document
+/// says why in a person's words where the parser's are a programmer's (several documents, a tab
+/// in the indentation).
 pub fn read(text: &str) -> Result<Json, NotYaml> {
     serde_saphyr::from_str_with_options(text, options()).map_err(|e| {
         let at = e.location().filter(|l| l.line() > 0).map(|l| At {
             line: usize::try_from(l.line()).unwrap_or(usize::MAX),
             column: usize::try_from(l.column()).unwrap_or(usize::MAX),
         });
-        let formatter = serde_saphyr::DefaultMessageFormatter.with_localizer(&Unplaced);
-        NotYaml {
-            message: e.render_with_formatter(&formatter),
-            at,
+        let mut e = &e;
+        while let serde_saphyr::Error::WithSnippet { error, .. } = e {
+            e = error;
         }
+        if let serde_saphyr::Error::MultipleDocuments { .. } = e {
+            return NotYaml {
+                message: "the file has several YAML documents (separated by ---); a configuration is one document"
+                    .into(),
+                at: at.map(|at| separator(text, at).unwrap_or(at)),
+            };
+        }
+        let formatter = serde_saphyr::DefaultMessageFormatter.with_localizer(&Unplaced);
+        let message = e.render_with_formatter(&formatter);
+        if message
+            .split(|c: char| !c.is_ascii_alphabetic())
+            .any(|w| w == "tab" || w == "tabs")
+        {
+            // The scanner's words (`while scanning a plain scalar, found a tab`, `tabs disallowed
+            // within this context`), often placed at the end of the line before the tab.
+            return match at.and_then(|at| indenting_tab(text, at)) {
+                Some(tab) => NotYaml {
+                    message: "a tab in the indentation: YAML is indented with spaces, not tabs".into(),
+                    at: Some(tab),
+                },
+                None => NotYaml {
+                    message: format!("{message}: YAML is indented with spaces, not tabs"),
+                    at,
+                },
+            };
+        }
+        NotYaml { message, at }
     })
+}
+
+/// The `---` that starts the document after the first: the last one at or before where the
+/// parser met that document.
+fn separator(text: &str, at: At) -> Option<At> {
+    text.lines()
+        .take(at.line)
+        .enumerate()
+        .filter(|(_, l)| {
+            l.strip_prefix("---")
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t']))
+        })
+        .last()
+        .map(|(i, _)| At { line: i + 1, column: 1 })
+}
+
+/// The first tab in a line's indentation, from the line the parser stopped on to the next one.
+fn indenting_tab(text: &str, at: At) -> Option<At> {
+    text.lines()
+        .enumerate()
+        .skip(at.line.saturating_sub(1))
+        .take(2)
+        .find_map(|(i, l)| {
+            let indent = l.len() - l.trim_start_matches([' ', '\t']).len();
+            l[..indent].chars().position(|c| c == '\t').map(|c| At {
+                line: i + 1,
+                column: c + 1,
+            })
+        })
 }
 
 /// A configuration through the filter's own reader, with the document it read (what the filter
@@ -134,6 +193,47 @@ mod tests {
         for text in ["a: .inf", "a: -.inf", "a: .nan", "? [a]\n: 1"] {
             assert!(read(text).is_err(), "{text:?}");
         }
+    }
+
+    /// A text that is not one YAML document says so in a person's words, at the place to fix.
+    #[test]
+    fn yaml_errors_in_words_at_their_place() {
+        let not_yaml = |text: &str| read(text).unwrap_err();
+        // Two documents: the `---` that starts the second.
+        for (text, line) in [
+            ("models: []\n---\nmodels: []\n", 2),
+            ("---\nmodels: []\n---\nmodels: []\n", 3),
+            ("models: []\n--- \n", 2),
+        ] {
+            let e = not_yaml(text);
+            assert_eq!(
+                e.message, "the file has several YAML documents (separated by ---); a configuration is one document",
+                "{text:?}"
+            );
+            assert_eq!(e.at, Some(At { line, column: 1 }), "{text:?}");
+        }
+        // A tab in the indentation: at the tab, whether the scanner stopped on its line or at
+        // the end of the line before.
+        for (text, line, column) in [
+            ("models:\n- name: a\n\tdestinations: []\n", 3, 1),
+            ("models:\n  - name: a\n  \tdestinations: []\n", 3, 3),
+            ("models:\n- name: a\n  destinations:\n\t- name: x\n", 4, 1),
+            ("models:\n\t- name: a\n", 2, 1),
+        ] {
+            let e = not_yaml(text);
+            assert_eq!(
+                e.message, "a tab in the indentation: YAML is indented with spaces, not tabs",
+                "{text:?}"
+            );
+            assert_eq!(e.at, Some(At { line, column }), "{text:?}");
+        }
+        // A tab elsewhere in a value, or in flow style, is YAML.
+        assert!(read("a: b\tc\nd: [1,\t2]\n").is_ok());
+        // Through `config`: the file as a whole, placed.
+        let (e, at) = config("models: []\n---\n").unwrap_err();
+        assert_eq!(e.path, ".");
+        assert_eq!(at, Some(At { line: 2, column: 1 }));
+        assert!(e.kind.to_string().contains("several YAML documents"), "{e}");
     }
 
     #[test]

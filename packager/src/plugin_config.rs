@@ -6,6 +6,9 @@ use anyhow::{anyhow, Context, Result};
 use model_router::config::{Config, ConfigError, ErrorKind};
 use serde_json::Value;
 
+/// The known name closest to a misspelt one (`did you mean`), as configuration errors suggest it.
+pub(crate) use config_yaml::closest;
+use config_yaml::{shown_path, words};
 pub use config_yaml::{At, Places};
 
 pub struct Loaded {
@@ -60,7 +63,8 @@ impl Diagnostic {
         }
     }
 
-    /// The core's error, in a user's words (`human`), with its kind's data.
+    /// The core's error, in a user's words (`config_yaml::words`, as the playground shows it), with
+    /// its kind's data.
     fn of(e: &ConfigError, at: Option<At>) -> Diagnostic {
         let (expected, found) = match &e.kind {
             ErrorKind::InvalidType { found, expected } | ErrorKind::InvalidValue { found, expected } => {
@@ -76,8 +80,8 @@ impl Diagnostic {
         };
         let (expected, found) = (expected.map(Box::new), found.map(String::into_boxed_str));
         Diagnostic {
-            message: words_for(&e.kind),
-            path: if e.path == "." { String::new() } else { e.path.clone() },
+            message: words(&e.kind),
+            path: shown_path(e).to_string(),
             line: at.map(|a| a.line),
             column: at.map(|a| a.column),
             kind: e.kind.name(),
@@ -120,82 +124,11 @@ pub fn parse(text: &str) -> Result<Loaded, ConfigError> {
 /// A parser error for people, to follow the file name and position: `path: what is wrong`, the
 /// path once, types in words, and a suggestion for a misspelt field or value.
 pub fn human(e: &ConfigError) -> String {
-    let msg = words_for(&e.kind);
-    if e.path == "." {
-        msg
-    } else {
-        format!("{}: {msg}", e.path)
+    let msg = words(&e.kind);
+    match shown_path(e) {
+        "" => msg,
+        path => format!("{path}: {msg}"),
     }
-}
-
-/// The core's error (serde's phrasing on display), in a user's words.
-fn words_for(kind: &ErrorKind) -> String {
-    let names = |known: &[&str]| known.iter().map(|k| k.to_string()).collect::<Vec<_>>();
-    match kind {
-        ErrorKind::UnknownField { field, expected } => match closest(field, &names(expected)) {
-            Some(s) => format!("unknown field `{field}`; did you mean `{s}`?"),
-            None if expected.is_empty() => format!("unknown field `{field}`: nothing is expected here"),
-            None => format!(
-                "unknown field `{field}`; the fields here are `{}`",
-                expected.join("`, `")
-            ),
-        },
-        ErrorKind::UnknownVariant { variant, expected } => {
-            let hint = closest(variant, &names(expected))
-                .map(|s| format!("; did you mean `{s}`?"))
-                .unwrap_or_default();
-            format!("`{variant}` is not one of `{}`{hint}", expected.join("`, `"))
-        }
-        ErrorKind::InvalidType { found, expected } | ErrorKind::InvalidValue { found, expected } => {
-            format!("expected {}, found {}", expected_words(expected), found_words(found))
-        }
-        ErrorKind::MissingField { field } => format!("missing field `{field}` (it is required)"),
-        other => other.to_string().trim().to_string(),
-    }
-}
-
-fn expected_words(e: &str) -> String {
-    match e.trim() {
-        "u8" => "a whole number from 0 to 255".into(),
-        "u16" => "a whole number from 0 to 65535".into(),
-        "u32" => "a whole number from 0 to 4294967295".into(),
-        "u64" => "a whole number from 0 to 18446744073709551615".into(),
-        "i32" | "i64" => "a whole number".into(),
-        "a boolean" => "true or false".into(),
-        "a sequence" => "a list".into(),
-        "a map" => "an object (key: value pairs)".into(),
-        s if s.starts_with("struct ") => "an object (key: value pairs)".into(),
-        s => s.to_string(),
-    }
-}
-
-fn found_words(f: &str) -> String {
-    let f = f.trim();
-    for p in ["floating point ", "integer ", "boolean "] {
-        if let Some(v) = f.strip_prefix(p) {
-            return v.trim_matches('`').to_string();
-        }
-    }
-    if let Some(v) = f.strip_prefix("string ") {
-        return v.to_string();
-    }
-    match f {
-        "sequence" => "a list".into(),
-        "map" => "an object".into(),
-        "unit value" | "null" => "nothing (null)".into(),
-        other => other.to_string(),
-    }
-}
-
-/// The known name closest to `bad`, if it is close enough to be a typo.
-pub(crate) fn closest(bad: &str, known: &[String]) -> Option<String> {
-    let lower = bad.to_ascii_lowercase();
-    known
-        .iter()
-        .map(|k| (strsim::levenshtein(&lower, &k.to_ascii_lowercase()), k))
-        .filter(|(d, k)| *d <= (k.len() / 3).max(2))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, k)| k.clone())
 }
 
 /// Headers that are unique per request (so stickiness never happens) or never reach the filter.
@@ -615,6 +548,38 @@ mod tests {
         );
         let ok = parse("{\"models\": []}").unwrap();
         assert_eq!(ok.json["models"], serde_json::json!([]));
+    }
+
+    /// `check` words a parser error with `config_yaml::words`, the function the playground
+    /// shows it with: the same path and message for the same file (playground/src/lib.rs pins
+    /// the page's side with the same files).
+    #[test]
+    fn errors_are_worded_as_the_playground_words_them() {
+        for (text, path, message) in [
+            (
+                "models:\n- name: m\n  destinations:\n  - {name: d, weight: ten}\n",
+                "models[0].destinations[0].weight",
+                "expected a whole number from 0 to 4294967295, found \"ten\"",
+            ),
+            ("", "", "expected an object (key: value pairs), found nothing (null)"),
+            (
+                "models:\n- name: m\n  destinations:\n  - name: d\n    wieght: 1\n",
+                "models[0].destinations[0].wieght",
+                "unknown field `wieght`; did you mean `weight`?",
+            ),
+        ] {
+            let Err((e, at)) = read(text) else {
+                panic!("valid: {text:?}")
+            };
+            let d = Diagnostic::of(&e, at);
+            assert_eq!((d.path.as_str(), d.message.as_str()), (path, message), "{text:?}");
+            let expected = if path.is_empty() {
+                message.to_string()
+            } else {
+                format!("{path}: {message}")
+            };
+            assert_eq!(human(&e), expected);
+        }
     }
 
     /// Errors whose key appears more than once in the file (every model has a `name`): the old

@@ -21,10 +21,12 @@ use wasm_bindgen::prelude::wasm_bindgen;
 pub const SEED: u64 = 42;
 
 /// The configuration read as `wasmpack check` reads it (`config_yaml`): an error names its field
-/// path, and its line and column in the text (the parser's for a syntax error, else the field's).
+/// path (empty for the file as a whole), says what is wrong in `wasmpack check`'s words
+/// (`config_yaml::words`), and gives its line and column in the text (the parser's for a syntax
+/// error, else the field's).
 fn parse(config: &str) -> Result<Config, Value> {
     config_yaml::config(config).map(|(c, _)| c).map_err(|(e, at)| {
-        json!({"path": e.path, "message": e.kind.to_string(),
+        json!({"path": config_yaml::shown_path(&e), "message": config_yaml::words(&e.kind),
                "line": at.map(|a| a.line), "column": at.map(|a| a.column)})
     })
 }
@@ -221,13 +223,57 @@ mod tests {
         assert_eq!(placed(missing), ("models[0]".into(), json!(3), json!(3)));
         let syntax = "models:\n- name: m\n  destinations: [\n";
         let (path, line, _) = placed(syntax);
-        assert_eq!(path, ".");
+        assert_eq!(
+            path, "",
+            "the file as a whole, as `wasmpack check --output json` names it"
+        );
         assert!(line.as_u64().is_some_and(|l| l >= 3), "{line}");
         // The same through `route` and `simulate`.
         let r: Value = serde_json::from_str(&route(weight, "{}")).unwrap();
         assert_eq!(r["configError"]["line"], 5, "{r}");
         let s: Value = serde_json::from_str(&simulate(weight, "m", 1, "")).unwrap();
         assert_eq!(s["configError"]["line"], 5, "{s}");
+    }
+
+    /// The page says what is wrong in `wasmpack check`'s words (`config_yaml::words`, the one
+    /// function both call), not serde's: the same path and message for the same file.
+    #[test]
+    fn errors_are_worded_as_wasmpack_check_words_them() {
+        for (config, path, message) in [
+            (
+                "models:\n- name: m\n  destinations:\n  - {name: d, weight: ten}\n",
+                "models[0].destinations[0].weight",
+                "expected a whole number from 0 to 4294967295, found \"ten\"",
+            ),
+            ("", "", "expected an object (key: value pairs), found nothing (null)"),
+            (
+                "models:\n- name: m\n  destinations:\n  - name: d\n    wieght: 1\n",
+                "models[0].destinations[0].wieght",
+                "unknown field `wieght`; did you mean `weight`?",
+            ),
+            (
+                "onOversize: passthru\nmodels: []\n",
+                "onOversize",
+                "`passthru` is not one of `reject`, `passthrough`; did you mean `passthrough`?",
+            ),
+            (
+                "models:\n- name: m\n",
+                "models[0]",
+                "missing field `destinations` (it is required)",
+            ),
+        ] {
+            let v: Value = serde_json::from_str(&check(config)).unwrap();
+            let e = &v["errors"][0];
+            assert_eq!(
+                (e["path"].as_str(), e["message"].as_str()),
+                (Some(path), Some(message)),
+                "{config:?}: {v}"
+            );
+            // The function `wasmpack check` words it with, on the same error.
+            let (cli, _) = config_yaml::config(config).unwrap_err();
+            assert_eq!(config_yaml::shown_path(&cli), path);
+            assert_eq!(config_yaml::words(&cli.kind), message);
+        }
     }
 
     #[test]

@@ -109,7 +109,9 @@ function showCheck(result) {
     for (const e of result.errors) {
       const li = document.createElement("li");
       const at = e.line ? ` (line ${e.line}${e.column ? `, column ${e.column}` : ""})` : "";
-      li.innerHTML = `<code>${escape(e.path)}</code>${at}: ${escape(e.message)}`;
+      // An empty path is the file as a whole (as `wasmpack check --output json` has it).
+      const where = e.path ? `<code>${escape(e.path)}</code>` : "the file";
+      li.innerHTML = `${where}${at}: ${escape(e.message)}`;
       errors.appendChild(li);
     }
     $("summary").innerHTML = "";

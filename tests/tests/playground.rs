@@ -207,6 +207,10 @@ async fn the_page_decides_as_the_cli_does() {
     let errors = d.text("#config-errors").await;
     assert!(errors.contains("models[0].destinations[1].weight"), "{errors}");
     assert!(errors.contains("(line 8, column 34)"), "placed at the value: {errors}");
+    assert!(
+        errors.contains(r#"expected a whole number from 0 to 4294967295, found "ten""#),
+        "in `wasmpack check`'s words: {errors}"
+    );
     // A semantic error (valid YAML, a weight out of range) is placed too, as `wasmpack check`
     // places it.
     let negative = CONFIG.replace("weight: 90}", "weight: -1}");
