@@ -297,6 +297,73 @@ print("ok")
             )
         });
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // At the edges of what the reader takes, the schema says the same: each file is valid for
+    // both or for neither (an editor flags what `check` refuses, and nothing it takes).
+    let dir = tempfile::tempdir().unwrap();
+    let m = r#""models":[{"name":"m","destinations":[{"name":"d"}]}]"#;
+    let cases = [
+        (format!(r#"{{{m}}}"#), true),
+        (r#"{"models":[{"name":"m","destinations":[]}]}"#.to_string(), false),
+        (format!(r#"{{"maxBodyBytes":0,{m}}}"#), false),
+        (format!(r#"{{"estimatedOutputTokens":0,{m}}}"#), false),
+        (format!(r#"{{"limits":{{"requestsPerMinute":0}},{m}}}"#), false),
+        (
+            format!(
+                r#"{{"limits":{{"requestsPerMinute":1,"by":"header:x-team","mode":"global"}},"rateLimitService":{{"cluster":"c","failureMode":"deny","timeout":"1s"}},{m}}}"#
+            ),
+            true,
+        ),
+        (
+            format!(r#"{{"limits":{{"requestsPerMinute":1,"by":"team"}},{m}}}"#),
+            false,
+        ),
+        (
+            format!(r#"{{"limits":{{"requestsPerMinute":1,"mode":"globl"}},{m}}}"#),
+            false,
+        ),
+        (
+            format!(r#"{{"rateLimitService":{{"cluster":"c","failureMode":"open"}},{m}}}"#),
+            false,
+        ),
+        (
+            format!(r#"{{"failover":{{"probation":"1.5s","maxProbation":"5m","firstByteTimeout":"500ms"}},{m}}}"#),
+            true,
+        ),
+        (format!(r#"{{"failover":{{"probation":"5"}},{m}}}"#), false),
+        (format!(r#"{{"failover":{{"consecutiveFailures":0}},{m}}}"#), false),
+        (
+            format!(r#"{{"failover":{{"consecutiveFailures":1000,"trialRequests":100}},{m}}}"#),
+            true,
+        ),
+        (format!(r#"{{"failover":{{"trialRequests":101}},{m}}}"#), false),
+        (format!(r#"{{"failover":{{"failureStatuses":[429,599]}},{m}}}"#), true),
+        (format!(r#"{{"failover":{{"failureStatuses":[200]}},{m}}}"#), false),
+    ];
+    let mut args = vec![root.join("docs/configuration.schema.json").display().to_string()];
+    for (i, (json, valid)) in cases.iter().enumerate() {
+        let f = dir.path().join(format!("c{i}.json"));
+        std::fs::write(&f, json).unwrap();
+        let o = wasmpack(&["check", f.to_str().unwrap()], "", &[]);
+        assert_eq!(o.status.success(), *valid, "the reader on {json}: {}", stderr(&o));
+        args.push(format!("{}={valid}", f.display()));
+    }
+    let script = r#"
+import json, sys, jsonschema
+schema = json.load(open(sys.argv[1]))
+for arg in sys.argv[2:]:
+    f, want = arg.rsplit("=", 1)
+    doc = json.load(open(f))
+    got = not list(jsonschema.Draft202012Validator(schema).iter_errors(doc))
+    if got != (want == "true"):
+        sys.exit(f"the schema says valid={got} for {json.dumps(doc)}")
+"#;
+    let out = std::process::Command::new(&python)
+        .args(["-c", script])
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]

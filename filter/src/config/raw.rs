@@ -146,6 +146,7 @@ config_struct! {
         /// Request header set to the canonical model name (default `x-ai-model`).
         model_header: String = "modelHeader" (string) or "x-ai-model".into(),
         /// Most request-body bytes the filter reads (default 1 MiB); see `onOversize`.
+        #[cfg_attr(feature = "schema", schemars(range(min = 1)))]
         max_body_bytes: u64 = "maxBodyBytes" (u64_) or 1024 * 1024,
         /// A model that is neither a name nor an alias: 404 `model_not_found`, or let it through unrouted.
         on_unknown_model: Policy = "onUnknownModel" (one) or Policy::Reject,
@@ -168,6 +169,7 @@ config_struct! {
         scope: Option<RawScope> = "scope" (RawScope::read) optional,
         /// Output tokens charged for a response whose usage could not be read, when the request did
         /// not say its `max_tokens`.
+        #[cfg_attr(feature = "schema", schemars(range(min = 1)))]
         estimated_output_tokens: u64 = "estimatedOutputTokens" (u64_) or 4096,
         /// Answer `GET /v1/models` and `GET /v1/models/{id}` from the configuration.
         serve_model_list: bool = "serveModelList" (boolean) or false,
@@ -214,12 +216,16 @@ config_struct! {
 config_struct! {
     pub struct RawLimits {
         /// Requests per minute (a token bucket).
+        #[cfg_attr(feature = "schema", schemars(range(min = 1)))]
         requests_per_minute: Option<u64> = "requestsPerMinute" (u64_) optional,
         /// Input + output tokens per minute, charged as responses end.
+        #[cfg_attr(feature = "schema", schemars(range(min = 1)))]
         tokens_per_minute: Option<u64> = "tokensPerMinute" (u64_) optional,
         /// `principal` (default), `global`, or `header:NAME`.
+        #[cfg_attr(feature = "schema", schemars(regex(pattern = r"^(principal|global|header:.+)$")))]
         by: Option<String> = "by" (string) optional,
         /// `local` (default): counted in each proxy; `global`: counted by `rateLimitService`, shared by every proxy.
+        #[cfg_attr(feature = "schema", schemars(extend("enum" = ["local", "global", null])))]
         mode: Option<String> = "mode" (string) optional,
     }
 }
@@ -231,8 +237,10 @@ config_struct! {
         /// The RLS domain (Limitador's namespace) of the limits (default `model-router`).
         domain: String = "domain" (string) or "model-router".into(),
         /// How long a request waits for an answer: `200ms` (default), `1s`; at most `10s`.
+        #[cfg_attr(feature = "schema", schemars(regex(pattern = r"^\s*[0-9]+(\.[0-9]*)?\s*(ms|s|m|h)\s*$")))]
         timeout: Option<String> = "timeout" (string) optional,
         /// When the service cannot answer in time: `allow` (default) or `deny` (503).
+        #[cfg_attr(feature = "schema", schemars(extend("enum" = ["allow", "deny", null])))]
         failure_mode: Option<String> = "failureMode" (string) optional,
     }
 }
@@ -250,6 +258,7 @@ config_struct! {
         /// This model's rate limits.
         limits: Option<RawLimits> = "limits" (RawLimits::read) optional,
         /// Weighted split across backends (at least one).
+        #[cfg_attr(feature = "schema", schemars(length(min = 1)))]
         destinations: Vec<RawDestination> = "destinations" (list(RawDestination::read)) required,
         /// Where its requests go, in order, when all its destinations are open (needs `failover`).
         fallbacks: Option<Vec<RawFallback>> = "fallbacks" (list(RawFallback::read)) optional,
@@ -280,19 +289,25 @@ config_struct! {
     /// `failover`: when a destination stops getting new requests, and when it is tried again.
     pub struct RawFailover {
         /// Failures in a row that open a destination's breaker (default 5).
+        #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 1000)))]
         consecutive_failures: Option<u64> = "consecutiveFailures" (u64_) optional,
         /// How long an open destination gets no new requests, the first time (default `5s`); it
         /// doubles each time the destination opens again before it recovered.
+        #[cfg_attr(feature = "schema", schemars(regex(pattern = r"^\s*[0-9]+(\.[0-9]*)?\s*(ms|s|m|h)\s*$")))]
         probation: Option<String> = "probation" (string) optional,
         /// The longest probation (default `60s`, or `probation` when that is longer).
+        #[cfg_attr(feature = "schema", schemars(regex(pattern = r"^\s*[0-9]+(\.[0-9]*)?\s*(ms|s|m|h)\s*$")))]
         max_probation: Option<String> = "maxProbation" (string) optional,
         /// Successful trial requests after a probation that close the breaker (default 1).
+        #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 100)))]
         trial_requests: Option<u64> = "trialRequests" (u64_) optional,
         /// Response statuses that count as failures (default `[500, 502, 503, 504]`; add 429 to fail
         /// over from a rate-limited backend). Upstream resets and connect failures always count.
+        #[cfg_attr(feature = "schema", schemars(inner(range(min = 400, max = 599))))]
         failure_statuses: Option<Vec<u64>> = "failureStatuses" (list(u64_)) optional,
         /// A response whose headers come later than this after the request went upstream counts as
         /// a failure (`30s`; default: none). The request itself is not cut short.
+        #[cfg_attr(feature = "schema", schemars(regex(pattern = r"^\s*[0-9]+(\.[0-9]*)?\s*(ms|s|m|h)\s*$")))]
         first_byte_timeout: Option<String> = "firstByteTimeout" (string) optional,
     }
 }
