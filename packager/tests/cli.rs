@@ -382,3 +382,34 @@ fn version_and_completions() {
     let o = wasmpack(&["completions", "tcsh"], "", &[]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+/// A file the parser takes but `manifests` would refuse: each problem on its own line in the
+/// parser's form (`error: FILE:LINE:COLUMN: path: words`), the warnings too, then the count.
+#[test]
+fn cross_resource_problems_are_one_line_each_with_the_warnings() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("shared.yaml");
+    std::fs::write(
+        &f,
+        "models:\n- name: llama\n  destinations: [{name: a, host: a.ai.svc.cluster.local, port: 8000}]\n\
+         - name: qwen\n  destinations: [{name: a, host: b.ai.svc.cluster.local, port: 8000}, {name: c}]\n",
+    )
+    .unwrap();
+    let file = f.to_str().unwrap();
+    let o = wasmpack(&["check", file], "", &[]);
+    assert_eq!(o.status.code(), Some(1));
+    let (out, err) = (stdout(&o), stderr(&o));
+    assert!(
+        out.contains(&format!(
+            "warning: {file}:5:71: models[1].destinations[1].host: destination `c` has no host"
+        )),
+        "{out}"
+    );
+    assert!(
+        err.contains(&format!(
+            "error: {file}:5:25: models[1].destinations[0].name: destination `a` is also used"
+        )),
+        "{err}"
+    );
+    assert!(err.contains(&format!("error: {file}: not valid (1 problem)")), "{err}");
+}

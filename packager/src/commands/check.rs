@@ -115,15 +115,20 @@ pub fn run(args: &CheckArgs) -> Result<()> {
         (Some(l), None) => format!("{}:{l}: {}: {}", path.display(), d.path, d.message),
         _ => format!("{}: {}", d.path, d.message),
     };
-    if !problems.is_empty() {
-        bail!(
-            "{}:\n  {}",
-            path.display(),
-            problems.iter().map(at).collect::<Vec<_>>().join("\n  ")
-        );
-    }
     for w in &warnings {
         println!("warning: {}", at(w));
+    }
+    // One line per problem, in the form of the parser's errors; then the count.
+    if !problems.is_empty() {
+        for p in &problems {
+            eprintln!("error: {}", at(p));
+        }
+        let n = problems.len();
+        bail!(
+            "{}: not valid ({n} {})",
+            path.display(),
+            if n == 1 { "problem" } else { "problems" }
+        );
     }
     let count = |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
     println!(
