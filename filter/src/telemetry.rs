@@ -447,6 +447,9 @@ pub fn failover_zeros(model: &str, destinations: &[crate::config::Destination], 
     for r in FAILOVER_REASONS {
         zero(made, FAILOVERS_TOTAL, &[("model", model), ("reason", r)]);
     }
+    // The 503 `model_unavailable` (alert `ModelRouterModelUnavailable`).
+    let unavailable = RejectReason::ModelUnavailable.code();
+    zero(made, REJECTED_TOTAL, &[("model", model), ("reason", unavailable)]);
     for d in destinations {
         for r in FAILURE_REASONS {
             zero(

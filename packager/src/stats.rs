@@ -135,7 +135,9 @@ pub fn summarize(samples: &[Sample]) -> Summary {
             "model_router_request_duration_milliseconds_sum" => {
                 *duration_sum.entry(key).or_default() += s.value;
             }
-            "model_router_rejected_total" => {
+            // A reason nothing was rejected for (the filter makes `model_unavailable` at zero) is
+            // not shown.
+            "model_router_rejected_total" if s.value > 0.0 => {
                 *out.rejected.entry(label(s, "reason").to_string()).or_default() += s.value;
             }
             "model_router_hold_released_total" => out.hold_released += s.value,
@@ -448,6 +450,7 @@ model_router_request_duration_milliseconds_bucket{model="m",destination="d",le="
 model_router_request_duration_milliseconds_bucket{model="m",destination="d",le="+Inf"} 10
 model_router_request_duration_milliseconds_sum{model="m",destination="d"} 500
 model_router_rejected_total{reason="model_not_found"} 3
+model_router_rejected_total{model="llama",reason="model_unavailable"} 0
 envoy_cluster_upstream_rq{x="y"} 1
 "#;
         let s = summarize(&parse(text).unwrap());
@@ -463,7 +466,7 @@ envoy_cluster_upstream_rq{x="y"} 1
         let t = render(&s);
         assert!(t.lines().nth(1).unwrap().starts_with("m      d"), "{t}");
         assert!(t.contains("20.0%"), "{t}");
-        assert!(t.contains("rejected: model_not_found=3"), "{t}");
+        assert!(t.contains("rejected: model_not_found=3\n"), "{t}");
     }
 
     #[test]

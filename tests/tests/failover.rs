@@ -80,6 +80,8 @@ async fn failing_destinations_are_skipped_probed_and_return_and_fallbacks_take_o
         assert_eq!(series(&p, "model_router_failovers_total", &labels), 1, "{reason}");
         assert_eq!(metric(&p, "model_router_failovers_total", &labels), 0.0, "{reason}");
     }
+    let unavailable = [("model", "llama"), ("reason", "model_unavailable")];
+    assert_eq!(series(&p, "model_router_rejected_total", &unavailable), 1, "{p}");
 
     // The canary answers 503 from now on: after exactly 3 failures it gets no new requests
     // (two workers, one shared state), and its share goes to stable.

@@ -395,6 +395,8 @@ fn the_failover_counters_exist_at_zero_before_any_failure() {
             let name = telemetry::stat_name(FAILOVERS_TOTAL, &[("model", &m.name), ("reason", reason)]);
             assert_eq!(w.metrics.get(&name), Some(&0), "{name}");
         }
+        let name = telemetry::stat_name(REJECTED_TOTAL, &[("model", &m.name), ("reason", "model_unavailable")]);
+        assert_eq!(w.metrics.get(&name), Some(&0), "{name}");
         for d in &m.destinations {
             for reason in telemetry::FAILURE_REASONS {
                 let labels = [
