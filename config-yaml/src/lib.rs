@@ -11,7 +11,7 @@ use model_router::config::{Config, ConfigError};
 use model_router::json::Json;
 
 pub use places::{At, Place, Places};
-pub use words::{closest, shown_path, words};
+pub use words::{closest, shown, shown_path, words};
 
 /// A text that is not YAML: the parser's message (without its position) and where it stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,10 +9,15 @@ use model_router::config::{ConfigError, ErrorKind};
 /// The field path as people are shown it: empty for the file as a whole (the core's `.`), as
 /// `wasmpack check --output json` has it.
 pub fn shown_path(e: &ConfigError) -> &str {
-    if e.path == "." {
+    shown(&e.path)
+}
+
+/// A field path as people are shown it (`.`, the file as a whole, is empty).
+pub fn shown(path: &str) -> &str {
+    if path == "." {
         ""
     } else {
-        &e.path
+        path
     }
 }
 

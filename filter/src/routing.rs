@@ -51,7 +51,7 @@ pub enum Via {
 
 impl Via {
     /// The `reason` label of `model_router_failovers_total`.
-    pub fn label(self) -> &'static str {
+    pub const fn label(self) -> &'static str {
         match self {
             Via::First => "none",
             Via::Destination => "destination",

@@ -438,7 +438,11 @@ pub fn failover(model: &str, reason: &str) -> MetricOp {
 /// The `reason`s of `model_router_failovers_total` and of `model_router_destination_failures_total`:
 /// each VM makes their series at zero when failover starts (`failover_zeros`), so `rate()` and alerts see
 /// a series before its first count.
-pub const FAILOVER_REASONS: [&str; 3] = ["destination", "fallback", "unavailable"];
+pub const FAILOVER_REASONS: [&str; 3] = [
+    crate::routing::Via::Destination.label(),
+    crate::routing::Via::Fallback.label(),
+    "unavailable",
+];
 pub const FAILURE_REASONS: [&str; 4] = ["status", "reset", "connect_failure", "timeout"];
 
 /// Every failover counter of `model` and its `destinations`, made at zero without counting (the

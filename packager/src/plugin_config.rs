@@ -8,7 +8,7 @@ use serde_json::Value;
 
 /// The known name closest to a misspelt one (`did you mean`), as configuration errors suggest it.
 pub(crate) use config_yaml::closest;
-use config_yaml::{shown_path, words};
+use config_yaml::{shown, shown_path, words};
 pub use config_yaml::{At, Places};
 
 pub struct Loaded {
@@ -54,7 +54,7 @@ impl Diagnostic {
         let at = places.locate(path);
         Diagnostic {
             message: message.to_string(),
-            path: if path == "." { String::new() } else { path.to_string() },
+            path: shown(path).to_string(),
             line: at.map(|a| a.line),
             column: at.map(|a| a.column),
             kind,

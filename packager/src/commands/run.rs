@@ -251,10 +251,12 @@ pub async fn run(args: &RunArgs) -> Result<()> {
     }
     // A port in use would fail Envoy's start, or worse, another Envoy's admin on it would answer
     // the readiness check for this one: refuse at once, naming the flag.
-    for (flag, addr) in [("--listen", &args.listen), ("--admin", &args.admin)] {
-        let (host, port) = host_port(addr, flag)?;
-        if port != 0 {
-            if let Err(e) = std::net::TcpListener::bind((host.as_str(), port)) {
+    for (flag, addr, (host, port)) in [
+        ("--listen", &args.listen, &spec.listen),
+        ("--admin", &args.admin, &spec.admin),
+    ] {
+        if *port != 0 {
+            if let Err(e) = std::net::TcpListener::bind((host.as_str(), *port)) {
                 bail!("{flag} {addr}: {e} (another `wasmpack run` or Envoy?): pass a free {flag} HOST:PORT");
             }
         }
